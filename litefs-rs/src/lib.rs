@@ -1,0 +1,2 @@
+//! Rust client for LiteFS (work in progress).
+#![deny(missing_docs)]
