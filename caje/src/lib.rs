@@ -1,1 +1,30 @@
-//! caje
+//! caje: an edge CDN node — a caching reverse proxy that stores origin responses on local disk
+//! as RFC 9111 allows and records every cached page in a SQLite manifest shared by all nodes.
+//!
+//! # Layout
+//! The request path, in the order a request meets it:
+//! - [`server`]: accepts connections, HTTP/1.1 via hyper, graceful shutdown.
+//! - [`proxy`]: the only module that knows the order of steps (validate → admin → route →
+//!   lookup → forward and tee).
+//! - [`admin`]: the `/_caje/` JSON API and its authentication.
+//! - [`origin`]: host → origin routing and the pooled HTTP(S) client; 502/504 classification.
+//! - [`cache`]: keys ([`cache::key`]), the RFC 9111 policy ([`cache::policy`], the only user
+//!   of `http-cache-semantics`), entry metadata ([`cache::entry`]) and the disk store
+//!   ([`cache::store`]).
+//! - [`body`]: the tee that streams a miss to the client while filling the cache, and the
+//!   verified reader that serves hits.
+//! - [`manifest`]: the SQLite manifest (one owner thread, batched transactions).
+//! - [`headers`], [`cache_status`], [`stats`], [`config`], [`app`]: supporting pieces.
+
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod cache;
+pub mod cache_status;
+pub mod config;
+pub mod headers;
+pub mod manifest;
+pub mod origin;
+pub mod proxy;
+pub mod server;
+pub mod stats;

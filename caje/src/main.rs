@@ -1,1 +1,148 @@
-fn main() {}
+//! The `caje` binary: flags, logging, signals and exit codes. The work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use caje::app::App;
+use caje::config::{Config, HostHeader, OriginConfig};
+
+/// caje — an edge CDN node: a caching reverse proxy that stores origin responses on local
+/// disk as RFC 9111 allows and records every cached page in a SQLite manifest.
+///
+/// Settings come from the config file (see config.toml in the repository for every key);
+/// flags given on the command line override the file. Logs go to stderr; set RUST_LOG
+/// (e.g. RUST_LOG=caje=debug) to change their level.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Path of the TOML config file. Without it, caje runs on the built-in defaults and
+    /// needs --origin.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Address to listen on, e.g. 127.0.0.1:8080 or 0.0.0.0:8080 (port 0 picks a free port;
+    /// the chosen address is printed on stdout). Default: 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+
+    /// Origin URL for every host (http:// or https://), replacing the file's [[origins]].
+    #[arg(long, value_name = "URL")]
+    origin: Option<String>,
+
+    /// Directory for cached bodies and metadata (one per caje process). Default: caje-cache.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Path of the SQLite manifest (may be shared by several local caje processes).
+    /// Default: caje-manifest.db.
+    #[arg(long, value_name = "PATH")]
+    db: Option<PathBuf>,
+
+    /// Bearer token for the /_caje/ admin API. Without a token, the admin API only answers
+    /// clients in admin.allow_from (loopback by default).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "CAJE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("caje: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("caje: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("caje: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_config(args: &Args) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(url) = &args.origin {
+        config.origins = vec![OriginConfig {
+            host: "*".into(),
+            url: url.clone(),
+            host_header: HostHeader::Origin,
+        }];
+    }
+    if let Some(dir) = &args.cache_dir {
+        config.cache_dir = dir.clone();
+    }
+    if let Some(db) = &args.db {
+        config.db = db.clone();
+    }
+    if let Some(token) = &args.admin_token {
+        config.admin.token = token.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let app = App::start(config).await.context("starting caje")?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (is another process using it?)"))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    // Tests and scripts read this line to find the port; print it only once serving.
+    println!("caje listening on http://{local}");
+    tracing::info!(addr = %local, cache_dir = %app.config.cache_dir.display(), db = %app.config.db.display(), "caje ready");
+    caje::server::run(listener, app, shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install SIGTERM handler: {e}");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

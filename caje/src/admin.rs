@@ -1,0 +1,312 @@
+//! The admin API under `/_caje/`: listing, clearing and counters, as JSON.
+//!
+//! Never forwarded and never cached. Access needs `Authorization: Bearer <token>` when a
+//! token is configured; without one, only clients in `admin.allow_from` (loopback by default)
+//! are served, so a fresh install is never open to the internet.
+//!
+//! Paths are matched after normalisation (percent-decoding of unreserved characters, `//`
+//! collapsed, `.` and `..` resolved), so `/%5Fcaje/clear` or `/x/../_caje/clear` cannot reach
+//! the origin or slip past authentication.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::app::App;
+use crate::body::{self, Body};
+use crate::cache::key::{CacheKey, Variant};
+use crate::cache_status::Outcome;
+use crate::manifest::{PageRow, VARY_ABSENT};
+use crate::proxy::unix_now;
+
+/// The admin prefix.
+pub const PREFIX: &str = "/_caje";
+
+/// Normalises a request path the way a file system or a lenient origin would read it.
+pub fn normalize_path(raw: &str) -> String {
+    let decoded = decode_unreserved(raw);
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Percent-decodes every escape (so `%5F`, `%2e`, `%2F` all count) for matching purposes.
+fn decode_unreserved(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether a raw request path addresses the admin API.
+pub fn is_admin_path(raw: &str) -> bool {
+    let p = normalize_path(raw);
+    p == PREFIX || p.starts_with("/_caje/")
+}
+
+/// Handles an admin request (the path is known to be an admin path).
+pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if let Err(res) = authorize(app, &req, peer) {
+        return *res;
+    }
+    let path = normalize_path(req.uri().path());
+    let route = path.strip_prefix(PREFIX).unwrap_or("");
+    let method = req.method().clone();
+    match (route, &method) {
+        ("/list", &Method::GET) => list(app).await,
+        ("/stats", &Method::GET) => stats(app),
+        ("/clear", &Method::POST) => clear(app, true, true).await,
+        ("/clear/fs", &Method::POST) => clear(app, true, false).await,
+        ("/clear/db", &Method::POST) => clear(app, false, true).await,
+        ("/list" | "/stats", _) => method_not_allowed("GET"),
+        ("/clear" | "/clear/fs" | "/clear/db", _) => method_not_allowed("POST"),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no admin endpoint {path}; see GET /_caje/list, GET /_caje/stats, POST /_caje/clear[/fs|/db]")}),
+        ),
+    }
+}
+
+fn authorize<B>(app: &App, req: &Request<B>, peer: SocketAddr) -> Result<(), Box<Response<Body>>> {
+    if let Some(token) = &app.admin_token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        return match given {
+            Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(_) => Err(Box::new(unauthorized("the admin token is wrong"))),
+            None => Err(Box::new(unauthorized(
+                "admin endpoints need an Authorization: Bearer <token> header",
+            ))),
+        };
+    }
+    if app.admin_allow.iter().any(|n| n.contains(peer.ip())) {
+        Ok(())
+    } else {
+        Err(Box::new(json_response(
+            StatusCode::FORBIDDEN,
+            &json!({"error": format!("admin endpoints are only open to {:?} when no admin token is set; set admin.token (or CAJE_ADMIN_TOKEN) to use them remotely", app.config.admin.allow_from)}),
+        )))
+    }
+}
+
+/// Compares secrets without leaking where they differ: both sides are hashed first, so the
+/// time does not depend on the length or content of the guess.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let (ha, hb) = (Sha256::digest(a), Sha256::digest(b));
+    ha.iter()
+        .zip(hb.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+fn unauthorized(why: &str) -> Response<Body> {
+    let mut res = json_response(StatusCode::UNAUTHORIZED, &json!({ "error": why }));
+    res.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"caje admin\""),
+    );
+    res
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut res = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &json!({ "error": format!("use {allow} for this endpoint") }),
+    );
+    res.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    res
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut text = value.to_string();
+    text.push('\n');
+    let mut res = Response::new(body::full(text));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("cache-status", Outcome::Local.header_value());
+    res
+}
+
+fn internal(what: &str, err: &dyn std::fmt::Display) -> Response<Body> {
+    tracing::error!("admin {what} failed: {err}");
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({ "error": format!("{what} failed: {err}") }),
+    )
+}
+
+/// The manifest's vary pairs as a store variant.
+pub fn variant_of(row: &PageRow) -> Variant {
+    Variant(
+        row.vary
+            .iter()
+            .map(|(n, v)| (n.clone(), (v != VARY_ABSENT).then(|| v.clone())))
+            .collect(),
+    )
+}
+
+async fn list(app: &App) -> Response<Body> {
+    let rows = match app.manifest.list().await {
+        Ok(r) => r,
+        Err(e) => return internal("reading the manifest", &e),
+    };
+    let now = unix_now() as i64;
+    let entries: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            let key = CacheKey {
+                host: row.host.clone(),
+                path: row.path.clone(),
+            };
+            let variant = variant_of(row);
+            let vary: serde_json::Map<String, Value> = variant
+                .0
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone().map_or(Value::Null, Value::String)))
+                .collect();
+            json!({
+                "host": row.host,
+                "method": row.method,
+                "path": row.path,
+                "vary": vary,
+                "status": row.status,
+                "stored_at": row.stored_at,
+                "expires_at": row.expires_at,
+                "ttl": (row.expires_at - now).max(0),
+                "size": row.size,
+                "etag": row.etag,
+                "last_modified": row.last_modified,
+                "on_disk": app.store.holds(&key, &variant),
+                "fresh": row.expires_at > now,
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({ "count": entries.len(), "entries": entries }),
+    )
+}
+
+fn stats(app: &App) -> Response<Body> {
+    use crate::stats::Stats as S;
+    let s = &app.stats;
+    let (entries, bytes) = app.store.usage();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "requests": S::get(&s.requests),
+            "hits": S::get(&s.hits),
+            "misses": S::get(&s.misses),
+            "stored": S::get(&s.stored),
+            "not_stored": S::get(&s.not_stored),
+            "store_failures": S::get(&s.store_failures),
+            "corrupt_entries": S::get(&s.corrupt_entries),
+            "origin_errors": S::get(&s.origin_errors),
+            "entries": entries,
+            "bytes": bytes,
+            "uptime_secs": SystemTime::now()
+                .duration_since(app.started)
+                .map_or(0, |d| d.as_secs()),
+        }),
+    )
+}
+
+async fn clear(app: &App, fs: bool, db: bool) -> Response<Body> {
+    let mut out = serde_json::Map::new();
+    if fs {
+        let store = app.store.clone();
+        match tokio::task::spawn_blocking(move || store.clear()).await {
+            Ok((entries, bytes)) => {
+                tracing::info!(entries, bytes, "admin: cleared the disk cache");
+                out.insert("fs".into(), json!({ "entries": entries, "bytes": bytes }));
+            }
+            Err(e) => return internal("clearing the disk cache", &e),
+        }
+    }
+    if db {
+        match app.manifest.clear().await {
+            Ok(rows) => {
+                tracing::info!(rows, "admin: cleared the manifest");
+                out.insert("db".into(), json!({ "rows": rows }));
+            }
+            Err(e) => return internal("clearing the manifest", &e),
+        }
+    }
+    json_response(StatusCode::OK, &Value::Object(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sneaky_admin_paths_are_recognised() {
+        for p in [
+            "/_caje/list",
+            "/%5Fcaje/list",
+            "/%5fcaje/list",
+            "//_caje/list",
+            "/x/../_caje/list",
+            "/./_caje/clear",
+            "/%2e%2e/_caje/clear",
+            "/_caje",
+            "/a/b/%2E%2E/%2E%2E/_caje/x",
+            "/_caje%2Flist",
+        ] {
+            assert!(is_admin_path(p), "{p} should be admin");
+        }
+        for p in ["/", "/_cajex", "/x/_caje/list", "/_caj", "/%5"] {
+            assert!(!is_admin_path(p), "{p} should not be admin");
+        }
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,166 @@
+//! The node's shared state, built once at start-up and shared by every connection.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::mpsc;
+
+use crate::cache::key::CacheKey;
+use crate::cache::policy::{self, PolicyOptions};
+use crate::cache::store::{Entry, Store, StoreError, StoreEvent};
+use crate::config::{Config, IpNet};
+use crate::manifest::{Manifest, ManifestError, PageRow, VARY_ABSENT};
+use crate::origin::{OriginClient, Origins};
+use crate::stats::Stats;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The cache directory could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The manifest could not be opened.
+    #[error("manifest: {0}")]
+    Manifest(#[from] ManifestError),
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Everything a request handler needs.
+pub struct App {
+    /// The configuration the node runs with.
+    pub config: Config,
+    /// Host → origin routing.
+    pub origins: Origins,
+    /// The pooled origin client.
+    pub client: OriginClient,
+    /// The disk cache.
+    pub store: Store,
+    /// The SQLite manifest.
+    pub manifest: Manifest,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Policy knobs from `[cache]`.
+    pub policy: PolicyOptions,
+    /// The admin token, if any (config, flag or `CAJE_ADMIN_TOKEN`).
+    pub admin_token: Option<String>,
+    /// Networks allowed to use the admin API without a token.
+    pub admin_allow: Vec<IpNet>,
+    /// Start time, for `/_caje/stats`.
+    pub started: SystemTime,
+}
+
+impl App {
+    /// Opens the store and the manifest and starts the task that records stored pages in the
+    /// manifest. Must be called inside a tokio runtime; blocking work runs on the blocking pool.
+    pub async fn start(config: Config) -> Result<Arc<App>, StartError> {
+        let origins = Origins::from_config(&config.origins).map_err(StartError::Config)?;
+        let admin_allow = config
+            .admin
+            .allow_from
+            .iter()
+            .map(|n| {
+                IpNet::parse(n).ok_or_else(|| StartError::Config(format!("bad network {n:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let stats = Arc::new(Stats::default());
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let cache_dir = config.cache_dir.clone();
+        let db = config.db.clone();
+        let store_stats = stats.clone();
+        let (store, manifest) = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&cache_dir, store_stats, events_tx)?;
+            if let Some(parent) = Path::new(&db)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            let manifest = Manifest::open(&db)?;
+            Ok::<_, StartError>((store, manifest))
+        })
+        .await
+        .map_err(|e| StartError::Config(format!("start-up task failed: {e}")))??;
+        let admin_token = Some(config.admin.token.clone()).filter(|t| !t.is_empty());
+        let app = Arc::new(App {
+            policy: PolicyOptions {
+                heuristic_freshness: config.cache.heuristic_freshness,
+                honor_client_no_cache: config.cache.honor_client_no_cache,
+            },
+            client: OriginClient::new(&config.origin_timeouts),
+            origins,
+            store,
+            manifest,
+            stats,
+            admin_token,
+            admin_allow,
+            started: SystemTime::now(),
+            config,
+        });
+        tokio::spawn(record_stored(app.manifest.clone(), events_rx));
+        Ok(app)
+    }
+}
+
+/// The manifest row describing a stored entry.
+pub fn page_row(entry: &Entry) -> PageRow {
+    let meta = &entry.meta;
+    let stored_at = meta.stored_at as i64;
+    let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(meta.stored_at);
+    let ttl_at_store = policy::time_to_live(&meta.policy, at);
+    PageRow {
+        host: meta.host.clone(),
+        method: "GET".into(),
+        path: meta.path.clone(),
+        vary: meta
+            .variant
+            .0
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.clone(),
+                    v.clone().unwrap_or_else(|| VARY_ABSENT.to_owned()),
+                )
+            })
+            .collect(),
+        status: meta.status,
+        stored_at,
+        expires_at: stored_at + ttl_at_store.as_secs() as i64,
+        size: meta.body_len,
+        etag: meta.etag(),
+        last_modified: meta.last_modified(),
+    }
+}
+
+/// Records every committed entry in the manifest. Failures are logged, never propagated to a
+/// client: the manifest describes the cache, it does not gate it. Events that arrive together
+/// are submitted together, so the manifest's owner thread commits them in one transaction.
+async fn record_stored(manifest: Manifest, mut events: mpsc::UnboundedReceiver<StoreEvent>) {
+    while let Some(first) = events.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match events.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        let mut pending = tokio::task::JoinSet::new();
+        for StoreEvent::Stored(entry) in batch {
+            let row = page_row(&entry);
+            let manifest = manifest.clone();
+            pending.spawn(async move {
+                let key = CacheKey {
+                    host: row.host.clone(),
+                    path: row.path.clone(),
+                };
+                if let Err(e) = manifest.upsert(row).await {
+                    tracing::warn!(host = %key.host, path = %key.path, "manifest upsert failed: {e}");
+                }
+            });
+        }
+        while pending.join_next().await.is_some() {}
+    }
+}

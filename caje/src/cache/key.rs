@@ -1,0 +1,178 @@
+//! Cache keys: which stored response a request may be answered with.
+//!
+//! A page is identified by the client's host and its path+query (GET and HEAD share the GET
+//! entry). Within a page, the response's `Vary` header selects a variant by the values of the
+//! named request headers. The on-disk name of an entry is a SHA-256 of that identity, so no
+//! request can name a path of its choosing: whatever the URL, the file name is 64 hex digits.
+
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+/// The URL part of a cache key: normalised host and the raw path+query.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CacheKey {
+    /// Lower-case host, with a default port (`:80`) removed.
+    pub host: String,
+    /// Path and query exactly as the client sent them (`/a/b?x=1`).
+    pub path: String,
+}
+
+impl CacheKey {
+    /// Builds a key from a client host (any case, maybe with port) and path+query.
+    pub fn new(host: &str, path: &str) -> CacheKey {
+        CacheKey {
+            host: normalize_host(host),
+            path: path.to_owned(),
+        }
+    }
+}
+
+/// Lower-cases a host and drops the default HTTP port.
+pub fn normalize_host(host: &str) -> String {
+    let host = host.trim().trim_end_matches('.');
+    let host = host.strip_suffix(":80").unwrap_or(host);
+    host.to_ascii_lowercase()
+}
+
+/// The request header values a response's `Vary` names, in a canonical form: names lower-case
+/// and sorted, `None` for a header the request did not carry (absent is not the same as empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Variant(pub Vec<(String, Option<String>)>);
+
+impl Variant {
+    /// The variant a request selects for the given `Vary` field names.
+    pub fn from_request(vary_names: &[String], headers: &HeaderMap) -> Variant {
+        let mut pairs: Vec<(String, Option<String>)> = vary_names
+            .iter()
+            .map(|name| (name.clone(), header_value(headers, name)))
+            .collect();
+        pairs.sort();
+        pairs.dedup_by(|a, b| a.0 == b.0);
+        Variant(pairs)
+    }
+
+    /// Whether a request carries this variant's header values.
+    pub fn matches(&self, headers: &HeaderMap) -> bool {
+        self.0
+            .iter()
+            .all(|(name, value)| header_value(headers, name) == *value)
+    }
+
+    /// The `Vary` names of this variant.
+    pub fn names(&self) -> Vec<String> {
+        self.0.iter().map(|(n, _)| n.clone()).collect()
+    }
+}
+
+/// All values of a header joined by ", " with runs of whitespace collapsed, so that
+/// `gzip,  br` and `gzip, br` select the same variant.
+fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    let mut out: Option<String> = None;
+    for v in headers.get_all(name) {
+        let s = String::from_utf8_lossy(v.as_bytes());
+        let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
+        match &mut out {
+            Some(acc) => {
+                acc.push_str(", ");
+                acc.push_str(&joined);
+            }
+            None => out = Some(joined),
+        }
+    }
+    out
+}
+
+/// Field names listed by a response's `Vary` headers, lower-case, deduplicated.
+pub fn vary_names(headers: &HeaderMap) -> Vec<String> {
+    let mut names: Vec<String> = headers
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The fixed-length file name (64 hex digits) of one variant of one page.
+pub fn entry_name(key: &CacheKey, variant: &Variant) -> String {
+    let mut h = Sha256::new();
+    // Length-prefix every field so that no two different identities hash the same input.
+    for part in [key.host.as_bytes(), key.path.as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    for (name, value) in &variant.0 {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        match value {
+            Some(v) => {
+                h.update([1]);
+                h.update((v.len() as u64).to_le_bytes());
+                h.update(v.as_bytes());
+            }
+            None => h.update([0]),
+        }
+    }
+    let digest = h.finalize();
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn host_is_normalised() {
+        assert_eq!(normalize_host("Example.COM:80"), "example.com");
+        assert_eq!(normalize_host("example.com:8080"), "example.com:8080");
+    }
+
+    #[test]
+    fn absent_empty_and_value_are_distinct_variants() {
+        let names = vec!["accept-encoding".to_string()];
+        let absent = Variant::from_request(&names, &HeaderMap::new());
+        let mut h = HeaderMap::new();
+        h.insert("accept-encoding", HeaderValue::from_static(""));
+        let empty = Variant::from_request(&names, &h);
+        h.insert("accept-encoding", HeaderValue::from_static("gzip"));
+        let gzip = Variant::from_request(&names, &h);
+        let key = CacheKey::new("a", "/");
+        let n = [&absent, &empty, &gzip].map(|v| entry_name(&key, v));
+        assert_ne!(n[0], n[1]);
+        assert_ne!(n[1], n[2]);
+        assert_ne!(n[0], n[2]);
+        assert!(gzip.matches(&h));
+        assert!(!absent.matches(&h));
+    }
+
+    #[test]
+    fn entry_names_are_fixed_length_hex_for_hostile_paths() {
+        for path in [
+            "/../../etc/passwd",
+            "/%2e%2e/x",
+            "/\u{0}",
+            &"a".repeat(10_000),
+        ] {
+            let name = entry_name(&CacheKey::new("h", path), &Variant::default());
+            assert_eq!(name.len(), 64);
+            assert!(name.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+    }
+
+    #[test]
+    fn vary_names_are_split_and_lowercased() {
+        let mut h = HeaderMap::new();
+        h.append("vary", HeaderValue::from_static("Accept-Encoding, X-A"));
+        h.append("vary", HeaderValue::from_static("x-a"));
+        assert_eq!(vary_names(&h), vec!["accept-encoding", "x-a"]);
+    }
+}

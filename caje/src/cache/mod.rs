@@ -1,0 +1,6 @@
+//! The cache: keys, the RFC 9111 policy, entry metadata and the disk store.
+
+pub mod entry;
+pub mod key;
+pub mod policy;
+pub mod store;

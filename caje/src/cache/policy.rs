@@ -1,0 +1,388 @@
+//! Cacheability and freshness: the only module that talks to `http-cache-semantics`.
+//!
+//! `http-cache-semantics` implements RFC 9111 for a shared cache. caje adds the rules a CDN
+//! operator expects on top of it:
+//! - only explicit freshness (`s-maxage`, `max-age`, `Expires`) is cached unless heuristic
+//!   freshness is enabled in config;
+//! - a response that sets a cookie is never stored (it is meant for one user);
+//! - a `Vary` on `Cookie` or `Authorization` is never stored, because storing it would write
+//!   those credentials to disk;
+//! - the request recorded in the policy keeps only `Host` and the `Vary`-named headers, so no
+//!   cookie or credential reaches the disk.
+
+use std::time::{Duration, SystemTime};
+
+use http::{request, response, HeaderMap, HeaderValue, Method};
+use http_cache_semantics::{BeforeRequest, CacheOptions, CachePolicy};
+
+use super::key::vary_names;
+
+/// Options from `[cache]` that affect decisions.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyOptions {
+    /// RFC 9111 §4.2.2 heuristic freshness for responses without explicit freshness.
+    pub heuristic_freshness: bool,
+    /// Whether a client's `no-cache` / `max-age=0` may force a fetch.
+    pub honor_client_no_cache: bool,
+}
+
+/// Why a response was not stored. `as_str` is the `detail` of `Cache-Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStorable {
+    /// `no-store` in the request or response.
+    NoStore,
+    /// `private` in the response.
+    Private,
+    /// The response sets a cookie.
+    SetCookie,
+    /// The request carried credentials and the response did not allow sharing.
+    Authorization,
+    /// No `max-age`/`s-maxage`/`Expires` and heuristics are off.
+    NoExplicitFreshness,
+    /// The status code or method is not cacheable.
+    Status,
+    /// `Vary: *`.
+    VaryStar,
+    /// `Vary` names `Cookie` or `Authorization`.
+    VaryPrivate,
+    /// Larger than `max_object_bytes`.
+    TooLarge,
+    /// Freshness lifetime is zero and there is no validator to revalidate with.
+    ZeroTtl,
+}
+
+impl NotStorable {
+    /// The token used in `Cache-Status: ...; detail=<token>`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotStorable::NoStore => "no-store",
+            NotStorable::Private => "private",
+            NotStorable::SetCookie => "set-cookie",
+            NotStorable::Authorization => "authorization",
+            NotStorable::NoExplicitFreshness => "no-explicit-freshness",
+            NotStorable::Status => "status",
+            NotStorable::VaryStar => "vary-star",
+            NotStorable::VaryPrivate => "vary-private",
+            NotStorable::TooLarge => "too-large",
+            NotStorable::ZeroTtl => "zero-ttl",
+        }
+    }
+}
+
+/// A storable response's policy, with the `Vary` names it was stored under.
+pub struct Storable {
+    /// The policy to persist (built from a sanitised request).
+    pub policy: CachePolicy,
+    /// Lower-case `Vary` field names.
+    pub vary_names: Vec<String>,
+}
+
+/// Headers kept from the request in the persisted policy, besides the Vary-named ones.
+fn sanitized_request(req: &request::Parts, host: &str, vary: &[String]) -> request::Parts {
+    let mut headers = HeaderMap::new();
+    if let Ok(h) = HeaderValue::from_str(host) {
+        headers.insert(http::header::HOST, h);
+    }
+    for name in vary {
+        for v in req.headers.get_all(name.as_str()) {
+            if let Ok(n) = http::HeaderName::from_bytes(name.as_bytes()) {
+                headers.append(n, v.clone());
+            }
+        }
+    }
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = Method::GET;
+    parts.uri = req.uri.clone();
+    parts.headers = headers;
+    parts
+}
+
+/// The request `http-cache-semantics` sees when answering: our normalised host, and without
+/// the client's cache directives unless the operator lets clients force fetches.
+fn lookup_request(req: &request::Parts, host: &str, opts: PolicyOptions) -> request::Parts {
+    let mut parts = sanitized_request(req, host, &[]);
+    for (name, value) in &req.headers {
+        if name == http::header::HOST {
+            continue;
+        }
+        if !opts.honor_client_no_cache
+            && (name == http::header::CACHE_CONTROL || name == http::header::PRAGMA)
+        {
+            continue;
+        }
+        parts.headers.append(name.clone(), value.clone());
+    }
+    parts
+}
+
+fn cache_options(opts: PolicyOptions) -> CacheOptions {
+    CacheOptions {
+        shared: true,
+        cache_heuristic: if opts.heuristic_freshness { 0.1 } else { 0.0 },
+        ..CacheOptions::default()
+    }
+}
+
+fn has_directive(headers: &HeaderMap, directive: &str) -> bool {
+    headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| {
+            let name = d.split('=').next().unwrap_or("").trim();
+            name.eq_ignore_ascii_case(directive)
+        })
+}
+
+/// Decides whether a response to `req` may be stored, and builds the policy to persist.
+pub fn decide(
+    req: &request::Parts,
+    host: &str,
+    res: &response::Parts,
+    response_time: SystemTime,
+    opts: PolicyOptions,
+) -> Result<Storable, NotStorable> {
+    if req.method != Method::GET {
+        return Err(NotStorable::Status);
+    }
+    let vary = vary_names(&res.headers);
+    if vary.iter().any(|n| n == "*") {
+        return Err(NotStorable::VaryStar);
+    }
+    if vary
+        .iter()
+        .any(|n| n == "cookie" || n == "authorization" || n == "proxy-authorization")
+    {
+        return Err(NotStorable::VaryPrivate);
+    }
+    if res.headers.contains_key(http::header::SET_COOKIE) {
+        return Err(NotStorable::SetCookie);
+    }
+    // Decide with the request as the client sent it (credentials included), so the RFC's
+    // rule about Authorization applies; persist a sanitised copy.
+    let full = CachePolicy::new_options(req, res, response_time, cache_options(opts));
+    if !full.is_storable() {
+        return Err(
+            if has_directive(&res.headers, "no-store") || has_directive(&req.headers, "no-store") {
+                NotStorable::NoStore
+            } else if has_directive(&res.headers, "private") {
+                NotStorable::Private
+            } else if req.headers.contains_key(http::header::AUTHORIZATION) {
+                NotStorable::Authorization
+            } else {
+                NotStorable::Status
+            },
+        );
+    }
+    let explicit = has_directive(&res.headers, "max-age")
+        || has_directive(&res.headers, "s-maxage")
+        || res.headers.contains_key(http::header::EXPIRES);
+    if !explicit && !opts.heuristic_freshness {
+        return Err(NotStorable::NoExplicitFreshness);
+    }
+    let sanitized = sanitized_request(req, host, &vary);
+    let policy = CachePolicy::new_options(&sanitized, res, response_time, cache_options(opts));
+    if policy.time_to_live(response_time).is_zero() {
+        // Without revalidation (not built yet) a zero-lifetime entry could never be used.
+        return Err(NotStorable::ZeroTtl);
+    }
+    Ok(Storable {
+        policy,
+        vary_names: vary,
+    })
+}
+
+/// Freshness of a stored response for a new request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Usable as is; `age` for the `Age` header, `ttl` remaining.
+    Fresh {
+        /// Current age.
+        age: Duration,
+        /// Remaining freshness lifetime.
+        ttl: Duration,
+    },
+    /// Must not be used without going to the origin.
+    Stale,
+}
+
+/// Whether `policy` lets a stored response answer `req` now.
+pub fn freshness(
+    policy: &CachePolicy,
+    req: &request::Parts,
+    host: &str,
+    now: SystemTime,
+    opts: PolicyOptions,
+) -> Freshness {
+    let lookup = lookup_request(req, host, opts);
+    match policy.before_request(&lookup, now) {
+        BeforeRequest::Fresh(_) => Freshness::Fresh {
+            age: policy.age(now),
+            ttl: policy.time_to_live(now),
+        },
+        BeforeRequest::Stale { .. } => Freshness::Stale,
+    }
+}
+
+/// Remaining lifetime at `now` (zero when stale).
+pub fn time_to_live(policy: &CachePolicy, now: SystemTime) -> Duration {
+    policy.time_to_live(now)
+}
+
+/// Current age at `now`.
+pub fn age(policy: &CachePolicy, now: SystemTime) -> Duration {
+    policy.age(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTS: PolicyOptions = PolicyOptions {
+        heuristic_freshness: false,
+        honor_client_no_cache: false,
+    };
+
+    fn req(headers: &[(&str, &str)]) -> request::Parts {
+        let mut b = http::Request::get("/p?q=1").header("host", "example.com");
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn res(headers: &[(&str, &str)]) -> response::Parts {
+        let mut b = http::Response::builder().status(200);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn decide_now(
+        q: &request::Parts,
+        r: &response::Parts,
+        opts: PolicyOptions,
+    ) -> Result<Storable, NotStorable> {
+        decide(q, "example.com", r, SystemTime::now(), opts)
+    }
+
+    #[test]
+    fn explicit_max_age_is_stored() {
+        let s = decide_now(&req(&[]), &res(&[("cache-control", "max-age=60")]), OPTS);
+        assert!(s.is_ok());
+    }
+
+    #[test]
+    fn refusals_name_their_reason() {
+        type Case<'a> = (
+            &'a [(&'a str, &'a str)],
+            &'a [(&'a str, &'a str)],
+            NotStorable,
+        );
+        let cases: &[Case] = &[
+            (&[], &[("cache-control", "no-store")], NotStorable::NoStore),
+            (
+                &[],
+                &[("cache-control", "private, max-age=60")],
+                NotStorable::Private,
+            ),
+            (
+                &[],
+                &[("cache-control", "max-age=60"), ("set-cookie", "a=b")],
+                NotStorable::SetCookie,
+            ),
+            (
+                &[("authorization", "Bearer x")],
+                &[("cache-control", "max-age=60")],
+                NotStorable::Authorization,
+            ),
+            (
+                &[],
+                &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")],
+                NotStorable::NoExplicitFreshness,
+            ),
+            (
+                &[],
+                &[("cache-control", "max-age=60"), ("vary", "*")],
+                NotStorable::VaryStar,
+            ),
+            (
+                &[],
+                &[("cache-control", "max-age=60"), ("vary", "Cookie")],
+                NotStorable::VaryPrivate,
+            ),
+        ];
+        for (q, r, want) in cases {
+            let got = decide_now(&req(q), &res(r), OPTS).err();
+            assert_eq!(got, Some(*want), "req {q:?} res {r:?}");
+        }
+    }
+
+    #[test]
+    fn authorization_with_public_may_be_shared_but_is_not_persisted() {
+        let q = req(&[("authorization", "Bearer secret"), ("cookie", "sid=1")]);
+        let s = decide_now(&q, &res(&[("cache-control", "public, max-age=60")]), OPTS)
+            .unwrap_or_else(|e| panic!("public allows sharing, got {e:?}"));
+        let bytes = postcard::to_stdvec(&s.policy).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("secret"), "credentials persisted");
+        assert!(!text.contains("sid=1"), "cookie persisted");
+    }
+
+    #[test]
+    fn heuristic_freshness_is_opt_in() {
+        let r = res(&[
+            ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+            ("date", &httpdate::fmt_http_date(SystemTime::now())),
+        ]);
+        let on = PolicyOptions {
+            heuristic_freshness: true,
+            ..OPTS
+        };
+        assert!(decide_now(&req(&[]), &r, on).is_ok());
+        assert!(decide_now(&req(&[]), &r, OPTS).is_err());
+    }
+
+    #[test]
+    fn client_no_cache_is_ignored_by_default() {
+        let now = SystemTime::now();
+        let s = decide_now(&req(&[]), &res(&[("cache-control", "max-age=60")]), OPTS)
+            .ok()
+            .unwrap();
+        let reload = req(&[("cache-control", "no-cache"), ("pragma", "no-cache")]);
+        assert!(matches!(
+            freshness(&s.policy, &reload, "example.com", now, OPTS),
+            Freshness::Fresh { .. }
+        ));
+        let honor = PolicyOptions {
+            honor_client_no_cache: true,
+            ..OPTS
+        };
+        assert_eq!(
+            freshness(&s.policy, &reload, "example.com", now, honor),
+            Freshness::Stale
+        );
+    }
+
+    #[test]
+    fn expired_is_stale_and_age_counts_resident_time() {
+        let then = SystemTime::now() - Duration::from_secs(120);
+        let s = decide(
+            &req(&[]),
+            "example.com",
+            &res(&[("cache-control", "max-age=60")]),
+            then,
+            OPTS,
+        )
+        .ok()
+        .unwrap();
+        let now = SystemTime::now();
+        assert_eq!(
+            freshness(&s.policy, &req(&[]), "example.com", now, OPTS),
+            Freshness::Stale
+        );
+        assert!(age(&s.policy, now) >= Duration::from_secs(120));
+    }
+}

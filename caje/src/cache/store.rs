@@ -1,0 +1,641 @@
+//! The disk store: files under `cache_dir`, and the in-memory index of what they hold.
+//!
+//! Layout: `cache_dir/v1/<2 hex>/<2 hex>/<64 hex>.meta` and, beside it, the body
+//! `<64 hex>.<16 hex>.body`. The meta file names its body; every fill writes a body under a
+//! new name, so a reader that opened the previous body keeps reading consistent bytes while
+//! a replacement is committed. Names come only from SHA-256 hashes and counters: nothing in
+//! a request can choose a path.
+//!
+//! Writes are atomic: body and meta are written to temp files in the same directory, fsynced,
+//! then renamed (body first, meta last: an entry exists once its meta does). At start-up the
+//! directory is scanned: temp files and bodies no meta names are removed, metas that fail to
+//! decode are removed and counted.
+//!
+//! The index maps each page to its variants and is the authority on what this node serves;
+//! it lives behind a `std::sync::Mutex` because no code holds it across an `.await`.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use tokio::sync::mpsc;
+
+use super::entry::EntryMeta;
+use super::key::{entry_name, CacheKey, Variant};
+use crate::stats::Stats;
+
+/// Top-level directory of the current layout inside `cache_dir`.
+const LAYOUT_DIR: &str = "v1";
+/// Bytes a fill may have queued for its writer before it is abandoned: a disk slower than the
+/// origin must not slow the client down or grow memory without bound.
+const MAX_INFLIGHT_BYTES: usize = 32 * 1024 * 1024;
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The cache directory could not be created or read.
+    #[error("cache directory {path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// Another caje process already uses this cache directory.
+    #[error(
+        "cache directory {0} is in use by another caje process (each node needs its own cache_dir)"
+    )]
+    Locked(PathBuf),
+}
+
+/// One stored response.
+#[derive(Debug)]
+pub struct Entry {
+    /// Its metadata.
+    pub meta: EntryMeta,
+    /// 64-hex name (hash of page + variant).
+    pub name: String,
+    /// Directory holding the meta and body files.
+    dir: PathBuf,
+}
+
+impl Entry {
+    /// Path of the body file.
+    pub fn body_path(&self) -> PathBuf {
+        self.dir.join(&self.meta.body_file)
+    }
+
+    fn meta_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.meta", self.name))
+    }
+}
+
+/// What the index holds for a request.
+pub enum Lookup {
+    /// A stored variant matches the request.
+    Found(Arc<Entry>),
+    /// The page is stored, but no variant matches the request's headers.
+    VaryMiss,
+    /// Nothing is stored for this page.
+    Miss,
+}
+
+/// What happened in the store, for the manifest.
+#[derive(Debug)]
+pub enum StoreEvent {
+    /// A new or replaced entry is committed.
+    Stored(Arc<Entry>),
+}
+
+#[derive(Default)]
+struct Index {
+    pages: HashMap<CacheKey, Vec<Arc<Entry>>>,
+    entries: u64,
+    bytes: u64,
+}
+
+impl Index {
+    /// Inserts or replaces the entry with the same name; returns the replaced one.
+    fn insert(&mut self, entry: Arc<Entry>) -> Option<Arc<Entry>> {
+        let variants = self.pages.entry(entry.meta.key()).or_default();
+        self.entries += 1;
+        self.bytes += entry.meta.body_len;
+        let old = match variants.iter().position(|e| e.name == entry.name) {
+            Some(i) => Some(std::mem::replace(&mut variants[i], entry)),
+            None => {
+                variants.push(entry);
+                None
+            }
+        };
+        if let Some(old) = &old {
+            self.entries -= 1;
+            self.bytes -= old.meta.body_len;
+        }
+        old
+    }
+
+    /// Removes exactly this entry (not a newer one with the same name).
+    fn remove(&mut self, entry: &Arc<Entry>) -> bool {
+        let key = entry.meta.key();
+        let Some(variants) = self.pages.get_mut(&key) else {
+            return false;
+        };
+        let Some(i) = variants.iter().position(|e| Arc::ptr_eq(e, entry)) else {
+            return false;
+        };
+        variants.swap_remove(i);
+        if variants.is_empty() {
+            self.pages.remove(&key);
+        }
+        self.entries -= 1;
+        self.bytes -= entry.meta.body_len;
+        true
+    }
+}
+
+struct Inner {
+    root: PathBuf,
+    index: Mutex<Index>,
+    /// Serialises the rename + index update of commits, so the index and the meta files on
+    /// disk agree on which fill of a name won.
+    commit: Mutex<()>,
+    stats: Arc<Stats>,
+    events: mpsc::UnboundedSender<StoreEvent>,
+    /// Makes body and temp file names unique within this process.
+    counter: AtomicU64,
+    /// Keeps the exclusive lock on `cache_dir/.lock` for the life of the store.
+    _lock: nix::fcntl::Flock<File>,
+}
+
+/// Handle to the disk store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`, takes its lock and scans it.
+    /// Blocking: call at start-up or from `spawn_blocking`.
+    pub fn open(
+        dir: &Path,
+        stats: Arc<Stats>,
+        events: mpsc::UnboundedSender<StoreEvent>,
+    ) -> Result<Store, StoreError> {
+        let io_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { path, source }
+        };
+        let root = dir.join(LAYOUT_DIR);
+        fs::create_dir_all(&root).map_err(io_err(&root))?;
+        let lock_path = dir.join(".lock");
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| StoreError::Locked(dir.to_owned()))?;
+        let inner = Arc::new(Inner {
+            root,
+            index: Mutex::new(Index::default()),
+            commit: Mutex::new(()),
+            stats,
+            events,
+            counter: AtomicU64::new(0),
+            _lock: lock,
+        });
+        let store = Store { inner };
+        store.scan()?;
+        Ok(store)
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        // A panic while holding the lock cannot leave the index half-updated in a way that
+        // matters more than losing the whole cache would, so keep serving.
+        self.inner.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of entries and their body bytes.
+    pub fn usage(&self) -> (u64, u64) {
+        let idx = self.index();
+        (idx.entries, idx.bytes)
+    }
+
+    /// Finds the entry that may answer a request for `key` with these headers.
+    pub fn lookup(&self, key: &CacheKey, headers: &HeaderMap) -> Lookup {
+        let idx = self.index();
+        match idx.pages.get(key) {
+            None => Lookup::Miss,
+            Some(variants) => variants
+                .iter()
+                .find(|e| e.meta.variant.matches(headers))
+                .map_or(Lookup::VaryMiss, |e| Lookup::Found(e.clone())),
+        }
+    }
+
+    /// Whether `entry` is still the one the index serves (not replaced or removed).
+    pub fn is_current(&self, entry: &Arc<Entry>) -> bool {
+        let idx = self.index();
+        idx.pages
+            .get(&entry.meta.key())
+            .is_some_and(|v| v.iter().any(|e| Arc::ptr_eq(e, entry)))
+    }
+
+    /// Whether this node holds the given page variant.
+    pub fn holds(&self, key: &CacheKey, variant: &Variant) -> bool {
+        let idx = self.index();
+        idx.pages
+            .get(key)
+            .is_some_and(|v| v.iter().any(|e| &e.meta.variant == variant))
+    }
+
+    /// Removes an entry found corrupt, and counts it. Blocking (unlinks files).
+    pub fn remove_corrupt(&self, entry: &Arc<Entry>, why: &dyn std::fmt::Display) {
+        Stats::incr(&self.inner.stats.corrupt_entries);
+        tracing::warn!(
+            host = %entry.meta.host,
+            path = %entry.meta.path,
+            "removing corrupt cache entry {}: {why}",
+            entry.name
+        );
+        if self.index().remove(entry) {
+            let _ = fs::remove_file(entry.meta_path());
+            let _ = fs::remove_file(entry.body_path());
+        }
+    }
+
+    /// Removes every entry; returns (entries, bytes) removed. Blocking.
+    pub fn clear(&self) -> (u64, u64) {
+        let removed: Vec<Arc<Entry>> = {
+            let mut idx = self.index();
+            let all = std::mem::take(&mut idx.pages);
+            idx.entries = 0;
+            idx.bytes = 0;
+            all.into_values().flatten().collect()
+        };
+        let bytes = removed.iter().map(|e| e.meta.body_len).sum();
+        for e in &removed {
+            let _ = fs::remove_file(e.meta_path());
+            let _ = fs::remove_file(e.body_path());
+        }
+        (removed.len() as u64, bytes)
+    }
+
+    /// Every entry, for listings.
+    pub fn entries(&self) -> Vec<Arc<Entry>> {
+        self.index().pages.values().flatten().cloned().collect()
+    }
+
+    /// Starts writing a response into the cache. `meta` is complete except for the body
+    /// fields, which the writer fills in. The returned [`Fill`] receives the body as it
+    /// streams; nothing is visible to readers until [`Fill::finish`] is called and the write
+    /// is committed.
+    pub fn begin_fill(&self, meta: EntryMeta, max_bytes: u64) -> Fill {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inflight = Arc::new(AtomicUsize::new(0));
+        let store = self.clone();
+        let writer_inflight = inflight.clone();
+        tokio::task::spawn_blocking(move || store.write_entry(meta, rx, &writer_inflight));
+        Fill {
+            tx: Some(tx),
+            inflight,
+            bytes: 0,
+            max_bytes,
+            stats: self.inner.stats.clone(),
+        }
+    }
+
+    fn unique(&self) -> u64 {
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        // Mix in the pid and time so names stay unique across restarts too.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        t ^ (u64::from(std::process::id()) << 48) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn shard_dir(&self, name: &str) -> PathBuf {
+        self.inner.root.join(&name[0..2]).join(&name[2..4])
+    }
+
+    /// The writer: runs on a blocking thread, receives the body, commits the entry.
+    fn write_entry(
+        &self,
+        mut meta: EntryMeta,
+        mut rx: mpsc::UnboundedReceiver<FillMsg>,
+        inflight: &AtomicUsize,
+    ) {
+        let name = entry_name(&meta.key(), &meta.variant);
+        let dir = self.shard_dir(&name);
+        let tmp_body = dir.join(format!(".{name}.{:016x}.tmp", self.unique()));
+        let result = (|| -> io::Result<Option<(u64, u32)>> {
+            fs::create_dir_all(&dir)?;
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp_body)?;
+            let mut crc = crc32fast::Hasher::new();
+            let mut len = 0u64;
+            loop {
+                match rx.blocking_recv() {
+                    Some(FillMsg::Chunk(data)) => {
+                        inflight.fetch_sub(data.len(), Ordering::Relaxed);
+                        file.write_all(&data)?;
+                        crc.update(&data);
+                        len += data.len() as u64;
+                    }
+                    Some(FillMsg::Finish) => break,
+                    // The fill was dropped or abandoned: the body is incomplete.
+                    None => return Ok(None),
+                }
+            }
+            file.sync_all()?;
+            Ok(Some((len, crc.finalize())))
+        })();
+        let (len, crc) = match result {
+            Ok(Some(done)) => done,
+            Ok(None) => {
+                let _ = fs::remove_file(&tmp_body);
+                return;
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp_body);
+                self.inner.stats.store_failed("writing body", &e);
+                return;
+            }
+        };
+        meta.body_file = format!("{name}.{:016x}.body", self.unique());
+        meta.body_len = len;
+        meta.body_crc32 = crc;
+        if let Err(e) = self.commit(&dir, &name, &tmp_body, meta) {
+            let _ = fs::remove_file(&tmp_body);
+            self.inner.stats.store_failed("committing entry", &e);
+        }
+    }
+
+    fn commit(&self, dir: &Path, name: &str, tmp_body: &Path, meta: EntryMeta) -> io::Result<()> {
+        let encoded = meta.encode().map_err(io::Error::other)?;
+        let tmp_meta = dir.join(format!(".{name}.{:016x}.tmp", self.unique()));
+        let written = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp_meta)?;
+            f.write_all(&encoded)?;
+            f.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp_meta);
+            return Err(e);
+        }
+        let entry = Arc::new(Entry {
+            meta,
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+        });
+        let replaced = {
+            let _commit = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
+            fs::rename(tmp_body, entry.body_path())?;
+            if let Err(e) = fs::rename(&tmp_meta, entry.meta_path()) {
+                let _ = fs::remove_file(entry.body_path());
+                let _ = fs::remove_file(&tmp_meta);
+                return Err(e);
+            }
+            self.index().insert(entry.clone())
+        };
+        // Make the renames durable; a failure here only risks losing the entry in a crash.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        if let Some(old) = replaced {
+            if old.meta.body_file != entry.meta.body_file {
+                let _ = fs::remove_file(old.body_path());
+            }
+        }
+        Stats::incr(&self.inner.stats.stored);
+        let _ = self.inner.events.send(StoreEvent::Stored(entry));
+        Ok(())
+    }
+
+    /// Rebuilds the index from disk, removing leftovers of interrupted writes.
+    fn scan(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let mut loaded = 0u64;
+        let root = self.inner.root.clone();
+        let read_dir = |p: &Path| {
+            fs::read_dir(p).map_err(|source| StoreError::Io {
+                path: p.to_owned(),
+                source,
+            })
+        };
+        for l1 in read_dir(&root)? {
+            let Ok(l1) = l1 else { continue };
+            if !l1.path().is_dir() {
+                continue;
+            }
+            for l2 in read_dir(&l1.path())? {
+                let Ok(l2) = l2 else { continue };
+                let dir = l2.path();
+                if !dir.is_dir() {
+                    continue;
+                }
+                loaded += self.scan_shard(&dir);
+                if loaded > 0 && loaded % 10_000 == 0 {
+                    tracing::info!(entries = loaded, "loading cache index");
+                }
+            }
+        }
+        let (entries, bytes) = self.usage();
+        tracing::info!(
+            entries,
+            bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            dir = %root.display(),
+            "cache index loaded"
+        );
+        Ok(())
+    }
+
+    /// Loads one shard directory; returns the number of entries loaded.
+    fn scan_shard(&self, dir: &Path) -> u64 {
+        let Ok(rd) = fs::read_dir(dir) else { return 0 };
+        let mut bodies = Vec::new();
+        let mut referenced = HashSet::new();
+        let mut loaded = 0;
+        for f in rd.flatten() {
+            let path = f.path();
+            let file_name = f.file_name().to_string_lossy().into_owned();
+            if file_name.ends_with(".tmp") {
+                let _ = fs::remove_file(&path);
+            } else if file_name.ends_with(".body") {
+                bodies.push((file_name, path));
+            } else if let Some(name) = file_name.strip_suffix(".meta") {
+                match fs::read(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| EntryMeta::decode(&b).map_err(|e| e.to_string()))
+                {
+                    Ok(meta) if entry_name(&meta.key(), &meta.variant) == name => {
+                        referenced.insert(meta.body_file.clone());
+                        self.index().insert(Arc::new(Entry {
+                            meta,
+                            name: name.to_owned(),
+                            dir: dir.to_owned(),
+                        }));
+                        loaded += 1;
+                    }
+                    Ok(_) => {
+                        Stats::incr(&self.inner.stats.corrupt_entries);
+                        tracing::warn!("removing {}: name does not match its key", path.display());
+                        let _ = fs::remove_file(&path);
+                    }
+                    Err(e) => {
+                        Stats::incr(&self.inner.stats.corrupt_entries);
+                        tracing::warn!("removing undecodable {}: {e}", path.display());
+                        let _ = fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+        for (file_name, path) in bodies {
+            if !referenced.contains(&file_name) {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        // Metas whose body is missing are dropped when a hit fails to open the body.
+        loaded
+    }
+}
+
+enum FillMsg {
+    Chunk(Bytes),
+    Finish,
+}
+
+/// The sending side of a cache fill: the tee feeds it the body as the client receives it.
+///
+/// Dropping a `Fill` without calling [`Fill::finish`] discards the partial entry, which is
+/// what happens when the origin body fails or the client goes away.
+pub struct Fill {
+    tx: Option<mpsc::UnboundedSender<FillMsg>>,
+    inflight: Arc<AtomicUsize>,
+    bytes: u64,
+    max_bytes: u64,
+    stats: Arc<Stats>,
+}
+
+impl Fill {
+    /// Queues a chunk for the writer. Never blocks; abandons the fill when the object grows
+    /// beyond `max_bytes` or the writer falls too far behind or failed.
+    pub fn push(&mut self, data: &Bytes) {
+        let Some(tx) = &self.tx else { return };
+        self.bytes += data.len() as u64;
+        if self.bytes > self.max_bytes {
+            Stats::incr(&self.stats.not_stored);
+            self.tx = None;
+            return;
+        }
+        if self.inflight.load(Ordering::Relaxed) > MAX_INFLIGHT_BYTES {
+            self.stats
+                .store_failed("writer", &"disk writes fell behind the origin");
+            self.tx = None;
+            return;
+        }
+        self.inflight.fetch_add(data.len(), Ordering::Relaxed);
+        if tx.send(FillMsg::Chunk(data.clone())).is_err() {
+            // The writer failed (and counted it); stop feeding it.
+            self.tx = None;
+        }
+    }
+
+    /// Whether the fill is still going to be stored.
+    pub fn is_active(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Marks the body complete; the writer commits the entry.
+    pub fn finish(mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(FillMsg::Finish);
+        }
+    }
+
+    /// Gives up on storing this response.
+    pub fn abandon(&mut self) {
+        self.tx = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::tests::sample;
+
+    fn open(dir: &Path) -> (Store, mpsc::UnboundedReceiver<StoreEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Store::open(dir, Arc::new(Stats::default()), tx).unwrap(),
+            rx,
+        )
+    }
+
+    async fn fill(store: &Store, rx: &mut mpsc::UnboundedReceiver<StoreEvent>, body: &[u8]) {
+        let mut f = store.begin_fill(sample(), u64::MAX);
+        f.push(&Bytes::copy_from_slice(body));
+        f.finish();
+        let StoreEvent::Stored(e) = rx.recv().await.unwrap();
+        assert_eq!(e.meta.body_len, body.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn fill_commit_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, mut rx) = open(dir.path());
+            fill(&store, &mut rx, b"hello").await;
+            fill(&store, &mut rx, b"hello again").await;
+            assert_eq!(store.usage(), (1, 11));
+        }
+        let (store, _rx) = open(dir.path());
+        assert_eq!(store.usage(), (1, 11));
+        let e = store.entries().pop().unwrap();
+        assert_eq!(fs::read(e.body_path()).unwrap(), b"hello again");
+        // The replaced body was removed: one meta and one body remain.
+        let mut files = 0;
+        for l1 in fs::read_dir(dir.path().join(LAYOUT_DIR)).unwrap() {
+            for l2 in fs::read_dir(l1.unwrap().path()).unwrap() {
+                files += fs::read_dir(l2.unwrap().path()).unwrap().count();
+            }
+        }
+        assert_eq!(files, 2);
+    }
+
+    #[tokio::test]
+    async fn dropped_fill_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _rx) = open(dir.path());
+        let mut f = store.begin_fill(sample(), u64::MAX);
+        f.push(&Bytes::from_static(b"partial"));
+        drop(f);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(store.usage(), (0, 0));
+        drop(store);
+        let (store, _rx) = open(dir.path());
+        assert_eq!(store.usage(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn second_process_cannot_share_the_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, _rx) = open(dir.path());
+        let (tx, _rx2) = mpsc::unbounded_channel();
+        let err = Store::open(dir.path(), Arc::new(Stats::default()), tx)
+            .err()
+            .unwrap();
+        assert!(matches!(err, StoreError::Locked(_)));
+    }
+
+    #[tokio::test]
+    async fn corrupt_meta_is_removed_at_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(Stats::default());
+        {
+            let (store, mut rx) = open(dir.path());
+            fill(&store, &mut rx, b"x").await;
+            let e = store.entries().pop().unwrap();
+            let mut bytes = fs::read(e.meta_path()).unwrap();
+            bytes[10] ^= 1;
+            fs::write(e.meta_path(), bytes).unwrap();
+        }
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let store = Store::open(dir.path(), stats.clone(), tx).unwrap();
+        assert_eq!(store.usage(), (0, 0));
+        assert_eq!(Stats::get(&stats.corrupt_entries), 1);
+    }
+}

@@ -1,0 +1,413 @@
+//! Configuration: the TOML file, its defaults, and validation.
+//!
+//! Every key has a default except the origins; `caje --origin URL` supplies one origin for every
+//! host, so the demo runs with no file at all. A file that fails to parse is reported with its
+//! path, line and column (from `toml`'s span) so an operator can fix it without guessing.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has a wrong key/value.
+    #[error("invalid config file {path}, line {line}, column {column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The values parse but do not make a usable configuration.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration of one caje node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the proxy listens on.
+    pub listen: SocketAddr,
+    /// Directory holding cached bodies and metadata.
+    pub cache_dir: PathBuf,
+    /// Path of the SQLite manifest.
+    pub db: PathBuf,
+    /// Which origin serves which client `Host`.
+    pub origins: Vec<OriginConfig>,
+    /// Caching policy knobs.
+    pub cache: CacheConfig,
+    /// Timeouts toward origins.
+    pub origin_timeouts: OriginTimeouts,
+    /// Limits on client requests.
+    pub limits: Limits,
+    /// Admin API access.
+    pub admin: AdminConfig,
+    /// Listener behaviour.
+    pub server: ServerConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            cache_dir: PathBuf::from("caje-cache"),
+            db: PathBuf::from("caje-manifest.db"),
+            origins: Vec::new(),
+            cache: CacheConfig::default(),
+            origin_timeouts: OriginTimeouts::default(),
+            limits: Limits::default(),
+            admin: AdminConfig::default(),
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+/// One `[[origins]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginConfig {
+    /// Client `Host` served by this origin (`*` = any host). Compared without case and with
+    /// the default port removed.
+    pub host: String,
+    /// Base URL of the origin, `http://` or `https://`.
+    pub url: String,
+    /// Which `Host` header to send to the origin.
+    #[serde(default)]
+    pub host_header: HostHeader,
+}
+
+/// The `Host` header caje sends to an origin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostHeader {
+    /// The origin URL's own host (what `nginx proxy_pass` does by default).
+    #[default]
+    Origin,
+    /// The Host the client asked for (virtual hosting at the origin).
+    Client,
+}
+
+/// `[cache]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Responses with bodies larger than this are passed through, not stored.
+    pub max_object_bytes: u64,
+    /// Cache responses without explicit freshness using RFC 9111 §4.2.2 heuristics.
+    pub heuristic_freshness: bool,
+    /// Let a client's `Cache-Control: no-cache` / `max-age=0` / `Pragma: no-cache` force an
+    /// origin fetch. Off by default so a browser reload cannot bust the cache.
+    pub honor_client_no_cache: bool,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_object_bytes: 1 << 30,
+            heuristic_freshness: false,
+            honor_client_no_cache: false,
+        }
+    }
+}
+
+/// `[origin_timeouts]`, all in milliseconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginTimeouts {
+    /// TCP (and TLS) connect timeout.
+    pub connect_ms: u64,
+    /// Time from sending the request to receiving the response head.
+    pub first_byte_ms: u64,
+    /// Longest pause between two body chunks before the transfer is aborted.
+    pub body_idle_ms: u64,
+    /// Idle pooled connections are closed after this.
+    pub pool_idle_ms: u64,
+}
+
+impl Default for OriginTimeouts {
+    fn default() -> Self {
+        OriginTimeouts {
+            connect_ms: 5_000,
+            first_byte_ms: 30_000,
+            body_idle_ms: 30_000,
+            pool_idle_ms: 90_000,
+        }
+    }
+}
+
+impl OriginTimeouts {
+    /// Connect timeout as a `Duration`.
+    pub fn connect(&self) -> Duration {
+        Duration::from_millis(self.connect_ms)
+    }
+    /// First-byte timeout as a `Duration`.
+    pub fn first_byte(&self) -> Duration {
+        Duration::from_millis(self.first_byte_ms)
+    }
+    /// Body idle timeout as a `Duration`.
+    pub fn body_idle(&self) -> Duration {
+        Duration::from_millis(self.body_idle_ms)
+    }
+    /// Pool idle timeout as a `Duration`.
+    pub fn pool_idle(&self) -> Duration {
+        Duration::from_millis(self.pool_idle_ms)
+    }
+}
+
+/// `[limits]` on what a client may send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Longest method + request target accepted (414 beyond).
+    pub max_request_line_bytes: usize,
+    /// Largest header section accepted (431 beyond).
+    pub max_header_bytes: usize,
+    /// Most header fields accepted (431 beyond).
+    pub max_headers: usize,
+    /// Largest request body forwarded (413 beyond).
+    pub max_request_body_bytes: u64,
+    /// Time a client has to send its complete request head.
+    pub header_read_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_line_bytes: 8 * 1024,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_request_body_bytes: 10 * 1024 * 1024,
+            header_read_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token for `/_caje/`; empty means "no token": only `allow_from` clients.
+    pub token: String,
+    /// Networks allowed to use the admin API when no token is set.
+    pub allow_from: Vec<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            token: String::new(),
+            allow_from: vec!["127.0.0.0/8".into(), "::1/128".into()],
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// How long in-flight requests may run after SIGTERM/SIGINT.
+    pub shutdown_grace_ms: u64,
+    /// Trust `X-Forwarded-For` / `X-Forwarded-Proto` sent by the client (set this only behind
+    /// a proxy you control, such as Fly's edge).
+    pub trust_forwarded: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            shutdown_grace_ms: 10_000,
+            trust_forwarded: false,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses a TOML file. Does not validate; call [`Config::validate`] after
+    /// applying command-line overrides.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses TOML text; `path` is only used in error messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|span| line_col(text, span.start))
+                .unwrap_or((0, 0));
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })
+    }
+
+    /// Checks the values that serde cannot: origins present and well-formed, networks parse.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.origins.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no origin configured: add an [[origins]] table or pass --origin URL".into(),
+            ));
+        }
+        for o in &self.origins {
+            let uri: http::Uri = o.url.parse().map_err(|e| {
+                ConfigError::Invalid(format!("origin url {:?} is not a URL: {e}", o.url))
+            })?;
+            match uri.scheme_str() {
+                Some("http") | Some("https") => {}
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "origin url {:?} must start with http:// or https://",
+                        o.url
+                    )))
+                }
+            }
+            if uri.host().is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "origin url {:?} has no host",
+                    o.url
+                )));
+            }
+            if o.host.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "origin {:?} has an empty host; use \"*\" for any host",
+                    o.url
+                )));
+            }
+        }
+        for net in &self.admin.allow_from {
+            IpNet::parse(net).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "admin.allow_from entry {net:?} is not an address or CIDR network"
+                ))
+            })?;
+        }
+        if self.limits.max_header_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "limits.max_header_bytes must be at least 1024".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+/// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `addr` or `addr/prefix`; `None` if malformed.
+    pub fn parse(s: &str) -> Option<IpNet> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (s.parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(IpNet { addr, prefix })
+    }
+
+    /// Whether `ip` is inside this network. IPv4-mapped IPv6 addresses match IPv4 networks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_error_names_line_and_column() {
+        let text = "listen = \"127.0.0.1:1\"\n\n[cache]\nmax_object_bytes = \"big\"\n";
+        let err = Config::from_toml(text, Path::new("x.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("x.toml"), "{msg}");
+        assert!(msg.contains("line 4"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let err = Config::from_toml("[cache]\nmax_obj = 1\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn missing_origin_is_invalid() {
+        let cfg = Config::from_toml("", Path::new("c.toml")).unwrap();
+        assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn ipnet_contains() {
+        let n = IpNet::parse("127.0.0.0/8").unwrap();
+        assert!(n.contains("127.1.2.3".parse().unwrap()));
+        assert!(n.contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!n.contains("10.0.0.1".parse().unwrap()));
+        let one = IpNet::parse("127.0.0.2").unwrap();
+        assert!(!one.contains("127.0.0.1".parse().unwrap()));
+        assert!(IpNet::parse("::1/128")
+            .unwrap()
+            .contains("::1".parse().unwrap()));
+        assert!(IpNet::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(IpNet::parse("1.2.3.4/33").is_none());
+        assert!(IpNet::parse("nonsense").is_none());
+    }
+}

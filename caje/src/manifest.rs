@@ -1,0 +1,1440 @@
+//! The manifest: one SQLite row per cached page.
+//!
+//! Cached bodies live on local disk; the manifest records *which* pages are cached, so that a
+//! restarted node, an admin listing or (through LiteFS replication) another node can know what
+//! exists without walking the cache directory. Several caje processes may share one file: locally
+//! they open the same path, in production LiteFS replicates it to every node.
+//!
+//! # Layout
+//! - [`Manifest`] is a cheap-clone handle. `rusqlite::Connection` is blocking, so it never touches
+//!   the async runtime: it lives on one owner thread (`caje-manifest`), and the handle sends it
+//!   commands over a channel and awaits the reply on a oneshot.
+//! - Every write (upsert, remove, clear) goes through `Owner::write_batch`, the one place that
+//!   opens a write transaction. The LiteFS HALT lock will wrap that function and nothing else.
+//!   Writes that are already queued when the thread wakes are applied in one transaction, so a
+//!   burst of cache fills costs one commit, not one per page.
+//! - Reads run as single statements outside any write transaction, so no read transaction is
+//!   held open across a channel wait (a long reader would stop WAL checkpoints for every process).
+//!
+//! # Vary encoding
+//! A page's identity includes the request headers its response's `Vary` names. In [`PageRow`]
+//! they are `(lower-case name, value)` pairs; a header named by `Vary` but absent from the
+//! request has the value [`VARY_ABSENT`] (a lone NUL, which RFC 9110 §5.5 forbids in a field
+//! value, so it cannot collide with a real one). In the database the pairs are stored in the
+//! `vary` TEXT column as compact JSON, sorted by name then value, with `null` for an absent
+//! header: `[["accept-encoding","gzip"],["x-tenant",null]]`, and `[]` when there is no `Vary`.
+//! That text is part of the `UNIQUE` key, so it must be canonical: the manifest itself
+//! lower-cases names and sorts pairs before storing, and [`Manifest::list`] returns that form.
+//!
+//! # Schema
+//! Versioned by `PRAGMA user_version` with the append-only [`MIGRATIONS`] list; the file is
+//! marked with `PRAGMA application_id` = [`APPLICATION_ID`] so that a random SQLite file is never
+//! adopted (and silently modified) as a manifest.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, TransactionBehavior};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+/// `PRAGMA application_id` of a caje manifest: the ASCII bytes `caje`.
+pub const APPLICATION_ID: i32 = 0x6361_6a65;
+
+/// The value recorded in [`PageRow::vary`] for a header that `Vary` names but the request lacks.
+///
+/// It differs from the empty string, which is a header sent with an empty value.
+pub const VARY_ABSENT: &str = "\0";
+
+/// Schema version this code writes: the number of [`MIGRATIONS`].
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Schema migrations; entry `i` takes `user_version` from `i` to `i + 1`.
+///
+/// Append only: a released migration is never edited, because files in the field already ran it.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the pages table. STRICT so a wrongly typed bind fails instead of being stored as text.
+    "CREATE TABLE pages (
+        id            INTEGER PRIMARY KEY,
+        host          TEXT    NOT NULL,
+        method        TEXT    NOT NULL,
+        path          TEXT    NOT NULL,
+        vary          TEXT    NOT NULL,
+        status        INTEGER NOT NULL,
+        stored_at     INTEGER NOT NULL,
+        expires_at    INTEGER NOT NULL,
+        size          INTEGER NOT NULL,
+        etag          TEXT,
+        last_modified TEXT,
+        UNIQUE (host, method, path, vary)
+    ) STRICT;
+    CREATE INDEX pages_expires_at ON pages (expires_at);",
+];
+
+/// Other processes hold the write lock only for one short batch, so waiting this long for it
+/// should never time out in practice; SQLITE_BUSY surfacing would mean something is stuck.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most writes applied in one transaction, so one batch never holds the write lock for long.
+const MAX_BATCH: usize = 512;
+
+/// Commands queued for the owner thread before senders wait: back-pressure instead of growing
+/// memory without bound if the disk stalls.
+const CHANNEL_CAPACITY: usize = 1024;
+
+/// One cached page as recorded in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRow {
+    /// Lower-case `host[:port]` the client asked for.
+    pub host: String,
+    /// Request method, e.g. `"GET"`.
+    pub method: String,
+    /// Path and query as requested, e.g. `"/gen/a?x=1"`.
+    pub path: String,
+    /// Request headers named by the response's `Vary`, as `(lower-case name, value)` sorted by
+    /// name; [`VARY_ABSENT`] as the value of a header the request did not send. Empty without
+    /// `Vary`. See the module docs for how it is stored.
+    pub vary: Vec<(String, String)>,
+    /// Response status code.
+    pub status: u16,
+    /// When the response was stored, in unix seconds.
+    pub stored_at: i64,
+    /// When it stops being fresh (`stored_at` + freshness lifetime), in unix seconds.
+    pub expires_at: i64,
+    /// Body size in bytes.
+    pub size: u64,
+    /// The response's `ETag`, for revalidation.
+    pub etag: Option<String>,
+    /// The response's `Last-Modified`, for revalidation.
+    pub last_modified: Option<String>,
+}
+
+/// What [`Manifest::upsert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    /// No row had this identity; one was added.
+    Inserted,
+    /// A row with this identity existed and at least one column changed.
+    Updated,
+    /// An identical row existed; nothing was written.
+    Unchanged,
+}
+
+impl Upsert {
+    /// Stable name for logs, metrics and test assertions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Upsert::Inserted => "inserted",
+            Upsert::Updated => "updated",
+            Upsert::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// Counters of one [`Manifest`]'s owner thread (shared by its clones, not by other handles).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ManifestStats {
+    /// Upsert requests received.
+    pub upserts: u64,
+    /// Write transactions committed.
+    pub write_transactions: u64,
+    /// Rows inserted, updated or deleted by committed transactions.
+    pub rows_written: u64,
+    /// Batches answered without a write transaction because every upsert in them was identical
+    /// to its stored row.
+    pub skipped_batches: u64,
+}
+
+/// The SQLite operation that failed, carried by [`ManifestError::Sqlite`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Op {
+    /// Starting a write transaction (`BEGIN IMMEDIATE`).
+    Begin,
+    /// Checking whether a batch of upserts would change anything.
+    Check,
+    /// One upsert inside a write transaction.
+    Upsert,
+    /// One remove inside a write transaction.
+    Remove,
+    /// A clear inside a write transaction.
+    Clear,
+    /// Committing a write transaction; every write in the batch fails with it.
+    Commit,
+    /// [`Manifest::list`].
+    List,
+    /// [`Manifest::count`].
+    Count,
+    /// [`Manifest::data_version`].
+    DataVersion,
+}
+
+impl Op {
+    /// Stable name for logs and error messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Begin => "begin",
+            Op::Check => "check",
+            Op::Upsert => "upsert",
+            Op::Remove => "remove",
+            Op::Clear => "clear",
+            Op::Commit => "commit",
+            Op::List => "list",
+            Op::Count => "count",
+            Op::DataVersion => "data_version",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a manifest operation failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// The file could not be opened or configured (this includes "file is not a database").
+    #[error("cannot open manifest {}", path.display())]
+    Open {
+        /// The manifest path.
+        path: PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file is a SQLite database but not a caje manifest: it carries another
+    /// `application_id`, or none (`found` = 0) while already holding other tables.
+    #[error("{} is not a caje manifest (application_id {found:#x}, expected {:#x})", path.display(), APPLICATION_ID)]
+    NotAManifest {
+        /// The manifest path.
+        path: PathBuf,
+        /// The `application_id` found in the file.
+        found: i32,
+    },
+    /// A migration failed; its transaction was rolled back, so the file is unchanged.
+    #[error("cannot migrate manifest {} to schema version {version}", path.display())]
+    Migrate {
+        /// The manifest path.
+        path: PathBuf,
+        /// The schema version being migrated to.
+        version: i32,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file was written by a newer caje whose schema this one does not know.
+    #[error("manifest {} has schema version {found}, newer than {supported} known to this caje", path.display())]
+    TooNew {
+        /// The manifest path.
+        path: PathBuf,
+        /// `user_version` found in the file.
+        found: i32,
+        /// The newest version this code knows ([`SCHEMA_VERSION`]).
+        supported: i32,
+    },
+    /// The owner thread could not be started.
+    #[error("cannot start the manifest owner thread")]
+    Spawn(#[source] std::io::Error),
+    /// A statement failed after the manifest was open. Shared (`Arc`) because one failed commit
+    /// is the answer to every write in its batch.
+    #[error("manifest {op} failed")]
+    Sqlite {
+        /// What was being done.
+        op: Op,
+        /// What SQLite said.
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+    /// [`PageRow::size`] exceeds SQLite's signed 64-bit INTEGER.
+    #[error("page size {size} does not fit the manifest")]
+    SizeOutOfRange {
+        /// The rejected size.
+        size: u64,
+    },
+    /// The owner thread is gone (it panicked), so the command was not carried out.
+    #[error("the manifest owner thread has stopped")]
+    Closed,
+}
+
+impl ManifestError {
+    fn sqlite(op: Op, source: rusqlite::Error) -> Self {
+        ManifestError::Sqlite {
+            op,
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// Handle to the manifest. Cloning is cheap; all clones talk to the same owner thread, which
+/// exits (closing the database) once the last clone is dropped and its queue is drained.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Commands to the owner thread; the thread's only way to learn it should stop is this
+    /// channel closing.
+    commands: mpsc::Sender<Command>,
+}
+
+impl Manifest {
+    /// Opens (creating if needed) the database at `path`, applies migrations, spawns the owner
+    /// thread.
+    ///
+    /// Blocking: call from startup or `spawn_blocking`. Fails with
+    /// [`ManifestError::NotAManifest`] for a foreign SQLite file, [`ManifestError::TooNew`] for a
+    /// manifest from a newer caje, [`ManifestError::Open`] for anything that is not a database.
+    pub fn open(path: &Path) -> Result<Manifest, ManifestError> {
+        let conn = open_connection(path)?;
+        let (commands, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let owner = Owner {
+            conn,
+            rx,
+            stats: ManifestStats::default(),
+        };
+        std::thread::Builder::new()
+            .name("caje-manifest".into())
+            .spawn(move || owner.run())
+            .map_err(ManifestError::Spawn)?;
+        Ok(Manifest { commands })
+    }
+
+    /// Inserts the row or updates it when any column differs; a row that is identical is not
+    /// written (no write per hit).
+    ///
+    /// Once this returns `Inserted` or `Updated` the change is committed. If the caller is
+    /// cancelled after sending, the write still happens: the page is on disk either way.
+    pub async fn upsert(&self, row: PageRow) -> Result<Upsert, ManifestError> {
+        let record = Record::encode(row)?;
+        self.call(|reply| Command::Write(WriteOp::Upsert { record, reply }))
+            .await
+    }
+
+    /// Every row, ordered by host, path, vary (then method). Vary orders by its stored JSON text,
+    /// so it is deterministic but not meant to be meaningful.
+    pub async fn list(&self) -> Result<Vec<PageRow>, ManifestError> {
+        self.call(Command::List).await
+    }
+
+    /// Deletes one page (all identity columns must match). Returns whether a row was removed.
+    pub async fn remove(
+        &self,
+        host: &str,
+        method: &str,
+        path: &str,
+        vary: &[(String, String)],
+    ) -> Result<bool, ManifestError> {
+        let key = Key {
+            host: host.to_owned(),
+            method: method.to_owned(),
+            path: path.to_owned(),
+            vary: encode_vary(vary),
+        };
+        self.call(|reply| Command::Write(WriteOp::Remove { key, reply }))
+            .await
+    }
+
+    /// Deletes every row; returns how many.
+    pub async fn clear(&self) -> Result<u64, ManifestError> {
+        self.call(|reply| Command::Write(WriteOp::Clear { reply }))
+            .await
+    }
+
+    /// SQLite `PRAGMA data_version` of the owner connection: it changes when ANOTHER connection
+    /// (another process, or another `Manifest` opened on the same file) commits, and not for this
+    /// handle's own commits. For change detection.
+    pub async fn data_version(&self) -> Result<i64, ManifestError> {
+        self.call(Command::DataVersion).await
+    }
+
+    /// Number of rows.
+    pub async fn count(&self) -> Result<u64, ManifestError> {
+        self.call(Command::Count).await
+    }
+
+    /// Counters of this handle's owner thread, e.g. to check that writes are batched.
+    pub async fn stats(&self) -> Result<ManifestStats, ManifestError> {
+        self.call(Command::Stats).await
+    }
+
+    async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, ManifestError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| ManifestError::Closed)?;
+        // A dropped reply sender means the thread died mid-command (a panic).
+        answer.await.map_err(|_| ManifestError::Closed)?
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ManifestError>>;
+
+enum Command {
+    Write(WriteOp),
+    List(Reply<Vec<PageRow>>),
+    Count(Reply<u64>),
+    DataVersion(Reply<i64>),
+    Stats(Reply<ManifestStats>),
+}
+
+/// A write, queued until the owner thread applies its batch.
+enum WriteOp {
+    Upsert {
+        record: Record,
+        reply: Reply<Upsert>,
+    },
+    Remove {
+        key: Key,
+        reply: Reply<bool>,
+    },
+    Clear {
+        reply: Reply<u64>,
+    },
+}
+
+impl WriteOp {
+    /// Answers a write that never ran because its batch could not begin.
+    fn fail(self, op: Op, e: &Arc<rusqlite::Error>) {
+        let err = || ManifestError::Sqlite {
+            op,
+            source: Arc::clone(e),
+        };
+        match self {
+            WriteOp::Upsert { reply, .. } => drop(reply.send(Err(err()))),
+            WriteOp::Remove { reply, .. } => drop(reply.send(Err(err()))),
+            WriteOp::Clear { reply } => drop(reply.send(Err(err()))),
+        }
+    }
+}
+
+/// A write that ran inside the batch's transaction, waiting for the commit before its caller
+/// may be told the outcome.
+enum Applied {
+    Upsert(Reply<Upsert>, Result<Upsert, ManifestError>),
+    Remove(Reply<bool>, Result<bool, ManifestError>),
+    Clear(Reply<u64>, Result<u64, ManifestError>),
+}
+
+impl Applied {
+    /// Rows this write changed, if it succeeded.
+    fn rows(&self) -> u64 {
+        match self {
+            Applied::Upsert(_, Ok(Upsert::Inserted | Upsert::Updated)) => 1,
+            Applied::Remove(_, Ok(true)) => 1,
+            Applied::Clear(_, Ok(n)) => *n,
+            _ => 0,
+        }
+    }
+
+    /// Answers the caller: its own outcome if the batch committed, the commit error otherwise.
+    fn answer(self, commit: &Result<(), Arc<rusqlite::Error>>) {
+        fn outcome<T>(
+            own: Result<T, ManifestError>,
+            commit: &Result<(), Arc<rusqlite::Error>>,
+        ) -> Result<T, ManifestError> {
+            match commit {
+                Ok(()) => own,
+                Err(e) => Err(ManifestError::Sqlite {
+                    op: Op::Commit,
+                    source: Arc::clone(e),
+                }),
+            }
+        }
+        // A send fails only if the caller stopped waiting; the write stands regardless.
+        match self {
+            Applied::Upsert(reply, own) => drop(reply.send(outcome(own, commit))),
+            Applied::Remove(reply, own) => drop(reply.send(outcome(own, commit))),
+            Applied::Clear(reply, own) => drop(reply.send(outcome(own, commit))),
+        }
+    }
+}
+
+/// The identity columns of a page, vary already encoded.
+struct Key {
+    host: String,
+    method: String,
+    path: String,
+    vary: String,
+}
+
+/// A [`PageRow`] in its stored form. Encoded on the caller's task so that a row the database
+/// cannot hold is refused before it reaches a batch.
+struct Record {
+    key: Key,
+    status: u16,
+    stored_at: i64,
+    expires_at: i64,
+    size: i64,
+    etag: Option<String>,
+    last_modified: Option<String>,
+}
+
+impl Record {
+    fn encode(row: PageRow) -> Result<Record, ManifestError> {
+        let size = i64::try_from(row.size)
+            .map_err(|_| ManifestError::SizeOutOfRange { size: row.size })?;
+        Ok(Record {
+            key: Key {
+                vary: encode_vary(&row.vary),
+                host: row.host,
+                method: row.method,
+                path: row.path,
+            },
+            status: row.status,
+            stored_at: row.stored_at,
+            expires_at: row.expires_at,
+            size,
+            etag: row.etag,
+            last_modified: row.last_modified,
+        })
+    }
+}
+
+/// Canonical stored form of a vary list; see the module docs.
+fn encode_vary(vary: &[(String, String)]) -> String {
+    let mut pairs: Vec<(String, Option<&str>)> = vary
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.to_ascii_lowercase(),
+                (value != VARY_ABSENT).then_some(value.as_str()),
+            )
+        })
+        .collect();
+    pairs.sort();
+    // Serializing strings and nulls cannot fail.
+    serde_json::to_string(&pairs).expect("vary pairs serialize")
+}
+
+fn decode_vary(text: &str) -> Result<Vec<(String, String)>, serde_json::Error> {
+    let pairs: Vec<(String, Option<String>)> = serde_json::from_str(text)?;
+    Ok(pairs
+        .into_iter()
+        .map(|(name, value)| (name, value.unwrap_or_else(|| VARY_ABSENT.to_owned())))
+        .collect())
+}
+
+const UPSERT_SQL: &str = "
+    INSERT INTO pages (host, method, path, vary, status, stored_at, expires_at, size, etag, last_modified)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+    ON CONFLICT (host, method, path, vary) DO UPDATE SET
+        status = excluded.status, stored_at = excluded.stored_at, expires_at = excluded.expires_at,
+        size = excluded.size, etag = excluded.etag, last_modified = excluded.last_modified
+    WHERE pages.status IS NOT excluded.status
+       OR pages.stored_at IS NOT excluded.stored_at
+       OR pages.expires_at IS NOT excluded.expires_at
+       OR pages.size IS NOT excluded.size
+       OR pages.etag IS NOT excluded.etag
+       OR pages.last_modified IS NOT excluded.last_modified";
+
+const EXISTS_SQL: &str = "
+    SELECT EXISTS (SELECT 1 FROM pages WHERE host = ?1 AND method = ?2 AND path = ?3 AND vary = ?4)";
+
+const IDENTICAL_SQL: &str = "
+    SELECT EXISTS (SELECT 1 FROM pages
+        WHERE host = ?1 AND method = ?2 AND path = ?3 AND vary = ?4
+          AND status = ?5 AND stored_at = ?6 AND expires_at = ?7 AND size = ?8
+          AND etag IS ?9 AND last_modified IS ?10)";
+
+const REMOVE_SQL: &str =
+    "DELETE FROM pages WHERE host = ?1 AND method = ?2 AND path = ?3 AND vary = ?4";
+
+const LIST_SQL: &str = "
+    SELECT host, method, path, vary, status, stored_at, expires_at, size, etag, last_modified
+    FROM pages ORDER BY host, path, vary, method";
+
+/// The thread that owns the connection.
+struct Owner {
+    conn: Connection,
+    rx: mpsc::Receiver<Command>,
+    stats: ManifestStats,
+}
+
+impl Owner {
+    fn run(mut self) {
+        // A read that arrived while draining writes: it ends the batch and runs right after it,
+        // so it sees those writes (callers observe their own writes in order).
+        let mut next: Option<Command> = None;
+        loop {
+            let command = match next.take() {
+                Some(command) => command,
+                // `None`: every handle is gone and the queue is empty.
+                None => match self.rx.blocking_recv() {
+                    Some(command) => command,
+                    None => break,
+                },
+            };
+            match command {
+                Command::Write(op) => {
+                    let mut batch = vec![op];
+                    while batch.len() < MAX_BATCH {
+                        match self.rx.try_recv() {
+                            Ok(Command::Write(op)) => batch.push(op),
+                            Ok(read) => {
+                                next = Some(read);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.write_batch(batch);
+                }
+                Command::List(reply) => drop(reply.send(self.list())),
+                Command::Count(reply) => drop(reply.send(self.count())),
+                Command::DataVersion(reply) => drop(reply.send(self.data_version())),
+                Command::Stats(reply) => drop(reply.send(Ok(self.stats))),
+            }
+        }
+        tracing::debug!("manifest owner thread exiting");
+        // Dropping `self.conn` closes the database (and checkpoints the WAL if it was the last
+        // connection).
+    }
+
+    /// Applies a batch of writes in one transaction. This is the only place that writes.
+    fn write_batch(&mut self, batch: Vec<WriteOp>) {
+        let upserts = batch
+            .iter()
+            .filter(|op| matches!(op, WriteOp::Upsert { .. }))
+            .count();
+        self.stats.upserts += upserts as u64;
+
+        // Repeated fills of an unchanged page must not take the write lock (shared with other
+        // processes, and later the LiteFS HALT lock, a round trip to the primary). Only a batch
+        // made entirely of no-op upserts is answered here: answering part of a batch early
+        // could reorder it against a later write of the same key.
+        if upserts == batch.len() && self.all_identical(&batch) {
+            self.stats.skipped_batches += 1;
+            for op in batch {
+                if let WriteOp::Upsert { reply, .. } = op {
+                    drop(reply.send(Ok(Upsert::Unchanged)));
+                }
+            }
+            return;
+        }
+
+        let started = Instant::now();
+        let size = batch.len();
+        let tx = match self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+        {
+            Ok(tx) => tx,
+            Err(e) => {
+                tracing::warn!(error = %e, writes = size, "manifest write batch could not begin");
+                let e = Arc::new(e);
+                for op in batch {
+                    op.fail(Op::Begin, &e);
+                }
+                return;
+            }
+        };
+
+        // A failing statement leaves the others in the transaction (SQLite rolls back only that
+        // statement); if SQLite had to roll back the whole transaction, the commit fails and
+        // every write reports that.
+        let applied: Vec<Applied> = batch
+            .into_iter()
+            .map(|op| match op {
+                WriteOp::Upsert { record, reply } => Applied::Upsert(
+                    reply,
+                    upsert_one(&tx, &record).map_err(|e| ManifestError::sqlite(Op::Upsert, e)),
+                ),
+                WriteOp::Remove { key, reply } => {
+                    let removed = tx.prepare_cached(REMOVE_SQL).and_then(|mut stmt| {
+                        stmt.execute(params![key.host, key.method, key.path, key.vary])
+                    });
+                    Applied::Remove(
+                        reply,
+                        removed
+                            .map(|n| n > 0)
+                            .map_err(|e| ManifestError::sqlite(Op::Remove, e)),
+                    )
+                }
+                WriteOp::Clear { reply } => {
+                    let cleared = tx.execute("DELETE FROM pages", []);
+                    Applied::Clear(
+                        reply,
+                        cleared
+                            .map(|n| n as u64)
+                            .map_err(|e| ManifestError::sqlite(Op::Clear, e)),
+                    )
+                }
+            })
+            .collect();
+
+        let commit = tx.commit().map_err(Arc::new);
+        let rows: u64 = applied.iter().map(Applied::rows).sum();
+        match &commit {
+            Ok(()) => {
+                self.stats.write_transactions += 1;
+                self.stats.rows_written += rows;
+                tracing::debug!(writes = size, rows, elapsed = ?started.elapsed(), "manifest batch committed");
+            }
+            Err(e) => tracing::warn!(error = %e, writes = size, "manifest batch commit failed"),
+        }
+        for a in applied {
+            a.answer(&commit);
+        }
+    }
+
+    /// Whether every upsert in the batch matches its stored row exactly. Each check is its own
+    /// short implicit read transaction. A failed check just means "not known identical": the
+    /// write transaction will run and report any real error.
+    fn all_identical(&self, batch: &[WriteOp]) -> bool {
+        batch.iter().all(|op| match op {
+            WriteOp::Upsert { record: r, .. } => self
+                .conn
+                .prepare_cached(IDENTICAL_SQL)
+                .and_then(|mut stmt| {
+                    stmt.query_row(
+                        params![
+                            r.key.host,
+                            r.key.method,
+                            r.key.path,
+                            r.key.vary,
+                            r.status,
+                            r.stored_at,
+                            r.expires_at,
+                            r.size,
+                            r.etag,
+                            r.last_modified
+                        ],
+                        |row| row.get::<_, bool>(0),
+                    )
+                })
+                .inspect_err(
+                    |e| tracing::debug!(error = %e, op = %Op::Check, "manifest check failed"),
+                )
+                .unwrap_or(false),
+            _ => false,
+        })
+    }
+
+    fn list(&self) -> Result<Vec<PageRow>, ManifestError> {
+        let err = |e| ManifestError::sqlite(Op::List, e);
+        let mut stmt = self.conn.prepare_cached(LIST_SQL).map_err(err)?;
+        let rows = stmt
+            .query_map([], |row| {
+                let vary: String = row.get(3)?;
+                // Stored as i64 (SQLite has no unsigned INTEGER); `encode` refused larger sizes.
+                let size: i64 = row.get(7)?;
+                let size = u64::try_from(size)
+                    .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(7, size))?;
+                let vary = decode_vary(&vary).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        3,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?;
+                Ok(PageRow {
+                    host: row.get(0)?,
+                    method: row.get(1)?,
+                    path: row.get(2)?,
+                    vary,
+                    status: row.get(4)?,
+                    stored_at: row.get(5)?,
+                    expires_at: row.get(6)?,
+                    size,
+                    etag: row.get(8)?,
+                    last_modified: row.get(9)?,
+                })
+            })
+            .map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+
+    fn count(&self) -> Result<u64, ManifestError> {
+        self.conn
+            .query_row("SELECT count(*) FROM pages", [], |row| row.get::<_, i64>(0))
+            // count(*) is never negative.
+            .map(|n| n.unsigned_abs())
+            .map_err(|e| ManifestError::sqlite(Op::Count, e))
+    }
+
+    fn data_version(&self) -> Result<i64, ManifestError> {
+        self.conn
+            .pragma_query_value(None, "data_version", |row| row.get(0))
+            .map_err(|e| ManifestError::sqlite(Op::DataVersion, e))
+    }
+}
+
+/// One upsert inside the batch transaction. The prior SELECT tells an insert from an update;
+/// `changes()` tells an update from a no-op (the `WHERE` of `DO UPDATE` skips identical rows).
+fn upsert_one(conn: &Connection, r: &Record) -> rusqlite::Result<Upsert> {
+    let existed: bool = conn.prepare_cached(EXISTS_SQL)?.query_row(
+        params![r.key.host, r.key.method, r.key.path, r.key.vary],
+        |row| row.get(0),
+    )?;
+    let changed = conn.prepare_cached(UPSERT_SQL)?.execute(params![
+        r.key.host,
+        r.key.method,
+        r.key.path,
+        r.key.vary,
+        r.status,
+        r.stored_at,
+        r.expires_at,
+        r.size,
+        r.etag,
+        r.last_modified
+    ])?;
+    Ok(match (changed, existed) {
+        (0, _) => Upsert::Unchanged,
+        (_, true) => Upsert::Updated,
+        (_, false) => Upsert::Inserted,
+    })
+}
+
+/// Opens and configures the connection, checks the file is ours, migrates. Runs on the caller's
+/// thread (startup), before the owner thread exists.
+fn open_connection(path: &Path) -> Result<Connection, ManifestError> {
+    let open_err = |source| ManifestError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let mut conn = Connection::open(path).map_err(open_err)?;
+    // First, so that every statement below waits for other processes' locks.
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    // Before anything that writes (even switching to WAL): a foreign file is left untouched.
+    // This is also the first read, where a non-database file fails (SQLITE_NOTADB).
+    check_application_id(&conn, path)?;
+
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
+        .map_err(open_err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        // E.g. a filesystem without shared memory: still correct, just more lock contention.
+        tracing::warn!(path = %path.display(), mode, "manifest is not in WAL mode");
+    }
+    // NORMAL is durable across process crashes in WAL mode; an OS crash may lose the last
+    // commits, which only costs re-recording pages that are still on disk.
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "foreign_keys", true)
+        .map_err(open_err)?;
+
+    migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
+fn check_application_id(conn: &Connection, path: &Path) -> Result<(), ManifestError> {
+    let open_err = |source| ManifestError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let found: i32 = conn
+        .pragma_query_value(None, "application_id", |row| row.get(0))
+        .map_err(open_err)?;
+    if found == APPLICATION_ID {
+        return Ok(());
+    }
+    if found == 0 {
+        // Unmarked: ours to initialise only if it is empty (a new file). We set the id in the
+        // same transaction as the schema, so a manifest is never unmarked but non-empty.
+        let objects: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
+            .map_err(open_err)?;
+        if objects == 0 && user_version(conn).map_err(open_err)? == 0 {
+            return Ok(());
+        }
+    }
+    Err(ManifestError::NotAManifest {
+        path: path.to_owned(),
+        found,
+    })
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<i32> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), ManifestError> {
+    let too_new = |found| ManifestError::TooNew {
+        path: path.to_owned(),
+        found,
+        supported: SCHEMA_VERSION,
+    };
+    let found = user_version(conn).map_err(|source| ManifestError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    if found == SCHEMA_VERSION {
+        // The common case takes no write lock.
+        return Ok(());
+    }
+    if !(0..=SCHEMA_VERSION).contains(&found) {
+        return Err(too_new(found));
+    }
+    let migrate_err = |version| {
+        move |source| ManifestError::Migrate {
+            path: path.to_owned(),
+            version,
+            source,
+        }
+    };
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(migrate_err(found + 1))?;
+    // Re-read under the write lock: another process may have migrated since.
+    let from = user_version(&tx).map_err(migrate_err(found + 1))?;
+    // No caje writes a negative version; refuse it like an unknown future one rather than guess.
+    if !(0..=SCHEMA_VERSION).contains(&from) {
+        return Err(too_new(from));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        let version = index as i32 + 1;
+        tx.execute_batch(sql).map_err(migrate_err(version))?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(migrate_err(version))?;
+    }
+    tx.pragma_update(None, "application_id", APPLICATION_ID)
+        .map_err(migrate_err(SCHEMA_VERSION))?;
+    tx.commit().map_err(migrate_err(SCHEMA_VERSION))?;
+    if from < SCHEMA_VERSION {
+        tracing::info!(path = %path.display(), from, to = SCHEMA_VERSION, "manifest migrated");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+
+    /// Every async test runs under this bound so a deadlock fails instead of hanging CI.
+    async fn bounded<F: Future>(fut: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(20), fut)
+            .await
+            .expect("test exceeded its time bound")
+    }
+
+    fn page(host: &str, path: &str) -> PageRow {
+        PageRow {
+            host: host.to_owned(),
+            method: "GET".to_owned(),
+            path: path.to_owned(),
+            vary: Vec::new(),
+            status: 200,
+            stored_at: 1_700_000_000,
+            expires_at: 1_700_000_060,
+            size: 1234,
+            etag: Some("\"abc\"".to_owned()),
+            last_modified: None,
+        }
+    }
+
+    fn vary(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// A second, plain connection: plays "another process" looking at the file.
+    fn observer(path: &Path) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        conn.busy_timeout(BUSY_TIMEOUT).unwrap();
+        conn
+    }
+
+    fn data_version_of(conn: &Connection) -> i64 {
+        conn.pragma_query_value(None, "data_version", |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn open_creates_schema_and_reopen_keeps_rows() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("manifest.db");
+            let m = Manifest::open(&path).unwrap();
+            assert_eq!(m.count().await.unwrap(), 0);
+            assert_eq!(
+                m.upsert(page("a.example", "/x")).await.unwrap(),
+                Upsert::Inserted
+            );
+
+            let raw = observer(&path);
+            let version: i32 = raw
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            let app_id: i32 = raw
+                .pragma_query_value(None, "application_id", |r| r.get(0))
+                .unwrap();
+            let mode: String = raw
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .unwrap();
+            assert_eq!((version, app_id, mode.as_str()), (1, APPLICATION_ID, "wal"));
+            let index: i64 = raw
+                .query_row(
+                    "SELECT count(*) FROM sqlite_schema WHERE name = 'pages_expires_at'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(index, 1);
+            drop(raw);
+
+            // Restart: a new handle on the same file sees the row, and migrations do not rerun.
+            drop(m);
+            let m = Manifest::open(&path).unwrap();
+            assert_eq!(m.list().await.unwrap(), vec![page("a.example", "/x")]);
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn upsert_reports_inserted_unchanged_updated_without_rewriting() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("manifest.db");
+            let m = Manifest::open(&path).unwrap();
+            let raw = observer(&path);
+            let row = page("a.example", "/gen/a?x=1");
+
+            assert_eq!(m.upsert(row.clone()).await.unwrap(), Upsert::Inserted);
+            let before = data_version_of(&raw);
+            let stats_before = m.stats().await.unwrap();
+
+            assert_eq!(m.upsert(row.clone()).await.unwrap(), Upsert::Unchanged);
+            assert_eq!(
+                data_version_of(&raw),
+                before,
+                "an identical upsert must not write"
+            );
+            let stats = m.stats().await.unwrap();
+            assert_eq!(stats.write_transactions, stats_before.write_transactions);
+            assert_eq!(stats.skipped_batches, stats_before.skipped_batches + 1);
+
+            let later = PageRow {
+                expires_at: row.expires_at + 60,
+                ..row.clone()
+            };
+            assert_eq!(m.upsert(later.clone()).await.unwrap(), Upsert::Updated);
+            assert_ne!(data_version_of(&raw), before);
+            assert_eq!(m.list().await.unwrap(), vec![later.clone()]);
+
+            // A None <-> Some change is a change too (the WHERE uses IS NOT, not !=).
+            let no_etag = PageRow {
+                etag: None,
+                ..later
+            };
+            assert_eq!(m.upsert(no_etag.clone()).await.unwrap(), Upsert::Updated);
+            assert_eq!(m.upsert(no_etag).await.unwrap(), Upsert::Unchanged);
+            assert_eq!(m.count().await.unwrap(), 1);
+        })
+        .await
+    }
+
+    /// The in-transaction path (taken when a batch also holds real changes) decides the outcome
+    /// from the SQL itself: prior SELECT + `changes()` of the guarded ON CONFLICT update.
+    #[test]
+    fn upsert_sql_reports_outcomes_inside_a_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_connection(&dir.path().join("manifest.db")).unwrap();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .unwrap();
+        let record = |row: PageRow| Record::encode(row).unwrap();
+        let row = page("a.example", "/x");
+        assert_eq!(
+            upsert_one(&tx, &record(row.clone())).unwrap(),
+            Upsert::Inserted
+        );
+        assert_eq!(
+            upsert_one(&tx, &record(row.clone())).unwrap(),
+            Upsert::Unchanged
+        );
+        let bigger = PageRow { size: 99, ..row };
+        assert_eq!(upsert_one(&tx, &record(bigger)).unwrap(), Upsert::Updated);
+        tx.commit().unwrap();
+    }
+
+    #[tokio::test]
+    async fn vary_absent_empty_and_values_are_distinct_rows() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            let with = |v: Vec<(String, String)>| PageRow {
+                vary: v,
+                ..page("a.example", "/v")
+            };
+
+            let variants = [
+                vary(&[("accept-encoding", VARY_ABSENT)]),
+                vary(&[("accept-encoding", "")]),
+                vary(&[("accept-encoding", "gzip")]),
+                vary(&[("accept-encoding", "br")]),
+                Vec::new(),
+            ];
+            for v in &variants {
+                assert_eq!(
+                    m.upsert(with(v.clone())).await.unwrap(),
+                    Upsert::Inserted,
+                    "{v:?}"
+                );
+            }
+            assert_eq!(m.count().await.unwrap(), variants.len() as u64);
+            let listed: Vec<_> = m
+                .list()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.vary)
+                .collect();
+            for v in &variants {
+                assert!(listed.contains(v), "{v:?} lost its identity: {listed:?}");
+            }
+
+            // Identity is canonical: name case and pair order do not make a new row.
+            let two = vary(&[("accept-encoding", "gzip"), ("accept-language", "en")]);
+            assert_eq!(m.upsert(with(two.clone())).await.unwrap(), Upsert::Inserted);
+            let shuffled = vary(&[("Accept-Language", "en"), ("accept-encoding", "gzip")]);
+            assert_eq!(
+                m.upsert(with(shuffled.clone())).await.unwrap(),
+                Upsert::Unchanged
+            );
+            assert!(m.remove("a.example", "GET", "/v", &shuffled).await.unwrap());
+        })
+        .await
+    }
+
+    #[test]
+    fn vary_encoding_is_canonical_json_with_null_for_absent() {
+        assert_eq!(encode_vary(&[]), "[]");
+        let v = vary(&[("X-Tenant", VARY_ABSENT), ("accept-encoding", "gzip")]);
+        let text = encode_vary(&v);
+        assert_eq!(text, r#"[["accept-encoding","gzip"],["x-tenant",null]]"#);
+        assert_eq!(
+            decode_vary(&text).unwrap(),
+            vary(&[("accept-encoding", "gzip"), ("x-tenant", VARY_ABSENT)])
+        );
+    }
+
+    #[tokio::test]
+    async fn remove_and_clear_return_counts() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            for i in 0..5 {
+                m.upsert(page("a.example", &format!("/{i}"))).await.unwrap();
+            }
+            let gzip = vary(&[("accept-encoding", "gzip")]);
+            m.upsert(PageRow {
+                vary: gzip.clone(),
+                ..page("a.example", "/0")
+            })
+            .await
+            .unwrap();
+
+            // Every identity column must match.
+            assert!(!m.remove("a.example", "HEAD", "/0", &[]).await.unwrap());
+            assert!(!m.remove("b.example", "GET", "/0", &[]).await.unwrap());
+            assert!(!m
+                .remove(
+                    "a.example",
+                    "GET",
+                    "/0",
+                    &vary(&[("accept-encoding", "br")])
+                )
+                .await
+                .unwrap());
+            assert!(m.remove("a.example", "GET", "/0", &gzip).await.unwrap());
+            assert!(!m.remove("a.example", "GET", "/0", &gzip).await.unwrap());
+            assert!(m.remove("a.example", "GET", "/0", &[]).await.unwrap());
+
+            assert_eq!(m.count().await.unwrap(), 4);
+            assert_eq!(m.clear().await.unwrap(), 4);
+            assert_eq!(m.clear().await.unwrap(), 0);
+            assert_eq!(m.count().await.unwrap(), 0);
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn list_is_ordered_by_host_path_vary() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            let rows = [
+                page("b.example", "/a"),
+                PageRow {
+                    vary: vary(&[("accept", "x")]),
+                    ..page("a.example", "/b")
+                },
+                page("a.example", "/b"),
+                page("a.example", "/a"),
+            ];
+            for r in &rows {
+                m.upsert(r.clone()).await.unwrap();
+            }
+            let listed: Vec<_> = m
+                .list()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.host, r.path, r.vary))
+                .collect();
+            assert_eq!(
+                listed,
+                vec![
+                    ("a.example".into(), "/a".into(), vec![]),
+                    // vary sorts by its stored JSON text, where `[["…` comes before `[]`.
+                    ("a.example".into(), "/b".into(), vary(&[("accept", "x")])),
+                    ("a.example".into(), "/b".into(), vec![]),
+                    ("b.example".into(), "/a".into(), vec![]),
+                ]
+            );
+        })
+        .await
+    }
+
+    /// Two handles on one file are two owner threads with their own connections, like two caje
+    /// processes on one machine: both write at once and busy_timeout absorbs the lock waits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_handles_on_one_file_write_concurrently() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("manifest.db");
+            // Open both at once on a file that does not exist yet: both race to create/migrate.
+            let (a, b) = {
+                let (pa, pb) = (path.clone(), path.clone());
+                let ta = std::thread::spawn(move || Manifest::open(&pa));
+                let tb = std::thread::spawn(move || Manifest::open(&pb));
+                (ta.join().unwrap().unwrap(), tb.join().unwrap().unwrap())
+            };
+
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..500 {
+                for (name, m) in [("a", a.clone()), ("b", b.clone())] {
+                    tasks.spawn(async move {
+                        m.upsert(page(&format!("{name}.example"), &format!("/{i}")))
+                            .await
+                    });
+                }
+            }
+            while let Some(result) = tasks.join_next().await {
+                assert_eq!(result.unwrap().unwrap(), Upsert::Inserted);
+            }
+
+            for m in [&a, &b] {
+                let rows = m.list().await.unwrap();
+                assert_eq!(rows.len(), 1000);
+                assert_eq!(rows.iter().filter(|r| r.host == "a.example").count(), 500);
+                assert_eq!(rows.iter().filter(|r| r.host == "b.example").count(), 500);
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn data_version_changes_only_on_other_connections_commits() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("manifest.db");
+            let a = Manifest::open(&path).unwrap();
+            let b = Manifest::open(&path).unwrap();
+            let v0 = a.data_version().await.unwrap();
+            a.upsert(page("a.example", "/own")).await.unwrap();
+            assert_eq!(
+                a.data_version().await.unwrap(),
+                v0,
+                "own commits do not count"
+            );
+            b.upsert(page("a.example", "/other")).await.unwrap();
+            assert_ne!(a.data_version().await.unwrap(), v0);
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_upserts_are_batched() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..1000 {
+                let m = m.clone();
+                tasks.spawn(async move { m.upsert(page("a.example", &format!("/{i}"))).await });
+            }
+            while let Some(result) = tasks.join_next().await {
+                assert_eq!(result.unwrap().unwrap(), Upsert::Inserted);
+            }
+            let stats = m.stats().await.unwrap();
+            assert_eq!((stats.upserts, stats.rows_written), (1000, 1000));
+            assert!(stats.write_transactions < 1000, "not batched: {stats:?}");
+            assert_eq!(m.count().await.unwrap(), 1000);
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn dropping_the_last_handle_closes_the_database() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("manifest.db");
+            let m = Manifest::open(&path).unwrap();
+            let clone = m.clone();
+            m.upsert(page("a.example", "/x")).await.unwrap();
+            drop(m);
+            // A surviving clone keeps the thread alive.
+            assert_eq!(clone.count().await.unwrap(), 1);
+            drop(clone);
+            // SQLite removes the WAL when its last connection closes: proof the thread exited
+            // and dropped its connection.
+            let wal = dir.path().join("manifest.db-wal");
+            while wal.exists() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn oversized_page_is_refused_before_the_database() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            let err = m
+                .upsert(PageRow {
+                    size: u64::MAX,
+                    ..page("a.example", "/x")
+                })
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, ManifestError::SizeOutOfRange { size: u64::MAX }),
+                "{err:?}"
+            );
+            assert_eq!(m.count().await.unwrap(), 0);
+        })
+        .await
+    }
+
+    #[test]
+    fn file_that_is_not_a_database_is_rejected_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.db");
+        let junk = b"this is a cache index, not SQLite\n".repeat(200);
+        std::fs::write(&path, &junk).unwrap();
+        let err = Manifest::open(&path).unwrap_err();
+        match &err {
+            ManifestError::Open { path: p, source } => {
+                assert_eq!(p, &path);
+                assert_eq!(
+                    source.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::NotADatabase),
+                    "{source}"
+                );
+            }
+            other => panic!("expected Open, got {other:?}"),
+        }
+        assert!(err.to_string().contains("manifest.db"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), junk);
+    }
+
+    #[test]
+    fn database_with_another_application_id_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.db");
+        let raw = Connection::open(&path).unwrap();
+        raw.pragma_update(None, "application_id", 42).unwrap();
+        raw.execute_batch("CREATE TABLE t (x)").unwrap();
+        drop(raw);
+        let err = Manifest::open(&path).unwrap_err();
+        assert!(
+            matches!(err, ManifestError::NotAManifest { found: 42, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("not a caje manifest"), "{err}");
+    }
+
+    #[test]
+    fn unmarked_database_with_tables_is_not_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        let err = Manifest::open(&path).unwrap_err();
+        assert!(
+            matches!(err, ManifestError::NotAManifest { found: 0, .. }),
+            "{err:?}"
+        );
+        let tables: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'pages'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0, "the foreign file was modified");
+    }
+
+    #[test]
+    fn newer_schema_version_is_too_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.db");
+        drop(Manifest::open(&path).unwrap());
+        observer(&path)
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = Manifest::open(&path).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ManifestError::TooNew {
+                    found: 2,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    /// Rows/s for 10,000 upserts, batched (concurrent callers) vs one transaction per row
+    /// (sequential callers). `cargo test -- --ignored --nocapture bench_` to run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "benchmark"]
+    async fn bench_batched_vs_per_row_upserts() {
+        const N: usize = 10_000;
+        let dir = tempfile::tempdir().unwrap();
+
+        let m = Manifest::open(&dir.path().join("serial.db")).unwrap();
+        let started = Instant::now();
+        for i in 0..N {
+            m.upsert(page("a.example", &format!("/{i}"))).await.unwrap();
+        }
+        let serial = started.elapsed();
+        let serial_stats = m.stats().await.unwrap();
+
+        let m = Manifest::open(&dir.path().join("batched.db")).unwrap();
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..N {
+            let m = m.clone();
+            tasks.spawn(async move { m.upsert(page("a.example", &format!("/{i}"))).await });
+        }
+        while let Some(result) = tasks.join_next().await {
+            result.unwrap().unwrap();
+        }
+        let batched = started.elapsed();
+        let batched_stats = m.stats().await.unwrap();
+
+        let rate = |d: Duration| N as f64 / d.as_secs_f64();
+        println!(
+            "per-row: {:.0} rows/s ({} transactions); batched: {:.0} rows/s ({} transactions)",
+            rate(serial),
+            serial_stats.write_transactions,
+            rate(batched),
+            batched_stats.write_transactions
+        );
+    }
+}

@@ -1,0 +1,67 @@
+//! The listener: accepts connections, serves HTTP/1.1 on each, and shuts down gracefully.
+//!
+//! The caller owns the socket and the shutdown trigger (as in mini-redis), so tests bind
+//! `127.0.0.1:0` and call the very same [`run`] as the binary.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::proxy;
+
+/// Serves `listener` until `shutdown` completes, then stops accepting and waits up to
+/// `server.shutdown_grace_ms` for in-flight requests to finish.
+pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let mut builder = http1::Builder::new();
+    let limits = &app.config.limits;
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        // The buffer holds the request line and headers; beyond it hyper answers 431.
+        .max_buf_size((limits.max_header_bytes + limits.max_request_line_bytes).max(8192))
+        .max_headers(limits.max_headers)
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, std::convert::Infallible>(proxy::handle(app, req, peer).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "connection ended with error: {e}");
+            }
+        });
+    }
+    drop(listener);
+    let grace = Duration::from_millis(app.config.server.shutdown_grace_ms);
+    tracing::info!("shutting down: waiting up to {grace:?} for in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+}

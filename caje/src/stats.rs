@@ -1,0 +1,60 @@
+//! Process-wide counters, shared by every request and served by `GET /_caje/stats`.
+//!
+//! Plain relaxed atomics: they are statistics, nothing is ordered by them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Counters of what the cache did.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Proxied requests (admin requests excluded).
+    pub requests: AtomicU64,
+    /// Answered from the cache.
+    pub hits: AtomicU64,
+    /// Went to the origin.
+    pub misses: AtomicU64,
+    /// Responses written to the cache.
+    pub stored: AtomicU64,
+    /// Responses the policy refused to store.
+    pub not_stored: AtomicU64,
+    /// Store attempts that failed (I/O error, disk full, writer too slow).
+    pub store_failures: AtomicU64,
+    /// Entries found corrupt (undecodable metadata, bad body checksum) and removed.
+    pub corrupt_entries: AtomicU64,
+    /// Origin failures answered with 502/504 or an aborted body.
+    pub origin_errors: AtomicU64,
+    /// Last time a store failure was logged, for rate limiting.
+    last_store_failure_log: Mutex<Option<Instant>>,
+}
+
+impl Stats {
+    /// Adds one to a counter.
+    pub fn incr(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// Counts a store failure and logs it at most once per 10 s, so a full disk does not
+    /// flood the log with one line per request.
+    pub fn store_failed(&self, what: &str, err: &dyn std::fmt::Display) {
+        let n = self.store_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self
+            .last_store_failure_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
+            *last = Some(now);
+            tracing::warn!(
+                failures_total = n,
+                "cache store failed ({what}): {err}; the response was served uncached"
+            );
+        }
+    }
+}
