@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! The request path, in the order a request meets it:
-//! - [`server`]: accepts connections, HTTP/1.1 via hyper, graceful shutdown.
+//! - [`server`]: accepts connections, HTTP/1.1 via hyper, graceful shutdown; [`framing`]
+//!   watches each connection for ambiguous request framing that hyper would accept.
 //! - [`proxy`]: the only module that knows the order of steps (validate → admin → route →
 //!   lookup → forward and tee).
 //! - [`admin`]: the `/_caje/` JSON API and its authentication.
@@ -22,6 +23,7 @@ pub mod body;
 pub mod cache;
 pub mod cache_status;
 pub mod config;
+pub mod framing;
 pub mod headers;
 pub mod manifest;
 pub mod origin;

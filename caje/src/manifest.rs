@@ -822,25 +822,24 @@ fn open_connection(path: &Path) -> Result<Connection, ManifestError> {
 }
 
 fn check_application_id(conn: &Connection, path: &Path) -> Result<(), ManifestError> {
-    let open_err = |source| ManifestError::Open {
-        path: path.to_owned(),
-        source,
-    };
-    let found: i32 = conn
-        .pragma_query_value(None, "application_id", |row| row.get(0))
-        .map_err(open_err)?;
-    if found == APPLICATION_ID {
+    // One statement, so one snapshot: read separately, another process's migration could
+    // commit in between and make a new manifest look like an unmarked file with tables.
+    let (found, version, objects): (i32, i32, i64) = conn
+        .query_row(
+            "SELECT (SELECT application_id FROM pragma_application_id),
+                    (SELECT user_version FROM pragma_user_version),
+                    (SELECT count(*) FROM sqlite_schema)",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .map_err(|source| ManifestError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+    // Unmarked is ours to initialise only if empty (a new file). We set the id in the same
+    // transaction as the schema, so a manifest is never unmarked but non-empty.
+    if found == APPLICATION_ID || (found == 0 && version == 0 && objects == 0) {
         return Ok(());
-    }
-    if found == 0 {
-        // Unmarked: ours to initialise only if it is empty (a new file). We set the id in the
-        // same transaction as the schema, so a manifest is never unmarked but non-empty.
-        let objects: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
-            .map_err(open_err)?;
-        if objects == 0 && user_version(conn).map_err(open_err)? == 0 {
-            return Ok(());
-        }
     }
     Err(ManifestError::NotAManifest {
         path: path.to_owned(),

@@ -29,8 +29,16 @@ use crate::origin::Origin;
 use crate::stats::Stats;
 
 /// Handles one client request. Never fails: every error becomes a response.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    if let Some(rejection) = check_request(&app, &req) {
+///
+/// `ambiguous_framing` is set when the connection scanner saw repeated `Content-Length` or
+/// `Transfer-Encoding` with `Content-Length` on this request (see [`crate::framing`]).
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    ambiguous_framing: bool,
+) -> Response<Body> {
+    if let Some(rejection) = check_request(&app, &req, ambiguous_framing) {
         return rejection;
     }
     if admin::is_admin_path(req.uri().path()) {
@@ -291,7 +299,11 @@ fn request_host(parts: &request::Parts) -> Result<(String, bool), String> {
 /// Rejects requests caje will not process: over-long targets, ambiguous framing, CONNECT,
 /// bodies over the limit. Framing errors also close the connection, because the next
 /// request's boundary on it cannot be trusted.
-pub fn check_request<B>(app: &App, req: &Request<B>) -> Option<Response<Body>> {
+pub fn check_request<B>(
+    app: &App,
+    req: &Request<B>,
+    ambiguous_framing: bool,
+) -> Option<Response<Body>> {
     let limits = &app.config.limits;
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len())
         + req.uri().authority().map_or(0, |a| a.as_str().len() + 8);
@@ -310,7 +322,8 @@ pub fn check_request<B>(app: &App, req: &Request<B>) -> Option<Response<Body>> {
         .iter()
         .collect();
     let te = req.headers().contains_key(header::TRANSFER_ENCODING);
-    let ambiguous = cls.len() > 1
+    let ambiguous = ambiguous_framing
+        || cls.len() > 1
         || cls.iter().any(|v| v.as_bytes().contains(&b','))
         || (te && !cls.is_empty());
     if ambiguous {

@@ -13,7 +13,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::app::App;
+use crate::framing::{Scanner, Verdict, Watched};
 use crate::proxy;
 
 /// Serves `listener` until `shutdown` completes, then stops accepting and waits up to
@@ -26,6 +29,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         .keep_alive(true)
         // The buffer holds the request line and headers; beyond it hyper answers 431.
         .max_buf_size((limits.max_header_bytes + limits.max_request_line_bytes).max(8192))
+        .max_header_size(limits.max_header_bytes + limits.max_request_line_bytes)
         .max_headers(limits.max_headers)
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
     let graceful = GracefulShutdown::new();
@@ -45,11 +49,25 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let verdict = Arc::new(Verdict::default());
+        let scanner = Scanner::new(
+            app.config.limits.max_header_bytes + app.config.limits.max_request_line_bytes,
+            app.config.limits.max_headers,
+            verdict.clone(),
+        );
+        // hyper serves a connection's requests in order, so counting calls numbers them
+        // the same way the scanner numbers the heads it reads.
+        let served = Arc::new(AtomicU64::new(0));
         let service = service_fn(move |req| {
             let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy::handle(app, req, peer).await) }
+            let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+            let ambiguous = verdict.rejects(n);
+            async move {
+                Ok::<_, std::convert::Infallible>(proxy::handle(app, req, peer, ambiguous).await)
+            }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let io = TokioIo::new(Watched::new(stream, scanner));
+        let conn = builder.serve_connection(io, service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
