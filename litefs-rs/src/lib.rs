@@ -68,7 +68,7 @@
 //!
 //! - `tokio`: `Database::halt_async`, `wait_for_txid_async`, `watch_pos`,
 //!   `check_consistency_async`.
-//! - `http` (implies `tokio`): the [`http`] module — `/info`, `/events`, `/promote` and
+//! - `http` (implies `tokio`): the `http` module — `/info`, `/events`, `/promote` and
 //!   `PrimaryMonitor`.
 //!
 //! # Platform
@@ -84,7 +84,7 @@
 //! - `halt`: [`HaltGuard`], [`HaltKind`], [`RetryPolicy`]; `coordinator` queues HALTs in-process.
 //! - `nonblocking`: the async entry points (feature `tokio`).
 //! - `consistency`: cookies, `fly-replay`, [`check_consistency`].
-//! - [`http`]: the HTTP API client (feature `http`).
+//! - `http`: the HTTP API client (feature `http`).
 #![deny(missing_docs)]
 
 mod consistency;

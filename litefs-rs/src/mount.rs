@@ -39,7 +39,7 @@ pub enum Role {
         primary: String,
     },
     /// No primary is known: a replica disconnected from the cluster, during failover, or
-    /// (for [`crate::PrimaryMonitor`]) while the HTTP API is unreachable.
+    /// (for `PrimaryMonitor`) while the HTTP API is unreachable.
     Unknown,
 }
 
@@ -267,7 +267,7 @@ impl Mount {
     ///   primary, and a replica's lag is measured from the last message it received (non-zero,
     ///   growing while disconnected, `+2147483647` before the first one) ⇒ [`Role::Primary`]
     ///   for a zero lag (or no `.lag` file on a simulated mount), [`Role::Unknown`] otherwise.
-    ///   For a definitive answer use `/info` or [`crate::PrimaryMonitor`] (feature `http`).
+    ///   For a definitive answer use `/info` or `PrimaryMonitor` (feature `http`).
     /// - Absent on a plain directory ⇒ [`Role::Primary`]: without LiteFS, this node is its own
     ///   primary.
     ///

@@ -21,8 +21,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A failed call to the LiteFS HTTP API.
 ///
 /// ```
+/// use litefs::{http::HttpError, Error};
 /// let e = litefs::http::Client::new("not a url").unwrap_err();
-/// assert!(matches!(e, litefs::http::HttpError::InvalidUrl { .. }));
+/// assert!(matches!(e, Error::Http(HttpError::InvalidUrl { .. })));
 /// assert!(!e.is_retryable());
 /// ```
 #[derive(Debug, thiserror::Error)]
