@@ -14,6 +14,7 @@ pub(crate) struct MountEntry {
     pub(crate) source: String,
 }
 
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 impl MountEntry {
     pub(crate) fn is_litefs(&self) -> bool {
         self.fs_type == "fuse.litefs"
@@ -22,6 +23,7 @@ impl MountEntry {
 }
 
 /// Undoes the kernel's octal escapes (`\040` for space, `\011`, `\012`, `\134`).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // only Linux has mountinfo
 fn unescape(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -49,6 +51,7 @@ fn unescape(field: &str) -> String {
 
 /// Parses one `mountinfo` line:
 /// `id parent major:minor root mount_point options [optional...] - fs_type source super_opts`.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // only Linux has mountinfo
 pub(crate) fn parse_line(line: &str) -> Option<MountEntry> {
     let (left, right) = line.split_once(" - ")?;
     let mount_point = left.split(' ').nth(4)?;
@@ -64,6 +67,7 @@ pub(crate) fn parse_line(line: &str) -> Option<MountEntry> {
 
 /// The innermost mount containing `path` (which should be canonical). Later lines win among
 /// equal mount points because a later mount shadows an earlier one.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // only Linux has mountinfo
 pub(crate) fn innermost_mount(mountinfo: &str, path: &Path) -> Option<MountEntry> {
     let mut best: Option<MountEntry> = None;
     for entry in mountinfo.lines().filter_map(parse_line) {

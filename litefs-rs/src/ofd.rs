@@ -11,6 +11,9 @@
 //! last descriptor is closed, and `F_OFD_GETLK` reports a conflicting holder with `l_pid == -1`.
 //! A query made through the description that holds the lock reports no conflict.
 //!
+//! Linux only: on other Unix systems the functions return [`LockError::UnsupportedPlatform`],
+//! and on non-Unix systems only the types exist.
+//!
 //! # Example
 //!
 //! ```
@@ -32,6 +35,7 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(unix)]
 use std::os::fd::AsFd;
 #[cfg(target_os = "linux")]
 use std::os::fd::AsRawFd;
@@ -397,6 +401,7 @@ pub fn fcntl_raw(
 /// try_lock(&f, LockKind::Write, LockRange::new(0, 1)).unwrap();
 /// # }
 /// ```
+#[cfg(unix)] // descriptors as `AsFd` only exist on Unix
 pub fn try_lock(fd: impl AsFd, kind: LockKind, range: LockRange) -> Result<(), LockError> {
     #[cfg(target_os = "linux")]
     {
@@ -422,6 +427,7 @@ pub fn try_lock(fd: impl AsFd, kind: LockKind, range: LockRange) -> Result<(), L
 /// lock_wait(&f, LockKind::Write, LockRange::HALT).unwrap();
 /// # }
 /// ```
+#[cfg(unix)] // descriptors as `AsFd` only exist on Unix
 pub fn lock_wait(fd: impl AsFd, kind: LockKind, range: LockRange) -> Result<Acquired, LockError> {
     #[cfg(target_os = "linux")]
     {
@@ -446,6 +452,7 @@ pub fn lock_wait(fd: impl AsFd, kind: LockKind, range: LockRange) -> Result<Acqu
 /// unlock(&f, LockRange::HALT).unwrap();
 /// # }
 /// ```
+#[cfg(unix)] // descriptors as `AsFd` only exist on Unix
 pub fn unlock(fd: impl AsFd, range: LockRange) -> Result<(), LockError> {
     #[cfg(target_os = "linux")]
     {
@@ -473,6 +480,7 @@ pub fn unlock(fd: impl AsFd, range: LockRange) -> Result<(), LockError> {
 /// assert!(query(&f, LockKind::Write, LockRange::HALT).unwrap().is_none());
 /// # }
 /// ```
+#[cfg(unix)] // descriptors as `AsFd` only exist on Unix
 pub fn query(
     fd: impl AsFd,
     kind: LockKind,

@@ -52,8 +52,8 @@ fn blocked_setlkw_survives_signals_without_sa_restart() {
     let tid = tid_rx.recv_timeout(Duration::from_secs(5)).unwrap();
 
     // Give the thread time to block in the kernel, then interrupt it a few times.
-    for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(80));
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(60));
         pthread_kill(tid, Signal::SIGUSR1).unwrap();
     }
     std::thread::sleep(Duration::from_millis(80));

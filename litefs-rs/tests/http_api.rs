@@ -372,10 +372,10 @@ async fn reconnects_back_off_with_a_cap_and_stop_when_the_stream_is_dropped() {
     .await;
     let client = Client::new(&server.url).unwrap();
     let mut events = client.events_with(Backoff::new(
-        Duration::from_millis(20),
-        Duration::from_millis(80),
+        Duration::from_millis(10),
+        Duration::from_millis(40),
     ));
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(600);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(800);
     let mut errors = 0;
     while let Ok(item) = tokio::time::timeout_at(deadline, events.next()).await {
         let err = item.unwrap().unwrap_err();
@@ -383,9 +383,12 @@ async fn reconnects_back_off_with_a_cap_and_stop_when_the_stream_is_dropped() {
         errors += 1;
     }
     let connections = server.event_requests.load(Ordering::SeqCst);
-    // Delays 0, 20, 40, 80, 80, ... ms: about 9 connections in 600 ms. A busy loop would make
-    // hundreds; no backoff cap would make about 5.
-    assert!((6..=14).contains(&connections), "{connections} connections");
+    // Delays 0, 10, 20, 40, 40, ... ms: about 20 connections in 800 ms. A busy loop would
+    // make thousands; an uncapped backoff (10, 20, 40, 80, 160, 320 ms) about 7.
+    assert!(
+        (12..=40).contains(&connections),
+        "{connections} connections"
+    );
     assert!(errors >= connections - 1);
 
     drop(events);
