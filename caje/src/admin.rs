@@ -21,7 +21,7 @@ use crate::app::App;
 use crate::body::{self, Body};
 use crate::cache::key::{CacheKey, Variant};
 use crate::cache_status::Outcome;
-use crate::manifest::{PageRow, VARY_ABSENT};
+use crate::manifest::{PageRow, Purge, VARY_ABSENT};
 use crate::proxy::unix_now;
 
 /// The admin prefix.
@@ -29,7 +29,8 @@ pub const PREFIX: &str = "/_caje";
 
 /// Normalises a request path the way a file system or a lenient origin would read it.
 pub fn normalize_path(raw: &str) -> String {
-    let decoded = decode_unreserved(raw);
+    // Every escape is decoded (so `%5F`, `%2e`, `%2F` all count) for matching purposes.
+    let decoded = percent_decode(raw);
     let mut segments: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
         match seg {
@@ -51,26 +52,6 @@ pub fn normalize_path(raw: &str) -> String {
     out
 }
 
-/// Percent-decodes every escape (so `%5F`, `%2e`, `%2F` all count) for matching purposes.
-fn decode_unreserved(raw: &str) -> String {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Whether a raw request path addresses the admin API.
 pub fn is_admin_path(raw: &str) -> bool {
     let p = normalize_path(raw);
@@ -82,10 +63,15 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
     if let Err(res) = authorize(app, &req, peer) {
         return *res;
     }
+    if req.method().as_str() == "PURGE" {
+        return purge_method(app, &req).await;
+    }
     let path = normalize_path(req.uri().path());
     let route = path.strip_prefix(PREFIX).unwrap_or("");
     let method = req.method().clone();
     match (route, &method) {
+        ("/purge", &Method::POST) => purge_endpoint(app, &req).await,
+        ("/purge", _) => method_not_allowed("POST"),
         ("/list", &Method::GET) => list(app).await,
         ("/stats", &Method::GET) => stats(app),
         ("/clear", &Method::POST) => clear(app, true, true).await,
@@ -95,7 +81,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
         ("/clear" | "/clear/fs" | "/clear/db", _) => method_not_allowed("POST"),
         _ => json_response(
             StatusCode::NOT_FOUND,
-            &json!({"error": format!("no admin endpoint {path}; see GET /_caje/list, GET /_caje/stats, POST /_caje/clear[/fs|/db]")}),
+            &json!({"error": format!("no admin endpoint {path}; see GET /_caje/list, GET /_caje/stats, POST /_caje/purge?url=|tag=, POST /_caje/clear[/fs|/db]")}),
         ),
     }
 }
@@ -166,7 +152,7 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("cache-status", Outcome::Local.header_value());
+    h.insert("cache-status", Outcome::local().header_value());
     res
 }
 
@@ -245,6 +231,11 @@ fn stats(app: &App) -> Response<Body> {
             "store_failures": S::get(&s.store_failures),
             "corrupt_entries": S::get(&s.corrupt_entries),
             "origin_errors": S::get(&s.origin_errors),
+            "collapsed": S::get(&s.collapsed),
+            "revalidated": S::get(&s.revalidated),
+            "stale_served": S::get(&s.stale_served),
+            "background_revalidations": S::get(&s.background_revalidations),
+            "purged": S::get(&s.purged),
             "entries": entries,
             "bytes": bytes,
             "uptime_secs": SystemTime::now()
@@ -276,6 +267,181 @@ async fn clear(app: &App, fs: bool, db: bool) -> Response<Body> {
         }
     }
     json_response(StatusCode::OK, &Value::Object(out))
+}
+
+/// The value of query parameter `name`, percent-decoded (`+` is kept as is: values are URLs).
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|&b| hex(b)),
+                bytes.get(i + 2).and_then(|&b| hex(b)),
+            ) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn truthy(v: Option<String>) -> bool {
+    matches!(v.as_deref(), Some("1" | "true" | "yes" | "on"))
+}
+
+/// `POST /_caje/purge?url=<url>[&soft=true]` or `?tag=<tag>[&soft=true]`.
+async fn purge_endpoint<B>(app: &App, req: &Request<B>) -> Response<Body> {
+    let query = req.uri().query();
+    let soft = truthy(query_param(query, "soft"));
+    let what = match (query_param(query, "url"), query_param(query, "tag")) {
+        (Some(url), None) => match purge_target(&url, req) {
+            Ok(key) => Purge::Url {
+                host: key.host,
+                path: key.path,
+            },
+            Err(msg) => return json_response(StatusCode::BAD_REQUEST, &json!({ "error": msg })),
+        },
+        (None, Some(tag)) if !tag.is_empty() && !tag.contains(char::is_whitespace) => {
+            Purge::Tag(tag)
+        }
+        (None, Some(_)) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "tag must be a non-empty token without spaces"}),
+            )
+        }
+        _ => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "give exactly one of ?url=<url or /path?query> or ?tag=<tag> (add &soft=true to mark stale instead of deleting)"}),
+            )
+        }
+    };
+    purge(app, what, soft).await
+}
+
+/// `PURGE /path?query` with the request's Host: purges that URL (all variants). A
+/// `Caje-Soft-Purge: 1` header makes it soft.
+async fn purge_method<B>(app: &App, req: &Request<B>) -> Response<Body> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    let target = match req.uri().authority() {
+        Some(a) => format!("http://{a}{target}"),
+        None => target,
+    };
+    let soft = truthy(
+        req.headers()
+            .get("caje-soft-purge")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_ascii_lowercase()),
+    );
+    match purge_target(&target, req) {
+        Ok(key) => {
+            purge(
+                app,
+                Purge::Url {
+                    host: key.host,
+                    path: key.path,
+                },
+                soft,
+            )
+            .await
+        }
+        Err(msg) => json_response(StatusCode::BAD_REQUEST, &json!({ "error": msg })),
+    }
+}
+
+/// The page a purge URL names: absolute (`http://host/path?q`) or a path meaning the
+/// request's own Host.
+fn purge_target<B>(url: &str, req: &Request<B>) -> Result<CacheKey, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("url {url:?} is not a URL: {e}"))?;
+    let path = uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    if !path.starts_with('/') {
+        return Err(format!("url {url:?} must be absolute or start with /"));
+    }
+    let host = match uri.authority() {
+        Some(a) => a.as_str().to_owned(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .ok_or("a path-only url needs the request's Host header")?
+            .to_owned(),
+    };
+    Ok(CacheKey::new(&host, &path))
+}
+
+/// Applies a purge locally and in the manifest (rows + tombstone, one transaction).
+async fn purge(app: &App, what: Purge, soft: bool) -> Response<Body> {
+    let store = app.store.clone();
+    let local_what = what.clone();
+    let local = tokio::task::spawn_blocking(move || match (&local_what, soft) {
+        (Purge::Url { host, path }, false) => store
+            .remove_page(&CacheKey {
+                host: host.clone(),
+                path: path.clone(),
+            })
+            .len(),
+        (Purge::Url { host, path }, true) => store.invalidate(
+            Some(&CacheKey {
+                host: host.clone(),
+                path: path.clone(),
+            }),
+            None,
+        ),
+        (Purge::Tag(tag), false) => store.remove_tag(tag).len(),
+        (Purge::Tag(tag), true) => store.invalidate(None, Some(tag)),
+        (Purge::All, false) => store.clear().0 as usize,
+        (Purge::All, true) => store.invalidate(None, None),
+    })
+    .await
+    .unwrap_or(0);
+    app.stats
+        .purged
+        .fetch_add(local as u64, std::sync::atomic::Ordering::Relaxed);
+    let ttl = app.config.cache.tombstone_ttl_secs as i64;
+    let (rows, tombstone) = match app.manifest.purge(what.clone(), soft, ttl).await {
+        Ok(out) => (out.rows.len(), Some(out.tombstone_id)),
+        Err(e) => {
+            tracing::warn!("purge: manifest update failed: {e}");
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"error": format!("removed {local} local entries, but the manifest update failed: {e}; retry the purge"), "entries": local}),
+            );
+        }
+    };
+    let target = match &what {
+        Purge::Url { host, path } => json!({"host": host, "path": path}),
+        Purge::Tag(t) => json!({ "tag": t }),
+        Purge::All => json!("all"),
+    };
+    tracing::info!(?what, soft, local, rows, "purged");
+    json_response(
+        StatusCode::OK,
+        &json!({"purged": target, "soft": soft, "entries": local, "rows": rows, "tombstone": tombstone}),
+    )
 }
 
 #[cfg(test)]

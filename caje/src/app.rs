@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 
+use crate::cache::flight::Flights;
 use crate::cache::key::CacheKey;
 use crate::cache::policy::{self, PolicyOptions};
 use crate::cache::store::{Entry, Store, StoreError, StoreEvent};
@@ -51,6 +52,8 @@ pub struct App {
     pub admin_allow: Vec<IpNet>,
     /// Start time, for `/_caje/stats`.
     pub started: SystemTime,
+    /// Origin fetches in progress, for request coalescing.
+    pub flights: Flights,
 }
 
 impl App {
@@ -71,8 +74,9 @@ impl App {
         let cache_dir = config.cache_dir.clone();
         let db = config.db.clone();
         let store_stats = stats.clone();
+        let max_variants = config.cache.max_variants;
         let (store, manifest) = tokio::task::spawn_blocking(move || {
-            let store = Store::open(&cache_dir, store_stats, events_tx)?;
+            let store = Store::open(&cache_dir, max_variants, store_stats, events_tx)?;
             if let Some(parent) = Path::new(&db)
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
@@ -89,6 +93,7 @@ impl App {
             policy: PolicyOptions {
                 heuristic_freshness: config.cache.heuristic_freshness,
                 honor_client_no_cache: config.cache.honor_client_no_cache,
+                targeted: targeted_field(&config.cache.targeted_cache_control)?,
             },
             client: OriginClient::new(&config.origin_timeouts),
             origins,
@@ -98,11 +103,25 @@ impl App {
             admin_token,
             admin_allow,
             started: SystemTime::now(),
+            flights: Flights::default(),
             config,
         });
         tokio::spawn(record_stored(app.manifest.clone(), events_rx));
         Ok(app)
     }
+}
+
+fn targeted_field(name: &str) -> Result<Option<http::HeaderName>, StartError> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    http::HeaderName::from_bytes(name.as_bytes())
+        .map(Some)
+        .map_err(|_| {
+            StartError::Config(format!(
+                "cache.targeted_cache_control {name:?} is not a valid header name"
+            ))
+        })
 }
 
 /// The manifest row describing a stored entry.
@@ -132,6 +151,7 @@ pub fn page_row(entry: &Entry) -> PageRow {
         size: meta.body_len,
         etag: meta.etag(),
         last_modified: meta.last_modified(),
+        tags: meta.tags.clone(),
     }
 }
 
@@ -148,7 +168,13 @@ async fn record_stored(manifest: Manifest, mut events: mpsc::UnboundedReceiver<S
             }
         }
         let mut pending = tokio::task::JoinSet::new();
-        for StoreEvent::Stored(entry) in batch {
+        for event in batch {
+            // Local removals (old variants, corrupt copies) leave the manifest alone: it
+            // says which pages exist in the cluster, not what this node holds. Purges
+            // remove rows themselves.
+            let StoreEvent::Stored(entry) = event else {
+                continue;
+            };
             let row = page_row(&entry);
             let manifest = manifest.clone();
             pending.spawn(async move {

@@ -16,10 +16,11 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
-use tokio::sync::mpsc;
+use hyper::body::Incoming;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
 
-use crate::cache::store::{Entry, Fill, Store};
+use crate::cache::store::{Entry, Fill, FillProgress, Store};
 use crate::stats::Stats;
 
 /// Error of a streamed body; hyper aborts the client connection when it sees one.
@@ -72,8 +73,12 @@ pub enum StreamError {
 /// The fill is finished only when the body ends cleanly with the declared length; any error
 /// or early end drops it (the partial entry is discarded) and is passed on to the client, so
 /// the client connection is aborted rather than ending as a short 200.
-pub struct Tee<B> {
-    inner: B,
+///
+/// If the client goes away while the fill is still active, the rest of the body is drained
+/// into the cache in the background: the origin fetch is not wasted, and requests coalesced
+/// onto this fill still get their copy.
+pub struct Tee {
+    inner: Option<Incoming>,
     fill: Option<Fill>,
     expected: Option<u64>,
     seen: u64,
@@ -82,17 +87,17 @@ pub struct Tee<B> {
     stats: Arc<Stats>,
 }
 
-impl<B> Tee<B> {
+impl Tee {
     /// Wraps `inner`; `expected` is the origin's Content-Length if any.
     pub fn new(
-        inner: B,
+        inner: Incoming,
         fill: Option<Fill>,
         expected: Option<u64>,
         idle: Duration,
         stats: Arc<Stats>,
     ) -> Self {
         Tee {
-            inner,
+            inner: Some(inner),
             fill,
             expected,
             seen: 0,
@@ -106,13 +111,46 @@ impl<B> Tee<B> {
         self.fill = None;
         Stats::incr(&self.stats.origin_errors);
     }
+
+    /// Reads the whole body into the fill without a client (background refreshes, and the
+    /// rest of a body whose client went away). Returns whether the body completed.
+    pub async fn drain(mut self) -> bool {
+        loop {
+            match self.frame().await {
+                Some(Ok(_)) => {}
+                Some(Err(_)) => return false,
+                None => return true,
+            }
+        }
+    }
 }
 
-impl<B> HttpBody for Tee<B>
-where
-    B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: Into<BodyError>,
-{
+impl Drop for Tee {
+    fn drop(&mut self) {
+        let active = self.fill.as_ref().is_some_and(Fill::is_active);
+        if !active {
+            return;
+        }
+        let (Some(inner), Some(fill)) = (self.inner.take(), self.fill.take()) else {
+            return;
+        };
+        let rest = Tee {
+            inner: Some(inner),
+            fill: Some(fill),
+            expected: self.expected,
+            seen: self.seen,
+            idle: self.idle,
+            timer: Box::pin(tokio::time::sleep(self.idle)),
+            stats: self.stats.clone(),
+        };
+        // Drop can run outside a runtime (at shutdown); then the partial fill is discarded.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(rest.drain());
+        }
+    }
+}
+
+impl HttpBody for Tee {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -121,7 +159,10 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
@@ -171,7 +212,83 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint)
+    }
+}
+
+/// Streams the body of a fill in progress, for a request coalesced onto it: reads the temp
+/// file as the writer extends it, then the committed body. Fails (aborting the client
+/// connection) if the fill fails.
+pub fn follow_fill(progress: watch::Receiver<FillProgress>, expected: Option<u64>) -> Body {
+    let (tx, rx) = mpsc::channel(2);
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || follow(progress, &handle, tx));
+    BoxBody::new(ChannelBody {
+        rx,
+        remaining: expected.unwrap_or(0),
+        exact: expected.is_some(),
+    })
+}
+
+fn follow(
+    mut progress: watch::Receiver<FillProgress>,
+    handle: &tokio::runtime::Handle,
+    tx: mpsc::Sender<Result<Bytes, BodyError>>,
+) {
+    let mut file: Option<std::fs::File> = None;
+    let mut sent = 0u64;
+    loop {
+        let state = progress.borrow_and_update().clone();
+        let (available, done, path) = match &state {
+            FillProgress::Starting => (0, false, None),
+            FillProgress::Writing { path, written } => (*written, false, Some(path.to_path_buf())),
+            FillProgress::Committed(entry) => (entry.meta.body_len, true, Some(entry.body_path())),
+            FillProgress::Failed => {
+                let _ = tx.blocking_send(Err("the coalesced origin fetch failed".into()));
+                return;
+            }
+        };
+        if file.is_none() {
+            if let Some(p) = &path {
+                match std::fs::File::open(p) {
+                    Ok(f) => file = Some(f),
+                    // Renamed between the two reads of the state: look again.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && !done => {}
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(StreamError::Io(e).into()));
+                        return;
+                    }
+                }
+            }
+        }
+        if let Some(f) = file.as_mut() {
+            use std::io::{Seek, SeekFrom};
+            while sent < available {
+                let want = (available - sent).min(CHUNK as u64) as usize;
+                let mut buf = BytesMut::zeroed(want);
+                if let Err(e) = f
+                    .seek(SeekFrom::Start(sent))
+                    .and_then(|_| f.read_exact(&mut buf))
+                {
+                    let _ = tx.blocking_send(Err(StreamError::Io(e).into()));
+                    return;
+                }
+                sent += want as u64;
+                if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                    return; // client went away
+                }
+            }
+        }
+        if done && file.is_some() {
+            return;
+        }
+        if handle.block_on(progress.changed()).is_err() {
+            // The writer is gone without a final state.
+            let _ = tx.blocking_send(Err("the coalesced origin fetch ended early".into()));
+            return;
+        }
     }
 }
 
@@ -232,7 +349,70 @@ fn open_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitError> {
     let store = store.clone();
     let entry = entry.clone();
     tokio::task::spawn_blocking(move || stream_file(file, &store, &entry, tx));
-    Ok(BoxBody::new(ChannelBody { rx, remaining: len }))
+    Ok(BoxBody::new(ChannelBody {
+        rx,
+        remaining: len,
+        exact: true,
+    }))
+}
+
+/// Opens `len` bytes of a stored body from `start`, for a 206. The checksum covers the whole
+/// body, so a range is checked only against the stored length.
+pub async fn hit_range_body(
+    store: &Store,
+    entry: &Arc<Entry>,
+    start: u64,
+    len: u64,
+) -> Result<Body, HitError> {
+    let store = store.clone();
+    let entry = entry.clone();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Seek, SeekFrom};
+        let mut file = match std::fs::File::open(entry.body_path()) {
+            Ok(f) => f,
+            Err(_) if !store.is_current(&entry) => return Err(HitError::Gone),
+            Err(e) => {
+                store.remove_corrupt(&entry, &format_args!("cannot open body: {e}"));
+                return Err(HitError::Corrupt);
+            }
+        };
+        let actual = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+        if actual != entry.meta.body_len {
+            store.remove_corrupt(
+                &entry,
+                &format_args!(
+                    "body is {actual} bytes, metadata says {}",
+                    entry.meta.body_len
+                ),
+            );
+            return Err(HitError::Corrupt);
+        }
+        if file.seek(SeekFrom::Start(start)).is_err() {
+            return Err(HitError::Gone);
+        }
+        let (tx, rx) = mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            let mut left = len;
+            while left > 0 {
+                let mut buf = BytesMut::zeroed(left.min(CHUNK as u64) as usize);
+                if let Err(e) = file.read_exact(&mut buf) {
+                    let _ = tx.blocking_send(Err(StreamError::Io(e).into()));
+                    return;
+                }
+                left -= buf.len() as u64;
+                if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(BoxBody::new(ChannelBody {
+            rx,
+            remaining: len,
+            exact: true,
+        }))
+    })
+    .await
+    .map_err(|_| HitError::Gone)?
 }
 
 /// Reads a large body in chunks into `tx`, verifying the checksum at the end.
@@ -278,7 +458,9 @@ fn stream_file(
 /// A body fed by a channel of chunks.
 struct ChannelBody {
     rx: mpsc::Receiver<Result<Bytes, BodyError>>,
+    /// Bytes still expected, when the length is known (`exact`).
     remaining: u64,
+    exact: bool,
 }
 
 impl HttpBody for ChannelBody {
@@ -295,7 +477,7 @@ impl HttpBody for ChannelBody {
                 Poll::Ready(Some(Ok(Frame::data(data))))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(None) if self.remaining > 0 => {
+            Poll::Ready(None) if self.exact && self.remaining > 0 => {
                 Poll::Ready(Some(Err(StreamError::Corrupt.into())))
             }
             Poll::Ready(None) => Poll::Ready(None),
@@ -304,6 +486,10 @@ impl HttpBody for ChannelBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining)
+        if self.exact {
+            SizeHint::with_exact(self.remaining)
+        } else {
+            SizeHint::default()
+        }
     }
 }

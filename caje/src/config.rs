@@ -115,6 +115,24 @@ pub struct CacheConfig {
     /// Let a client's `Cache-Control: no-cache` / `max-age=0` / `Pragma: no-cache` force an
     /// origin fetch. Off by default so a browser reload cannot bust the cache.
     pub honor_client_no_cache: bool,
+    /// Most `Vary` variants kept per URL; the oldest is evicted beyond it.
+    pub max_variants: usize,
+    /// Longest a request waits for another request's origin fetch of the same URL before
+    /// fetching on its own.
+    pub lock_timeout_ms: u64,
+    /// After a response turns out not to be storable, requests for that URL skip request
+    /// coalescing for this long (hit-for-miss), so they are not serialised behind each other.
+    pub hit_for_miss_secs: u64,
+    /// Serve a stale entry for up to this many seconds past its expiry when the origin cannot
+    /// be reached or times out, even without `stale-if-error` (0 = off). Never overrides
+    /// `must-revalidate`, `proxy-revalidate` or `no-cache`.
+    pub stale_if_unreachable_secs: u64,
+    /// The caje-specific targeted cache-control field (RFC 9213). It takes precedence over
+    /// `CDN-Cache-Control`, which takes precedence over `Cache-Control`, for caje's own
+    /// decisions. Empty disables it.
+    pub targeted_cache_control: String,
+    /// How long a purge's tombstone stays in the manifest for other nodes to apply it.
+    pub tombstone_ttl_secs: u64,
 }
 
 impl Default for CacheConfig {
@@ -123,6 +141,12 @@ impl Default for CacheConfig {
             max_object_bytes: 1 << 30,
             heuristic_freshness: false,
             honor_client_no_cache: false,
+            max_variants: 32,
+            lock_timeout_ms: 10_000,
+            hit_for_miss_secs: 10,
+            stale_if_unreachable_secs: 0,
+            targeted_cache_control: "Caje-Cache-Control".into(),
+            tombstone_ttl_secs: 86_400,
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod cache_status;
 pub mod config;
 pub mod framing;
 pub mod headers;
+pub mod hit;
 pub mod manifest;
 pub mod origin;
 pub mod proxy;

@@ -26,6 +26,21 @@
 //! That text is part of the `UNIQUE` key, so it must be canonical: the manifest itself
 //! lower-cases names and sorts pairs before storing, and [`Manifest::list`] returns that form.
 //!
+//! # Purge tags
+//! [`PageRow::tags`] are the page's purge tags (its response's `Surrogate-Key`): case-sensitive
+//! tokens without whitespace. The `tags` column stores the set as one space-separated string,
+//! sorted, deduplicated, with a space before and after every tag, `' a b c '`, and `''` for none.
+//! Then "carries tag `t`" is `instr(tags, ' t ') > 0`: exact (`a` never matches `ab`), needs no
+//! index table, and has no wildcard characters to escape (unlike `LIKE`).
+//!
+//! # Purges and tombstones
+//! [`Manifest::purge`] removes (or, when soft, only selects) the rows of a [`Purge`] target and
+//! records a [`Tombstone`] for it in the same transaction, so that other nodes, reading
+//! [`Manifest::tombstones_since`] from the replicated file, learn of every purge whose rows
+//! vanished. Tombstone ids only grow (`AUTOINCREMENT`), even after
+//! [`Manifest::expire_tombstones`] deleted the newest ones, so "every id above the last one I
+//! applied" is a sound cursor.
+//!
 //! # Schema
 //! Versioned by `PRAGMA user_version` with the append-only [`MIGRATIONS`] list; the file is
 //! marked with `PRAGMA application_id` = [`APPLICATION_ID`] so that a random SQLite file is never
@@ -34,9 +49,9 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, params_from_iter, Connection, Transaction, TransactionBehavior};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -71,6 +86,21 @@ pub const MIGRATIONS: &[&str] = &[
         UNIQUE (host, method, path, vary)
     ) STRICT;
     CREATE INDEX pages_expires_at ON pages (expires_at);",
+    // 2: purge tags on pages (canonical form: see the module docs), and purge tombstones.
+    // AUTOINCREMENT: a plain rowid is max + 1, so expiring the newest tombstones would hand
+    // their ids out again and a node whose cursor is past them would miss the new purges.
+    "ALTER TABLE pages ADD COLUMN tags TEXT NOT NULL DEFAULT '';
+    CREATE TABLE tombstones (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind       TEXT    NOT NULL CHECK (kind IN ('url', 'tag', 'all')),
+        host       TEXT    NOT NULL DEFAULT '',
+        path       TEXT    NOT NULL DEFAULT '',
+        tag        TEXT    NOT NULL DEFAULT '',
+        soft       INTEGER NOT NULL DEFAULT 0 CHECK (soft IN (0, 1)),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX tombstones_created_at ON tombstones (created_at);",
 ];
 
 /// Other processes hold the write lock only for one short batch, so waiting this long for it
@@ -109,6 +139,56 @@ pub struct PageRow {
     pub etag: Option<String>,
     /// The response's `Last-Modified`, for revalidation.
     pub last_modified: Option<String>,
+    /// Purge tags from the response's `Surrogate-Key`: case-sensitive, non-empty, without
+    /// whitespace. Content, not identity: a changed set makes an upsert
+    /// [`Updated`](Upsert::Updated). Stored as a set, so [`Manifest::list`] returns them sorted
+    /// and deduplicated.
+    pub tags: Vec<String>,
+}
+
+/// The target of a purge: which rows [`Manifest::purge`] removes, and what its [`Tombstone`]
+/// tells other nodes to invalidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purge {
+    /// Every row of one page: all methods and `Vary` variants of `host` + `path`, compared
+    /// exactly as stored (the caller canonicalises them as it does for [`PageRow`]).
+    Url {
+        /// Lower-case `host[:port]`, as in [`PageRow::host`].
+        host: String,
+        /// Path and query, as in [`PageRow::path`].
+        path: String,
+    },
+    /// Every row carrying exactly this tag (see [`PageRow::tags`]).
+    Tag(String),
+    /// Every row.
+    All,
+}
+
+/// What a [`Tombstone`] invalidates: the target of the purge it records.
+pub type TombstoneKind = Purge;
+
+/// A record that a purge happened, kept until `expires_at` so that other nodes can apply it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    /// What was purged.
+    pub kind: TombstoneKind,
+    /// A soft purge marks copies stale (to be revalidated) instead of deleting them.
+    pub soft: bool,
+    /// When the purge happened, in unix seconds. A node should not apply it to a copy stored
+    /// after this.
+    pub created_at: i64,
+    /// When [`Manifest::expire_tombstones`] may delete it, in unix seconds.
+    pub expires_at: i64,
+}
+
+/// What [`Manifest::purge`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeOutcome {
+    /// The rows that matched, in [`Manifest::list`] order: deleted by a hard purge, still
+    /// present after a soft one. Either way the caller invalidates these copies.
+    pub rows: Vec<PageRow>,
+    /// Id of the tombstone recorded for the purge, for [`Manifest::tombstones_since`].
+    pub tombstone_id: i64,
 }
 
 /// What [`Manifest::upsert`] did.
@@ -162,6 +242,15 @@ pub enum Op {
     Remove,
     /// A clear inside a write transaction.
     Clear,
+    /// [`Manifest::remove_page`], [`Manifest::remove_tag`] or [`Manifest::purge`] inside a write
+    /// transaction; a failed purge leaves neither its rows nor its tombstone changed.
+    Purge,
+    /// [`Manifest::add_tombstone`] inside a write transaction.
+    AddTombstone,
+    /// [`Manifest::expire_tombstones`] inside a write transaction.
+    ExpireTombstones,
+    /// [`Manifest::tombstones_since`].
+    Tombstones,
     /// Committing a write transaction; every write in the batch fails with it.
     Commit,
     /// [`Manifest::list`].
@@ -181,6 +270,10 @@ impl Op {
             Op::Upsert => "upsert",
             Op::Remove => "remove",
             Op::Clear => "clear",
+            Op::Purge => "purge",
+            Op::AddTombstone => "add_tombstone",
+            Op::ExpireTombstones => "expire_tombstones",
+            Op::Tombstones => "tombstones",
             Op::Commit => "commit",
             Op::List => "list",
             Op::Count => "count",
@@ -256,6 +349,13 @@ pub enum ManifestError {
     SizeOutOfRange {
         /// The rejected size.
         size: u64,
+    },
+    /// A purge tag is empty or contains whitespace: it could not be stored as one token of the
+    /// canonical tag set (see the module docs), nor matched exactly.
+    #[error("invalid purge tag {tag:?}: empty or contains whitespace")]
+    InvalidTag {
+        /// The rejected tag.
+        tag: String,
     },
     /// The owner thread is gone (it panicked), so the command was not carried out.
     #[error("the manifest owner thread has stopped")]
@@ -343,6 +443,86 @@ impl Manifest {
             .await
     }
 
+    /// Deletes every row of one page (all methods and `Vary` variants of `host` + `path`, both
+    /// compared exactly) and returns them, in [`list`](Manifest::list) order. Records no
+    /// tombstone: see [`purge`](Manifest::purge) for that.
+    pub async fn remove_page(&self, host: &str, path: &str) -> Result<Vec<PageRow>, ManifestError> {
+        let target = Purge::Url {
+            host: host.to_owned(),
+            path: path.to_owned(),
+        };
+        self.call(|reply| Command::Write(WriteOp::RemoveRows { target, reply }))
+            .await
+    }
+
+    /// Deletes every row carrying exactly `tag` (`a` does not match `ab`; case matters) and
+    /// returns them, in [`list`](Manifest::list) order. Records no tombstone: see
+    /// [`purge`](Manifest::purge) for that. Fails with [`ManifestError::InvalidTag`] for a tag
+    /// that is empty or contains whitespace.
+    pub async fn remove_tag(&self, tag: &str) -> Result<Vec<PageRow>, ManifestError> {
+        check_tag(tag)?;
+        let target = Purge::Tag(tag.to_owned());
+        self.call(|reply| Command::Write(WriteOp::RemoveRows { target, reply }))
+            .await
+    }
+
+    /// Purges `what` and records its tombstone (created now, expiring `tombstone_ttl_secs`
+    /// later) in one transaction: either both happen or neither.
+    ///
+    /// A hard purge deletes the matching rows; a soft one (`soft`) leaves them, since the nodes
+    /// only mark their copies stale. Either way the matching rows are returned, for the caller
+    /// to invalidate its own copies. Fails with [`ManifestError::InvalidTag`] for a
+    /// [`Purge::Tag`] that is empty or contains whitespace.
+    pub async fn purge(
+        &self,
+        what: Purge,
+        soft: bool,
+        tombstone_ttl_secs: i64,
+    ) -> Result<PurgeOutcome, ManifestError> {
+        let created_at = unix_now();
+        let tombstone = Tombstone {
+            kind: what,
+            soft,
+            created_at,
+            expires_at: created_at.saturating_add(tombstone_ttl_secs),
+        };
+        check_tombstone(&tombstone)?;
+        self.call(|reply| Command::Write(WriteOp::Purge { tombstone, reply }))
+            .await
+    }
+
+    /// Records a tombstone without touching any page (e.g. one learned from elsewhere); returns
+    /// its id. Fails with [`ManifestError::InvalidTag`] for a [`Purge::Tag`] that is empty or
+    /// contains whitespace.
+    pub async fn add_tombstone(&self, t: Tombstone) -> Result<i64, ManifestError> {
+        check_tombstone(&t)?;
+        self.call(|reply| {
+            Command::Write(WriteOp::AddTombstone {
+                tombstone: t,
+                reply,
+            })
+        })
+        .await
+    }
+
+    /// Every stored tombstone with an id above `after_id` (0 for all), by increasing id, which
+    /// is the order they were committed in. Expired tombstones are included until
+    /// [`expire_tombstones`](Manifest::expire_tombstones) deletes them.
+    pub async fn tombstones_since(
+        &self,
+        after_id: i64,
+    ) -> Result<Vec<(i64, Tombstone)>, ManifestError> {
+        self.call(|reply| Command::Tombstones(after_id, reply))
+            .await
+    }
+
+    /// Deletes the tombstones that expired by `now` (`expires_at <= now`, unix seconds);
+    /// returns how many.
+    pub async fn expire_tombstones(&self, now: i64) -> Result<u64, ManifestError> {
+        self.call(|reply| Command::Write(WriteOp::ExpireTombstones { now, reply }))
+            .await
+    }
+
     /// SQLite `PRAGMA data_version` of the owner connection: it changes when ANOTHER connection
     /// (another process, or another `Manifest` opened on the same file) commits, and not for this
     /// handle's own commits. For change detection.
@@ -379,6 +559,8 @@ enum Command {
     Count(Reply<u64>),
     DataVersion(Reply<i64>),
     Stats(Reply<ManifestStats>),
+    /// [`Manifest::tombstones_since`]: ids above the first field.
+    Tombstones(i64, Reply<Vec<(i64, Tombstone)>>),
 }
 
 /// A write, queued until the owner thread applies its batch.
@@ -390,6 +572,24 @@ enum WriteOp {
     Remove {
         key: Key,
         reply: Reply<bool>,
+    },
+    /// [`Manifest::remove_page`] and [`Manifest::remove_tag`]: a hard purge without tombstone.
+    RemoveRows {
+        target: Purge,
+        reply: Reply<Vec<PageRow>>,
+    },
+    /// The target is `tombstone.kind`; hard unless `tombstone.soft`.
+    Purge {
+        tombstone: Tombstone,
+        reply: Reply<PurgeOutcome>,
+    },
+    AddTombstone {
+        tombstone: Tombstone,
+        reply: Reply<i64>,
+    },
+    ExpireTombstones {
+        now: i64,
+        reply: Reply<u64>,
     },
     Clear {
         reply: Reply<u64>,
@@ -406,7 +606,75 @@ impl WriteOp {
         match self {
             WriteOp::Upsert { reply, .. } => drop(reply.send(Err(err()))),
             WriteOp::Remove { reply, .. } => drop(reply.send(Err(err()))),
+            WriteOp::RemoveRows { reply, .. } => drop(reply.send(Err(err()))),
+            WriteOp::Purge { reply, .. } => drop(reply.send(Err(err()))),
+            WriteOp::AddTombstone { reply, .. } => drop(reply.send(Err(err()))),
+            WriteOp::ExpireTombstones { reply, .. } => drop(reply.send(Err(err()))),
             WriteOp::Clear { reply } => drop(reply.send(Err(err()))),
+        }
+    }
+
+    /// Runs the write inside the batch's transaction. A write made of several statements runs
+    /// in a savepoint, so that it fails whole.
+    fn apply(self, tx: &mut Transaction<'_>) -> Applied {
+        match self {
+            WriteOp::Upsert { record, reply } => Applied::Upsert(
+                reply,
+                upsert_one(tx, &record).map_err(|e| ManifestError::sqlite(Op::Upsert, e)),
+            ),
+            WriteOp::Remove { key, reply } => {
+                let removed = tx.prepare_cached(REMOVE_SQL).and_then(|mut stmt| {
+                    stmt.execute(params![key.host, key.method, key.path, key.vary])
+                });
+                Applied::Remove(
+                    reply,
+                    removed
+                        .map(|n| n > 0)
+                        .map_err(|e| ManifestError::sqlite(Op::Remove, e)),
+                )
+            }
+            WriteOp::RemoveRows { target, reply } => Applied::Rows(
+                reply,
+                select_rows(tx, &target, true).map_err(|e| ManifestError::sqlite(Op::Purge, e)),
+            ),
+            WriteOp::Purge { tombstone, reply } => {
+                let purged = tx.savepoint().and_then(|sp| {
+                    let rows = select_rows(&sp, &tombstone.kind, !tombstone.soft)?;
+                    let tombstone_id = insert_tombstone(&sp, &tombstone)?;
+                    sp.commit()?;
+                    Ok(PurgeOutcome { rows, tombstone_id })
+                });
+                Applied::Purge(
+                    reply,
+                    purged.map_err(|e| ManifestError::sqlite(Op::Purge, e)),
+                    tombstone.soft,
+                )
+            }
+            WriteOp::AddTombstone { tombstone, reply } => Applied::Tombstone(
+                reply,
+                insert_tombstone(tx, &tombstone)
+                    .map_err(|e| ManifestError::sqlite(Op::AddTombstone, e)),
+            ),
+            WriteOp::ExpireTombstones { now, reply } => {
+                let expired = tx
+                    .prepare_cached(EXPIRE_TOMBSTONES_SQL)
+                    .and_then(|mut stmt| stmt.execute([now]));
+                Applied::Deleted(
+                    reply,
+                    expired
+                        .map(|n| n as u64)
+                        .map_err(|e| ManifestError::sqlite(Op::ExpireTombstones, e)),
+                )
+            }
+            WriteOp::Clear { reply } => {
+                let cleared = tx.execute("DELETE FROM pages", []);
+                Applied::Deleted(
+                    reply,
+                    cleared
+                        .map(|n| n as u64)
+                        .map_err(|e| ManifestError::sqlite(Op::Clear, e)),
+                )
+            }
         }
     }
 }
@@ -416,16 +684,30 @@ impl WriteOp {
 enum Applied {
     Upsert(Reply<Upsert>, Result<Upsert, ManifestError>),
     Remove(Reply<bool>, Result<bool, ManifestError>),
-    Clear(Reply<u64>, Result<u64, ManifestError>),
+    /// Pages deleted by `RemoveRows`.
+    Rows(Reply<Vec<PageRow>>, Result<Vec<PageRow>, ManifestError>),
+    /// The flag is `soft`: the rows were only selected, not deleted.
+    Purge(
+        Reply<PurgeOutcome>,
+        Result<PurgeOutcome, ManifestError>,
+        bool,
+    ),
+    Tombstone(Reply<i64>, Result<i64, ManifestError>),
+    /// A count of deleted rows (clear, expire_tombstones).
+    Deleted(Reply<u64>, Result<u64, ManifestError>),
 }
 
 impl Applied {
-    /// Rows this write changed, if it succeeded.
+    /// Rows (pages and tombstones) this write changed, if it succeeded.
     fn rows(&self) -> u64 {
         match self {
             Applied::Upsert(_, Ok(Upsert::Inserted | Upsert::Updated)) => 1,
             Applied::Remove(_, Ok(true)) => 1,
-            Applied::Clear(_, Ok(n)) => *n,
+            Applied::Rows(_, Ok(rows)) => rows.len() as u64,
+            Applied::Purge(_, Ok(_), true) => 1,
+            Applied::Purge(_, Ok(outcome), false) => outcome.rows.len() as u64 + 1,
+            Applied::Tombstone(_, Ok(_)) => 1,
+            Applied::Deleted(_, Ok(n)) => *n,
             _ => 0,
         }
     }
@@ -448,7 +730,10 @@ impl Applied {
         match self {
             Applied::Upsert(reply, own) => drop(reply.send(outcome(own, commit))),
             Applied::Remove(reply, own) => drop(reply.send(outcome(own, commit))),
-            Applied::Clear(reply, own) => drop(reply.send(outcome(own, commit))),
+            Applied::Rows(reply, own) => drop(reply.send(outcome(own, commit))),
+            Applied::Purge(reply, own, _) => drop(reply.send(outcome(own, commit))),
+            Applied::Tombstone(reply, own) => drop(reply.send(outcome(own, commit))),
+            Applied::Deleted(reply, own) => drop(reply.send(outcome(own, commit))),
         }
     }
 }
@@ -471,12 +756,15 @@ struct Record {
     size: i64,
     etag: Option<String>,
     last_modified: Option<String>,
+    /// Canonical tag set; see the module docs.
+    tags: String,
 }
 
 impl Record {
     fn encode(row: PageRow) -> Result<Record, ManifestError> {
         let size = i64::try_from(row.size)
             .map_err(|_| ManifestError::SizeOutOfRange { size: row.size })?;
+        let tags = encode_tags(&row.tags)?;
         Ok(Record {
             key: Key {
                 vary: encode_vary(&row.vary),
@@ -490,6 +778,7 @@ impl Record {
             size,
             etag: row.etag,
             last_modified: row.last_modified,
+            tags,
         })
     }
 }
@@ -510,6 +799,52 @@ fn encode_vary(vary: &[(String, String)]) -> String {
     serde_json::to_string(&pairs).expect("vary pairs serialize")
 }
 
+/// Refuses a tag that could not be one token of the stored set.
+fn check_tag(tag: &str) -> Result<(), ManifestError> {
+    if tag.is_empty() || tag.contains(char::is_whitespace) {
+        return Err(ManifestError::InvalidTag {
+            tag: tag.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn check_tombstone(t: &Tombstone) -> Result<(), ManifestError> {
+    match &t.kind {
+        Purge::Tag(tag) => check_tag(tag),
+        Purge::Url { .. } | Purge::All => Ok(()),
+    }
+}
+
+/// Canonical stored form of a tag set, `' a b '` or `''`; see the module docs.
+fn encode_tags(tags: &[String]) -> Result<String, ManifestError> {
+    let mut set: Vec<&str> = Vec::with_capacity(tags.len());
+    for tag in tags {
+        check_tag(tag)?;
+        set.push(tag);
+    }
+    set.sort_unstable();
+    set.dedup();
+    if set.is_empty() {
+        return Ok(String::new());
+    }
+    Ok(format!(" {} ", set.join(" ")))
+}
+
+fn decode_tags(text: &str) -> Vec<String> {
+    text.split(' ')
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Current time in unix seconds (0 before the epoch, which only a broken clock reports).
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 fn decode_vary(text: &str) -> Result<Vec<(String, String)>, serde_json::Error> {
     let pairs: Vec<(String, Option<String>)> = serde_json::from_str(text)?;
     Ok(pairs
@@ -519,17 +854,20 @@ fn decode_vary(text: &str) -> Result<Vec<(String, String)>, serde_json::Error> {
 }
 
 const UPSERT_SQL: &str = "
-    INSERT INTO pages (host, method, path, vary, status, stored_at, expires_at, size, etag, last_modified)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+    INSERT INTO pages
+        (host, method, path, vary, status, stored_at, expires_at, size, etag, last_modified, tags)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
     ON CONFLICT (host, method, path, vary) DO UPDATE SET
         status = excluded.status, stored_at = excluded.stored_at, expires_at = excluded.expires_at,
-        size = excluded.size, etag = excluded.etag, last_modified = excluded.last_modified
+        size = excluded.size, etag = excluded.etag, last_modified = excluded.last_modified,
+        tags = excluded.tags
     WHERE pages.status IS NOT excluded.status
        OR pages.stored_at IS NOT excluded.stored_at
        OR pages.expires_at IS NOT excluded.expires_at
        OR pages.size IS NOT excluded.size
        OR pages.etag IS NOT excluded.etag
-       OR pages.last_modified IS NOT excluded.last_modified";
+       OR pages.last_modified IS NOT excluded.last_modified
+       OR pages.tags IS NOT excluded.tags";
 
 const EXISTS_SQL: &str = "
     SELECT EXISTS (SELECT 1 FROM pages WHERE host = ?1 AND method = ?2 AND path = ?3 AND vary = ?4)";
@@ -538,14 +876,27 @@ const IDENTICAL_SQL: &str = "
     SELECT EXISTS (SELECT 1 FROM pages
         WHERE host = ?1 AND method = ?2 AND path = ?3 AND vary = ?4
           AND status = ?5 AND stored_at = ?6 AND expires_at = ?7 AND size = ?8
-          AND etag IS ?9 AND last_modified IS ?10)";
+          AND etag IS ?9 AND last_modified IS ?10 AND tags = ?11)";
 
 const REMOVE_SQL: &str =
     "DELETE FROM pages WHERE host = ?1 AND method = ?2 AND path = ?3 AND vary = ?4";
 
-const LIST_SQL: &str = "
-    SELECT host, method, path, vary, status, stored_at, expires_at, size, etag, last_modified
-    FROM pages ORDER BY host, path, vary, method";
+/// The columns [`page_from_row`] reads, in its order.
+const PAGE_COLUMNS: &str =
+    "host, method, path, vary, status, stored_at, expires_at, size, etag, last_modified, tags";
+
+/// The order of [`Manifest::list`] and of every other answer made of rows.
+const PAGE_ORDER: &str = "ORDER BY host, path, vary, method";
+
+const INSERT_TOMBSTONE_SQL: &str = "
+    INSERT INTO tombstones (kind, host, path, tag, soft, created_at, expires_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+const TOMBSTONES_SINCE_SQL: &str = "
+    SELECT id, kind, host, path, tag, soft, created_at, expires_at
+    FROM tombstones WHERE id > ?1 ORDER BY id";
+
+const EXPIRE_TOMBSTONES_SQL: &str = "DELETE FROM tombstones WHERE expires_at <= ?1";
 
 /// The thread that owns the connection.
 struct Owner {
@@ -587,6 +938,9 @@ impl Owner {
                 Command::Count(reply) => drop(reply.send(self.count())),
                 Command::DataVersion(reply) => drop(reply.send(self.data_version())),
                 Command::Stats(reply) => drop(reply.send(Ok(self.stats))),
+                Command::Tombstones(after_id, reply) => {
+                    drop(reply.send(self.tombstones_since(after_id)))
+                }
             }
         }
         tracing::debug!("manifest owner thread exiting");
@@ -618,7 +972,7 @@ impl Owner {
 
         let started = Instant::now();
         let size = batch.len();
-        let tx = match self
+        let mut tx = match self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
         {
@@ -636,35 +990,7 @@ impl Owner {
         // A failing statement leaves the others in the transaction (SQLite rolls back only that
         // statement); if SQLite had to roll back the whole transaction, the commit fails and
         // every write reports that.
-        let applied: Vec<Applied> = batch
-            .into_iter()
-            .map(|op| match op {
-                WriteOp::Upsert { record, reply } => Applied::Upsert(
-                    reply,
-                    upsert_one(&tx, &record).map_err(|e| ManifestError::sqlite(Op::Upsert, e)),
-                ),
-                WriteOp::Remove { key, reply } => {
-                    let removed = tx.prepare_cached(REMOVE_SQL).and_then(|mut stmt| {
-                        stmt.execute(params![key.host, key.method, key.path, key.vary])
-                    });
-                    Applied::Remove(
-                        reply,
-                        removed
-                            .map(|n| n > 0)
-                            .map_err(|e| ManifestError::sqlite(Op::Remove, e)),
-                    )
-                }
-                WriteOp::Clear { reply } => {
-                    let cleared = tx.execute("DELETE FROM pages", []);
-                    Applied::Clear(
-                        reply,
-                        cleared
-                            .map(|n| n as u64)
-                            .map_err(|e| ManifestError::sqlite(Op::Clear, e)),
-                    )
-                }
-            })
-            .collect();
+        let applied: Vec<Applied> = batch.into_iter().map(|op| op.apply(&mut tx)).collect();
 
         let commit = tx.commit().map_err(Arc::new);
         let rows: u64 = applied.iter().map(Applied::rows).sum();
@@ -701,7 +1027,8 @@ impl Owner {
                             r.expires_at,
                             r.size,
                             r.etag,
-                            r.last_modified
+                            r.last_modified,
+                            r.tags
                         ],
                         |row| row.get::<_, bool>(0),
                     )
@@ -715,35 +1042,21 @@ impl Owner {
     }
 
     fn list(&self) -> Result<Vec<PageRow>, ManifestError> {
+        let sql = format!("SELECT {PAGE_COLUMNS} FROM pages {PAGE_ORDER}");
         let err = |e| ManifestError::sqlite(Op::List, e);
-        let mut stmt = self.conn.prepare_cached(LIST_SQL).map_err(err)?;
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(err)?;
+        let rows = stmt.query_map([], page_from_row).map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+
+    fn tombstones_since(&self, after_id: i64) -> Result<Vec<(i64, Tombstone)>, ManifestError> {
+        let err = |e| ManifestError::sqlite(Op::Tombstones, e);
+        let mut stmt = self
+            .conn
+            .prepare_cached(TOMBSTONES_SINCE_SQL)
+            .map_err(err)?;
         let rows = stmt
-            .query_map([], |row| {
-                let vary: String = row.get(3)?;
-                // Stored as i64 (SQLite has no unsigned INTEGER); `encode` refused larger sizes.
-                let size: i64 = row.get(7)?;
-                let size = u64::try_from(size)
-                    .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(7, size))?;
-                let vary = decode_vary(&vary).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        3,
-                        rusqlite::types::Type::Text,
-                        Box::new(e),
-                    )
-                })?;
-                Ok(PageRow {
-                    host: row.get(0)?,
-                    method: row.get(1)?,
-                    path: row.get(2)?,
-                    vary,
-                    status: row.get(4)?,
-                    stored_at: row.get(5)?,
-                    expires_at: row.get(6)?,
-                    size,
-                    etag: row.get(8)?,
-                    last_modified: row.get(9)?,
-                })
-            })
+            .query_map([after_id], tombstone_from_row)
             .map_err(err)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(err)
     }
@@ -763,6 +1076,102 @@ impl Owner {
     }
 }
 
+/// Reads one row selected as [`PAGE_COLUMNS`].
+fn page_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PageRow> {
+    let vary: String = row.get(3)?;
+    // Stored as i64 (SQLite has no unsigned INTEGER); `encode` refused larger sizes.
+    let size: i64 = row.get(7)?;
+    let size =
+        u64::try_from(size).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(7, size))?;
+    let vary = decode_vary(&vary).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    let tags: String = row.get(10)?;
+    Ok(PageRow {
+        host: row.get(0)?,
+        method: row.get(1)?,
+        path: row.get(2)?,
+        vary,
+        status: row.get(4)?,
+        stored_at: row.get(5)?,
+        expires_at: row.get(6)?,
+        size,
+        etag: row.get(8)?,
+        last_modified: row.get(9)?,
+        tags: decode_tags(&tags),
+    })
+}
+
+/// Reads one row selected by [`TOMBSTONES_SINCE_SQL`].
+fn tombstone_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Tombstone)> {
+    let kind: String = row.get(1)?;
+    let kind = match kind.as_str() {
+        "url" => Purge::Url {
+            host: row.get(2)?,
+            path: row.get(3)?,
+        },
+        "tag" => Purge::Tag(row.get(4)?),
+        "all" => Purge::All,
+        // The CHECK constraint admits no other kind; a newer schema would have a new version.
+        other => {
+            return Err(rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Text,
+                format!("unknown tombstone kind {other:?}").into(),
+            ))
+        }
+    };
+    Ok((
+        row.get(0)?,
+        Tombstone {
+            kind,
+            soft: row.get(5)?,
+            created_at: row.get(6)?,
+            expires_at: row.get(7)?,
+        },
+    ))
+}
+
+/// The pages a purge target matches, in list order, deleting them when `delete`. Both
+/// statements run in the caller's write transaction, so they see the same rows.
+fn select_rows(conn: &Connection, target: &Purge, delete: bool) -> rusqlite::Result<Vec<PageRow>> {
+    let (filter, args): (&str, Vec<String>) = match target {
+        Purge::Url { host, path } => ("host = ?1 AND path = ?2", vec![host.clone(), path.clone()]),
+        // Exact token match on the canonical form; see the module docs.
+        Purge::Tag(tag) => ("instr(tags, ?1) > 0", vec![format!(" {tag} ")]),
+        Purge::All => ("1", Vec::new()),
+    };
+    let sql = format!("SELECT {PAGE_COLUMNS} FROM pages WHERE {filter} {PAGE_ORDER}");
+    let rows = conn
+        .prepare_cached(&sql)?
+        .query_map(params_from_iter(&args), page_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if delete && !rows.is_empty() {
+        conn.prepare_cached(&format!("DELETE FROM pages WHERE {filter}"))?
+            .execute(params_from_iter(&args))?;
+    }
+    Ok(rows)
+}
+
+/// Inserts a tombstone; returns its id.
+fn insert_tombstone(conn: &Connection, t: &Tombstone) -> rusqlite::Result<i64> {
+    let (kind, host, path, tag) = match &t.kind {
+        Purge::Url { host, path } => ("url", host.as_str(), path.as_str(), ""),
+        Purge::Tag(tag) => ("tag", "", "", tag.as_str()),
+        Purge::All => ("all", "", "", ""),
+    };
+    conn.prepare_cached(INSERT_TOMBSTONE_SQL)?.execute(params![
+        kind,
+        host,
+        path,
+        tag,
+        t.soft,
+        t.created_at,
+        t.expires_at
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
 /// One upsert inside the batch transaction. The prior SELECT tells an insert from an update;
 /// `changes()` tells an update from a no-op (the `WHERE` of `DO UPDATE` skips identical rows).
 fn upsert_one(conn: &Connection, r: &Record) -> rusqlite::Result<Upsert> {
@@ -780,7 +1189,8 @@ fn upsert_one(conn: &Connection, r: &Record) -> rusqlite::Result<Upsert> {
         r.expires_at,
         r.size,
         r.etag,
-        r.last_modified
+        r.last_modified,
+        r.tags
     ])?;
     Ok(match (changed, existed) {
         (0, _) => Upsert::Unchanged,
@@ -923,6 +1333,7 @@ mod tests {
             size: 1234,
             etag: Some("\"abc\"".to_owned()),
             last_modified: None,
+            tags: Vec::new(),
         }
     }
 
@@ -967,7 +1378,10 @@ mod tests {
             let mode: String = raw
                 .pragma_query_value(None, "journal_mode", |r| r.get(0))
                 .unwrap();
-            assert_eq!((version, app_id, mode.as_str()), (1, APPLICATION_ID, "wal"));
+            assert_eq!(
+                (version, app_id, mode.as_str()),
+                (SCHEMA_VERSION, APPLICATION_ID, "wal")
+            );
             let index: i64 = raw
                 .query_row(
                     "SELECT count(*) FROM sqlite_schema WHERE name = 'pages_expires_at'",
@@ -1385,17 +1799,479 @@ mod tests {
             .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .unwrap();
         let err = Manifest::open(&path).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                ManifestError::TooNew {
-                    found: 2,
-                    supported: 1,
-                    ..
+        match err {
+            ManifestError::TooNew {
+                found, supported, ..
+            } => assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION)),
+            other => panic!("expected TooNew, got {other:?}"),
+        }
+    }
+
+    fn tagged(host: &str, path: &str, tags: &[&str]) -> PageRow {
+        PageRow {
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            ..page(host, path)
+        }
+    }
+
+    fn paths(rows: &[PageRow]) -> Vec<&str> {
+        rows.iter().map(|r| r.path.as_str()).collect()
+    }
+
+    fn tombstone(kind: TombstoneKind, created_at: i64, expires_at: i64) -> Tombstone {
+        Tombstone {
+            kind,
+            soft: false,
+            created_at,
+            expires_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn tags_round_trip_as_a_sorted_set() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("manifest.db");
+            let m = Manifest::open(&path).unwrap();
+            m.upsert(tagged("a.example", "/t", &["b", "A", "a", "b"]))
+                .await
+                .unwrap();
+            m.upsert(page("a.example", "/untagged")).await.unwrap();
+
+            let listed = m.list().await.unwrap();
+            assert_eq!(listed[0].tags, ["A", "a", "b"]);
+            assert_eq!(listed[1].tags, Vec::<String>::new());
+
+            let stored: Vec<String> = observer(&path)
+                .prepare("SELECT tags FROM pages ORDER BY path")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(stored, [" A a b ", ""]);
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn tag_change_is_an_update_and_reordering_is_not() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            let row = tagged("a.example", "/t", &["a", "b"]);
+            assert_eq!(m.upsert(row.clone()).await.unwrap(), Upsert::Inserted);
+            // Same set, other order and a duplicate: nothing to write.
+            let same = tagged("a.example", "/t", &["b", "a", "a"]);
+            assert_eq!(m.upsert(same).await.unwrap(), Upsert::Unchanged);
+            let changed = tagged("a.example", "/t", &["a", "c"]);
+            assert_eq!(m.upsert(changed).await.unwrap(), Upsert::Updated);
+            assert_eq!(m.list().await.unwrap()[0].tags, ["a", "c"]);
+            assert_eq!(
+                m.upsert(page("a.example", "/t")).await.unwrap(),
+                Upsert::Updated
+            );
+            assert!(m.list().await.unwrap()[0].tags.is_empty());
+            assert_eq!(m.count().await.unwrap(), 1);
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn invalid_tags_are_refused_before_the_database() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            for bad in ["", "a b", "a\tb", " a"] {
+                let err = m
+                    .upsert(tagged("a.example", "/t", &["ok", bad]))
+                    .await
+                    .unwrap_err();
+                assert!(
+                    matches!(&err, ManifestError::InvalidTag { tag } if tag == bad),
+                    "{err:?}"
+                );
+                let err = m.remove_tag(bad).await.unwrap_err();
+                assert!(matches!(err, ManifestError::InvalidTag { .. }), "{err:?}");
+                let err = m
+                    .purge(Purge::Tag(bad.to_owned()), false, 60)
+                    .await
+                    .unwrap_err();
+                assert!(matches!(err, ManifestError::InvalidTag { .. }), "{err:?}");
+            }
+            assert_eq!(m.count().await.unwrap(), 0);
+            assert!(m.tombstones_since(0).await.unwrap().is_empty());
+            assert_eq!(m.stats().await.unwrap().write_transactions, 0);
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn remove_page_removes_every_variant_of_that_page_only() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            let target = [
+                page("a.example", "/p"),
+                PageRow {
+                    method: "HEAD".into(),
+                    ..page("a.example", "/p")
+                },
+                PageRow {
+                    vary: vary(&[("accept-encoding", "gzip")]),
+                    ..page("a.example", "/p")
+                },
+                PageRow {
+                    vary: vary(&[("accept-encoding", VARY_ABSENT)]),
+                    ..tagged("a.example", "/p", &["t"])
+                },
+            ];
+            let others = [
+                page("a.example", "/p?x=1"),
+                page("a.example", "/p/"),
+                page("a.example", "/P"),
+                page("b.example", "/p"),
+            ];
+            for r in target.iter().chain(&others) {
+                m.upsert(r.clone()).await.unwrap();
+            }
+
+            let removed = m.remove_page("a.example", "/p").await.unwrap();
+            let mut expected = target.to_vec();
+            expected.sort_by_key(|r| (encode_vary(&r.vary), r.method.clone()));
+            assert_eq!(removed, expected);
+
+            let left = m.list().await.unwrap();
+            assert_eq!(left.len(), others.len());
+            for r in &others {
+                assert!(left.contains(r), "{r:?} was removed");
+            }
+            assert!(m.remove_page("a.example", "/p").await.unwrap().is_empty());
+            // No tombstone: that is `purge`'s job.
+            assert!(m.tombstones_since(0).await.unwrap().is_empty());
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn remove_tag_matches_whole_tags_only() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            let rows = [
+                ("/only", vec!["a"]),
+                ("/first", vec!["a", "b", "c"]),
+                ("/middle", vec!["0", "a", "z"]),
+                ("/last", vec!["0", "a"]),
+                ("/ab", vec!["ab"]),
+                ("/ba", vec!["ba", "b"]),
+                ("/upper", vec!["A"]),
+                ("/percent", vec!["a%", "_"]),
+                ("/none", vec![]),
+            ];
+            for (path, tags) in &rows {
+                m.upsert(tagged("a.example", path, tags)).await.unwrap();
+            }
+
+            let removed = m.remove_tag("a").await.unwrap();
+            assert_eq!(paths(&removed), ["/first", "/last", "/middle", "/only"]);
+            assert!(removed.iter().all(|r| r.tags.contains(&"a".to_owned())));
+            // Tags are not patterns: `%` and `_` are plain characters.
+            assert!(m.remove_tag("%").await.unwrap().is_empty());
+            assert!(m.remove_tag("a_").await.unwrap().is_empty());
+            assert_eq!(paths(&m.remove_tag("a%").await.unwrap()), ["/percent"]);
+            assert!(m.remove_tag("a").await.unwrap().is_empty());
+            assert_eq!(paths(&m.remove_tag("b").await.unwrap()), ["/ba"]);
+
+            let left = m.list().await.unwrap();
+            assert_eq!(paths(&left), ["/ab", "/none", "/upper"]);
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn purge_deletes_rows_and_records_its_tombstone_in_one_transaction() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("manifest.db");
+            let m = Manifest::open(&path).unwrap();
+            m.upsert(tagged("a.example", "/1", &["t"])).await.unwrap();
+            m.upsert(tagged("a.example", "/2", &["t", "u"]))
+                .await
+                .unwrap();
+            m.upsert(tagged("a.example", "/3", &["u"])).await.unwrap();
+            let before = m.stats().await.unwrap();
+
+            let started = unix_now();
+            let outcome = m.purge(Purge::Tag("t".into()), false, 600).await.unwrap();
+            assert_eq!(paths(&outcome.rows), ["/1", "/2"]);
+
+            let stats = m.stats().await.unwrap();
+            assert_eq!(stats.write_transactions, before.write_transactions + 1);
+            // Two pages deleted and one tombstone inserted.
+            assert_eq!(stats.rows_written, before.rows_written + 3);
+
+            assert_eq!(paths(&m.list().await.unwrap()), ["/3"]);
+            let tombstones = m.tombstones_since(0).await.unwrap();
+            assert_eq!(tombstones.len(), 1);
+            let (id, t) = &tombstones[0];
+            assert_eq!(*id, outcome.tombstone_id);
+            assert_eq!((&t.kind, t.soft), (&Purge::Tag("t".into()), false));
+            assert!((started..=unix_now()).contains(&t.created_at), "{t:?}");
+            assert_eq!(t.expires_at, t.created_at + 600);
+
+            // Another process sees both halves.
+            let raw = observer(&path);
+            let (pages, tombstones): (i64, i64) = raw
+                .query_row(
+                    "SELECT (SELECT count(*) FROM pages), (SELECT count(*) FROM tombstones)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            assert_eq!((pages, tombstones), (1, 1));
+        })
+        .await
+    }
+
+    /// If the tombstone cannot be written, the rows must stay: a purge that other nodes never
+    /// hear of must not happen on this one alone.
+    #[tokio::test]
+    async fn purge_whose_tombstone_fails_removes_no_rows() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("manifest.db");
+            let m = Manifest::open(&path).unwrap();
+            m.upsert(page("a.example", "/p")).await.unwrap();
+            let raw = observer(&path);
+            raw.execute_batch(
+                "CREATE TRIGGER no_tombstones BEFORE INSERT ON tombstones
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END",
+            )
+            .unwrap();
+
+            let url = Purge::Url {
+                host: "a.example".into(),
+                path: "/p".into(),
+            };
+            let err = m.purge(url.clone(), false, 60).await.unwrap_err();
+            assert!(
+                matches!(err, ManifestError::Sqlite { op: Op::Purge, .. }),
+                "{err:?}"
+            );
+            assert_eq!(m.list().await.unwrap(), vec![page("a.example", "/p")]);
+            assert!(m.tombstones_since(0).await.unwrap().is_empty());
+
+            raw.execute_batch("DROP TRIGGER no_tombstones").unwrap();
+            let outcome = m.purge(url, false, 60).await.unwrap();
+            assert_eq!(outcome.rows, vec![page("a.example", "/p")]);
+            assert_eq!(m.count().await.unwrap(), 0);
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn soft_purge_keeps_rows_and_records_a_soft_tombstone() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            m.upsert(page("a.example", "/p")).await.unwrap();
+            m.upsert(page("b.example", "/q")).await.unwrap();
+            let before = m.stats().await.unwrap();
+
+            let outcome = m.purge(Purge::All, true, 60).await.unwrap();
+            assert_eq!(paths(&outcome.rows), ["/p", "/q"]);
+            assert_eq!(m.count().await.unwrap(), 2);
+            let stats = m.stats().await.unwrap();
+            assert_eq!(
+                (stats.write_transactions, stats.rows_written),
+                (before.write_transactions + 1, before.rows_written + 1)
+            );
+            let tombstones = m.tombstones_since(0).await.unwrap();
+            assert_eq!(tombstones.len(), 1);
+            assert_eq!(tombstones[0].0, outcome.tombstone_id);
+            assert_eq!(
+                (&tombstones[0].1.kind, tombstones[0].1.soft),
+                (&Purge::All, true)
+            );
+
+            // The hard version deletes them all.
+            let outcome = m.purge(Purge::All, false, 60).await.unwrap();
+            assert_eq!(outcome.rows.len(), 2);
+            assert_eq!(m.count().await.unwrap(), 0);
+            // A purge that matches nothing still records its tombstone: other nodes may hold
+            // copies this manifest never listed.
+            let outcome = m
+                .purge(
+                    Purge::Url {
+                        host: "c.example".into(),
+                        path: "/".into(),
+                    },
+                    false,
+                    60,
+                )
+                .await
+                .unwrap();
+            assert!(outcome.rows.is_empty());
+            assert_eq!(m.tombstones_since(0).await.unwrap().len(), 3);
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn tombstones_since_is_in_id_order_and_expire_deletes_expired_ones() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            let kinds = [
+                Purge::Url {
+                    host: "a.example".into(),
+                    path: "/p?x=1".into(),
+                },
+                Purge::Tag("t".into()),
+                Purge::All,
+            ];
+            let mut ids = Vec::new();
+            for (i, kind) in kinds.iter().enumerate() {
+                let t = Tombstone {
+                    soft: i == 1,
+                    ..tombstone(kind.clone(), 1000, 1100 + 100 * i as i64)
+                };
+                ids.push(m.add_tombstone(t).await.unwrap());
+            }
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+
+            let all = m.tombstones_since(0).await.unwrap();
+            assert_eq!(all.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids);
+            assert_eq!(
+                all.iter().map(|(_, t)| t.kind.clone()).collect::<Vec<_>>(),
+                kinds
+            );
+            assert_eq!(
+                all[1].1,
+                Tombstone {
+                    soft: true,
+                    ..tombstone(Purge::Tag("t".into()), 1000, 1200)
                 }
-            ),
-            "{err:?}"
+            );
+            let newer = m.tombstones_since(ids[0]).await.unwrap();
+            assert_eq!(newer, all[1..]);
+            assert!(m.tombstones_since(ids[2]).await.unwrap().is_empty());
+
+            // `expires_at <= now` is expired.
+            assert_eq!(m.expire_tombstones(1099).await.unwrap(), 0);
+            assert_eq!(m.expire_tombstones(1200).await.unwrap(), 2);
+            assert_eq!(m.tombstones_since(0).await.unwrap(), all[2..]);
+            assert_eq!(m.expire_tombstones(1200).await.unwrap(), 0);
+        })
+        .await
+    }
+
+    /// A node whose cursor is at the newest tombstone must see the next purge even when every
+    /// tombstone expired in between (a plain rowid would hand out the same id again).
+    #[tokio::test]
+    async fn tombstone_ids_are_not_reused_after_expiry() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            let cursor = m
+                .add_tombstone(tombstone(Purge::All, 1000, 1001))
+                .await
+                .unwrap();
+            assert_eq!(m.expire_tombstones(2000).await.unwrap(), 1);
+            let next = m.purge(Purge::All, false, 60).await.unwrap().tombstone_id;
+            assert!(next > cursor, "{next} reuses an id at or below {cursor}");
+            let seen = m.tombstones_since(cursor).await.unwrap();
+            assert_eq!(seen.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [next]);
+        })
+        .await
+    }
+
+    /// Migration 1 exactly as released: the files in the field were made by this text.
+    const SCHEMA_V1: &str = "CREATE TABLE pages (
+        id            INTEGER PRIMARY KEY,
+        host          TEXT    NOT NULL,
+        method        TEXT    NOT NULL,
+        path          TEXT    NOT NULL,
+        vary          TEXT    NOT NULL,
+        status        INTEGER NOT NULL,
+        stored_at     INTEGER NOT NULL,
+        expires_at    INTEGER NOT NULL,
+        size          INTEGER NOT NULL,
+        etag          TEXT,
+        last_modified TEXT,
+        UNIQUE (host, method, path, vary)
+    ) STRICT;
+    CREATE INDEX pages_expires_at ON pages (expires_at);";
+
+    /// A manifest file as the version-1 caje left it, holding `page("a.example", "/old")`.
+    fn version_1_file(path: &Path) {
+        let raw = Connection::open(path).unwrap();
+        raw.pragma_update(None, "journal_mode", "wal").unwrap();
+        raw.execute_batch(SCHEMA_V1).unwrap();
+        raw.pragma_update(None, "user_version", 1).unwrap();
+        raw.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        raw.execute(
+            "INSERT INTO pages
+                (host, method, path, vary, status, stored_at, expires_at, size, etag, last_modified)
+             VALUES ('a.example', 'GET', '/old', '[]', 200, 1700000000, 1700000060, 1234,
+                     '\"abc\"', NULL)",
+            [],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn migration_1_is_unchanged() {
+        assert_eq!(
+            MIGRATIONS[0], SCHEMA_V1,
+            "released migrations are append-only"
         );
+    }
+
+    #[tokio::test]
+    async fn version_1_file_migrates_and_keeps_its_rows_with_no_tags() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("manifest.db");
+            version_1_file(&path);
+
+            let m = Manifest::open(&path).unwrap();
+            assert_eq!(m.list().await.unwrap(), vec![page("a.example", "/old")]);
+            let version: i32 = observer(&path)
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, SCHEMA_VERSION);
+
+            // The new column and table work on the migrated file.
+            let old_tagged = tagged("a.example", "/old", &["t"]);
+            assert_eq!(m.upsert(old_tagged).await.unwrap(), Upsert::Updated);
+            let outcome = m.purge(Purge::Tag("t".into()), false, 60).await.unwrap();
+            assert_eq!(paths(&outcome.rows), ["/old"]);
+            assert_eq!(m.tombstones_since(0).await.unwrap().len(), 1);
+        })
+        .await
+    }
+
+    /// Two processes upgrading the same version-1 file at once: one migrates, the other finds
+    /// it done under the write lock (ALTER TABLE twice would fail with "duplicate column").
+    #[tokio::test]
+    async fn concurrent_opens_migrate_a_version_1_file_once() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("manifest.db");
+            version_1_file(&path);
+            let (a, b) = {
+                let (pa, pb) = (path.clone(), path.clone());
+                let ta = std::thread::spawn(move || Manifest::open(&pa));
+                let tb = std::thread::spawn(move || Manifest::open(&pb));
+                (ta.join().unwrap().unwrap(), tb.join().unwrap().unwrap())
+            };
+            assert_eq!(a.list().await.unwrap(), b.list().await.unwrap());
+            assert_eq!(a.count().await.unwrap(), 1);
+        })
+        .await
     }
 
     /// Rows/s for 10,000 upserts, batched (concurrent callers) vs one transaction per row

@@ -5,6 +5,7 @@
 //! message names the origin and what went wrong.
 
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -51,7 +52,7 @@ impl Origin {
 /// The routing table: client host → origin.
 #[derive(Debug, Clone)]
 pub struct Origins {
-    list: Vec<Origin>,
+    list: Vec<Arc<Origin>>,
 }
 
 impl Origins {
@@ -72,20 +73,20 @@ impl Origins {
                 .cloned()
                 .ok_or_else(|| format!("origin url {:?} has no host", c.url))?;
             let prefix = uri.path().trim_end_matches('/').to_owned();
-            list.push(Origin {
+            list.push(Arc::new(Origin {
                 host: (c.host != "*").then(|| normalize_host(&c.host)),
                 scheme,
                 authority,
                 prefix,
                 host_header: c.host_header,
                 url: c.url.clone(),
-            });
+            }));
         }
         Ok(Origins { list })
     }
 
     /// The origin for a normalised client host: an exact match first, then `*`.
-    pub fn route(&self, host: &str) -> Option<&Origin> {
+    pub fn route(&self, host: &str) -> Option<&Arc<Origin>> {
         self.list
             .iter()
             .find(|o| o.host.as_deref() == Some(host))

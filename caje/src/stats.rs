@@ -25,6 +25,16 @@ pub struct Stats {
     pub corrupt_entries: AtomicU64,
     /// Origin failures answered with 502/504 or an aborted body.
     pub origin_errors: AtomicU64,
+    /// Requests that waited for another request's origin fetch instead of making their own.
+    pub collapsed: AtomicU64,
+    /// Conditional revalidations the origin answered with 304.
+    pub revalidated: AtomicU64,
+    /// Stale responses served (stale-while-revalidate, stale-if-error, origin unreachable).
+    pub stale_served: AtomicU64,
+    /// Background revalidations started (stale-while-revalidate).
+    pub background_revalidations: AtomicU64,
+    /// Entries removed by purges and invalidations.
+    pub purged: AtomicU64,
     /// Last time a store failure was logged, for rate limiting.
     last_store_failure_log: Mutex<Option<Instant>>,
 }

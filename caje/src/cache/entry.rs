@@ -36,6 +36,11 @@ pub struct EntryMeta {
     pub body_crc32: u32,
     /// When the response was received, unix seconds.
     pub stored_at: u64,
+    /// Purge tags from the response's `Surrogate-Key` header.
+    pub tags: Vec<String>,
+    /// Set by a soft purge: the entry is treated as stale (it may still be revalidated or
+    /// served stale where allowed) until it is refreshed.
+    pub invalidated: bool,
 }
 
 /// Why a `.meta` file could not be decoded.
@@ -167,6 +172,8 @@ pub(crate) mod tests {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap()
                 .as_secs(),
+            tags: vec!["t1".into()],
+            invalidated: false,
         }
     }
 

@@ -82,6 +82,49 @@ fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
     out
 }
 
+/// Rewrites a request's `Accept-Encoding` to one of a few canonical values (`br, gzip`,
+/// `br`, `gzip`, or absent for identity), so that `Vary: Accept-Encoding` makes at most four
+/// variants instead of one per browser's spelling. The origin sees the same normalised value,
+/// so the stored variant is exactly what it answered to. Codings refused with `q=0` count as
+/// not accepted.
+pub fn normalize_accept_encoding(headers: &mut HeaderMap) {
+    let values: Vec<String> = headers
+        .get_all(http::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if values.is_empty() {
+        return;
+    }
+    let accepts = |coding: &str| {
+        values.iter().flat_map(|v| v.split(',')).any(|item| {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (name == coding || name == "*") && !refused
+        })
+    };
+    let normalized = match (accepts("br"), accepts("gzip")) {
+        (true, true) => Some("br, gzip"),
+        (true, false) => Some("br"),
+        (false, true) => Some("gzip"),
+        (false, false) => None,
+    };
+    headers.remove(http::header::ACCEPT_ENCODING);
+    if let Some(v) = normalized {
+        headers.insert(
+            http::header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static(v),
+        );
+    }
+}
+
 /// Field names listed by a response's `Vary` headers, lower-case, deduplicated.
 pub fn vary_names(headers: &HeaderMap) -> Vec<String> {
     let mut names: Vec<String> = headers
@@ -166,6 +209,25 @@ mod tests {
             assert_eq!(name.len(), 64);
             assert!(name.bytes().all(|b| b.is_ascii_hexdigit()));
         }
+    }
+
+    #[test]
+    fn accept_encoding_is_normalised() {
+        let norm = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("accept-encoding", HeaderValue::from_str(v).unwrap());
+            normalize_accept_encoding(&mut h);
+            h.get("accept-encoding")
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(norm("gzip, deflate, br, zstd").as_deref(), Some("br, gzip"));
+        assert_eq!(norm("GZIP").as_deref(), Some("gzip"));
+        assert_eq!(norm("gzip;q=0, br").as_deref(), Some("br"));
+        assert_eq!(norm("deflate").as_deref(), None);
+        assert_eq!(norm("*").as_deref(), Some("br, gzip"));
+        let mut none = HeaderMap::new();
+        normalize_accept_encoding(&mut none);
+        assert!(none.is_empty());
     }
 
     #[test]

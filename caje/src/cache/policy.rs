@@ -8,22 +8,109 @@
 //! - a `Vary` on `Cookie` or `Authorization` is never stored, because storing it would write
 //!   those credentials to disk;
 //! - the request recorded in the policy keeps only `Host` and the `Vary`-named headers, so no
-//!   cookie or credential reaches the disk.
+//!   cookie or credential reaches the disk;
+//! - targeted cache control (RFC 9213): the first of caje's own field (configurable, default
+//!   `Caje-Cache-Control`) and `CDN-Cache-Control` that has a valid, non-empty value replaces
+//!   `Cache-Control` and `Expires` for caje's decisions. The response keeps its original
+//!   `Cache-Control` for browsers.
+//! - a response with a zero freshness lifetime (`no-cache`, `max-age=0`) is stored when it
+//!   has a validator, and revalidated on every use.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
-use http::{request, response, HeaderMap, HeaderValue, Method};
-use http_cache_semantics::{BeforeRequest, CacheOptions, CachePolicy};
+use http::header::HeaderName;
+use http::{request, response, HeaderMap, HeaderValue, Method, StatusCode};
+use http_cache_semantics::{AfterResponse, BeforeRequest, CacheOptions, CachePolicy};
 
 use super::key::vary_names;
 
 /// Options from `[cache]` that affect decisions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PolicyOptions {
     /// RFC 9111 §4.2.2 heuristic freshness for responses without explicit freshness.
     pub heuristic_freshness: bool,
     /// Whether a client's `no-cache` / `max-age=0` may force a fetch.
     pub honor_client_no_cache: bool,
+    /// caje's own targeted field (RFC 9213), checked before `CDN-Cache-Control`.
+    pub targeted: Option<HeaderName>,
+}
+
+/// The RFC 9213 field every CDN honours.
+pub const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
+
+/// Whether a targeted field value is usable: non-empty and every directive a token with an
+/// optional token or quoted-string argument.
+fn valid_directives(value: &str) -> bool {
+    let mut any = false;
+    for d in value.split(',') {
+        let d = d.trim();
+        if d.is_empty() {
+            continue;
+        }
+        let (name, arg) = match d.split_once('=') {
+            Some((n, a)) => (n.trim(), Some(a.trim())),
+            None => (d, None),
+        };
+        let token = |t: &str| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        if !token(name) {
+            return false;
+        }
+        if let Some(a) = arg {
+            let quoted = a.len() >= 2 && a.starts_with('"') && a.ends_with('"');
+            if !quoted && !token(a) {
+                return false;
+            }
+        }
+        any = true;
+    }
+    any
+}
+
+/// The response headers caje's decisions use: with a valid targeted field, its value becomes
+/// the only `Cache-Control` and `Expires`/`Pragma` are ignored (RFC 9213 §2.1).
+pub fn effective_headers<'a>(headers: &'a HeaderMap, opts: &PolicyOptions) -> Cow<'a, HeaderMap> {
+    let fields = opts
+        .targeted
+        .iter()
+        .map(|n| n.as_str())
+        .chain(std::iter::once(CDN_CACHE_CONTROL));
+    for field in fields {
+        let values: Vec<&str> = headers
+            .get_all(field)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if values.is_empty() {
+            continue;
+        }
+        let joined = values.join(", ");
+        if !valid_directives(&joined) {
+            continue;
+        }
+        let Ok(value) = HeaderValue::from_str(&joined) else {
+            continue;
+        };
+        let mut out = headers.clone();
+        out.remove(http::header::CACHE_CONTROL);
+        out.remove(http::header::EXPIRES);
+        out.remove(http::header::PRAGMA);
+        out.insert(http::header::CACHE_CONTROL, value);
+        return Cow::Owned(out);
+    }
+    Cow::Borrowed(headers)
+}
+
+fn with_headers(res: &response::Parts, headers: HeaderMap) -> response::Parts {
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = res.status;
+    parts.version = res.version;
+    parts.headers = headers;
+    parts
 }
 
 /// Why a response was not stored. `as_str` is the `detail` of `Cache-Status`.
@@ -99,7 +186,7 @@ fn sanitized_request(req: &request::Parts, host: &str, vary: &[String]) -> reque
 
 /// The request `http-cache-semantics` sees when answering: our normalised host, and without
 /// the client's cache directives unless the operator lets clients force fetches.
-fn lookup_request(req: &request::Parts, host: &str, opts: PolicyOptions) -> request::Parts {
+fn lookup_request(req: &request::Parts, host: &str, opts: &PolicyOptions) -> request::Parts {
     let mut parts = sanitized_request(req, host, &[]);
     for (name, value) in &req.headers {
         if name == http::header::HOST {
@@ -115,7 +202,7 @@ fn lookup_request(req: &request::Parts, host: &str, opts: PolicyOptions) -> requ
     parts
 }
 
-fn cache_options(opts: PolicyOptions) -> CacheOptions {
+fn cache_options(opts: &PolicyOptions) -> CacheOptions {
     CacheOptions {
         shared: true,
         cache_heuristic: if opts.heuristic_freshness { 0.1 } else { 0.0 },
@@ -141,7 +228,7 @@ pub fn decide(
     host: &str,
     res: &response::Parts,
     response_time: SystemTime,
-    opts: PolicyOptions,
+    opts: &PolicyOptions,
 ) -> Result<Storable, NotStorable> {
     if req.method != Method::GET {
         return Err(NotStorable::Status);
@@ -159,14 +246,16 @@ pub fn decide(
     if res.headers.contains_key(http::header::SET_COOKIE) {
         return Err(NotStorable::SetCookie);
     }
+    let effective = with_headers(res, effective_headers(&res.headers, opts).into_owned());
+    let eh = &effective.headers;
     // Decide with the request as the client sent it (credentials included), so the RFC's
     // rule about Authorization applies; persist a sanitised copy.
-    let full = CachePolicy::new_options(req, res, response_time, cache_options(opts));
+    let full = CachePolicy::new_options(req, &effective, response_time, cache_options(opts));
     if !full.is_storable() {
         return Err(
-            if has_directive(&res.headers, "no-store") || has_directive(&req.headers, "no-store") {
+            if has_directive(eh, "no-store") || has_directive(&req.headers, "no-store") {
                 NotStorable::NoStore
-            } else if has_directive(&res.headers, "private") {
+            } else if has_directive(eh, "private") {
                 NotStorable::Private
             } else if req.headers.contains_key(http::header::AUTHORIZATION) {
                 NotStorable::Authorization
@@ -175,16 +264,20 @@ pub fn decide(
             },
         );
     }
-    let explicit = has_directive(&res.headers, "max-age")
-        || has_directive(&res.headers, "s-maxage")
-        || res.headers.contains_key(http::header::EXPIRES);
-    if !explicit && !opts.heuristic_freshness {
+    let explicit = has_directive(eh, "max-age")
+        || has_directive(eh, "s-maxage")
+        || eh.contains_key(http::header::EXPIRES);
+    let revalidate_always = has_directive(eh, "no-cache");
+    if !explicit && !revalidate_always && !opts.heuristic_freshness {
         return Err(NotStorable::NoExplicitFreshness);
     }
     let sanitized = sanitized_request(req, host, &vary);
-    let policy = CachePolicy::new_options(&sanitized, res, response_time, cache_options(opts));
-    if policy.time_to_live(response_time).is_zero() {
-        // Without revalidation (not built yet) a zero-lifetime entry could never be used.
+    let policy =
+        CachePolicy::new_options(&sanitized, &effective, response_time, cache_options(opts));
+    let has_validator =
+        eh.contains_key(http::header::ETAG) || eh.contains_key(http::header::LAST_MODIFIED);
+    if policy.time_to_live(response_time).is_zero() && !has_validator {
+        // Never fresh and nothing to revalidate with: the entry could never be used.
         return Err(NotStorable::ZeroTtl);
     }
     Ok(Storable {
@@ -203,7 +296,7 @@ pub enum Freshness {
         /// Remaining freshness lifetime.
         ttl: Duration,
     },
-    /// Must not be used without going to the origin.
+    /// Must not be used without going to the origin (or a stale-serving rule).
     Stale,
 }
 
@@ -213,7 +306,7 @@ pub fn freshness(
     req: &request::Parts,
     host: &str,
     now: SystemTime,
-    opts: PolicyOptions,
+    opts: &PolicyOptions,
 ) -> Freshness {
     let lookup = lookup_request(req, host, opts);
     match policy.before_request(&lookup, now) {
@@ -235,6 +328,105 @@ pub fn age(policy: &CachePolicy, now: SystemTime) -> Duration {
     policy.age(now)
 }
 
+/// How long past its freshness lifetime a response stored at `stored_at` is at `now`.
+pub fn staleness(policy: &CachePolicy, stored_at: SystemTime, now: SystemTime) -> Duration {
+    let lifetime = policy.time_to_live(stored_at) + policy.age(stored_at);
+    policy.age(now).saturating_sub(lifetime)
+}
+
+/// What a response allows once it is stale, from its effective cache directives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StaleRules {
+    /// `stale-while-revalidate=N`.
+    pub while_revalidate: Option<Duration>,
+    /// `stale-if-error=N`.
+    pub if_error: Option<Duration>,
+    /// `must-revalidate`, `proxy-revalidate`, `no-cache` or `s-maxage` (which implies
+    /// proxy-revalidate for shared caches): no stale serving at all.
+    pub forbidden: bool,
+}
+
+/// Reads the stale-serving directives of a stored response.
+pub fn stale_rules(stored: &HeaderMap, opts: &PolicyOptions) -> StaleRules {
+    let eh = effective_headers(stored, opts);
+    let arg = |name: &str| -> Option<Duration> {
+        eh.get_all(http::header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|d| d.split_once('='))
+            .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.trim().trim_matches('"').parse::<u64>().ok())
+            .map(Duration::from_secs)
+    };
+    StaleRules {
+        while_revalidate: arg("stale-while-revalidate"),
+        if_error: arg("stale-if-error"),
+        forbidden: has_directive(&eh, "must-revalidate")
+            || has_directive(&eh, "proxy-revalidate")
+            || has_directive(&eh, "no-cache")
+            || has_directive(&eh, "s-maxage"),
+    }
+}
+
+/// Headers excluded from a 304's update of the stored head (RFC 9111 §3.2): they describe
+/// the body that is being kept.
+const NOT_UPDATED_BY_304: &[&str] = &[
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "content-range",
+    "content-type",
+    "cache-status",
+    "age",
+];
+
+/// The result of merging a 304 into a stored response (RFC 9111 §4.3.4).
+pub struct Refreshed {
+    /// The new policy.
+    pub policy: CachePolicy,
+    /// The stored head with the 304's fields applied.
+    pub headers: HeaderMap,
+}
+
+/// Merges a 304 into the stored head and policy, or `None` when the 304's validators do not
+/// match the stored response (the body must then be fetched again).
+pub fn refresh(
+    stored: &super::entry::EntryMeta,
+    req: &request::Parts,
+    host: &str,
+    not_modified: &response::Parts,
+    response_time: SystemTime,
+    opts: &PolicyOptions,
+) -> Option<Refreshed> {
+    if not_modified.status != StatusCode::NOT_MODIFIED {
+        return None;
+    }
+    let (_, mut headers) = stored.response_head();
+    let names: Vec<&HeaderName> = not_modified.headers.keys().collect();
+    for name in names {
+        if NOT_UPDATED_BY_304.contains(&name.as_str()) {
+            continue;
+        }
+        headers.remove(name);
+        for v in not_modified.headers.get_all(name) {
+            headers.append(name.clone(), v.clone());
+        }
+    }
+    let sanitized = sanitized_request(req, host, &stored.variant.names());
+    let effective_304 = with_headers(
+        not_modified,
+        effective_headers(&not_modified.headers, opts).into_owned(),
+    );
+    match stored
+        .policy
+        .after_response(&sanitized, &effective_304, response_time)
+    {
+        AfterResponse::NotModified(policy, _) => Some(Refreshed { policy, headers }),
+        AfterResponse::Modified(..) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +434,7 @@ mod tests {
     const OPTS: PolicyOptions = PolicyOptions {
         heuristic_freshness: false,
         honor_client_no_cache: false,
+        targeted: None,
     };
 
     fn req(headers: &[(&str, &str)]) -> request::Parts {
@@ -265,7 +458,7 @@ mod tests {
         r: &response::Parts,
         opts: PolicyOptions,
     ) -> Result<Storable, NotStorable> {
-        decide(q, "example.com", r, SystemTime::now(), opts)
+        decide(q, "example.com", r, SystemTime::now(), &opts)
     }
 
     #[test]
@@ -353,7 +546,7 @@ mod tests {
             .unwrap();
         let reload = req(&[("cache-control", "no-cache"), ("pragma", "no-cache")]);
         assert!(matches!(
-            freshness(&s.policy, &reload, "example.com", now, OPTS),
+            freshness(&s.policy, &reload, "example.com", now, &OPTS),
             Freshness::Fresh { .. }
         ));
         let honor = PolicyOptions {
@@ -361,7 +554,7 @@ mod tests {
             ..OPTS
         };
         assert_eq!(
-            freshness(&s.policy, &reload, "example.com", now, honor),
+            freshness(&s.policy, &reload, "example.com", now, &honor),
             Freshness::Stale
         );
     }
@@ -374,13 +567,13 @@ mod tests {
             "example.com",
             &res(&[("cache-control", "max-age=60")]),
             then,
-            OPTS,
+            &OPTS,
         )
         .ok()
         .unwrap();
         let now = SystemTime::now();
         assert_eq!(
-            freshness(&s.policy, &req(&[]), "example.com", now, OPTS),
+            freshness(&s.policy, &req(&[]), "example.com", now, &OPTS),
             Freshness::Stale
         );
         assert!(age(&s.policy, now) >= Duration::from_secs(120));

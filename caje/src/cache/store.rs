@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::HeaderMap;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::entry::EntryMeta;
 use super::key::{entry_name, CacheKey, Variant};
@@ -86,11 +86,32 @@ pub enum Lookup {
     Miss,
 }
 
+/// How a fill is getting on, for requests coalesced onto it (they stream the body from the
+/// file being written).
+#[derive(Debug, Clone)]
+pub enum FillProgress {
+    /// The writer has not created its file yet.
+    Starting,
+    /// `written` bytes of the body are in the temp file at `path`.
+    Writing {
+        /// The temp file.
+        path: Arc<PathBuf>,
+        /// Bytes written so far.
+        written: u64,
+    },
+    /// The entry is committed; its body is complete at `entry.body_path()`.
+    Committed(Arc<Entry>),
+    /// The fill was abandoned or failed; the body will not be completed.
+    Failed,
+}
+
 /// What happened in the store, for the manifest.
 #[derive(Debug)]
 pub enum StoreEvent {
     /// A new or replaced entry is committed.
     Stored(Arc<Entry>),
+    /// An entry was removed locally (evicted as an old variant, or purged).
+    Removed(Arc<Entry>),
 }
 
 #[derive(Default)]
@@ -101,23 +122,44 @@ struct Index {
 }
 
 impl Index {
-    /// Inserts or replaces the entry with the same name; returns the replaced one.
-    fn insert(&mut self, entry: Arc<Entry>) -> Option<Arc<Entry>> {
+    /// Inserts or replaces the entry with the same name. When the page then has more than
+    /// `max_variants` variants, the oldest are evicted. Returns the replaced and evicted
+    /// entries, whose files the caller removes.
+    fn insert(&mut self, entry: Arc<Entry>, max_variants: usize) -> Vec<Arc<Entry>> {
         let variants = self.pages.entry(entry.meta.key()).or_default();
         self.entries += 1;
         self.bytes += entry.meta.body_len;
-        let old = match variants.iter().position(|e| e.name == entry.name) {
-            Some(i) => Some(std::mem::replace(&mut variants[i], entry)),
-            None => {
-                variants.push(entry);
-                None
-            }
-        };
-        if let Some(old) = &old {
+        let mut gone = Vec::new();
+        match variants.iter().position(|e| e.name == entry.name) {
+            Some(i) => gone.push(std::mem::replace(&mut variants[i], entry)),
+            None => variants.push(entry),
+        }
+        while variants.len() > max_variants.max(1) {
+            let oldest = variants
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| e.meta.stored_at)
+                .map_or(0, |(i, _)| i);
+            gone.push(variants.remove(oldest));
+        }
+        for old in &gone {
             self.entries -= 1;
             self.bytes -= old.meta.body_len;
         }
-        old
+        gone
+    }
+
+    /// Swaps `old` for `new` (same page and name) if `old` is still current.
+    fn replace(&mut self, old: &Arc<Entry>, new: Arc<Entry>) -> bool {
+        let Some(variants) = self.pages.get_mut(&old.meta.key()) else {
+            return false;
+        };
+        let Some(slot) = variants.iter_mut().find(|e| Arc::ptr_eq(e, old)) else {
+            return false;
+        };
+        self.bytes = self.bytes - old.meta.body_len + new.meta.body_len;
+        *slot = new;
+        true
     }
 
     /// Removes exactly this entry (not a newer one with the same name).
@@ -137,6 +179,16 @@ impl Index {
         self.bytes -= entry.meta.body_len;
         true
     }
+
+    /// Removes every variant of a page.
+    fn remove_page(&mut self, key: &CacheKey) -> Vec<Arc<Entry>> {
+        let removed = self.pages.remove(key).unwrap_or_default();
+        for e in &removed {
+            self.entries -= 1;
+            self.bytes -= e.meta.body_len;
+        }
+        removed
+    }
 }
 
 struct Inner {
@@ -147,6 +199,8 @@ struct Inner {
     commit: Mutex<()>,
     stats: Arc<Stats>,
     events: mpsc::UnboundedSender<StoreEvent>,
+    /// Most variants kept per page (`cache.max_variants`).
+    max_variants: usize,
     /// Makes body and temp file names unique within this process.
     counter: AtomicU64,
     /// Keeps the exclusive lock on `cache_dir/.lock` for the life of the store.
@@ -164,6 +218,7 @@ impl Store {
     /// Blocking: call at start-up or from `spawn_blocking`.
     pub fn open(
         dir: &Path,
+        max_variants: usize,
         stats: Arc<Stats>,
         events: mpsc::UnboundedSender<StoreEvent>,
     ) -> Result<Store, StoreError> {
@@ -186,6 +241,7 @@ impl Store {
             root,
             index: Mutex::new(Index::default()),
             commit: Mutex::new(()),
+            max_variants,
             stats,
             events,
             counter: AtomicU64::new(0),
@@ -282,8 +338,13 @@ impl Store {
         let inflight = Arc::new(AtomicUsize::new(0));
         let store = self.clone();
         let writer_inflight = inflight.clone();
-        tokio::task::spawn_blocking(move || store.write_entry(meta, rx, &writer_inflight));
+        let (progress, progress_rx) = watch::channel(FillProgress::Starting);
+        tokio::task::spawn_blocking(move || {
+            let committed = store.write_entry(meta, rx, &writer_inflight, &progress);
+            progress.send_replace(committed.map_or(FillProgress::Failed, FillProgress::Committed));
+        });
         Fill {
+            progress: progress_rx,
             tx: Some(tx),
             inflight,
             bytes: 0,
@@ -311,7 +372,8 @@ impl Store {
         mut meta: EntryMeta,
         mut rx: mpsc::UnboundedReceiver<FillMsg>,
         inflight: &AtomicUsize,
-    ) {
+        progress: &watch::Sender<FillProgress>,
+    ) -> Option<Arc<Entry>> {
         let name = entry_name(&meta.key(), &meta.variant);
         let dir = self.shard_dir(&name);
         let tmp_body = dir.join(format!(".{name}.{:016x}.tmp", self.unique()));
@@ -321,6 +383,11 @@ impl Store {
                 .write(true)
                 .create_new(true)
                 .open(&tmp_body)?;
+            let path = Arc::new(tmp_body.clone());
+            progress.send_replace(FillProgress::Writing {
+                path: path.clone(),
+                written: 0,
+            });
             let mut crc = crc32fast::Hasher::new();
             let mut len = 0u64;
             loop {
@@ -330,6 +397,10 @@ impl Store {
                         file.write_all(&data)?;
                         crc.update(&data);
                         len += data.len() as u64;
+                        progress.send_replace(FillProgress::Writing {
+                            path: path.clone(),
+                            written: len,
+                        });
                     }
                     Some(FillMsg::Finish) => break,
                     // The fill was dropped or abandoned: the body is incomplete.
@@ -343,24 +414,34 @@ impl Store {
             Ok(Some(done)) => done,
             Ok(None) => {
                 let _ = fs::remove_file(&tmp_body);
-                return;
+                return None;
             }
             Err(e) => {
                 let _ = fs::remove_file(&tmp_body);
                 self.inner.stats.store_failed("writing body", &e);
-                return;
+                return None;
             }
         };
         meta.body_file = format!("{name}.{:016x}.body", self.unique());
         meta.body_len = len;
         meta.body_crc32 = crc;
-        if let Err(e) = self.commit(&dir, &name, &tmp_body, meta) {
-            let _ = fs::remove_file(&tmp_body);
-            self.inner.stats.store_failed("committing entry", &e);
+        match self.commit(&dir, &name, &tmp_body, meta) {
+            Ok(entry) => Some(entry),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp_body);
+                self.inner.stats.store_failed("committing entry", &e);
+                None
+            }
         }
     }
 
-    fn commit(&self, dir: &Path, name: &str, tmp_body: &Path, meta: EntryMeta) -> io::Result<()> {
+    fn commit(
+        &self,
+        dir: &Path,
+        name: &str,
+        tmp_body: &Path,
+        meta: EntryMeta,
+    ) -> io::Result<Arc<Entry>> {
         let encoded = meta.encode().map_err(io::Error::other)?;
         let tmp_meta = dir.join(format!(".{name}.{:016x}.tmp", self.unique()));
         let written = (|| {
@@ -380,7 +461,7 @@ impl Store {
             name: name.to_owned(),
             dir: dir.to_owned(),
         });
-        let replaced = {
+        let evicted = {
             let _commit = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
             fs::rename(tmp_body, entry.body_path())?;
             if let Err(e) = fs::rename(&tmp_meta, entry.meta_path()) {
@@ -388,20 +469,148 @@ impl Store {
                 let _ = fs::remove_file(&tmp_meta);
                 return Err(e);
             }
-            self.index().insert(entry.clone())
+            self.index().insert(entry.clone(), self.inner.max_variants)
         };
         // Make the renames durable; a failure here only risks losing the entry in a crash.
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
-        if let Some(old) = replaced {
+        for old in evicted {
+            if old.name != entry.name {
+                let _ = fs::remove_file(old.meta_path());
+            }
             if old.meta.body_file != entry.meta.body_file {
                 let _ = fs::remove_file(old.body_path());
             }
+            if old.name != entry.name {
+                let _ = self.inner.events.send(StoreEvent::Removed(old));
+            }
         }
         Stats::incr(&self.inner.stats.stored);
-        let _ = self.inner.events.send(StoreEvent::Stored(entry));
-        Ok(())
+        let _ = self.inner.events.send(StoreEvent::Stored(entry.clone()));
+        Ok(entry)
+    }
+
+    /// Replaces the metadata of an entry whose body stays the same (after a 304, or a soft
+    /// purge), atomically. Returns the new entry; `None` if the entry is no longer current.
+    /// Blocking.
+    pub fn update_meta(
+        &self,
+        entry: &Arc<Entry>,
+        meta: EntryMeta,
+    ) -> io::Result<Option<Arc<Entry>>> {
+        let encoded = meta.encode().map_err(io::Error::other)?;
+        let tmp_meta = entry
+            .dir
+            .join(format!(".{}.{:016x}.tmp", entry.name, self.unique()));
+        let written = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp_meta)?;
+            f.write_all(&encoded)?;
+            f.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp_meta);
+            return Err(e);
+        }
+        let updated = Arc::new(Entry {
+            meta,
+            name: entry.name.clone(),
+            dir: entry.dir.clone(),
+        });
+        {
+            let _commit = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idx = self.index();
+            if !idx.replace(entry, updated.clone()) {
+                drop(idx);
+                let _ = fs::remove_file(&tmp_meta);
+                return Ok(None);
+            }
+            drop(idx);
+            if let Err(e) = fs::rename(&tmp_meta, updated.meta_path()) {
+                let _ = fs::remove_file(&tmp_meta);
+                // Put the old entry back: its meta file is still the one on disk.
+                self.index().replace(&updated, entry.clone());
+                return Err(e);
+            }
+        }
+        if let Ok(d) = File::open(&entry.dir) {
+            let _ = d.sync_all();
+        }
+        let _ = self.inner.events.send(StoreEvent::Stored(updated.clone()));
+        Ok(Some(updated))
+    }
+
+    /// Removes every variant of a page; returns the removed entries. Blocking.
+    pub fn remove_page(&self, key: &CacheKey) -> Vec<Arc<Entry>> {
+        let removed = self.index().remove_page(key);
+        self.forget(&removed);
+        removed
+    }
+
+    /// Removes every entry carrying `tag`; returns them. Blocking.
+    pub fn remove_tag(&self, tag: &str) -> Vec<Arc<Entry>> {
+        let tagged: Vec<Arc<Entry>> = self
+            .index()
+            .pages
+            .values()
+            .flatten()
+            .filter(|e| e.meta.tags.iter().any(|t| t == tag))
+            .cloned()
+            .collect();
+        let removed: Vec<Arc<Entry>> = {
+            let mut idx = self.index();
+            tagged.into_iter().filter(|e| idx.remove(e)).collect()
+        };
+        self.forget(&removed);
+        removed
+    }
+
+    /// Soft purge: marks every variant of a page, or every entry carrying `tag`, as
+    /// invalidated (stale until refreshed; still usable for revalidation). Returns how many
+    /// were marked. Blocking.
+    pub fn invalidate(&self, key: Option<&CacheKey>, tag: Option<&str>) -> usize {
+        let targets: Vec<Arc<Entry>> = {
+            let idx = self.index();
+            match (key, tag) {
+                (Some(k), _) => idx.pages.get(k).cloned().unwrap_or_default(),
+                (None, Some(t)) => idx
+                    .pages
+                    .values()
+                    .flatten()
+                    .filter(|e| e.meta.tags.iter().any(|x| x == t))
+                    .cloned()
+                    .collect(),
+                (None, None) => idx.pages.values().flatten().cloned().collect(),
+            }
+        };
+        let mut marked = 0;
+        for e in targets.iter().filter(|e| !e.meta.invalidated) {
+            let mut meta = e.meta.clone();
+            meta.invalidated = true;
+            match self.update_meta(e, meta) {
+                Ok(Some(_)) => marked += 1,
+                Ok(None) => {}
+                Err(err) => self
+                    .inner
+                    .stats
+                    .store_failed("marking an entry stale", &err),
+            }
+        }
+        marked + targets.iter().filter(|e| e.meta.invalidated).count()
+    }
+
+    /// Unlinks the files of entries already taken out of the index.
+    fn forget(&self, removed: &[Arc<Entry>]) {
+        for e in removed {
+            let _ = fs::remove_file(e.meta_path());
+            let _ = fs::remove_file(e.body_path());
+        }
+        for e in removed {
+            let _ = self.inner.events.send(StoreEvent::Removed(e.clone()));
+        }
     }
 
     /// Rebuilds the index from disk, removing leftovers of interrupted writes.
@@ -463,11 +672,14 @@ impl Store {
                 {
                     Ok(meta) if entry_name(&meta.key(), &meta.variant) == name => {
                         referenced.insert(meta.body_file.clone());
-                        self.index().insert(Arc::new(Entry {
-                            meta,
-                            name: name.to_owned(),
-                            dir: dir.to_owned(),
-                        }));
+                        self.index().insert(
+                            Arc::new(Entry {
+                                meta,
+                                name: name.to_owned(),
+                                dir: dir.to_owned(),
+                            }),
+                            usize::MAX,
+                        );
                         loaded += 1;
                     }
                     Ok(_) => {
@@ -503,6 +715,7 @@ enum FillMsg {
 /// Dropping a `Fill` without calling [`Fill::finish`] discards the partial entry, which is
 /// what happens when the origin body fails or the client goes away.
 pub struct Fill {
+    progress: watch::Receiver<FillProgress>,
     tx: Option<mpsc::UnboundedSender<FillMsg>>,
     inflight: Arc<AtomicUsize>,
     bytes: u64,
@@ -534,6 +747,11 @@ impl Fill {
         }
     }
 
+    /// Follows the writer's progress (for coalesced requests).
+    pub fn progress(&self) -> watch::Receiver<FillProgress> {
+        self.progress.clone()
+    }
+
     /// Whether the fill is still going to be stored.
     pub fn is_active(&self) -> bool {
         self.tx.is_some()
@@ -560,7 +778,7 @@ mod tests {
     fn open(dir: &Path) -> (Store, mpsc::UnboundedReceiver<StoreEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
-            Store::open(dir, Arc::new(Stats::default()), tx).unwrap(),
+            Store::open(dir, 8, Arc::new(Stats::default()), tx).unwrap(),
             rx,
         )
     }
@@ -569,8 +787,10 @@ mod tests {
         let mut f = store.begin_fill(sample(), u64::MAX);
         f.push(&Bytes::copy_from_slice(body));
         f.finish();
-        let StoreEvent::Stored(e) = rx.recv().await.unwrap();
-        assert_eq!(e.meta.body_len, body.len() as u64);
+        match rx.recv().await.unwrap() {
+            StoreEvent::Stored(e) => assert_eq!(e.meta.body_len, body.len() as u64),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[tokio::test]
@@ -615,7 +835,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_store, _rx) = open(dir.path());
         let (tx, _rx2) = mpsc::unbounded_channel();
-        let err = Store::open(dir.path(), Arc::new(Stats::default()), tx)
+        let err = Store::open(dir.path(), 8, Arc::new(Stats::default()), tx)
             .err()
             .unwrap();
         assert!(matches!(err, StoreError::Locked(_)));
@@ -634,7 +854,7 @@ mod tests {
             fs::write(e.meta_path(), bytes).unwrap();
         }
         let (tx, _rx) = mpsc::unbounded_channel();
-        let store = Store::open(dir.path(), stats.clone(), tx).unwrap();
+        let store = Store::open(dir.path(), 8, stats.clone(), tx).unwrap();
         assert_eq!(store.usage(), (0, 0));
         assert_eq!(Stats::get(&stats.corrupt_entries), 1);
     }

@@ -1,0 +1,263 @@
+//! Request coalescing: concurrent misses for one URL make one origin request.
+//!
+//! The first request for a URL becomes the *leader* and goes to the origin; requests that
+//! arrive while it is in flight become *waiters*. When the leader's response turns out to be
+//! storable, the leader publishes its head and the fill's progress, and each waiter whose
+//! `Vary` variant matches streams the body from the file being written, as it arrives. When
+//! it is not storable (or the leader fails or is dropped), waiters are released to fetch on
+//! their own and the URL is remembered as uncacheable for a short time (hit-for-miss), so the
+//! next burst is not serialised behind one request.
+//!
+//! A leader that is cancelled (its client went away, its task was dropped) releases its
+//! waiters from `Drop`, so nobody waits for a request that no longer exists.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, StatusCode};
+use tokio::sync::watch;
+
+use super::key::{CacheKey, Variant};
+use super::store::{Entry, FillProgress};
+
+/// What a waiter can use of the leader's response.
+#[derive(Debug)]
+pub struct SharedHead {
+    /// Response status.
+    pub status: StatusCode,
+    /// Response headers as sent to the leader's client (hop-by-hop removed, without
+    /// `Cache-Status`).
+    pub headers: HeaderMap,
+    /// The variant the response is stored under.
+    pub variant: Variant,
+    /// Declared body length, if any.
+    pub content_length: Option<u64>,
+}
+
+/// The state of one flight, as waiters see it.
+#[derive(Debug, Clone)]
+pub enum FlightState {
+    /// The leader is waiting for the origin.
+    Fetching,
+    /// The leader's response is storable and being written.
+    Streaming {
+        /// The response head.
+        head: Arc<SharedHead>,
+        /// The fill's progress.
+        progress: watch::Receiver<FillProgress>,
+    },
+    /// A revalidation refreshed (or confirmed) this entry; serve it.
+    Refreshed(Arc<Entry>),
+    /// Nothing to share: fetch on your own.
+    Released,
+}
+
+struct Flight {
+    state: watch::Sender<FlightState>,
+}
+
+#[derive(Default)]
+struct Inner {
+    flights: HashMap<CacheKey, Arc<Flight>>,
+    uncacheable: HashMap<CacheKey, Instant>,
+}
+
+/// The table of flights in progress; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Flights {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// The role a request gets for a URL.
+pub enum Join {
+    /// Go to the origin; publish what you get through the guard.
+    Leader(Leader),
+    /// Wait for the leader's response.
+    Waiter(watch::Receiver<FlightState>),
+    /// The URL was recently found uncacheable: go to the origin without coalescing.
+    Bypass,
+}
+
+impl Flights {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // No code panics while holding this lock; recover rather than poison every request.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Joins the flight for `key`, starting one if none is in progress.
+    pub fn join(&self, key: &CacheKey) -> Join {
+        let mut inner = self.lock();
+        if let Some(until) = inner.uncacheable.get(key) {
+            if *until > Instant::now() {
+                return Join::Bypass;
+            }
+            inner.uncacheable.remove(key);
+        }
+        if let Some(f) = inner.flights.get(key) {
+            return Join::Waiter(f.state.subscribe());
+        }
+        let (state, _) = watch::channel(FlightState::Fetching);
+        let flight = Arc::new(Flight { state });
+        inner.flights.insert(key.clone(), flight.clone());
+        Join::Leader(Leader {
+            flights: self.clone(),
+            key: key.clone(),
+            flight,
+            settled: false,
+        })
+    }
+
+    /// Joins only if no flight is in progress (for background work that must happen at most
+    /// once at a time, such as a stale-while-revalidate refresh).
+    pub fn lead(&self, key: &CacheKey) -> Option<Leader> {
+        match self.join(key) {
+            Join::Leader(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Number of flights in progress.
+    pub fn len(&self) -> usize {
+        self.lock().flights.len()
+    }
+
+    /// Whether no flight is in progress.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn finish(&self, key: &CacheKey, flight: &Arc<Flight>) {
+        let mut inner = self.lock();
+        if inner
+            .flights
+            .get(key)
+            .is_some_and(|f| Arc::ptr_eq(f, flight))
+        {
+            inner.flights.remove(key);
+        }
+    }
+
+    fn mark_uncacheable(&self, key: &CacheKey, for_: Duration) {
+        let mut inner = self.lock();
+        // Keep the table small: drop expired marks while we hold the lock anyway.
+        if inner.uncacheable.len() > 10_000 {
+            let now = Instant::now();
+            inner.uncacheable.retain(|_, until| *until > now);
+        }
+        inner.uncacheable.insert(key.clone(), Instant::now() + for_);
+    }
+}
+
+/// The leader's handle. Dropping it without settling releases the waiters.
+pub struct Leader {
+    flights: Flights,
+    key: CacheKey,
+    flight: Arc<Flight>,
+    settled: bool,
+}
+
+impl Leader {
+    /// The response is storable and being written: waiters stream it from the fill. The
+    /// flight stays joinable until the fill is committed or fails, so late arrivals share it.
+    pub fn streaming(mut self, head: SharedHead, progress: watch::Receiver<FillProgress>) {
+        self.settled = true;
+        self.flight.state.send_replace(FlightState::Streaming {
+            head: Arc::new(head),
+            progress: progress.clone(),
+        });
+        let flights = self.flights.clone();
+        let key = self.key.clone();
+        let flight = self.flight.clone();
+        let mut progress = progress;
+        tokio::spawn(async move {
+            // Ends when the fill is committed or fails (or its sender is gone).
+            let _ = progress
+                .wait_for(|p| matches!(p, FillProgress::Committed(_) | FillProgress::Failed))
+                .await;
+            flights.finish(&key, &flight);
+        });
+    }
+
+    /// A revalidation confirmed or refreshed the stored entry: waiters serve it.
+    pub fn refreshed(mut self, entry: Arc<Entry>) {
+        self.settled = true;
+        self.flight
+            .state
+            .send_replace(FlightState::Refreshed(entry));
+        self.flights.finish(&self.key, &self.flight);
+    }
+
+    /// The response is not storable: release the waiters and skip coalescing for this URL
+    /// for `hit_for_miss`.
+    pub fn uncacheable(mut self, hit_for_miss: Duration) {
+        self.settled = true;
+        if !hit_for_miss.is_zero() {
+            self.flights.mark_uncacheable(&self.key, hit_for_miss);
+        }
+        self.release();
+    }
+
+    fn release(&self) {
+        self.flight.state.send_replace(FlightState::Released);
+        self.flights.finish(&self.key, &self.flight);
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> CacheKey {
+        CacheKey::new("h", "/a")
+    }
+
+    #[tokio::test]
+    async fn second_request_waits_and_is_released_when_the_leader_drops() {
+        let flights = Flights::default();
+        let Join::Leader(leader) = flights.join(&key()) else {
+            panic!("first must lead")
+        };
+        let Join::Waiter(mut rx) = flights.join(&key()) else {
+            panic!("second must wait")
+        };
+        drop(leader);
+        rx.wait_for(|s| matches!(s, FlightState::Released))
+            .await
+            .unwrap();
+        assert!(flights.is_empty());
+        assert!(matches!(flights.join(&key()), Join::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn uncacheable_marks_hit_for_miss() {
+        let flights = Flights::default();
+        let Join::Leader(leader) = flights.join(&key()) else {
+            panic!()
+        };
+        leader.uncacheable(Duration::from_secs(60));
+        assert!(matches!(flights.join(&key()), Join::Bypass));
+        assert!(matches!(
+            flights.join(&CacheKey::new("h", "/b")),
+            Join::Leader(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn lead_is_exclusive() {
+        let flights = Flights::default();
+        let first = flights.lead(&key());
+        assert!(first.is_some());
+        assert!(flights.lead(&key()).is_none());
+        drop(first);
+        assert!(flights.lead(&key()).is_some());
+    }
+}
