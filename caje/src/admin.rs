@@ -9,6 +9,7 @@
 //! the origin or slip past authentication.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::header::{self, HeaderValue};
@@ -59,7 +60,7 @@ pub fn is_admin_path(raw: &str) -> bool {
 }
 
 /// Handles an admin request (the path is known to be an admin path).
-pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if let Err(res) = authorize(app, &req, peer) {
         return *res;
     }
@@ -72,6 +73,10 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
     match (route, &method) {
         ("/purge", &Method::POST) => purge_endpoint(app, &req).await,
         ("/purge", _) => method_not_allowed("POST"),
+        ("/populate", &Method::POST) => populate(app).await,
+        ("/populate", _) => method_not_allowed("POST"),
+        ("/status", &Method::GET) => status(app).await,
+        ("/status", _) => method_not_allowed("GET"),
         ("/list", &Method::GET) => list(app).await,
         ("/stats", &Method::GET) => stats(app),
         ("/clear", &Method::POST) => clear(app, true, true).await,
@@ -81,7 +86,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
         ("/clear" | "/clear/fs" | "/clear/db", _) => method_not_allowed("POST"),
         _ => json_response(
             StatusCode::NOT_FOUND,
-            &json!({"error": format!("no admin endpoint {path}; see GET /_caje/list, GET /_caje/stats, POST /_caje/purge?url=|tag=, POST /_caje/clear[/fs|/db]")}),
+            &json!({"error": format!("no admin endpoint {path}; see GET /_caje/list, GET /_caje/stats, GET /_caje/status, POST /_caje/populate, POST /_caje/purge?url=|tag=, POST /_caje/clear[/fs|/db]")}),
         ),
     }
 }
@@ -267,6 +272,45 @@ async fn clear(app: &App, fs: bool, db: bool) -> Response<Body> {
         }
     }
     json_response(StatusCode::OK, &Value::Object(out))
+}
+
+/// `POST /_caje/populate`: one populate pass now; answers with its counts.
+async fn populate(app: &Arc<App>) -> Response<Body> {
+    let report = crate::populate::pass(app, &|_, _| {}).await;
+    json_response(StatusCode::OK, &json!(report))
+}
+
+/// `GET /_caje/status`: role, manifest position and queues, populate progress.
+async fn status(app: &App) -> Response<Body> {
+    let role = app.manifest.role().await;
+    let txid = app.manifest.txid().await;
+    let data_version = app.manifest.data_version().await.ok();
+    let manifest_stats = app.manifest.stats().await.ok();
+    let (entries, bytes) = app.store.usage();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "role": role.as_str(),
+            "primary": role.primary(),
+            "manifest": {
+                "path": app.config.db.display().to_string(),
+                "txid": txid,
+                "data_version": data_version,
+                "queue": manifest_stats.as_ref().map(|s| json!({
+                    "pending": s.pending,
+                    "flushes": s.flushes,
+                    "failed_flushes": s.failed_flushes,
+                    "write_transactions": s.write_transactions,
+                    "rows_written": s.rows_written,
+                    "halts": s.halts,
+                    "overflow": s.overflow,
+                    "last_error": s.last_error,
+                })),
+            },
+            "cache": { "entries": entries, "bytes": bytes, "flights": app.flights.len() },
+            "populate": app.populate.status(),
+        }),
+    )
 }
 
 /// The value of query parameter `name`, percent-decoded (`+` is kept as is: values are URLs).

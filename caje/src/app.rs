@@ -11,8 +11,9 @@ use crate::cache::key::CacheKey;
 use crate::cache::policy::{self, PolicyOptions};
 use crate::cache::store::{Entry, Store, StoreError, StoreEvent};
 use crate::config::{Config, IpNet};
-use crate::manifest::{Manifest, ManifestError, PageRow, VARY_ABSENT};
+use crate::manifest::{Manifest, ManifestError, ManifestOptions, PageRow, VARY_ABSENT};
 use crate::origin::{OriginClient, Origins};
+use crate::populate::Populate;
 use crate::stats::Stats;
 
 /// Why a node could not start.
@@ -54,6 +55,8 @@ pub struct App {
     pub started: SystemTime,
     /// Origin fetches in progress, for request coalescing.
     pub flights: Flights,
+    /// Edge-warming state.
+    pub populate: Populate,
 }
 
 impl App {
@@ -75,6 +78,15 @@ impl App {
         let db = config.db.clone();
         let store_stats = stats.clone();
         let max_variants = config.cache.max_variants;
+        let m = &config.manifest;
+        let manifest_options = ManifestOptions {
+            litefs: m.litefs,
+            flush_interval: std::time::Duration::from_millis(m.flush_interval_ms),
+            max_batch: m.max_batch.max(1),
+            max_queue: m.max_queue.max(1),
+            halt_timeout: std::time::Duration::from_millis(m.halt_timeout_ms),
+            ..ManifestOptions::default()
+        };
         let (store, manifest) = tokio::task::spawn_blocking(move || {
             let store = Store::open(&cache_dir, max_variants, store_stats, events_tx)?;
             if let Some(parent) = Path::new(&db)
@@ -83,7 +95,7 @@ impl App {
             {
                 let _ = std::fs::create_dir_all(parent);
             }
-            let manifest = Manifest::open(&db)?;
+            let manifest = Manifest::open_with(&db, manifest_options)?;
             Ok::<_, StartError>((store, manifest))
         })
         .await
@@ -104,10 +116,17 @@ impl App {
             admin_allow,
             started: SystemTime::now(),
             flights: Flights::default(),
+            populate: Populate::default(),
             config,
         });
         tokio::spawn(record_stored(app.manifest.clone(), events_rx));
         Ok(app)
+    }
+
+    /// Starts the node's background work: reconciling its disk with the manifest, applying
+    /// purges recorded by other nodes, and edge warming.
+    pub fn spawn_background(self: &Arc<Self>) {
+        tokio::spawn(crate::populate::run(self.clone()));
     }
 }
 
@@ -172,7 +191,11 @@ async fn record_stored(manifest: Manifest, mut events: mpsc::UnboundedReceiver<S
             // Local removals (old variants, corrupt copies) leave the manifest alone: it
             // says which pages exist in the cluster, not what this node holds. Purges
             // remove rows themselves.
-            let StoreEvent::Stored(entry) = event else {
+            let StoreEvent::Stored {
+                entry,
+                announce: true,
+            } = event
+            else {
                 continue;
             };
             let row = page_row(&entry);

@@ -61,6 +61,10 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Listener behaviour.
     pub server: ServerConfig,
+    /// Edge warming from the manifest.
+    pub populate: PopulateConfig,
+    /// The manifest database and LiteFS.
+    pub manifest: ManifestConfig,
 }
 
 impl Default for Config {
@@ -75,6 +79,68 @@ impl Default for Config {
             limits: Limits::default(),
             admin: AdminConfig::default(),
             server: ServerConfig::default(),
+            populate: PopulateConfig::default(),
+            manifest: ManifestConfig::default(),
+        }
+    }
+}
+
+/// `[populate]`: fetching pages other nodes cached.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PopulateConfig {
+    /// Run the background populate task (tombstones are applied either way).
+    pub enabled: bool,
+    /// Populate fetches in flight at once.
+    pub concurrency: usize,
+    /// Populate requests per second per origin (0 = unlimited).
+    pub rate_per_origin: f64,
+    /// Retries of a failed populate fetch.
+    pub retries: u32,
+    /// How often the manifest is checked for changes (a cheap `PRAGMA data_version`).
+    pub poll_ms: u64,
+    /// A full pass runs at least this often even without changes.
+    pub interval_secs: u64,
+}
+
+impl Default for PopulateConfig {
+    fn default() -> Self {
+        PopulateConfig {
+            enabled: true,
+            concurrency: 8,
+            rate_per_origin: 100.0,
+            retries: 2,
+            poll_ms: 250,
+            interval_secs: 60,
+        }
+    }
+}
+
+/// `[manifest]`: how the manifest is written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManifestConfig {
+    /// `auto`: use LiteFS HALT when `db` is on a LiteFS mount; `on`: treat the directory as a
+    /// LiteFS mount even if it is a plain directory; `off`: plain SQLite.
+    pub litefs: crate::manifest::LitefsMode,
+    /// Longest a new row waits before its batch is written.
+    pub flush_interval_ms: u64,
+    /// Most rows written in one transaction.
+    pub max_batch: usize,
+    /// Most write operations queued; beyond it new rows are dropped and counted.
+    pub max_queue: usize,
+    /// Longest wait for the LiteFS HALT lock before a flush is retried.
+    pub halt_timeout_ms: u64,
+}
+
+impl Default for ManifestConfig {
+    fn default() -> Self {
+        ManifestConfig {
+            litefs: crate::manifest::LitefsMode::Auto,
+            flush_interval_ms: 100,
+            max_batch: 512,
+            max_queue: 100_000,
+            halt_timeout_ms: 10_000,
         }
     }
 }

@@ -14,7 +14,9 @@
 //!   ([`cache::store`]).
 //! - [`body`]: the tee that streams a miss to the client while filling the cache, and the
 //!   verified reader that serves hits.
-//! - [`manifest`]: the SQLite manifest (one owner thread, batched transactions).
+//! - [`manifest`]: the SQLite manifest (one owner thread, batched transactions, LiteFS HALT
+//!   on replicas).
+//! - [`populate`]: edge warming from the manifest, purge tombstones, start-up reconcile.
 //! - [`headers`], [`cache_status`], [`stats`], [`config`], [`app`]: supporting pieces.
 
 pub mod admin;
@@ -28,6 +30,7 @@ pub mod headers;
 pub mod hit;
 pub mod manifest;
 pub mod origin;
+pub mod populate;
 pub mod proxy;
 pub mod server;
 pub mod stats;

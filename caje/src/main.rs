@@ -18,27 +18,31 @@ use caje::config::{Config, HostHeader, OriginConfig};
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Path of the TOML config file. Without it, caje runs on the built-in defaults and
     /// needs --origin.
-    #[arg(long, short = 'c', value_name = "FILE")]
+    #[arg(global = true, long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
 
     /// Address to listen on, e.g. 127.0.0.1:8080 or 0.0.0.0:8080 (port 0 picks a free port;
     /// the chosen address is printed on stdout). Default: 127.0.0.1:8080.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(global = true, long, value_name = "ADDR")]
     listen: Option<std::net::SocketAddr>,
 
     /// Origin URL for every host (http:// or https://), replacing the file's [[origins]].
-    #[arg(long, value_name = "URL")]
+    #[arg(global = true, long, value_name = "URL")]
     origin: Option<String>,
 
     /// Directory for cached bodies and metadata (one per caje process). Default: caje-cache.
-    #[arg(long, value_name = "DIR")]
+    #[arg(global = true, long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
 
     /// Path of the SQLite manifest (may be shared by several local caje processes).
     /// Default: caje-manifest.db.
-    #[arg(long, value_name = "PATH")]
+    #[arg(global = true, long, value_name = "PATH")]
     db: Option<PathBuf>,
 
     /// Bearer token for the /_caje/ admin API. Without a token, the admin API only answers
@@ -50,6 +54,17 @@ struct Args {
         hide_env_values = true
     )]
     admin_token: Option<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Serve requests (the default).
+    Serve,
+    /// Fetch, once, every fresh page the manifest lists that this node's cache directory
+    /// lacks (edge warming for scripts and first boot), with a progress bar on stderr; then
+    /// exit. Needs the cache directory to itself: stop caje first, or use
+    /// `POST /_caje/populate` on the running node. Exit code 1 if any fetch failed.
+    Populate,
 }
 
 fn main() -> ExitCode {
@@ -72,7 +87,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let result = match args.command {
+        None | Some(Command::Serve) => runtime.block_on(serve(config)),
+        Some(Command::Populate) => runtime.block_on(populate_once(config)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("caje: {e:#}");
@@ -128,7 +147,46 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Tests and scripts read this line to find the port; print it only once serving.
     println!("caje listening on http://{local}");
     tracing::info!(addr = %local, cache_dir = %app.config.cache_dir.display(), db = %app.config.db.display(), "caje ready");
+    app.spawn_background();
     caje::server::run(listener, app, shutdown_signal()).await;
+    Ok(())
+}
+
+async fn populate_once(config: Config) -> anyhow::Result<()> {
+    let app = App::start(config).await.context("starting caje")?;
+    caje::populate::reconcile(&app).await;
+    let progress = |done: usize, total: usize| {
+        let width = 40;
+        let filled = if total == 0 {
+            width
+        } else {
+            done * width / total
+        };
+        eprint!(
+            "\rpopulate [{}{}] {done}/{total}",
+            "=".repeat(filled),
+            " ".repeat(width - filled)
+        );
+        if done == total {
+            eprintln!();
+        }
+    };
+    let report = caje::populate::pass(&app, &progress).await;
+    println!(
+        "populate: {} listed, {} missing here, {} fetched, {} skipped, {} failed ({} ms)",
+        report.listed,
+        report.candidates,
+        report.fetched,
+        report.skipped,
+        report.failed,
+        report.duration_ms
+    );
+    if report.failed > 0 {
+        anyhow::bail!(
+            "{} page(s) could not be fetched; see the log above",
+            report.failed
+        );
+    }
     Ok(())
 }
 

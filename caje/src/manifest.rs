@@ -9,12 +9,38 @@
 //! - [`Manifest`] is a cheap-clone handle. `rusqlite::Connection` is blocking, so it never touches
 //!   the async runtime: it lives on one owner thread (`caje-manifest`), and the handle sends it
 //!   commands over a channel and awaits the reply on a oneshot.
-//! - Every write (upsert, remove, clear) goes through `Owner::write_batch`, the one place that
-//!   opens a write transaction. The LiteFS HALT lock will wrap that function and nothing else.
-//!   Writes that are already queued when the thread wakes are applied in one transaction, so a
-//!   burst of cache fills costs one commit, not one per page.
 //! - Reads run as single statements outside any write transaction, so no read transaction is
-//!   held open across a channel wait (a long reader would stop WAL checkpoints for every process).
+//!   held open across a channel wait (a long reader would stop WAL checkpoints for every process)
+//!   or across a HALT acquisition. They see committed rows, not writes still queued.
+//!
+//! # Writes: queued, batched, retried
+//! - Every write (upsert, remove, purge, tombstones, clear) joins the owner thread's queue and is
+//!   answered once its batch commits. A batch is flushed when its oldest write has waited
+//!   [`ManifestOptions::flush_interval`], or at once when [`ManifestOptions::max_batch`] writes
+//!   wait, in one transaction opened by `Owner::transaction`: after `open`, the only place that
+//!   writes. A burst of cache fills costs one commit (and one HALT), not one per page.
+//! - A flush that fails as a whole (HALT refused or timed out, `SQLITE_BUSY` beyond the busy
+//!   timeout, an I/O error, a read-only file) keeps every write of its batch queued and is
+//!   retried with capped exponential backoff; callers simply wait longer (in caje they are
+//!   background tasks, never client requests). Reads are answered between attempts. Only an
+//!   error of one write (a constraint) fails that write alone; if it aborted the whole
+//!   transaction, the batch is replayed one write per transaction to single it out.
+//! - The queue is bounded ([`ManifestOptions::max_queue`]): beyond it a new write fails at once
+//!   with [`ManifestError::QueueFull`] and is counted in [`ManifestStats::overflow`]. A queued
+//!   write is never dropped while the process lives (the owner thread keeps retrying even after
+//!   the last handle is gone).
+//! - An upsert identical to its stored row is answered without any write (or HALT).
+//!
+//! # LiteFS
+//! [`LitefsMode`] decides whether the manifest is written the LiteFS way: `on` treats the
+//! database's directory as a LiteFS mount even if it is a plain one (tests, local clusters
+//! simulated with `.primary` files), `auto` (the default) only when it really is a LiteFS FUSE
+//! mount, `off` never. In LiteFS mode the role is re-read before every flush (so `.primary`
+//! appearing or disappearing is picked up): on a replica, or when no primary is known, HALT is
+//! taken *before* `BEGIN IMMEDIATE` and released after the commit or rollback; on the primary
+//! the batch is written directly. Opening a manifest that needs a write (a new file, a
+//! migration) on a replica takes HALT too, or fails with [`ManifestError::Halt`]. Outside LiteFS
+//! mode writes rely on SQLite's own locking, so several local processes can share one file.
 //!
 //! # Vary encoding
 //! A page's identity includes the request headers its response's `Vary` names. In [`PageRow`]
@@ -46,14 +72,19 @@
 //! marked with `PRAGMA application_id` = [`APPLICATION_ID`] so that a random SQLite file is never
 //! adopted (and silently modified) as a manifest.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use litefs::{HaltGuard, Role};
 use rusqlite::{params, params_from_iter, Connection, Transaction, TransactionBehavior};
+use serde::Deserialize;
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// `PRAGMA application_id` of a caje manifest: the ASCII bytes `caje`.
 pub const APPLICATION_ID: i32 = 0x6361_6a65;
@@ -105,14 +136,153 @@ pub const MIGRATIONS: &[&str] = &[
 
 /// Other processes hold the write lock only for one short batch, so waiting this long for it
 /// should never time out in practice; SQLITE_BUSY surfacing would mean something is stuck.
+/// Other processes hold the write lock only for one short batch, and a primary's writers wait
+/// while a replica holds HALT, so waiting this long for the lock should never time out in
+/// practice; SQLITE_BUSY surfacing would mean something is stuck (the flush is then retried).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Most writes applied in one transaction, so one batch never holds the write lock for long.
-const MAX_BATCH: usize = 512;
+/// First pause before a failed flush is retried; it doubles up to
+/// [`ManifestOptions::retry_max_backoff`].
+const RETRY_FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Commands queued for the owner thread before senders wait: back-pressure instead of growing
-/// memory without bound if the disk stalls.
-const CHANNEL_CAPACITY: usize = 1024;
+/// A failing flush or a full queue is logged at most this often (with the number of events not
+/// logged), so that an outage of the primary does not flood the log.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// While a batch is replayed one write at a time under a remote HALT, the replay stops when
+/// less than this is left of the HALT's lifetime; the rest waits for the next flush and HALT.
+const HALT_MARGIN: Duration = Duration::from_secs(5);
+
+/// Whether the manifest is written the LiteFS way; see the module docs. Configured as
+/// `litefs = "off" | "auto" | "on"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LitefsMode {
+    /// Plain SQLite: never HALT, ignore `.primary`.
+    Off,
+    /// LiteFS mode when the database's directory is a real LiteFS FUSE mount, plain SQLite
+    /// otherwise.
+    #[default]
+    Auto,
+    /// LiteFS mode even on a plain directory, whose `.primary` / `.lag` files then decide the
+    /// role (absent: this node is the primary) and whose `<db>-lock` carries a real OFD lock.
+    On,
+}
+
+impl LitefsMode {
+    /// Stable name, as in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LitefsMode::Off => "off",
+            LitefsMode::Auto => "auto",
+            LitefsMode::On => "on",
+        }
+    }
+}
+
+/// How [`Manifest::open_with`] opens and writes the manifest. `Default` gives the values below.
+#[derive(Clone)]
+pub struct ManifestOptions {
+    /// LiteFS detection. Default [`LitefsMode::Auto`].
+    pub litefs: LitefsMode,
+    /// Longest a write waits for others to share its transaction. Default 100 ms. Zero writes as
+    /// soon as the owner thread is free, batching only what has already arrived.
+    pub flush_interval: Duration,
+    /// Most writes in one transaction; a full batch is flushed without waiting. Default 512
+    /// (at least 1).
+    pub max_batch: usize,
+    /// Most writes waiting (queued, or in a batch being written) before a new one fails with
+    /// [`ManifestError::QueueFull`]. Default 100,000 (at least 1).
+    pub max_queue: usize,
+    /// Longest wait for HALT before a flush counts as failed and is retried later. Default 10 s,
+    /// LiteFS's own acquisition limit. The owner thread (reads included) waits this long at
+    /// most per attempt.
+    pub halt_timeout: Duration,
+    /// Cap of the backoff between attempts of a failing flush (which starts at 100 ms and
+    /// doubles). Default 5 s.
+    pub retry_max_backoff: Duration,
+    /// Test hook, called inside every write transaction after its writes and before `COMMIT`
+    /// (on the owner thread, so it must not call the manifest).
+    #[doc(hidden)]
+    pub on_flush: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl Default for ManifestOptions {
+    fn default() -> Self {
+        ManifestOptions {
+            litefs: LitefsMode::Auto,
+            flush_interval: Duration::from_millis(100),
+            max_batch: 512,
+            max_queue: 100_000,
+            halt_timeout: Duration::from_secs(10),
+            retry_max_backoff: Duration::from_secs(5),
+            on_flush: None,
+        }
+    }
+}
+
+impl fmt::Debug for ManifestOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManifestOptions")
+            .field("litefs", &self.litefs)
+            .field("flush_interval", &self.flush_interval)
+            .field("max_batch", &self.max_batch)
+            .field("max_queue", &self.max_queue)
+            .field("halt_timeout", &self.halt_timeout)
+            .field("retry_max_backoff", &self.retry_max_backoff)
+            .field("on_flush", &self.on_flush.as_ref().map(|_| "Fn"))
+            .finish()
+    }
+}
+
+/// This node's place as a writer of the manifest, from [`Manifest::role`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ManifestRole {
+    /// Not in LiteFS mode: plain SQLite, written directly.
+    Standalone,
+    /// The LiteFS primary: written directly. Also a plain directory in `litefs = "on"` mode
+    /// without a `.primary` file (and without a non-zero `.lag`), as litefs-rs reports it.
+    Primary,
+    /// A LiteFS replica: written under HALT.
+    Replica {
+        /// The primary's hostname, from `.primary`.
+        primary: String,
+    },
+    /// LiteFS mode, but no primary is known (a disconnected replica, a failover) or the role
+    /// could not be read: written under HALT, which fails until a primary is back.
+    Unknown,
+}
+
+impl ManifestRole {
+    /// Stable name for logs, metrics and status output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ManifestRole::Standalone => "standalone",
+            ManifestRole::Primary => "primary",
+            ManifestRole::Replica { .. } => "replica",
+            ManifestRole::Unknown => "unknown",
+        }
+    }
+
+    /// The primary's hostname when this node is a replica.
+    pub fn primary(&self) -> Option<&str> {
+        match self {
+            ManifestRole::Replica { primary } => Some(primary),
+            _ => None,
+        }
+    }
+}
+
+impl From<Role> for ManifestRole {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Primary => ManifestRole::Primary,
+            Role::Replica { primary } => ManifestRole::Replica { primary },
+            // `Role::Unknown` and any role a newer litefs-rs adds: not known to be the primary.
+            _ => ManifestRole::Unknown,
+        }
+    }
+}
 
 /// One cached page as recorded in the manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,7 +384,7 @@ impl Upsert {
 }
 
 /// Counters of one [`Manifest`]'s owner thread (shared by its clones, not by other handles).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ManifestStats {
     /// Upsert requests received.
@@ -226,9 +396,21 @@ pub struct ManifestStats {
     /// Batches answered without a write transaction because every upsert in them was identical
     /// to its stored row.
     pub skipped_batches: u64,
+    /// Write operations waiting now: queued, or in a batch being written.
+    pub pending: u64,
+    /// Flushes that wrote their batch (committed, or answered a refused write with its error).
+    pub flushes: u64,
+    /// Flushes that failed as a whole and left their batch queued for a retry.
+    pub failed_flushes: u64,
+    /// HALT locks taken (LiteFS mode, on a replica or with no primary known), including one at
+    /// open for a migration.
+    pub halts: u64,
+    /// Writes refused with [`ManifestError::QueueFull`].
+    pub overflow: u64,
+    /// The most recent flush failure. Kept after the flushes recover; compare
+    /// [`failed_flushes`](Self::failed_flushes) and [`pending`](Self::pending) to tell.
+    pub last_error: Option<String>,
 }
-
-/// The SQLite operation that failed, carried by [`ManifestError::Sqlite`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Op {
@@ -360,6 +542,30 @@ pub enum ManifestError {
     /// The owner thread is gone (it panicked), so the command was not carried out.
     #[error("the manifest owner thread has stopped")]
     Closed,
+    /// [`ManifestOptions::max_queue`] writes are already waiting (the manifest cannot be written
+    /// for now): this one was refused and counted in [`ManifestStats::overflow`].
+    #[error("the manifest write queue is full; the write was refused")]
+    QueueFull,
+    /// `litefs = "on"` and the database's directory cannot be opened as a LiteFS mount, or
+    /// LiteFS mode and the file name is not a LiteFS database name.
+    #[error("cannot use manifest {} as a LiteFS database", path.display())]
+    Litefs {
+        /// The manifest path.
+        path: PathBuf,
+        /// What litefs-rs said.
+        #[source]
+        source: litefs::Error,
+    },
+    /// Opening needed a write (a new file, a migration, switching to WAL) on a LiteFS replica or
+    /// with no primary known, and HALT could not be taken.
+    #[error("cannot take the LiteFS HALT lock to initialise or migrate manifest {} on this replica", path.display())]
+    Halt {
+        /// The manifest path.
+        path: PathBuf,
+        /// What litefs-rs said.
+        #[source]
+        source: litefs::Error,
+    },
 }
 
 impl ManifestError {
@@ -372,34 +578,91 @@ impl ManifestError {
 }
 
 /// Handle to the manifest. Cloning is cheap; all clones talk to the same owner thread, which
-/// exits (closing the database) once the last clone is dropped and its queue is drained.
+/// exits (closing the database) once the last clone is dropped and its queue is written.
 #[derive(Debug, Clone)]
 pub struct Manifest {
     /// Commands to the owner thread; the thread's only way to learn it should stop is this
-    /// channel closing.
+    /// channel closing. Unbounded: writes are bounded by [`Shared::pending`], and each reader
+    /// waits for its answer before sending again.
     commands: mpsc::Sender<Command>,
+    /// Counters the handle itself keeps, so that a full queue is refused without waiting.
+    shared: Arc<Shared>,
+    /// The LiteFS database in LiteFS mode, for [`Manifest::role`] and [`Manifest::txid`], which
+    /// read its files without asking the owner thread (it may be waiting for HALT).
+    litefs: Option<litefs::Database>,
+}
+
+/// State shared by the handles and the owner thread.
+#[derive(Debug)]
+struct Shared {
+    /// Writes sent and not yet answered: incremented by the handle before sending, decremented by
+    /// the owner thread when it answers.
+    pending: AtomicUsize,
+    /// [`ManifestOptions::max_queue`].
+    max_queue: usize,
+    /// Writes refused because `pending` reached `max_queue`.
+    overflow: AtomicU64,
+    /// Rate limit of the "queue full" warning. A std mutex: never held across an `.await`.
+    overflow_log: Mutex<LogLimit>,
 }
 
 impl Manifest {
-    /// Opens (creating if needed) the database at `path`, applies migrations, spawns the owner
-    /// thread.
+    /// Opens (creating if needed) the database at `path` with the default
+    /// [`ManifestOptions`]: [`LitefsMode::Auto`], so plain SQLite unless `path` is on a real
+    /// LiteFS mount. See [`Manifest::open_with`].
+    pub fn open(path: &Path) -> Result<Manifest, ManifestError> {
+        Manifest::open_with(path, ManifestOptions::default())
+    }
+
+    /// Opens (creating if needed) the database at `path`, applies migrations (under HALT on a
+    /// LiteFS replica), spawns the owner thread.
     ///
     /// Blocking: call from startup or `spawn_blocking`. Fails with
     /// [`ManifestError::NotAManifest`] for a foreign SQLite file, [`ManifestError::TooNew`] for a
-    /// manifest from a newer caje, [`ManifestError::Open`] for anything that is not a database.
-    pub fn open(path: &Path) -> Result<Manifest, ManifestError> {
-        let conn = open_connection(path)?;
-        let (commands, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    /// manifest from a newer caje, [`ManifestError::Open`] for anything that is not a database,
+    /// [`ManifestError::Litefs`] / [`ManifestError::Halt`] when LiteFS mode cannot be set up or
+    /// a needed migration cannot take HALT.
+    pub fn open_with(path: &Path, options: ManifestOptions) -> Result<Manifest, ManifestError> {
+        let litefs = litefs_database(path, options.litefs)?;
+        if let Some(db) = &litefs {
+            tracing::info!(
+                path = %path.display(),
+                mode = options.litefs.as_str(),
+                fuse = db.mount().is_fuse_mount(),
+                "manifest in LiteFS mode: writes from a replica take HALT"
+            );
+        }
+        let (conn, halted) = open_connection(path, litefs.as_ref(), options.halt_timeout)?;
+        let shared = Arc::new(Shared {
+            pending: AtomicUsize::new(0),
+            max_queue: options.max_queue.max(1),
+            overflow: AtomicU64::new(0),
+            overflow_log: Mutex::new(LogLimit::default()),
+        });
+        let (commands, rx) = mpsc::channel();
         let owner = Owner {
             conn,
             rx,
-            stats: ManifestStats::default(),
+            litefs: litefs.clone(),
+            options,
+            shared: Arc::clone(&shared),
+            stats: ManifestStats {
+                halts: u64::from(halted),
+                ..ManifestStats::default()
+            },
+            pending: VecDeque::new(),
+            retry: None,
+            failure_log: LogLimit::default(),
         };
         std::thread::Builder::new()
             .name("caje-manifest".into())
             .spawn(move || owner.run())
             .map_err(ManifestError::Spawn)?;
-        Ok(Manifest { commands })
+        Ok(Manifest {
+            commands,
+            shared,
+            litefs,
+        })
     }
 
     /// Inserts the row or updates it when any column differs; a row that is identical is not
@@ -409,7 +672,7 @@ impl Manifest {
     /// cancelled after sending, the write still happens: the page is on disk either way.
     pub async fn upsert(&self, row: PageRow) -> Result<Upsert, ManifestError> {
         let record = Record::encode(row)?;
-        self.call(|reply| Command::Write(WriteOp::Upsert { record, reply }))
+        self.write(|reply| WriteOp::Upsert(Slot::new(record, reply)))
             .await
     }
 
@@ -433,13 +696,13 @@ impl Manifest {
             path: path.to_owned(),
             vary: encode_vary(vary),
         };
-        self.call(|reply| Command::Write(WriteOp::Remove { key, reply }))
+        self.write(|reply| WriteOp::Remove(Slot::new(key, reply)))
             .await
     }
 
     /// Deletes every row; returns how many.
     pub async fn clear(&self) -> Result<u64, ManifestError> {
-        self.call(|reply| Command::Write(WriteOp::Clear { reply }))
+        self.write(|reply| WriteOp::Clear(Slot::new((), reply)))
             .await
     }
 
@@ -451,7 +714,7 @@ impl Manifest {
             host: host.to_owned(),
             path: path.to_owned(),
         };
-        self.call(|reply| Command::Write(WriteOp::RemoveRows { target, reply }))
+        self.write(|reply| WriteOp::RemoveRows(Slot::new(target, reply)))
             .await
     }
 
@@ -462,7 +725,7 @@ impl Manifest {
     pub async fn remove_tag(&self, tag: &str) -> Result<Vec<PageRow>, ManifestError> {
         check_tag(tag)?;
         let target = Purge::Tag(tag.to_owned());
-        self.call(|reply| Command::Write(WriteOp::RemoveRows { target, reply }))
+        self.write(|reply| WriteOp::RemoveRows(Slot::new(target, reply)))
             .await
     }
 
@@ -487,7 +750,7 @@ impl Manifest {
             expires_at: created_at.saturating_add(tombstone_ttl_secs),
         };
         check_tombstone(&tombstone)?;
-        self.call(|reply| Command::Write(WriteOp::Purge { tombstone, reply }))
+        self.write(|reply| WriteOp::Purge(Slot::new(tombstone, reply)))
             .await
     }
 
@@ -496,13 +759,8 @@ impl Manifest {
     /// contains whitespace.
     pub async fn add_tombstone(&self, t: Tombstone) -> Result<i64, ManifestError> {
         check_tombstone(&t)?;
-        self.call(|reply| {
-            Command::Write(WriteOp::AddTombstone {
-                tombstone: t,
-                reply,
-            })
-        })
-        .await
+        self.write(|reply| WriteOp::AddTombstone(Slot::new(t, reply)))
+            .await
     }
 
     /// Every stored tombstone with an id above `after_id` (0 for all), by increasing id, which
@@ -519,13 +777,14 @@ impl Manifest {
     /// Deletes the tombstones that expired by `now` (`expires_at <= now`, unix seconds);
     /// returns how many.
     pub async fn expire_tombstones(&self, now: i64) -> Result<u64, ManifestError> {
-        self.call(|reply| Command::Write(WriteOp::ExpireTombstones { now, reply }))
+        self.write(|reply| WriteOp::ExpireTombstones(Slot::new(now, reply)))
             .await
     }
 
     /// SQLite `PRAGMA data_version` of the owner connection: it changes when ANOTHER connection
-    /// (another process, or another `Manifest` opened on the same file) commits, and not for this
-    /// handle's own commits. For change detection.
+    /// (another process, or another `Manifest` opened on the same file, or LiteFS applying a
+    /// replicated transaction) commits, and not for this handle's own commits. For change
+    /// detection.
     pub async fn data_version(&self) -> Result<i64, ManifestError> {
         self.call(Command::DataVersion).await
     }
@@ -540,14 +799,160 @@ impl Manifest {
         self.call(Command::Stats).await
     }
 
+    /// This node's role as a writer, read now from the LiteFS files (`.primary`, `.lag`);
+    /// [`ManifestRole::Standalone`] outside LiteFS mode, [`ManifestRole::Unknown`] if the files
+    /// cannot be read. Answered without the owner thread.
+    pub async fn role(&self) -> ManifestRole {
+        let Some(db) = self.litefs.clone() else {
+            return ManifestRole::Standalone;
+        };
+        match tokio::task::spawn_blocking(move || db.mount().role()).await {
+            Ok(Ok(role)) => role.into(),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot read the LiteFS role");
+                ManifestRole::Unknown
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the LiteFS role panicked");
+                ManifestRole::Unknown
+            }
+        }
+    }
+
+    /// The TXID LiteFS reports in `<db>-pos`: how far this node's copy has been replicated.
+    /// `None` outside LiteFS mode or without a readable `-pos` file.
+    pub async fn txid(&self) -> Option<u64> {
+        let db = self.litefs.clone()?;
+        match tokio::task::spawn_blocking(move || db.txid()).await {
+            Ok(Ok(txid)) => Some(txid.into()),
+            Ok(Err(_)) | Err(_) => None,
+        }
+    }
+
+    /// Queues a write unless [`ManifestOptions::max_queue`] writes already wait, and awaits its
+    /// answer.
+    async fn write<T>(&self, op: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T, ManifestError> {
+        let shared = &self.shared;
+        if shared.pending.fetch_add(1, Ordering::SeqCst) >= shared.max_queue {
+            shared.pending.fetch_sub(1, Ordering::SeqCst);
+            let overflow = shared.overflow.fetch_add(1, Ordering::Relaxed) + 1;
+            let allowed = shared
+                .overflow_log
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .allow();
+            if let Some(suppressed) = allowed {
+                tracing::warn!(
+                    max_queue = shared.max_queue,
+                    overflow,
+                    suppressed,
+                    "manifest write queue full: refusing writes until queued ones are written"
+                );
+            }
+            return Err(ManifestError::QueueFull);
+        }
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Write(op(reply))).is_err() {
+            shared.pending.fetch_sub(1, Ordering::SeqCst);
+            return Err(ManifestError::Closed);
+        }
+        // A dropped reply sender means the thread died mid-command (a panic).
+        answer.await.map_err(|_| ManifestError::Closed)?
+    }
+
     async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, ManifestError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(command(reply))
-            .await
             .map_err(|_| ManifestError::Closed)?;
-        // A dropped reply sender means the thread died mid-command (a panic).
         answer.await.map_err(|_| ManifestError::Closed)?
+    }
+}
+
+/// The LiteFS database of `path` when LiteFS mode applies (see [`LitefsMode`]).
+fn litefs_database(
+    path: &Path,
+    mode: LitefsMode,
+) -> Result<Option<litefs::Database>, ManifestError> {
+    let litefs_err = |source| ManifestError::Litefs {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mount = match mode {
+        LitefsMode::Off => return Ok(None),
+        LitefsMode::On => litefs::Mount::open_as_litefs(dir).map_err(litefs_err)?,
+        LitefsMode::Auto => match litefs::Mount::open(dir) {
+            Ok(mount) if mount.is_litefs() => mount,
+            Ok(_) => return Ok(None),
+            Err(e) => {
+                // Opening the database will report a missing directory better.
+                tracing::debug!(error = %e, "manifest directory not checked for LiteFS");
+                return Ok(None);
+            }
+        },
+    };
+    let name = path.file_name().unwrap_or_default();
+    let name = name
+        .to_str()
+        .ok_or_else(|| litefs::Error::InvalidDatabaseName {
+            name: name.to_string_lossy().into_owned(),
+        })
+        .map_err(litefs_err)?;
+    mount.database(name).map(Some).map_err(litefs_err)
+}
+
+/// Takes HALT when this node may not write the database directly: LiteFS mode, and the role
+/// (read now) is not the primary: a replica, no primary known, or unreadable. `None`: write
+/// directly. Must be called outside any transaction.
+fn halt_unless_primary(
+    db: Option<&litefs::Database>,
+    timeout: Duration,
+) -> Result<Option<HaltGuard>, litefs::Error> {
+    let Some(db) = db else {
+        return Ok(None);
+    };
+    match db.mount().role() {
+        Ok(Role::Primary) => return Ok(None),
+        Ok(role) => tracing::trace!(%role, "manifest write takes HALT"),
+        Err(e) => tracing::debug!(error = %e, "cannot read the LiteFS role; taking HALT"),
+    }
+    db.halt_timeout(timeout).map(Some)
+}
+
+/// Releases HALT after the transaction ended. A failed release is only logged: the commits
+/// already reached the primary, and closing the lock file releases HALT anyway.
+fn release_halt(guard: Option<HaltGuard>) {
+    if let Some(guard) = guard {
+        if let Err(e) = guard.release() {
+            tracing::warn!(error = %e, "releasing the manifest HALT failed");
+        }
+    }
+}
+
+/// Lets an event be logged at most once per [`LOG_EVERY`].
+#[derive(Debug, Default)]
+struct LogLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// `Some(events not logged since the last time)` when this one may be logged.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < LOG_EVERY)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
@@ -563,179 +968,200 @@ enum Command {
     Tombstones(i64, Reply<Vec<(i64, Tombstone)>>),
 }
 
-/// A write, queued until the owner thread applies its batch.
+/// One queued write: its input, its caller's reply, and — between running inside a transaction
+/// and that transaction's end — its outcome. The outcome is sent only after the commit, and
+/// forgotten if the transaction rolls back, so the write can run again in a later batch.
+struct Slot<I, T> {
+    input: I,
+    reply: Reply<T>,
+    outcome: Option<Result<T, ManifestError>>,
+}
+
+impl<I, T> Slot<I, T> {
+    fn new(input: I, reply: Reply<T>) -> Self {
+        Slot {
+            input,
+            reply,
+            outcome: None,
+        }
+    }
+
+    /// Runs `write` in the current transaction; `rows` counts what a success changed.
+    fn run(
+        &mut self,
+        op: Op,
+        write: impl FnOnce(&I) -> rusqlite::Result<T>,
+        rows: impl FnOnce(&I, &T) -> u64,
+    ) -> Step {
+        match write(&self.input) {
+            Ok(value) => {
+                let rows = rows(&self.input, &value);
+                self.outcome = Some(Ok(value));
+                Step::Done(rows)
+            }
+            Err(e) if is_retryable(&e) => Step::Retry(op, e),
+            Err(e) => {
+                let e = Arc::new(e);
+                self.outcome = Some(Err(ManifestError::Sqlite {
+                    op,
+                    source: Arc::clone(&e),
+                }));
+                Step::Failed(op, e)
+            }
+        }
+    }
+
+    /// Answers the caller with its outcome, or with `error` when it has none (its transaction
+    /// did not commit because of it).
+    fn finish(self, error: Option<ManifestError>) {
+        // A send fails only if the caller stopped waiting; the write stands regardless. Neither
+        // an outcome nor an error cannot happen; the dropped reply then reads as `Closed`.
+        if let Some(outcome) = self.outcome.or(error.map(Err)) {
+            drop(self.reply.send(outcome));
+        }
+    }
+}
+
+/// A write waiting in the owner thread's queue.
 enum WriteOp {
-    Upsert {
-        record: Record,
-        reply: Reply<Upsert>,
-    },
-    Remove {
-        key: Key,
-        reply: Reply<bool>,
-    },
+    Upsert(Slot<Record, Upsert>),
+    Remove(Slot<Key, bool>),
     /// [`Manifest::remove_page`] and [`Manifest::remove_tag`]: a hard purge without tombstone.
-    RemoveRows {
-        target: Purge,
-        reply: Reply<Vec<PageRow>>,
-    },
+    RemoveRows(Slot<Purge, Vec<PageRow>>),
     /// The target is `tombstone.kind`; hard unless `tombstone.soft`.
-    Purge {
-        tombstone: Tombstone,
-        reply: Reply<PurgeOutcome>,
-    },
-    AddTombstone {
-        tombstone: Tombstone,
-        reply: Reply<i64>,
-    },
-    ExpireTombstones {
-        now: i64,
-        reply: Reply<u64>,
-    },
-    Clear {
-        reply: Reply<u64>,
-    },
+    Purge(Slot<Tombstone, PurgeOutcome>),
+    AddTombstone(Slot<Tombstone, i64>),
+    /// Deletes the tombstones expired at this unix time.
+    ExpireTombstones(Slot<i64, u64>),
+    Clear(Slot<(), u64>),
+}
+
+/// Runs `$body` with `$slot` bound to the [`Slot`] of whichever variant `$op` is.
+macro_rules! with_slot {
+    ($op:expr, $slot:ident => $body:expr) => {
+        match $op {
+            WriteOp::Upsert($slot) => $body,
+            WriteOp::Remove($slot) => $body,
+            WriteOp::RemoveRows($slot) => $body,
+            WriteOp::Purge($slot) => $body,
+            WriteOp::AddTombstone($slot) => $body,
+            WriteOp::ExpireTombstones($slot) => $body,
+            WriteOp::Clear($slot) => $body,
+        }
+    };
+}
+
+/// How one write went inside a transaction.
+enum Step {
+    /// Done, changing this many rows (pages and tombstones).
+    Done(u64),
+    /// Refused for a reason of its own (a constraint): its outcome is that error. The others
+    /// go on, unless SQLite rolled the whole transaction back.
+    Failed(Op, Arc<rusqlite::Error>),
+    /// Failed for a reason that is not this write's (busy, I/O, read-only): the whole batch
+    /// rolls back and is retried later.
+    Retry(Op, rusqlite::Error),
 }
 
 impl WriteOp {
-    /// Answers a write that never ran because its batch could not begin.
-    fn fail(self, op: Op, e: &Arc<rusqlite::Error>) {
-        let err = || ManifestError::Sqlite {
-            op,
-            source: Arc::clone(e),
-        };
-        match self {
-            WriteOp::Upsert { reply, .. } => drop(reply.send(Err(err()))),
-            WriteOp::Remove { reply, .. } => drop(reply.send(Err(err()))),
-            WriteOp::RemoveRows { reply, .. } => drop(reply.send(Err(err()))),
-            WriteOp::Purge { reply, .. } => drop(reply.send(Err(err()))),
-            WriteOp::AddTombstone { reply, .. } => drop(reply.send(Err(err()))),
-            WriteOp::ExpireTombstones { reply, .. } => drop(reply.send(Err(err()))),
-            WriteOp::Clear { reply } => drop(reply.send(Err(err()))),
-        }
-    }
-
     /// Runs the write inside the batch's transaction. A write made of several statements runs
     /// in a savepoint, so that it fails whole.
-    fn apply(self, tx: &mut Transaction<'_>) -> Applied {
+    fn run(&mut self, tx: &mut Transaction<'_>) -> Step {
         match self {
-            WriteOp::Upsert { record, reply } => Applied::Upsert(
-                reply,
-                upsert_one(tx, &record).map_err(|e| ManifestError::sqlite(Op::Upsert, e)),
+            WriteOp::Upsert(slot) => slot.run(
+                Op::Upsert,
+                |record| upsert_one(tx, record),
+                |_, outcome| u64::from(*outcome != Upsert::Unchanged),
             ),
-            WriteOp::Remove { key, reply } => {
-                let removed = tx.prepare_cached(REMOVE_SQL).and_then(|mut stmt| {
-                    stmt.execute(params![key.host, key.method, key.path, key.vary])
-                });
-                Applied::Remove(
-                    reply,
-                    removed
+            WriteOp::Remove(slot) => slot.run(
+                Op::Remove,
+                |key| {
+                    tx.prepare_cached(REMOVE_SQL)?
+                        .execute(params![key.host, key.method, key.path, key.vary])
                         .map(|n| n > 0)
-                        .map_err(|e| ManifestError::sqlite(Op::Remove, e)),
-                )
-            }
-            WriteOp::RemoveRows { target, reply } => Applied::Rows(
-                reply,
-                select_rows(tx, &target, true).map_err(|e| ManifestError::sqlite(Op::Purge, e)),
+                },
+                |_, removed| u64::from(*removed),
             ),
-            WriteOp::Purge { tombstone, reply } => {
-                let purged = tx.savepoint().and_then(|sp| {
+            WriteOp::RemoveRows(slot) => slot.run(
+                Op::Purge,
+                |target| select_rows(tx, target, true),
+                |_, rows| rows.len() as u64,
+            ),
+            WriteOp::Purge(slot) => slot.run(
+                Op::Purge,
+                |tombstone| {
+                    let sp = tx.savepoint()?;
                     let rows = select_rows(&sp, &tombstone.kind, !tombstone.soft)?;
-                    let tombstone_id = insert_tombstone(&sp, &tombstone)?;
+                    let tombstone_id = insert_tombstone(&sp, tombstone)?;
                     sp.commit()?;
                     Ok(PurgeOutcome { rows, tombstone_id })
-                });
-                Applied::Purge(
-                    reply,
-                    purged.map_err(|e| ManifestError::sqlite(Op::Purge, e)),
-                    tombstone.soft,
-                )
-            }
-            WriteOp::AddTombstone { tombstone, reply } => Applied::Tombstone(
-                reply,
-                insert_tombstone(tx, &tombstone)
-                    .map_err(|e| ManifestError::sqlite(Op::AddTombstone, e)),
+                },
+                // A soft purge only adds its tombstone.
+                |tombstone, outcome| {
+                    if tombstone.soft {
+                        1
+                    } else {
+                        outcome.rows.len() as u64 + 1
+                    }
+                },
             ),
-            WriteOp::ExpireTombstones { now, reply } => {
-                let expired = tx
-                    .prepare_cached(EXPIRE_TOMBSTONES_SQL)
-                    .and_then(|mut stmt| stmt.execute([now]));
-                Applied::Deleted(
-                    reply,
-                    expired
+            WriteOp::AddTombstone(slot) => slot.run(
+                Op::AddTombstone,
+                |tombstone| insert_tombstone(tx, tombstone),
+                |_, _| 1,
+            ),
+            WriteOp::ExpireTombstones(slot) => slot.run(
+                Op::ExpireTombstones,
+                |now| {
+                    tx.prepare_cached(EXPIRE_TOMBSTONES_SQL)?
+                        .execute([now])
                         .map(|n| n as u64)
-                        .map_err(|e| ManifestError::sqlite(Op::ExpireTombstones, e)),
-                )
-            }
-            WriteOp::Clear { reply } => {
-                let cleared = tx.execute("DELETE FROM pages", []);
-                Applied::Deleted(
-                    reply,
-                    cleared
-                        .map(|n| n as u64)
-                        .map_err(|e| ManifestError::sqlite(Op::Clear, e)),
-                )
-            }
+                },
+                |_, n| *n,
+            ),
+            WriteOp::Clear(slot) => slot.run(
+                Op::Clear,
+                |()| tx.execute("DELETE FROM pages", []).map(|n| n as u64),
+                |_, n| *n,
+            ),
         }
+    }
+
+    /// Forgets the outcome of a run whose transaction rolled back.
+    fn reset(&mut self) {
+        with_slot!(self, slot => slot.outcome = None)
+    }
+
+    /// Answers the caller; see [`Slot::finish`].
+    fn finish(self, error: Option<ManifestError>) {
+        with_slot!(self, slot => slot.finish(error))
     }
 }
 
-/// A write that ran inside the batch's transaction, waiting for the commit before its caller
-/// may be told the outcome.
-enum Applied {
-    Upsert(Reply<Upsert>, Result<Upsert, ManifestError>),
-    Remove(Reply<bool>, Result<bool, ManifestError>),
-    /// Pages deleted by `RemoveRows`.
-    Rows(Reply<Vec<PageRow>>, Result<Vec<PageRow>, ManifestError>),
-    /// The flag is `soft`: the rows were only selected, not deleted.
-    Purge(
-        Reply<PurgeOutcome>,
-        Result<PurgeOutcome, ManifestError>,
-        bool,
-    ),
-    Tombstone(Reply<i64>, Result<i64, ManifestError>),
-    /// A count of deleted rows (clear, expire_tombstones).
-    Deleted(Reply<u64>, Result<u64, ManifestError>),
-}
-
-impl Applied {
-    /// Rows (pages and tombstones) this write changed, if it succeeded.
-    fn rows(&self) -> u64 {
-        match self {
-            Applied::Upsert(_, Ok(Upsert::Inserted | Upsert::Updated)) => 1,
-            Applied::Remove(_, Ok(true)) => 1,
-            Applied::Rows(_, Ok(rows)) => rows.len() as u64,
-            Applied::Purge(_, Ok(_), true) => 1,
-            Applied::Purge(_, Ok(outcome), false) => outcome.rows.len() as u64 + 1,
-            Applied::Tombstone(_, Ok(_)) => 1,
-            Applied::Deleted(_, Ok(n)) => *n,
-            _ => 0,
-        }
-    }
-
-    /// Answers the caller: its own outcome if the batch committed, the commit error otherwise.
-    fn answer(self, commit: &Result<(), Arc<rusqlite::Error>>) {
-        fn outcome<T>(
-            own: Result<T, ManifestError>,
-            commit: &Result<(), Arc<rusqlite::Error>>,
-        ) -> Result<T, ManifestError> {
-            match commit {
-                Ok(()) => own,
-                Err(e) => Err(ManifestError::Sqlite {
-                    op: Op::Commit,
-                    source: Arc::clone(e),
-                }),
-            }
-        }
-        // A send fails only if the caller stopped waiting; the write stands regardless.
-        match self {
-            Applied::Upsert(reply, own) => drop(reply.send(outcome(own, commit))),
-            Applied::Remove(reply, own) => drop(reply.send(outcome(own, commit))),
-            Applied::Rows(reply, own) => drop(reply.send(outcome(own, commit))),
-            Applied::Purge(reply, own, _) => drop(reply.send(outcome(own, commit))),
-            Applied::Tombstone(reply, own) => drop(reply.send(outcome(own, commit))),
-            Applied::Deleted(reply, own) => drop(reply.send(outcome(own, commit))),
-        }
-    }
+/// Whether a failed statement says nothing about the write itself, so that the same write may
+/// succeed later: the database was busy or locked, read-only (a LiteFS replica without HALT, a
+/// lost HALT), failing I/O (LiteFS reports a lost primary as `EIO`), full, or changed under us.
+/// A constraint, a type or size error, or SQL the schema does not accept belong to the write.
+fn is_retryable(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::ReadOnly
+                | C::SystemIoFailure
+                | C::DiskFull
+                | C::CannotOpen
+                | C::FileLockingProtocolFailed
+                | C::PermissionDenied
+                | C::OutOfMemory
+                | C::OperationInterrupted
+                | C::SchemaChanged
+                | C::DatabaseCorrupt
+                | C::NotADatabase
+        )
+    )
 }
 
 /// The identity columns of a page, vary already encoded.
@@ -902,45 +1328,120 @@ const EXPIRE_TOMBSTONES_SQL: &str = "DELETE FROM tombstones WHERE expires_at <= 
 struct Owner {
     conn: Connection,
     rx: mpsc::Receiver<Command>,
+    /// The LiteFS database in LiteFS mode: its role is read before every flush.
+    litefs: Option<litefs::Database>,
+    options: ManifestOptions,
+    shared: Arc<Shared>,
+    /// Counters; `pending` and `overflow` live in `shared` and are filled in by `stats`.
     stats: ManifestStats,
+    /// Writes not yet answered, oldest first. A flush takes its batch from the front and pops
+    /// each write only when answering it.
+    pending: VecDeque<Queued>,
+    /// Set while flushes fail: the next attempt waits until then.
+    retry: Option<Retry>,
+    /// Rate limit of the "flush failed" warning.
+    failure_log: LogLimit,
+}
+
+struct Queued {
+    op: WriteOp,
+    /// When it was queued: the batch it starts is due `flush_interval` later.
+    since: Instant,
+}
+
+/// A failing flush's backoff.
+struct Retry {
+    /// Consecutive failed attempts.
+    failures: u32,
+    /// When to try again.
+    at: Instant,
+}
+
+/// Why a flush failed as a whole; its batch stays queued.
+#[derive(Debug)]
+enum FlushError {
+    Halt(litefs::Error),
+    Sqlite { op: Op, source: rusqlite::Error },
+}
+
+impl fmt::Display for FlushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlushError::Halt(e) => write!(f, "LiteFS {e}"),
+            FlushError::Sqlite { op, source } => write!(f, "manifest {op} failed: {source}"),
+        }
+    }
+}
+
+/// How one write transaction ended.
+enum Batch {
+    /// Committed: every write has its outcome.
+    Committed,
+    /// Rolled back for a reason that is not one write's: retry the batch later.
+    Retry(FlushError),
+    /// Rolled back because of one write (its error rolled back the whole transaction, or the
+    /// commit refused a constraint): find it by writing the batch one write at a time.
+    OneWrite(Op, Arc<rusqlite::Error>),
+}
+
+impl Batch {
+    fn from_error(op: Op, source: rusqlite::Error) -> Batch {
+        if is_retryable(&source) {
+            Batch::Retry(FlushError::Sqlite { op, source })
+        } else {
+            Batch::OneWrite(op, Arc::new(source))
+        }
+    }
+}
+
+/// The pause before retry number `failures` (1-based): 100 ms doubling, capped at `max`.
+fn backoff(failures: u32, max: Duration) -> Duration {
+    let factor = 1u32
+        .checked_shl(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    RETRY_FIRST_BACKOFF.saturating_mul(factor).min(max)
 }
 
 impl Owner {
     fn run(mut self) {
-        // A read that arrived while draining writes: it ends the batch and runs right after it,
-        // so it sees those writes (callers observe their own writes in order).
-        let mut next: Option<Command> = None;
+        // Set once every handle is gone: the queue is then written without waiting, and the
+        // thread exits when it is empty.
+        let mut closing = false;
+        // Commands taken while a flush was already due; bounded so a flood cannot postpone it.
+        let mut drained = 0;
         loop {
-            let command = match next.take() {
-                Some(command) => command,
-                // `None`: every handle is gone and the queue is empty.
-                None => match self.rx.blocking_recv() {
-                    Some(command) => command,
-                    None => break,
-                },
+            let due = self.flush_due_at(closing);
+            let now = Instant::now();
+            let received = match due {
+                None if closing => break,
+                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(at) if at > now && closing => {
+                    std::thread::sleep(at - now);
+                    Err(RecvTimeoutError::Timeout)
+                }
+                Some(at) if at > now => self.rx.recv_timeout(at - now),
+                // Due: what has already arrived joins first, so even a zero interval batches a
+                // burst, and reads that arrived are not kept waiting behind the flush.
+                Some(_) if !closing && drained < self.options.max_batch => {
+                    self.rx.try_recv().map_err(|e| match e {
+                        TryRecvError::Empty => RecvTimeoutError::Timeout,
+                        TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                    })
+                }
+                Some(_) => Err(RecvTimeoutError::Timeout),
             };
-            match command {
-                Command::Write(op) => {
-                    let mut batch = vec![op];
-                    while batch.len() < MAX_BATCH {
-                        match self.rx.try_recv() {
-                            Ok(Command::Write(op)) => batch.push(op),
-                            Ok(read) => {
-                                next = Some(read);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
+            match received {
+                Ok(command) => {
+                    if due.is_some_and(|at| at <= now) {
+                        drained += 1;
                     }
-                    self.write_batch(batch);
+                    self.handle(command);
                 }
-                Command::List(reply) => drop(reply.send(self.list())),
-                Command::Count(reply) => drop(reply.send(self.count())),
-                Command::DataVersion(reply) => drop(reply.send(self.data_version())),
-                Command::Stats(reply) => drop(reply.send(Ok(self.stats))),
-                Command::Tombstones(after_id, reply) => {
-                    drop(reply.send(self.tombstones_since(after_id)))
+                Err(RecvTimeoutError::Timeout) => {
+                    drained = 0;
+                    self.flush();
                 }
+                Err(RecvTimeoutError::Disconnected) => closing = true,
             }
         }
         tracing::debug!("manifest owner thread exiting");
@@ -948,97 +1449,293 @@ impl Owner {
         // connection).
     }
 
-    /// Applies a batch of writes in one transaction. This is the only place that writes.
-    fn write_batch(&mut self, batch: Vec<WriteOp>) {
-        let upserts = batch
-            .iter()
-            .filter(|op| matches!(op, WriteOp::Upsert { .. }))
-            .count();
-        self.stats.upserts += upserts as u64;
-
-        // Repeated fills of an unchanged page must not take the write lock (shared with other
-        // processes, and later the LiteFS HALT lock, a round trip to the primary). Only a batch
-        // made entirely of no-op upserts is answered here: answering part of a batch early
-        // could reorder it against a later write of the same key.
-        if upserts == batch.len() && self.all_identical(&batch) {
-            self.stats.skipped_batches += 1;
-            for op in batch {
-                if let WriteOp::Upsert { reply, .. } = op {
-                    drop(reply.send(Ok(Upsert::Unchanged)));
-                }
-            }
-            return;
+    /// When the next flush is due: `None` with nothing queued.
+    fn flush_due_at(&self, closing: bool) -> Option<Instant> {
+        let oldest = self.pending.front()?;
+        if let Some(retry) = &self.retry {
+            return Some(retry.at);
         }
-
-        let started = Instant::now();
-        let size = batch.len();
-        let mut tx = match self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-        {
-            Ok(tx) => tx,
-            Err(e) => {
-                tracing::warn!(error = %e, writes = size, "manifest write batch could not begin");
-                let e = Arc::new(e);
-                for op in batch {
-                    op.fail(Op::Begin, &e);
-                }
-                return;
-            }
-        };
-
-        // A failing statement leaves the others in the transaction (SQLite rolls back only that
-        // statement); if SQLite had to roll back the whole transaction, the commit fails and
-        // every write reports that.
-        let applied: Vec<Applied> = batch.into_iter().map(|op| op.apply(&mut tx)).collect();
-
-        let commit = tx.commit().map_err(Arc::new);
-        let rows: u64 = applied.iter().map(Applied::rows).sum();
-        match &commit {
-            Ok(()) => {
-                self.stats.write_transactions += 1;
-                self.stats.rows_written += rows;
-                tracing::debug!(writes = size, rows, elapsed = ?started.elapsed(), "manifest batch committed");
-            }
-            Err(e) => tracing::warn!(error = %e, writes = size, "manifest batch commit failed"),
+        if closing || self.pending.len() >= self.options.max_batch {
+            return Some(Instant::now());
         }
-        for a in applied {
-            a.answer(&commit);
+        // An interval too large for `Instant` means "only when full".
+        Some(
+            oldest
+                .since
+                .checked_add(self.options.flush_interval)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
+        )
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Write(op) => self.enqueue(op),
+            Command::List(reply) => drop(reply.send(self.list())),
+            Command::Count(reply) => drop(reply.send(self.count())),
+            Command::DataVersion(reply) => drop(reply.send(self.data_version())),
+            Command::Stats(reply) => drop(reply.send(Ok(self.stats()))),
+            Command::Tombstones(after_id, reply) => {
+                drop(reply.send(self.tombstones_since(after_id)))
+            }
         }
     }
 
-    /// Whether every upsert in the batch matches its stored row exactly. Each check is its own
-    /// short implicit read transaction. A failed check just means "not known identical": the
-    /// write transaction will run and report any real error.
-    fn all_identical(&self, batch: &[WriteOp]) -> bool {
-        batch.iter().all(|op| match op {
-            WriteOp::Upsert { record: r, .. } => self
-                .conn
-                .prepare_cached(IDENTICAL_SQL)
-                .and_then(|mut stmt| {
-                    stmt.query_row(
-                        params![
-                            r.key.host,
-                            r.key.method,
-                            r.key.path,
-                            r.key.vary,
-                            r.status,
-                            r.stored_at,
-                            r.expires_at,
-                            r.size,
-                            r.etag,
-                            r.last_modified,
-                            r.tags
-                        ],
-                        |row| row.get::<_, bool>(0),
-                    )
+    fn enqueue(&mut self, mut op: WriteOp) {
+        if let WriteOp::Upsert(slot) = &mut op {
+            self.stats.upserts += 1;
+            // Repeated fills of an unchanged page must not write (nor take the write lock or
+            // HALT, a round trip to the primary). With nothing queued before it, answering now
+            // cannot reorder it against an earlier write of the same key.
+            if self.pending.is_empty() && self.is_identical(&slot.input) {
+                slot.outcome = Some(Ok(Upsert::Unchanged));
+                self.stats.skipped_batches += 1;
+                self.answer(op, None);
+                return;
+            }
+        }
+        self.pending.push_back(Queued {
+            op,
+            since: Instant::now(),
+        });
+    }
+
+    /// Sends a write's answer and stops counting it as pending.
+    fn answer(&self, op: WriteOp, error: Option<ManifestError>) {
+        op.finish(error);
+        self.shared.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Answers the oldest queued write; see [`Slot::finish`].
+    fn answer_front(&mut self, error: Option<ManifestError>) {
+        if let Some(queued) = self.pending.pop_front() {
+            self.answer(queued.op, error);
+        }
+    }
+
+    /// Writes the oldest batch. On failure the batch stays queued and the next attempt is
+    /// scheduled with backoff.
+    fn flush(&mut self) {
+        let n = self.pending.len().min(self.options.max_batch.max(1));
+        if n == 0 {
+            return;
+        }
+        // A batch made only of no-op upserts needs no transaction. Only a whole batch is
+        // answered here: answering part of one early could reorder it against a later write of
+        // the same key.
+        if self.all_identical(n) {
+            self.stats.skipped_batches += 1;
+            for queued in self.pending.iter_mut().take(n) {
+                if let WriteOp::Upsert(slot) = &mut queued.op {
+                    slot.outcome = Some(Ok(Upsert::Unchanged));
+                }
+            }
+            for _ in 0..n {
+                self.answer_front(None);
+            }
+            self.recovered();
+            return;
+        }
+        let started = Instant::now();
+        match self.flush_batch(n) {
+            Ok(()) => {
+                self.stats.flushes += 1;
+                tracing::debug!(writes = n, elapsed = ?started.elapsed(), "manifest batch written");
+                self.recovered();
+            }
+            Err(e) => self.failed(e),
+        }
+    }
+
+    /// HALT when needed, then the batch's transaction(s), then the release.
+    fn flush_batch(&mut self, n: usize) -> Result<(), FlushError> {
+        // The role is re-read every time: `.primary` appears and disappears with failovers.
+        let halt = halt_unless_primary(self.litefs.as_ref(), self.options.halt_timeout)
+            .map_err(FlushError::Halt)?;
+        if halt.is_some() {
+            self.stats.halts += 1;
+        }
+        let result = match self.transaction(n) {
+            Batch::Committed => {
+                for _ in 0..n {
+                    self.answer_front(None);
+                }
+                Ok(())
+            }
+            Batch::Retry(e) => Err(e),
+            Batch::OneWrite(op, source) => self.write_one_by_one(n, halt.as_ref(), op, &source),
+        };
+        // After the transaction ended: holding HALT across COMMIT/ROLLBACK is the point.
+        release_halt(halt);
+        result
+    }
+
+    /// Replays a batch that one write aborted as one transaction per write, so that only that
+    /// write fails. Rare (a write's error normally undoes only its own statement).
+    fn write_one_by_one(
+        &mut self,
+        n: usize,
+        halt: Option<&HaltGuard>,
+        op: Op,
+        cause: &rusqlite::Error,
+    ) -> Result<(), FlushError> {
+        tracing::warn!(%op, error = %cause, writes = n, "a manifest write aborted its batch; writing the batch one write at a time");
+        for _ in 0..n {
+            if halt
+                .and_then(HaltGuard::remaining_lifetime)
+                .is_some_and(|left| left < HALT_MARGIN)
+            {
+                // The rest stays queued, already due, and gets a fresh HALT.
+                return Ok(());
+            }
+            match self.transaction(1) {
+                Batch::Committed => self.answer_front(None),
+                Batch::OneWrite(op, source) => {
+                    tracing::warn!(%op, error = %source, "manifest write refused");
+                    self.answer_front(Some(ManifestError::Sqlite { op, source }));
+                }
+                Batch::Retry(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the oldest `n` queued writes in one `BEGIN IMMEDIATE` transaction: after `open`,
+    /// the only place that writes. HALT, if needed, is already held. Outcomes are kept in the
+    /// queued writes and answered by the caller after a commit; any other end forgets them.
+    fn transaction(&mut self, n: usize) -> Batch {
+        let Owner {
+            conn,
+            pending,
+            options,
+            stats,
+            ..
+        } = self;
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            // Not being able to begin is never one write's fault.
+            Err(source) => {
+                return Batch::Retry(FlushError::Sqlite {
+                    op: Op::Begin,
+                    source,
                 })
-                .inspect_err(
-                    |e| tracing::debug!(error = %e, op = %Op::Check, "manifest check failed"),
-                )
-                .unwrap_or(false),
+            }
+        };
+        let mut rows = 0;
+        let mut aborted = None;
+        for queued in pending.iter_mut().take(n) {
+            match queued.op.run(&mut tx) {
+                Step::Done(changed) => rows += changed,
+                // SQLite undid the whole transaction, not just the statement.
+                Step::Failed(op, source) if tx.is_autocommit() => {
+                    aborted = Some(Batch::OneWrite(op, source));
+                    break;
+                }
+                // The write answers with its own error; the others go on.
+                Step::Failed(..) => {}
+                Step::Retry(op, source) => {
+                    aborted = Some(Batch::Retry(FlushError::Sqlite { op, source }));
+                    break;
+                }
+            }
+        }
+        let ended = match aborted {
+            Some(batch) => batch, // dropping `tx` rolls back
+            None => {
+                if let Some(hook) = &options.on_flush {
+                    hook();
+                }
+                match tx.commit() {
+                    Ok(()) => {
+                        stats.write_transactions += 1;
+                        stats.rows_written += rows;
+                        return Batch::Committed;
+                    }
+                    // A failed commit was rolled back when `commit` dropped the transaction.
+                    Err(source) => Batch::from_error(Op::Commit, source),
+                }
+            }
+        };
+        for queued in pending.iter_mut().take(n) {
+            queued.op.reset();
+        }
+        ended
+    }
+
+    fn failed(&mut self, e: FlushError) {
+        let failures = self.retry.as_ref().map_or(0, |r| r.failures) + 1;
+        let delay = backoff(failures, self.options.retry_max_backoff);
+        self.retry = Some(Retry {
+            failures,
+            at: Instant::now() + delay,
+        });
+        self.stats.failed_flushes += 1;
+        let message = e.to_string();
+        if let Some(suppressed) = self.failure_log.allow() {
+            tracing::warn!(
+                error = %message,
+                pending = self.pending.len(),
+                failures,
+                suppressed,
+                retry_in = ?delay,
+                "manifest flush failed; its writes stay queued and will be retried"
+            );
+        }
+        self.stats.last_error = Some(message);
+    }
+
+    fn recovered(&mut self) {
+        if let Some(retry) = self.retry.take() {
+            tracing::info!(
+                failures = retry.failures,
+                "manifest flushes work again after failing"
+            );
+            // The next outage's first failure is logged at once.
+            self.failure_log = LogLimit::default();
+        }
+    }
+
+    fn stats(&self) -> ManifestStats {
+        ManifestStats {
+            pending: self.shared.pending.load(Ordering::SeqCst) as u64,
+            overflow: self.shared.overflow.load(Ordering::Relaxed),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Whether the oldest `n` queued writes are all upserts identical to their stored rows.
+    fn all_identical(&self, n: usize) -> bool {
+        self.pending.iter().take(n).all(|queued| match &queued.op {
+            WriteOp::Upsert(slot) => self.is_identical(&slot.input),
             _ => false,
         })
+    }
+
+    /// Whether the upsert matches its stored row exactly. Each check is its own short implicit
+    /// read transaction. A failed check just means "not known identical": the write
+    /// transaction will run and report any real error.
+    fn is_identical(&self, r: &Record) -> bool {
+        self.conn
+            .prepare_cached(IDENTICAL_SQL)
+            .and_then(|mut stmt| {
+                stmt.query_row(
+                    params![
+                        r.key.host,
+                        r.key.method,
+                        r.key.path,
+                        r.key.vary,
+                        r.status,
+                        r.stored_at,
+                        r.expires_at,
+                        r.size,
+                        r.etag,
+                        r.last_modified,
+                        r.tags
+                    ],
+                    |row| row.get::<_, bool>(0),
+                )
+            })
+            .inspect_err(|e| tracing::debug!(error = %e, op = %Op::Check, "manifest check failed"))
+            .unwrap_or(false)
     }
 
     fn list(&self) -> Result<Vec<PageRow>, ManifestError> {
@@ -1198,10 +1895,14 @@ fn upsert_one(conn: &Connection, r: &Record) -> rusqlite::Result<Upsert> {
         (_, false) => Upsert::Inserted,
     })
 }
-
 /// Opens and configures the connection, checks the file is ours, migrates. Runs on the caller's
-/// thread (startup), before the owner thread exists.
-fn open_connection(path: &Path) -> Result<Connection, ManifestError> {
+/// thread (startup), before the owner thread exists. Returns whether it took HALT: in LiteFS
+/// mode, off the primary, when the file needs a write (a new file, a migration, WAL).
+fn open_connection(
+    path: &Path,
+    litefs: Option<&litefs::Database>,
+    halt_timeout: Duration,
+) -> Result<(Connection, bool), ManifestError> {
     let open_err = |source| ManifestError::Open {
         path: path.to_owned(),
         source,
@@ -1213,12 +1914,42 @@ fn open_connection(path: &Path) -> Result<Connection, ManifestError> {
     // This is also the first read, where a non-database file fails (SQLITE_NOTADB).
     check_application_id(&conn, path)?;
 
+    // Single statements, no transaction: nothing is held across the HALT acquisition.
     let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
+        .pragma_query_value(None, "journal_mode", |row| row.get(0))
         .map_err(open_err)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        // E.g. a filesystem without shared memory: still correct, just more lock contention.
-        tracing::warn!(path = %path.display(), mode, "manifest is not in WAL mode");
+    let wal = mode.eq_ignore_ascii_case("wal");
+    let version = user_version(&conn).map_err(open_err)?;
+    let needs_write = !wal || (0..SCHEMA_VERSION).contains(&version);
+    let halt = if needs_write {
+        halt_unless_primary(litefs, halt_timeout).map_err(|source| ManifestError::Halt {
+            path: path.to_owned(),
+            source,
+        })?
+    } else {
+        None
+    };
+    let halted = halt.is_some();
+    let configured = configure(&mut conn, path, wal);
+    release_halt(halt);
+    configured?;
+    Ok((conn, halted))
+}
+
+/// Switches to WAL unless `wal`, sets the connection's pragmas, migrates.
+fn configure(conn: &mut Connection, path: &Path, wal: bool) -> Result<(), ManifestError> {
+    let open_err = |source| ManifestError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    if !wal {
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            // E.g. a filesystem without shared memory: still correct, just more lock contention.
+            tracing::warn!(path = %path.display(), mode, "manifest is not in WAL mode");
+        }
     }
     // NORMAL is durable across process crashes in WAL mode; an OS crash may lose the last
     // commits, which only costs re-recording pages that are still on disk.
@@ -1226,9 +1957,7 @@ fn open_connection(path: &Path) -> Result<Connection, ManifestError> {
         .map_err(open_err)?;
     conn.pragma_update(None, "foreign_keys", true)
         .map_err(open_err)?;
-
-    migrate(&mut conn, path)?;
-    Ok(conn)
+    migrate(conn, path)
 }
 
 fn check_application_id(conn: &Connection, path: &Path) -> Result<(), ManifestError> {
@@ -1312,6 +2041,8 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), ManifestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use litefs::ofd;
+    use std::fs::File;
     use std::future::Future;
 
     /// Every async test runs under this bound so a deadlock fails instead of hanging CI.
@@ -1448,7 +2179,8 @@ mod tests {
     #[test]
     fn upsert_sql_reports_outcomes_inside_a_transaction() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = open_connection(&dir.path().join("manifest.db")).unwrap();
+        let (mut conn, _) =
+            open_connection(&dir.path().join("manifest.db"), None, Duration::ZERO).unwrap();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .unwrap();
@@ -2272,6 +3004,473 @@ mod tests {
             assert_eq!(a.count().await.unwrap(), 1);
         })
         .await
+    }
+
+    // ---- Write queue, LiteFS mode, HALT ----
+
+    /// What `F_OFD_GETLK` on the HALT byte reports: (kind, pid) of a holder.
+    type Holder = Option<(ofd::LockKind, i32)>;
+
+    /// A plain directory whose `.primary` names another node: in `litefs = "on"` mode, a
+    /// simulated replica.
+    fn replica_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".primary"), "other-node\n").unwrap();
+        dir
+    }
+
+    /// Short timings, so that failing flushes are retried within a test's time.
+    fn quick(litefs: LitefsMode) -> ManifestOptions {
+        ManifestOptions {
+            litefs,
+            flush_interval: Duration::from_millis(10),
+            halt_timeout: Duration::from_millis(200),
+            retry_max_backoff: Duration::from_millis(200),
+            ..ManifestOptions::default()
+        }
+    }
+
+    fn side_file(db: &Path, suffix: &str) -> PathBuf {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    }
+
+    /// The HALT byte as seen through a separate open file description of `<db>-lock`, which is
+    /// how another process (or LiteFS's `is_held`) would see it.
+    fn halt_holder(db: &Path) -> Holder {
+        let file = match File::open(side_file(db, "-lock")) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => panic!("{e}"),
+        };
+        ofd::query(&file, ofd::LockKind::Write, ofd::LockRange::HALT)
+            .unwrap()
+            .map(|h| (h.kind(), h.pid()))
+    }
+
+    /// Holds the HALT byte through the test's own descriptor, as another writer on this host
+    /// would; closing the file releases it.
+    fn hold_halt(db: &Path) -> File {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(side_file(db, "-lock"))
+            .unwrap();
+        ofd::try_lock(&file, ofd::LockKind::Write, ofd::LockRange::HALT).unwrap();
+        file
+    }
+
+    /// An `on_flush` hook recording [`halt_holder`] inside every write transaction.
+    fn recording_hook(db: &Path) -> (Arc<dyn Fn() + Send + Sync>, Arc<Mutex<Vec<Holder>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (db, record) = (db.to_owned(), Arc::clone(&seen));
+        let hook = move || record.lock().unwrap().push(halt_holder(&db));
+        (Arc::new(hook), seen)
+    }
+
+    /// Polls the stats until `done` holds (the caller's `bounded` stops a test that never gets
+    /// there).
+    async fn stats_until(m: &Manifest, done: impl Fn(&ManifestStats) -> bool) -> ManifestStats {
+        loop {
+            let stats = m.stats().await.unwrap();
+            if done(&stats) {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    const HALTED: Holder = Some((ofd::LockKind::Write, -1));
+
+    #[tokio::test]
+    async fn forced_replica_writes_under_halt_and_follows_role_changes() {
+        bounded(async {
+            let dir = replica_dir();
+            let path = dir.path().join("manifest.db");
+            let (hook, seen) = recording_hook(&path);
+            let m = Manifest::open_with(
+                &path,
+                ManifestOptions {
+                    on_flush: Some(hook),
+                    ..quick(LitefsMode::On)
+                },
+            )
+            .unwrap();
+            assert_eq!(
+                m.role().await,
+                ManifestRole::Replica {
+                    primary: "other-node".into()
+                }
+            );
+            let at_open = m.stats().await.unwrap().halts;
+            assert_eq!(at_open, 1, "creating the schema on a replica takes HALT");
+
+            assert_eq!(
+                m.upsert(page("a.example", "/1")).await.unwrap(),
+                Upsert::Inserted
+            );
+            assert_eq!(*seen.lock().unwrap(), [HALTED], "no HALT during the flush");
+            assert_eq!(m.stats().await.unwrap().halts, at_open + 1);
+            assert_eq!(halt_holder(&path), None, "HALT outlived its transaction");
+
+            // `.primary` disappears: on a plain directory that makes this node the primary.
+            std::fs::remove_file(dir.path().join(".primary")).unwrap();
+            assert_eq!(m.role().await, ManifestRole::Primary);
+            m.upsert(page("a.example", "/2")).await.unwrap();
+            assert_eq!(*seen.lock().unwrap(), [HALTED, None]);
+            assert_eq!(m.stats().await.unwrap().halts, at_open + 1);
+
+            // And a new primary appears.
+            std::fs::write(dir.path().join(".primary"), "node-b\n").unwrap();
+            m.upsert(page("a.example", "/3")).await.unwrap();
+            assert_eq!(*seen.lock().unwrap(), [HALTED, None, HALTED]);
+            assert_eq!(m.role().await.primary(), Some("node-b"));
+            assert_eq!(paths(&m.list().await.unwrap()), ["/1", "/2", "/3"]);
+
+            assert_eq!(m.txid().await, None, "no -pos file yet");
+            std::fs::write(
+                side_file(&path, "-pos"),
+                "0000000000000027/83b0c1d2e3f40516\n",
+            )
+            .unwrap();
+            assert_eq!(m.txid().await, Some(0x27));
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn off_and_auto_modes_ignore_a_primary_file_on_a_plain_directory() {
+        bounded(async {
+            for mode in [LitefsMode::Off, LitefsMode::Auto] {
+                let dir = replica_dir();
+                let path = dir.path().join("manifest.db");
+                std::fs::write(
+                    side_file(&path, "-pos"),
+                    "0000000000000001/0000000000000000\n",
+                )
+                .unwrap();
+                let (hook, seen) = recording_hook(&path);
+                let m = Manifest::open_with(
+                    &path,
+                    ManifestOptions {
+                        on_flush: Some(hook),
+                        ..quick(mode)
+                    },
+                )
+                .unwrap();
+                m.upsert(page("a.example", "/1")).await.unwrap();
+                assert_eq!(*seen.lock().unwrap(), [None], "{mode:?}");
+                assert_eq!(m.stats().await.unwrap().halts, 0, "{mode:?}");
+                assert_eq!(m.role().await, ManifestRole::Standalone, "{mode:?}");
+                assert_eq!(m.txid().await, None, "{mode:?}");
+            }
+        })
+        .await
+    }
+
+    /// Another writer holds HALT: the flush fails and is retried, reads are still answered,
+    /// the write completes once HALT is free.
+    #[tokio::test]
+    async fn foreign_halt_holder_delays_writes_but_not_reads() {
+        bounded(async {
+            let dir = replica_dir();
+            let path = dir.path().join("manifest.db");
+            let m = Manifest::open_with(&path, quick(LitefsMode::On)).unwrap();
+            m.upsert(page("a.example", "/before")).await.unwrap();
+
+            let lock = hold_halt(&path);
+            let writer = {
+                let m = m.clone();
+                tokio::spawn(async move { m.upsert(page("a.example", "/during")).await })
+            };
+            let stats = stats_until(&m, |s| s.failed_flushes >= 2).await;
+            assert_eq!(stats.pending, 1, "{stats:?}");
+            let error = stats.last_error.unwrap_or_default();
+            assert!(error.contains("HALT"), "{error}");
+
+            assert_eq!(paths(&m.list().await.unwrap()), ["/before"]);
+            assert_eq!(m.count().await.unwrap(), 1);
+            assert!(!writer.is_finished(), "the write returned without HALT");
+
+            drop(lock);
+            assert_eq!(writer.await.unwrap().unwrap(), Upsert::Inserted);
+            assert_eq!(paths(&m.list().await.unwrap()), ["/before", "/during"]);
+            let stats = m.stats().await.unwrap();
+            assert_eq!(stats.pending, 0);
+            assert!(stats.failed_flushes >= 2 && stats.flushes >= 2, "{stats:?}");
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_queue_refuses_new_writes_and_keeps_the_queued_ones() {
+        bounded(async {
+            let dir = replica_dir();
+            let path = dir.path().join("manifest.db");
+            let m = Manifest::open_with(
+                &path,
+                ManifestOptions {
+                    max_queue: 10,
+                    ..quick(LitefsMode::On)
+                },
+            )
+            .unwrap();
+            let lock = hold_halt(&path);
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..10 {
+                let m = m.clone();
+                tasks.spawn(async move { m.upsert(page("a.example", &format!("/{i}"))).await });
+            }
+            stats_until(&m, |s| s.pending == 10).await;
+
+            for i in 10..12 {
+                let err = m
+                    .upsert(page("a.example", &format!("/{i}")))
+                    .await
+                    .unwrap_err();
+                assert!(matches!(err, ManifestError::QueueFull), "{err:?}");
+            }
+            let err = m.clear().await.unwrap_err();
+            assert!(matches!(err, ManifestError::QueueFull), "{err:?}");
+            assert_eq!(m.count().await.unwrap(), 0, "reads are still answered");
+            let stats = m.stats().await.unwrap();
+            assert_eq!((stats.pending, stats.overflow), (10, 3), "{stats:?}");
+
+            drop(lock);
+            while let Some(result) = tasks.join_next().await {
+                assert_eq!(result.unwrap().unwrap(), Upsert::Inserted);
+            }
+            assert_eq!(m.count().await.unwrap(), 10);
+            assert_eq!(m.stats().await.unwrap().pending, 0);
+            assert_eq!(
+                m.upsert(page("a.example", "/10")).await.unwrap(),
+                Upsert::Inserted
+            );
+        })
+        .await
+    }
+
+    /// One HALT serves many fills: writes arriving within the interval share its transaction.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_within_the_flush_interval_share_one_transaction_and_halt() {
+        bounded(async {
+            let dir = replica_dir();
+            let m = Manifest::open_with(
+                &dir.path().join("manifest.db"),
+                ManifestOptions {
+                    flush_interval: Duration::from_millis(100),
+                    ..quick(LitefsMode::On)
+                },
+            )
+            .unwrap();
+            let before = m.stats().await.unwrap();
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..200 {
+                let m = m.clone();
+                tasks.spawn(async move { m.upsert(page("a.example", &format!("/{i}"))).await });
+            }
+            while let Some(result) = tasks.join_next().await {
+                assert_eq!(result.unwrap().unwrap(), Upsert::Inserted);
+            }
+            let stats = m.stats().await.unwrap();
+            assert_eq!(stats.rows_written, 200);
+            assert!(stats.write_transactions <= 3, "not batched: {stats:?}");
+            assert!(stats.halts - before.halts <= 3, "{stats:?}");
+            assert!(stats.halts > before.halts, "{stats:?}");
+        })
+        .await
+    }
+
+    /// `RAISE(ROLLBACK)` undoes the whole transaction, not just the statement: the batch is
+    /// replayed one write at a time and only the guilty write fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_that_aborts_its_batch_fails_alone() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("manifest.db");
+            let m = Manifest::open_with(
+                &path,
+                ManifestOptions {
+                    flush_interval: Duration::from_millis(200),
+                    ..quick(LitefsMode::Off)
+                },
+            )
+            .unwrap();
+            observer(&path)
+                .execute_batch(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON tombstones
+                     WHEN NEW.host = 'bad.example' BEGIN SELECT RAISE(ROLLBACK, 'refused'); END",
+                )
+                .unwrap();
+            let url = |host: &str| Purge::Url {
+                host: host.into(),
+                path: "/".into(),
+            };
+            let mut upserts = tokio::task::JoinSet::new();
+            for i in 0..5 {
+                let m = m.clone();
+                upserts.spawn(async move { m.upsert(page("a.example", &format!("/{i}"))).await });
+            }
+            let (bad, good) = tokio::join!(
+                m.add_tombstone(tombstone(url("bad.example"), 1000, 2000)),
+                m.add_tombstone(tombstone(url("good.example"), 1000, 2000)),
+            );
+            let err = bad.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ManifestError::Sqlite {
+                        op: Op::AddTombstone,
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            let good = good.unwrap();
+            while let Some(result) = upserts.join_next().await {
+                assert_eq!(result.unwrap().unwrap(), Upsert::Inserted);
+            }
+            assert_eq!(m.count().await.unwrap(), 5);
+            let tombstones = m.tombstones_since(0).await.unwrap();
+            assert_eq!(tombstones.len(), 1);
+            assert_eq!(tombstones[0].0, good);
+            let stats = m.stats().await.unwrap();
+            assert_eq!((stats.failed_flushes, stats.pending), (0, 0), "{stats:?}");
+            // One batch, replayed as one transaction per write; the refused one commits nothing.
+            assert!(stats.write_transactions >= 6, "not replayed: {stats:?}");
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn opening_on_a_replica_writes_only_under_halt() {
+        bounded(async {
+            let dir = replica_dir();
+            let path = dir.path().join("manifest.db");
+
+            // A new file needs its schema: without HALT the open fails, and says why.
+            let lock = hold_halt(&path);
+            let err = Manifest::open_with(&path, quick(LitefsMode::On)).unwrap_err();
+            assert!(matches!(err, ManifestError::Halt { .. }), "{err:?}");
+            assert!(err.to_string().contains("HALT"), "{err}");
+            drop(lock);
+
+            let m = Manifest::open_with(&path, quick(LitefsMode::On)).unwrap();
+            m.upsert(page("a.example", "/1")).await.unwrap();
+            drop(m);
+
+            // An up-to-date manifest needs no write to open: no HALT, even while another holds it.
+            let lock = hold_halt(&path);
+            let m = Manifest::open_with(&path, quick(LitefsMode::On)).unwrap();
+            assert_eq!(m.stats().await.unwrap().halts, 0);
+            assert_eq!(m.count().await.unwrap(), 1);
+            drop(lock);
+        })
+        .await
+    }
+
+    /// A write whose caller went away, on a manifest whose last handle is dropped before its
+    /// batch was due, is still written.
+    #[tokio::test]
+    async fn queued_writes_outlive_their_callers_and_the_last_handle() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("manifest.db");
+            let m = Manifest::open_with(
+                &path,
+                ManifestOptions {
+                    flush_interval: Duration::from_secs(3600),
+                    ..quick(LitefsMode::Off)
+                },
+            )
+            .unwrap();
+            let writer = {
+                let m = m.clone();
+                tokio::spawn(async move { m.upsert(page("a.example", "/orphan")).await })
+            };
+            stats_until(&m, |s| s.pending == 1).await;
+            writer.abort();
+            assert!(writer.await.unwrap_err().is_cancelled());
+            assert_eq!(m.count().await.unwrap(), 0, "written before its interval");
+            drop(m);
+
+            let raw = observer(&path);
+            while raw
+                .query_row("SELECT count(*) FROM pages", [], |r| r.get::<_, i64>(0))
+                .unwrap()
+                == 0
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+
+    #[test]
+    fn options_default_and_litefs_mode_parses_from_config() {
+        #[derive(Deserialize)]
+        struct Config {
+            litefs: LitefsMode,
+        }
+        for (text, mode) in [
+            ("off", LitefsMode::Off),
+            ("auto", LitefsMode::Auto),
+            ("on", LitefsMode::On),
+        ] {
+            let parsed: Config = toml::from_str(&format!("litefs = {text:?}")).unwrap();
+            assert_eq!(parsed.litefs, mode);
+            assert_eq!(mode.as_str(), text);
+        }
+        assert!(toml::from_str::<Config>("litefs = \"yes\"").is_err());
+
+        let o = ManifestOptions::default();
+        assert_eq!(o.litefs, LitefsMode::Auto);
+        assert_eq!(o.flush_interval, Duration::from_millis(100));
+        assert_eq!((o.max_batch, o.max_queue), (512, 100_000));
+        assert_eq!(o.halt_timeout, Duration::from_secs(10));
+        assert_eq!(o.retry_max_backoff, Duration::from_secs(5));
+        let hooked = ManifestOptions {
+            on_flush: Some(Arc::new(|| {})),
+            ..o
+        };
+        assert!(format!("{hooked:?}").contains("on_flush: Some"));
+    }
+
+    #[test]
+    fn retry_backoff_doubles_from_100ms_up_to_its_cap() {
+        let cap = Duration::from_secs(5);
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(backoff(1, cap), ms(100));
+        assert_eq!(backoff(2, cap), ms(200));
+        assert_eq!(backoff(6, cap), ms(3200));
+        assert_eq!(backoff(7, cap), cap);
+        assert_eq!(backoff(u32::MAX, cap), cap);
+    }
+
+    #[test]
+    fn busy_io_and_readonly_errors_are_retried_constraints_are_not() {
+        let sqlite = |code| {
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some("x".into()))
+        };
+        for code in [
+            rusqlite::ffi::SQLITE_BUSY,
+            rusqlite::ffi::SQLITE_IOERR,
+            rusqlite::ffi::SQLITE_READONLY,
+            rusqlite::ffi::SQLITE_FULL,
+        ] {
+            assert!(is_retryable(&sqlite(code)), "{code}");
+        }
+        for code in [
+            rusqlite::ffi::SQLITE_CONSTRAINT,
+            rusqlite::ffi::SQLITE_MISMATCH,
+            rusqlite::ffi::SQLITE_ERROR,
+        ] {
+            assert!(!is_retryable(&sqlite(code)), "{code}");
+        }
+        assert!(!is_retryable(&rusqlite::Error::InvalidQuery));
     }
 
     /// Rows/s for 10,000 upserts, batched (concurrent callers) vs one transaction per row

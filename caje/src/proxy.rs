@@ -29,7 +29,7 @@ use crate::cache::entry::EntryMeta;
 use crate::cache::flight::{FlightState, Join, Leader, SharedHead};
 use crate::cache::key::{self, normalize_host, CacheKey, Variant};
 use crate::cache::policy::{self, Freshness, NotStorable};
-use crate::cache::store::{Entry, Lookup};
+use crate::cache::store::{Entry, Fill, FillProgress, Lookup};
 use crate::cache_status::{Forward, Outcome};
 use crate::headers;
 use crate::hit;
@@ -44,6 +44,9 @@ struct Ctx {
     key: CacheKey,
     parts: request::Parts,
     peer: SocketAddr,
+    /// Record what this request stores in the manifest (false for populate fetches of pages
+    /// the manifest already lists).
+    announce: bool,
 }
 
 /// Handles one client request. Never fails: every error becomes a response.
@@ -96,6 +99,7 @@ pub async fn handle(
         host,
         parts,
         peer,
+        announce: true,
     };
     if cacheable {
         serve_cacheable(ctx, body).await
@@ -204,7 +208,7 @@ async fn serve_entry(
 /// The response for a request collapsed onto another's fill.
 fn collapsed_response(
     head: &SharedHead,
-    progress: tokio::sync::watch::Receiver<crate::cache::store::FillProgress>,
+    progress: tokio::sync::watch::Receiver<FillProgress>,
     fwd: Forward,
 ) -> Response<Body> {
     let mut headers = head.headers.clone();
@@ -242,6 +246,7 @@ async fn stale_while_revalidate(
             key: ctx.key.clone(),
             parts: clone_parts(&ctx.parts),
             peer: ctx.peer,
+            announce: true,
         };
         let entry = entry.clone();
         tokio::spawn(async move { revalidate_in_background(&bg, entry, leader).await });
@@ -347,11 +352,28 @@ async fn lead(
 /// placeholder when a tee is returned) and the tee to attach.
 fn respond_from_origin(
     ctx: &Ctx,
-    mut rparts: http::response::Parts,
+    rparts: http::response::Parts,
     rbody: Incoming,
     fwd: Forward,
     leader: Option<Leader>,
 ) -> (Response<Body>, Option<Tee>) {
+    let (res, tee, _, _) = respond_from_origin_stored(ctx, rparts, rbody, fwd, leader);
+    (res, tee)
+}
+
+/// [`respond_from_origin`], also saying whether the response is being stored.
+fn respond_from_origin_stored(
+    ctx: &Ctx,
+    mut rparts: http::response::Parts,
+    rbody: Incoming,
+    fwd: Forward,
+    leader: Option<Leader>,
+) -> (
+    Response<Body>,
+    Option<Tee>,
+    Result<(), NotStorable>,
+    Option<tokio::sync::watch::Receiver<FillProgress>>,
+) {
     let app = &ctx.app;
     let content_length = rparts
         .headers
@@ -370,7 +392,8 @@ fn respond_from_origin(
         _ => Ok(s),
     });
     let status = rparts.status.as_u16();
-    let outcome = Outcome::forwarded(fwd, status, decision.as_ref().map(|_| ()).map_err(|e| *e));
+    let stored = decision.as_ref().map(|_| ()).map_err(|e| *e);
+    let outcome = Outcome::forwarded(fwd, status, stored);
     let tags = surrogate_keys(&rparts.headers);
     let fill = match decision {
         Ok(storable) => {
@@ -391,7 +414,7 @@ fn respond_from_origin(
             };
             let fill = app
                 .store
-                .begin_fill(meta, app.config.cache.max_object_bytes);
+                .begin_fill(meta, app.config.cache.max_object_bytes, ctx.announce);
             if let Some(leader) = leader {
                 let mut shared = rparts.headers.clone();
                 shared.remove("surrogate-key");
@@ -422,6 +445,7 @@ fn respond_from_origin(
         .headers
         .insert("cache-status", outcome.header_value());
     headers::append_via(&mut rparts.headers);
+    let progress = fill.as_ref().map(Fill::progress);
     let tee = Tee::new(
         rbody,
         fill,
@@ -429,7 +453,113 @@ fn respond_from_origin(
         app.config.origin_timeouts.body_idle(),
         app.stats.clone(),
     );
-    (Response::from_parts(rparts, body::empty()), Some(tee))
+    (
+        Response::from_parts(rparts, body::empty()),
+        Some(tee),
+        stored,
+        progress,
+    )
+}
+
+/// What a fill without a client ([`fill_page`]) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FillResult {
+    /// Fetched and stored.
+    Stored,
+    /// A fresh copy is already on this node.
+    AlreadyHeld,
+    /// Another request is fetching it right now (the copy will arrive through it).
+    InFlight,
+    /// Fetched, but the response is not storable (reason).
+    NotStored(&'static str),
+    /// The fetch failed (reason).
+    Failed(String),
+}
+
+/// Fetches one page into the cache without a client (edge warming), through the same path
+/// as a miss: the same origin request, policy and tee, coalesced with client misses for the
+/// same URL. `headers` are the request headers to send (the values a Vary variant recorded).
+pub async fn fill_page(
+    app: &Arc<App>,
+    host: &str,
+    path: &str,
+    headers: http::HeaderMap,
+) -> FillResult {
+    let host = normalize_host(host);
+    let Some(origin) = app.origins.route(&host).cloned() else {
+        return FillResult::Failed(format!("no origin is configured for host {host:?}"));
+    };
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = Method::GET;
+    parts.uri = match path.parse() {
+        Ok(u) => u,
+        Err(e) => return FillResult::Failed(format!("bad path {path:?}: {e}")),
+    };
+    parts.headers = headers;
+    if let Ok(v) = HeaderValue::from_str(&host) {
+        parts.headers.insert(header::HOST, v);
+    }
+    key::normalize_accept_encoding(&mut parts.headers);
+    let ctx = Ctx {
+        app: app.clone(),
+        origin,
+        key: CacheKey::new(&host, path),
+        host,
+        parts,
+        peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+        announce: false,
+    };
+    if let Lookup::Found(entry) = app.store.lookup(&ctx.key, &ctx.parts.headers) {
+        let fresh = !entry.meta.invalidated
+            && matches!(
+                policy::freshness(
+                    &entry.meta.policy,
+                    &ctx.parts,
+                    &ctx.host,
+                    SystemTime::now(),
+                    &app.policy
+                ),
+                Freshness::Fresh { .. }
+            );
+        if fresh {
+            return FillResult::AlreadyHeld;
+        }
+    }
+    let Join::Leader(leader) = app.flights.join(&ctx.key) else {
+        return FillResult::InFlight;
+    };
+    let oreq = match origin_request(&ctx, body::empty(), true, None) {
+        Ok(r) => r,
+        Err(msg) => return FillResult::Failed(msg),
+    };
+    let res = match app.client.send(&ctx.origin, oreq).await {
+        Ok(r) => r,
+        Err(e) => return FillResult::Failed(e.to_string()),
+    };
+    let (mut rparts, rbody) = res.into_parts();
+    headers::strip_hop_by_hop(&mut rparts.headers);
+    let (_, tee, stored, progress) =
+        respond_from_origin_stored(&ctx, rparts, rbody, Forward::UriMiss, Some(leader));
+    if let Some(tee) = tee {
+        tee.drain().await;
+    }
+    if let Err(why) = stored {
+        return FillResult::NotStored(why.as_str());
+    }
+    // Report only what is committed (the writer finishes after the body is drained).
+    let Some(mut progress) = progress else {
+        return FillResult::Failed("no fill".into());
+    };
+    let committed = progress
+        .wait_for(|p| matches!(p, FillProgress::Committed(_) | FillProgress::Failed))
+        .await
+        .map(|p| matches!(*p, FillProgress::Committed(_)))
+        .unwrap_or(false);
+    if committed {
+        FillResult::Stored
+    } else {
+        FillResult::Failed("the body could not be stored (origin body failed or disk error)".into())
+    }
 }
 
 /// Forwards a GET/HEAD without coalescing (HEAD, ranges, hit-for-miss, released waiters).
@@ -606,7 +736,7 @@ async fn apply_304(
     meta.invalidated = false;
     let store = app.store.clone();
     let old = entry.clone();
-    let updated = tokio::task::spawn_blocking(move || store.update_meta(&old, meta))
+    let updated = tokio::task::spawn_blocking(move || store.update_meta(&old, meta, true))
         .await
         .ok()?;
     match updated {

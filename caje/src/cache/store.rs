@@ -108,8 +108,14 @@ pub enum FillProgress {
 /// What happened in the store, for the manifest.
 #[derive(Debug)]
 pub enum StoreEvent {
-    /// A new or replaced entry is committed.
-    Stored(Arc<Entry>),
+    /// A new or replaced entry is committed. `announce`: record it in the manifest (false for
+    /// copies fetched because the manifest already lists them, and for local-only changes).
+    Stored {
+        /// The committed entry.
+        entry: Arc<Entry>,
+        /// Whether the manifest should learn about it.
+        announce: bool,
+    },
     /// An entry was removed locally (evicted as an old variant, or purged).
     Removed(Arc<Entry>),
 }
@@ -333,14 +339,14 @@ impl Store {
     /// fields, which the writer fills in. The returned [`Fill`] receives the body as it
     /// streams; nothing is visible to readers until [`Fill::finish`] is called and the write
     /// is committed.
-    pub fn begin_fill(&self, meta: EntryMeta, max_bytes: u64) -> Fill {
+    pub fn begin_fill(&self, meta: EntryMeta, max_bytes: u64, announce: bool) -> Fill {
         let (tx, rx) = mpsc::unbounded_channel();
         let inflight = Arc::new(AtomicUsize::new(0));
         let store = self.clone();
         let writer_inflight = inflight.clone();
         let (progress, progress_rx) = watch::channel(FillProgress::Starting);
         tokio::task::spawn_blocking(move || {
-            let committed = store.write_entry(meta, rx, &writer_inflight, &progress);
+            let committed = store.write_entry(meta, rx, &writer_inflight, &progress, announce);
             progress.send_replace(committed.map_or(FillProgress::Failed, FillProgress::Committed));
         });
         Fill {
@@ -373,6 +379,7 @@ impl Store {
         mut rx: mpsc::UnboundedReceiver<FillMsg>,
         inflight: &AtomicUsize,
         progress: &watch::Sender<FillProgress>,
+        announce: bool,
     ) -> Option<Arc<Entry>> {
         let name = entry_name(&meta.key(), &meta.variant);
         let dir = self.shard_dir(&name);
@@ -425,7 +432,7 @@ impl Store {
         meta.body_file = format!("{name}.{:016x}.body", self.unique());
         meta.body_len = len;
         meta.body_crc32 = crc;
-        match self.commit(&dir, &name, &tmp_body, meta) {
+        match self.commit(&dir, &name, &tmp_body, meta, announce) {
             Ok(entry) => Some(entry),
             Err(e) => {
                 let _ = fs::remove_file(&tmp_body);
@@ -441,6 +448,7 @@ impl Store {
         name: &str,
         tmp_body: &Path,
         meta: EntryMeta,
+        announce: bool,
     ) -> io::Result<Arc<Entry>> {
         let encoded = meta.encode().map_err(io::Error::other)?;
         let tmp_meta = dir.join(format!(".{name}.{:016x}.tmp", self.unique()));
@@ -487,7 +495,10 @@ impl Store {
             }
         }
         Stats::incr(&self.inner.stats.stored);
-        let _ = self.inner.events.send(StoreEvent::Stored(entry.clone()));
+        let _ = self.inner.events.send(StoreEvent::Stored {
+            entry: entry.clone(),
+            announce,
+        });
         Ok(entry)
     }
 
@@ -498,6 +509,7 @@ impl Store {
         &self,
         entry: &Arc<Entry>,
         meta: EntryMeta,
+        announce: bool,
     ) -> io::Result<Option<Arc<Entry>>> {
         let encoded = meta.encode().map_err(io::Error::other)?;
         let tmp_meta = entry
@@ -539,7 +551,10 @@ impl Store {
         if let Ok(d) = File::open(&entry.dir) {
             let _ = d.sync_all();
         }
-        let _ = self.inner.events.send(StoreEvent::Stored(updated.clone()));
+        let _ = self.inner.events.send(StoreEvent::Stored {
+            entry: updated.clone(),
+            announce,
+        });
         Ok(Some(updated))
     }
 
@@ -590,7 +605,7 @@ impl Store {
         for e in targets.iter().filter(|e| !e.meta.invalidated) {
             let mut meta = e.meta.clone();
             meta.invalidated = true;
-            match self.update_meta(e, meta) {
+            match self.update_meta(e, meta, false) {
                 Ok(Some(_)) => marked += 1,
                 Ok(None) => {}
                 Err(err) => self
@@ -600,6 +615,57 @@ impl Store {
             }
         }
         marked + targets.iter().filter(|e| e.meta.invalidated).count()
+    }
+
+    /// Applies a purge recorded by another node: entries stored at or before `before` (unix
+    /// seconds) that match are removed, or marked stale when `soft`. `key`/`tag` `None` for
+    /// both means every entry. Returns how many were affected. Blocking.
+    pub fn apply_purge(
+        &self,
+        key: Option<&CacheKey>,
+        tag: Option<&str>,
+        soft: bool,
+        before: u64,
+    ) -> usize {
+        let targets: Vec<Arc<Entry>> = {
+            let idx = self.index();
+            let candidates: Vec<&Arc<Entry>> = match (key, tag) {
+                (Some(k), _) => idx
+                    .pages
+                    .get(k)
+                    .map(|v| v.iter().collect())
+                    .unwrap_or_default(),
+                (None, Some(t)) => idx
+                    .pages
+                    .values()
+                    .flatten()
+                    .filter(|e| e.meta.tags.iter().any(|x| x == t))
+                    .collect(),
+                (None, None) => idx.pages.values().flatten().collect(),
+            };
+            candidates
+                .into_iter()
+                .filter(|e| e.meta.stored_at <= before)
+                .cloned()
+                .collect()
+        };
+        if soft {
+            let mut marked = 0;
+            for e in targets.iter().filter(|e| !e.meta.invalidated) {
+                let mut meta = e.meta.clone();
+                meta.invalidated = true;
+                if let Ok(Some(_)) = self.update_meta(e, meta, false) {
+                    marked += 1;
+                }
+            }
+            return marked;
+        }
+        let removed: Vec<Arc<Entry>> = {
+            let mut idx = self.index();
+            targets.into_iter().filter(|e| idx.remove(e)).collect()
+        };
+        self.forget(&removed);
+        removed.len()
     }
 
     /// Unlinks the files of entries already taken out of the index.
@@ -784,11 +850,13 @@ mod tests {
     }
 
     async fn fill(store: &Store, rx: &mut mpsc::UnboundedReceiver<StoreEvent>, body: &[u8]) {
-        let mut f = store.begin_fill(sample(), u64::MAX);
+        let mut f = store.begin_fill(sample(), u64::MAX, true);
         f.push(&Bytes::copy_from_slice(body));
         f.finish();
         match rx.recv().await.unwrap() {
-            StoreEvent::Stored(e) => assert_eq!(e.meta.body_len, body.len() as u64),
+            StoreEvent::Stored { entry, .. } => {
+                assert_eq!(entry.meta.body_len, body.len() as u64)
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -820,7 +888,7 @@ mod tests {
     async fn dropped_fill_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _rx) = open(dir.path());
-        let mut f = store.begin_fill(sample(), u64::MAX);
+        let mut f = store.begin_fill(sample(), u64::MAX, true);
         f.push(&Bytes::from_static(b"partial"));
         drop(f);
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -1,0 +1,332 @@
+//! Edge warming: every node fetches, from the origin, the pages the shared manifest lists
+//! and it does not hold, so a miss on one edge warms all the others.
+//!
+//! A background task watches the manifest for changes (SQLite's `data_version`, which moves
+//! when another connection — another local node, or LiteFS replication — commits, and the
+//! LiteFS TXID when on LiteFS), then runs a *pass*: list the rows, keep the fresh ones this
+//! node lacks, and fetch them with the recorded request headers (so `Host` and `Vary`
+//! variants are right) through [`crate::proxy::fill_page`], which is the miss path itself and
+//! is coalesced with client misses. Fetches are bounded by a concurrency limit and a
+//! per-origin rate, and retried. The same task applies purge tombstones other nodes recorded.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::admin::variant_of;
+use crate::app::{page_row, App};
+use crate::cache::key::CacheKey;
+use crate::manifest::{PageRow, Purge};
+use crate::proxy::{fill_page, unix_now, FillResult};
+
+/// The counts of one pass.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PassReport {
+    /// Rows in the manifest.
+    pub listed: usize,
+    /// Rows this node lacked (fresh, routable).
+    pub candidates: usize,
+    /// Pages fetched and stored.
+    pub fetched: usize,
+    /// Pages skipped: already held, being fetched by another request, expired, or not
+    /// storable when fetched.
+    pub skipped: usize,
+    /// Pages whose fetch failed after retries.
+    pub failed: usize,
+    /// How long the pass took.
+    pub duration_ms: u64,
+    /// When it finished, unix seconds.
+    pub finished_at: u64,
+}
+
+/// Live state of the populate task, for `/_caje/status`.
+#[derive(Default)]
+pub struct Populate {
+    /// Wakes the task for an immediate pass.
+    wake: Notify,
+    /// Serialises passes (the background task, the admin endpoint, the CLI).
+    running: tokio::sync::Mutex<()>,
+    passes: AtomicU64,
+    in_progress_done: AtomicUsize,
+    in_progress_total: AtomicUsize,
+    tombstones_applied: AtomicU64,
+    last: Mutex<Option<PassReport>>,
+    /// Next time each origin may be sent a populate request (per-origin rate limit).
+    next_slot: Mutex<HashMap<String, Instant>>,
+}
+
+/// A snapshot of [`Populate`] for the status endpoint.
+#[derive(Debug, Serialize)]
+pub struct PopulateStatus {
+    /// Passes completed.
+    pub passes: u64,
+    /// `[done, total]` of the pass in progress, if any.
+    pub in_progress: Option<[usize; 2]>,
+    /// Tombstones from other nodes applied to this node's disk.
+    pub tombstones_applied: u64,
+    /// The last completed pass.
+    pub last_pass: Option<PassReport>,
+}
+
+impl Populate {
+    /// Asks the background task for a pass now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// A snapshot for status output.
+    pub fn status(&self) -> PopulateStatus {
+        let total = self.in_progress_total.load(Ordering::Relaxed);
+        PopulateStatus {
+            passes: self.passes.load(Ordering::Relaxed),
+            in_progress: (total > 0)
+                .then(|| [self.in_progress_done.load(Ordering::Relaxed), total]),
+            tombstones_applied: self.tombstones_applied.load(Ordering::Relaxed),
+            last_pass: self.last.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+
+    /// Waits for this origin's next rate-limit slot.
+    async fn rate_limit(&self, origin: &str, per_sec: f64) {
+        if per_sec <= 0.0 {
+            return;
+        }
+        let gap = Duration::from_secs_f64(1.0 / per_sec);
+        let at = {
+            let mut slots = self.next_slot.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let slot = slots.entry(origin.to_owned()).or_insert(now);
+            let at = (*slot).max(now);
+            *slot = at + gap;
+            at
+        };
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+/// The request headers a manifest row recorded (its Vary values), for refetching it.
+fn row_headers(row: &PageRow) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in variant_of(row).0 {
+        if let (Ok(n), Some(Ok(v))) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            value.map(|v| HeaderValue::from_str(&v)),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    headers
+}
+
+/// Runs one pass now: fetches every fresh manifest page this node lacks. `progress` is
+/// called with (done, total) as fetches finish.
+pub async fn pass(app: &Arc<App>, progress: &(dyn Fn(usize, usize) + Sync)) -> PassReport {
+    let pop = &app.populate;
+    let _running = pop.running.lock().await;
+    let started = Instant::now();
+    let mut report = PassReport::default();
+    let rows = match app.manifest.list().await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!("populate: cannot read the manifest: {e}");
+            return report;
+        }
+    };
+    report.listed = rows.len();
+    let now = unix_now() as i64;
+    let candidates: Vec<PageRow> = rows
+        .into_iter()
+        .filter(|row| {
+            let key = CacheKey {
+                host: row.host.clone(),
+                path: row.path.clone(),
+            };
+            row.method == "GET"
+                && row.expires_at > now
+                && !app.store.holds(&key, &variant_of(row))
+                && app.origins.route(&row.host).is_some()
+        })
+        .collect();
+    report.candidates = candidates.len();
+    let total = candidates.len();
+    pop.in_progress_total.store(total, Ordering::Relaxed);
+    pop.in_progress_done.store(0, Ordering::Relaxed);
+    let cfg = &app.config.populate;
+    let limit = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for row in candidates {
+        let app = app.clone();
+        let limit = limit.clone();
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            fetch_with_retries(&app, &row).await
+        });
+    }
+    let mut done = 0;
+    while let Some(result) = tasks.join_next().await {
+        done += 1;
+        pop.in_progress_done.store(done, Ordering::Relaxed);
+        progress(done, total);
+        match result {
+            Ok(FillResult::Stored) => report.fetched += 1,
+            Ok(FillResult::Failed(_)) | Err(_) => report.failed += 1,
+            Ok(_) => report.skipped += 1,
+        }
+    }
+    pop.in_progress_total.store(0, Ordering::Relaxed);
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    report.finished_at = unix_now();
+    pop.passes.fetch_add(1, Ordering::Relaxed);
+    if report.candidates > 0 {
+        tracing::info!(
+            fetched = report.fetched,
+            skipped = report.skipped,
+            failed = report.failed,
+            ms = report.duration_ms,
+            "populate pass"
+        );
+    }
+    *pop.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
+    report
+}
+
+async fn fetch_with_retries(app: &Arc<App>, row: &PageRow) -> FillResult {
+    let cfg = &app.config.populate;
+    let origin = app
+        .origins
+        .route(&row.host)
+        .map_or_else(String::new, |o| o.url.clone());
+    let mut attempt = 0;
+    loop {
+        app.populate.rate_limit(&origin, cfg.rate_per_origin).await;
+        let result = fill_page(app, &row.host, &row.path, row_headers(row)).await;
+        match &result {
+            FillResult::Failed(why) if attempt < cfg.retries => {
+                attempt += 1;
+                tracing::debug!(host = %row.host, path = %row.path, attempt, "populate fetch failed, retrying: {why}");
+                tokio::time::sleep(Duration::from_millis(200 << attempt.min(6))).await;
+            }
+            FillResult::Failed(why) => {
+                tracing::warn!(host = %row.host, path = %row.path, "populate fetch failed: {why}");
+                return result;
+            }
+            _ => return result,
+        }
+    }
+}
+
+/// Applies the tombstones recorded after `cursor` to this node's disk; returns the new cursor.
+async fn apply_tombstones(app: &Arc<App>, cursor: i64) -> i64 {
+    let tombstones = match app.manifest.tombstones_since(cursor).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("populate: cannot read tombstones: {e}");
+            return cursor;
+        }
+    };
+    let mut next = cursor;
+    for (id, t) in tombstones {
+        next = next.max(id);
+        let store = app.store.clone();
+        let before = t.created_at.max(0) as u64;
+        let soft = t.soft;
+        let affected = tokio::task::spawn_blocking(move || match &t.kind {
+            Purge::Url { host, path } => store.apply_purge(
+                Some(&CacheKey {
+                    host: host.clone(),
+                    path: path.clone(),
+                }),
+                None,
+                soft,
+                before,
+            ),
+            Purge::Tag(tag) => store.apply_purge(None, Some(tag), soft, before),
+            Purge::All => store.apply_purge(None, None, soft, before),
+        })
+        .await
+        .unwrap_or(0);
+        if affected > 0 {
+            app.populate
+                .tombstones_applied
+                .fetch_add(1, Ordering::Relaxed);
+            app.stats
+                .purged
+                .fetch_add(affected as u64, Ordering::Relaxed);
+            tracing::info!(id, affected, "applied a purge from the manifest");
+        }
+    }
+    next
+}
+
+/// Re-announces every entry on this node's disk to the manifest, so rows lost (a LiteFS
+/// primary that died before replicating, a cleared manifest) come back. Rows that are
+/// already right are not rewritten.
+pub async fn reconcile(app: &Arc<App>) -> usize {
+    let entries = app.store.entries();
+    let mut tasks = tokio::task::JoinSet::new();
+    for entry in &entries {
+        let manifest = app.manifest.clone();
+        let row = page_row(entry);
+        tasks.spawn(async move { manifest.upsert(row).await });
+    }
+    let mut failed = 0;
+    while let Some(r) = tasks.join_next().await {
+        if !matches!(r, Ok(Ok(_))) {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        tracing::warn!(failed, "reconcile: some rows could not be re-announced");
+    }
+    tracing::info!(
+        entries = entries.len(),
+        "reconciled this node's cache with the manifest"
+    );
+    entries.len()
+}
+
+/// The background task: reconcile once, then apply tombstones and run a pass whenever the
+/// manifest changes, when woken, and at least every `populate.interval_secs`.
+pub async fn run(app: Arc<App>) {
+    reconcile(&app).await;
+    let cfg = app.config.populate.clone();
+    let poll = Duration::from_millis(cfg.poll_ms.max(50));
+    let full_every = Duration::from_secs(cfg.interval_secs.max(1));
+    let mut last_version = None;
+    let mut last_txid = None;
+    let mut last_pass = Instant::now() - full_every;
+    let mut cursor = 0i64;
+    let mut last_expiry = Instant::now();
+    loop {
+        let version = app.manifest.data_version().await.ok();
+        let txid = app.manifest.txid().await;
+        let changed = version != last_version || txid != last_txid;
+        last_version = version;
+        last_txid = txid;
+        if changed || last_pass.elapsed() >= full_every {
+            cursor = apply_tombstones(&app, cursor).await;
+            if cfg.enabled {
+                pass(&app, &|_, _| {}).await;
+            }
+            last_pass = Instant::now();
+        }
+        if last_expiry.elapsed() >= Duration::from_secs(600) {
+            last_expiry = Instant::now();
+            if let Err(e) = app.manifest.expire_tombstones(unix_now() as i64).await {
+                tracing::debug!("expiring tombstones: {e}");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            () = app.populate.wake.notified() => {
+                // Forced: treat as changed.
+                last_version = None;
+            }
+        }
+    }
+}
