@@ -127,7 +127,8 @@ pub struct ManifestConfig {
     pub flush_interval_ms: u64,
     /// Most rows written in one transaction.
     pub max_batch: usize,
-    /// Most write operations queued; beyond it new rows are dropped and counted.
+    /// Most write operations queued; beyond it new writes are refused (counted and logged as
+    /// overflow). Queued writes are never dropped.
     pub max_queue: usize,
     /// Longest wait for the LiteFS HALT lock before a flush is retried.
     pub halt_timeout_ms: u64,

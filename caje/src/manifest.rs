@@ -622,7 +622,8 @@ impl Manifest {
     /// manifest from a newer caje, [`ManifestError::Open`] for anything that is not a database,
     /// [`ManifestError::Litefs`] / [`ManifestError::Halt`] when LiteFS mode cannot be set up or
     /// a needed migration cannot take HALT.
-    pub fn open_with(path: &Path, options: ManifestOptions) -> Result<Manifest, ManifestError> {
+    pub fn open_with(path: &Path, mut options: ManifestOptions) -> Result<Manifest, ManifestError> {
+        options.max_batch = options.max_batch.max(1);
         let litefs = litefs_database(path, options.litefs)?;
         if let Some(db) = &litefs {
             tracing::info!(
@@ -852,7 +853,11 @@ impl Manifest {
             return Err(ManifestError::QueueFull);
         }
         let (reply, answer) = oneshot::channel();
-        if self.commands.send(Command::Write(op(reply))).is_err() {
+        if self
+            .commands
+            .send(Command::Write(Box::new(op(reply))))
+            .is_err()
+        {
             shared.pending.fetch_sub(1, Ordering::SeqCst);
             return Err(ManifestError::Closed);
         }
@@ -959,7 +964,8 @@ impl LogLimit {
 type Reply<T> = oneshot::Sender<Result<T, ManifestError>>;
 
 enum Command {
-    Write(WriteOp),
+    /// Boxed: a write is much larger than a read's reply, and it waits in the queue.
+    Write(Box<WriteOp>),
     List(Reply<Vec<PageRow>>),
     Count(Reply<u64>),
     DataVersion(Reply<i64>),
@@ -1014,8 +1020,9 @@ impl<I, T> Slot<I, T> {
     /// Answers the caller with its outcome, or with `error` when it has none (its transaction
     /// did not commit because of it).
     fn finish(self, error: Option<ManifestError>) {
-        // A send fails only if the caller stopped waiting; the write stands regardless. Neither
-        // an outcome nor an error cannot happen; the dropped reply then reads as `Closed`.
+        // A send fails only if the caller stopped waiting; the write stands regardless. Having
+        // neither an outcome nor an error cannot happen; the dropped reply would read as
+        // `Closed` rather than hang the caller.
         if let Some(outcome) = self.outcome.or(error.map(Err)) {
             drop(self.reply.send(outcome));
         }
@@ -1344,7 +1351,7 @@ struct Owner {
 }
 
 struct Queued {
-    op: WriteOp,
+    op: Box<WriteOp>,
     /// When it was queued: the batch it starts is due `flush_interval` later.
     since: Instant,
 }
@@ -1480,8 +1487,8 @@ impl Owner {
         }
     }
 
-    fn enqueue(&mut self, mut op: WriteOp) {
-        if let WriteOp::Upsert(slot) = &mut op {
+    fn enqueue(&mut self, mut op: Box<WriteOp>) {
+        if let WriteOp::Upsert(slot) = &mut *op {
             self.stats.upserts += 1;
             // Repeated fills of an unchanged page must not write (nor take the write lock or
             // HALT, a round trip to the primary). With nothing queued before it, answering now
@@ -1500,7 +1507,7 @@ impl Owner {
     }
 
     /// Sends a write's answer and stops counting it as pending.
-    fn answer(&self, op: WriteOp, error: Option<ManifestError>) {
+    fn answer(&self, op: Box<WriteOp>, error: Option<ManifestError>) {
         op.finish(error);
         self.shared.pending.fetch_sub(1, Ordering::SeqCst);
     }
@@ -1515,7 +1522,7 @@ impl Owner {
     /// Writes the oldest batch. On failure the batch stays queued and the next attempt is
     /// scheduled with backoff.
     fn flush(&mut self) {
-        let n = self.pending.len().min(self.options.max_batch.max(1));
+        let n = self.pending.len().min(self.options.max_batch);
         if n == 0 {
             return;
         }
@@ -1525,7 +1532,7 @@ impl Owner {
         if self.all_identical(n) {
             self.stats.skipped_batches += 1;
             for queued in self.pending.iter_mut().take(n) {
-                if let WriteOp::Upsert(slot) = &mut queued.op {
+                if let WriteOp::Upsert(slot) = &mut *queued.op {
                     slot.outcome = Some(Ok(Upsert::Unchanged));
                 }
             }
@@ -1704,7 +1711,7 @@ impl Owner {
 
     /// Whether the oldest `n` queued writes are all upserts identical to their stored rows.
     fn all_identical(&self, n: usize) -> bool {
-        self.pending.iter().take(n).all(|queued| match &queued.op {
+        self.pending.iter().take(n).all(|queued| match &*queued.op {
             WriteOp::Upsert(slot) => self.is_identical(&slot.input),
             _ => false,
         })
@@ -3011,6 +3018,8 @@ mod tests {
     /// What `F_OFD_GETLK` on the HALT byte reports: (kind, pid) of a holder.
     type Holder = Option<(ofd::LockKind, i32)>;
 
+    type Hook = Arc<dyn Fn() + Send + Sync>;
+
     /// A plain directory whose `.primary` names another node: in `litefs = "on"` mode, a
     /// simulated replica.
     fn replica_dir() -> tempfile::TempDir {
@@ -3064,7 +3073,7 @@ mod tests {
     }
 
     /// An `on_flush` hook recording [`halt_holder`] inside every write transaction.
-    fn recording_hook(db: &Path) -> (Arc<dyn Fn() + Send + Sync>, Arc<Mutex<Vec<Holder>>>) {
+    fn recording_hook(db: &Path) -> (Hook, Arc<Mutex<Vec<Holder>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (db, record) = (db.to_owned(), Arc::clone(&seen));
         let hook = move || record.lock().unwrap().push(halt_holder(&db));

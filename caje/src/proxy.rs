@@ -285,10 +285,19 @@ async fn revalidate_in_background(ctx: &Ctx, entry: Arc<Entry>, leader: Leader) 
         }
         return;
     }
-    let (_res, tee) = respond_from_origin(ctx, rparts, rbody, Forward::Stale, Some(leader));
-    if let Some(tee) = tee {
-        tee.drain().await;
+    let answer = respond_from_origin(ctx, rparts, rbody, Forward::Stale, Some(leader));
+    drain(answer.response).await;
+}
+
+/// Reads a response body to its end without a client (background fills).
+async fn drain(response: Response<Body>) -> bool {
+    let mut body = response.into_body();
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            return false;
+        }
     }
+    true
 }
 
 /// The leader's path: one origin request for everyone waiting on this URL.
@@ -340,40 +349,28 @@ async fn lead(
             }
         }
     }
-    let (res, tee) = respond_from_origin(ctx, rparts, rbody, fwd, Some(leader));
-    match tee {
-        Some(tee) => res.map(|_| tee.boxed()),
-        None => res,
-    }
+    respond_from_origin(ctx, rparts, rbody, fwd, Some(leader)).response
 }
 
-/// Turns an origin response into the client's response, deciding whether to store it and
-/// publishing the result to the flight's waiters. Returns the response (with an empty body
-/// placeholder when a tee is returned) and the tee to attach.
+/// An origin response turned into the client's response.
+struct Answer {
+    /// The response, with its body attached.
+    response: Response<Body>,
+    /// Whether it is being stored, or why not.
+    stored: Result<(), NotStorable>,
+    /// The fill's progress, when it is being stored.
+    progress: Option<tokio::sync::watch::Receiver<FillProgress>>,
+}
+
+/// Turns an origin response into the client's response: decides whether to store it,
+/// starts the fill, and publishes the result to the flight's waiters.
 fn respond_from_origin(
-    ctx: &Ctx,
-    rparts: http::response::Parts,
-    rbody: Incoming,
-    fwd: Forward,
-    leader: Option<Leader>,
-) -> (Response<Body>, Option<Tee>) {
-    let (res, tee, _, _) = respond_from_origin_stored(ctx, rparts, rbody, fwd, leader);
-    (res, tee)
-}
-
-/// [`respond_from_origin`], also saying whether the response is being stored.
-fn respond_from_origin_stored(
     ctx: &Ctx,
     mut rparts: http::response::Parts,
     rbody: Incoming,
     fwd: Forward,
     leader: Option<Leader>,
-) -> (
-    Response<Body>,
-    Option<Tee>,
-    Result<(), NotStorable>,
-    Option<tokio::sync::watch::Receiver<FillProgress>>,
-) {
+) -> Answer {
     let app = &ctx.app;
     let content_length = rparts
         .headers
@@ -453,12 +450,11 @@ fn respond_from_origin_stored(
         app.config.origin_timeouts.body_idle(),
         app.stats.clone(),
     );
-    (
-        Response::from_parts(rparts, body::empty()),
-        Some(tee),
+    Answer {
+        response: Response::from_parts(rparts, tee.boxed()),
         stored,
         progress,
-    )
+    }
 }
 
 /// What a fill without a client ([`fill_page`]) did.
@@ -538,11 +534,12 @@ pub async fn fill_page(
     };
     let (mut rparts, rbody) = res.into_parts();
     headers::strip_hop_by_hop(&mut rparts.headers);
-    let (_, tee, stored, progress) =
-        respond_from_origin_stored(&ctx, rparts, rbody, Forward::UriMiss, Some(leader));
-    if let Some(tee) = tee {
-        tee.drain().await;
-    }
+    let Answer {
+        response,
+        stored,
+        progress,
+    } = respond_from_origin(&ctx, rparts, rbody, Forward::UriMiss, Some(leader));
+    drain(response).await;
     if let Err(why) = stored {
         return FillResult::NotStored(why.as_str());
     }
@@ -615,11 +612,7 @@ async fn forward(
         );
         return Response::from_parts(rparts, tee.boxed());
     }
-    let (res, tee) = respond_from_origin(ctx, rparts, rbody, fwd, None);
-    match tee {
-        Some(tee) => res.map(|_| tee.boxed()),
-        None => res,
-    }
+    respond_from_origin(ctx, rparts, rbody, fwd, None).response
 }
 
 /// POST, PUT, DELETE, PATCH and the rest: forwarded; a success invalidates the target URI
