@@ -55,6 +55,11 @@ pub fn normalize_path(raw: &str) -> String {
 
 /// Whether a raw request path addresses the admin API.
 pub fn is_admin_path(raw: &str) -> bool {
+    // Fast path for almost every request: without an escape, only a literal `_caje` segment
+    // can normalise to the admin prefix.
+    if !raw.contains('%') && !raw.contains("_caje") {
+        return false;
+    }
     let p = normalize_path(raw);
     p == PREFIX || p.starts_with("/_caje/")
 }

@@ -162,7 +162,8 @@ pub async fn respond(
     age: u64,
     outcome: Outcome,
 ) -> Result<Response<Body>, HitError> {
-    let (status, mut headers) = entry.meta.response_head();
+    let (status, headers) = entry.head();
+    let (status, mut headers) = (*status, headers.clone());
     headers.remove("surrogate-key");
     headers.insert(header::AGE, HeaderValue::from(age));
     headers::append_via(&mut headers);

@@ -231,7 +231,7 @@ async fn stale_while_revalidate(
     now: SystemTime,
 ) -> Option<Response<Body>> {
     let app = &ctx.app;
-    let rules = policy::stale_rules(&entry.meta.response_head().1, &app.policy);
+    let rules = policy::stale_rules(&entry.head().1, &app.policy);
     let window = rules.while_revalidate?;
     let stale_for = hit::stale_secs(entry, now);
     if rules.forbidden || entry.meta.invalidated || stale_for > window.as_secs() as i64 {
@@ -755,7 +755,7 @@ async fn serve_stale_on_error(
 ) -> Option<Response<Body>> {
     let app = &ctx.app;
     let now = SystemTime::now();
-    let rules = policy::stale_rules(&entry.meta.response_head().1, &app.policy);
+    let rules = policy::stale_rules(&entry.head().1, &app.policy);
     if rules.forbidden {
         return None;
     }

@@ -308,6 +308,19 @@ pub fn freshness(
     now: SystemTime,
     opts: &PolicyOptions,
 ) -> Freshness {
+    if !opts.honor_client_no_cache {
+        // Without the client's directives, `before_request` reduces to "not stale" (the
+        // caller matched URL, host and Vary variant already), and skips building a whole
+        // response head per hit.
+        return if policy.is_stale(now) {
+            Freshness::Stale
+        } else {
+            Freshness::Fresh {
+                age: policy.age(now),
+                ttl: policy.time_to_live(now),
+            }
+        };
+    }
     let lookup = lookup_request(req, host, opts);
     match policy.before_request(&lookup, now) {
         BeforeRequest::Fresh(_) => Freshness::Fresh {

@@ -63,9 +63,26 @@ pub struct Entry {
     pub name: String,
     /// Directory holding the meta and body files.
     dir: PathBuf,
+    /// The response head decoded once, so a hit does not rebuild it from bytes.
+    head: (http::StatusCode, HeaderMap),
 }
 
 impl Entry {
+    fn new(meta: EntryMeta, name: String, dir: PathBuf) -> Entry {
+        let head = meta.response_head();
+        Entry {
+            meta,
+            name,
+            dir,
+            head,
+        }
+    }
+
+    /// The stored status and headers, as served.
+    pub fn head(&self) -> &(http::StatusCode, HeaderMap) {
+        &self.head
+    }
+
     /// Path of the body file.
     pub fn body_path(&self) -> PathBuf {
         self.dir.join(&self.meta.body_file)
@@ -464,11 +481,7 @@ impl Store {
             let _ = fs::remove_file(&tmp_meta);
             return Err(e);
         }
-        let entry = Arc::new(Entry {
-            meta,
-            name: name.to_owned(),
-            dir: dir.to_owned(),
-        });
+        let entry = Arc::new(Entry::new(meta, name.to_owned(), dir.to_owned()));
         let evicted = {
             let _commit = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
             fs::rename(tmp_body, entry.body_path())?;
@@ -527,11 +540,7 @@ impl Store {
             let _ = fs::remove_file(&tmp_meta);
             return Err(e);
         }
-        let updated = Arc::new(Entry {
-            meta,
-            name: entry.name.clone(),
-            dir: entry.dir.clone(),
-        });
+        let updated = Arc::new(Entry::new(meta, entry.name.clone(), entry.dir.clone()));
         {
             let _commit = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
             let mut idx = self.index();
@@ -739,11 +748,7 @@ impl Store {
                     Ok(meta) if entry_name(&meta.key(), &meta.variant) == name => {
                         referenced.insert(meta.body_file.clone());
                         self.index().insert(
-                            Arc::new(Entry {
-                                meta,
-                                name: name.to_owned(),
-                                dir: dir.to_owned(),
-                            }),
+                            Arc::new(Entry::new(meta, name.to_owned(), dir.to_owned())),
                             usize::MAX,
                         );
                         loaded += 1;
