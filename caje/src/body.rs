@@ -85,6 +85,8 @@ pub struct Tee {
     idle: Duration,
     timer: Pin<Box<Sleep>>,
     stats: Arc<Stats>,
+    /// Since when the tee has been waiting for the disk writer (backpressure).
+    waiting_for_disk: Option<Instant>,
 }
 
 impl Tee {
@@ -104,6 +106,7 @@ impl Tee {
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
             stats,
+            waiting_for_disk: None,
         }
     }
 
@@ -142,6 +145,7 @@ impl Drop for Tee {
             idle: self.idle,
             timer: Box::pin(tokio::time::sleep(self.idle)),
             stats: self.stats.clone(),
+            waiting_for_disk: None,
         };
         // Drop can run outside a runtime (at shutdown); then the partial fill is discarded.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -162,6 +166,23 @@ impl HttpBody for Tee {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
+        // Backpressure: while the disk writer is far behind, stop reading from the origin
+        // (memory stays bounded). A disk stuck for longer than the body idle timeout loses
+        // the fill instead of the client losing the response.
+        if let Some(fill) = &this.fill {
+            if fill.poll_ready(cx).is_pending() {
+                let since = *this.waiting_for_disk.get_or_insert_with(Instant::now);
+                if since.elapsed() < this.idle && this.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.stats
+                    .store_failed("writer", &"the disk fell behind the origin for too long");
+                this.fill = None;
+                let deadline = Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+            }
+        }
+        this.waiting_for_disk = None;
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {

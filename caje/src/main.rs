@@ -140,8 +140,7 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
     let app = App::start(config).await.context("starting caje")?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = caje::server::bind(listen)
         .with_context(|| format!("cannot listen on {listen} (is another process using it?)"))?;
     let local = listener.local_addr().context("reading the bound address")?;
     // Tests and scripts read this line to find the port; print it only once serving.
@@ -157,11 +156,7 @@ async fn populate_once(config: Config) -> anyhow::Result<()> {
     caje::populate::reconcile(&app).await;
     let progress = |done: usize, total: usize| {
         let width = 40;
-        let filled = if total == 0 {
-            width
-        } else {
-            done * width / total
-        };
+        let filled = (done * width).checked_div(total).unwrap_or(width);
         eprint!(
             "\rpopulate [{}{}] {done}/{total}",
             "=".repeat(filled),

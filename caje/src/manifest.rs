@@ -1091,26 +1091,25 @@ impl WriteOp {
             ),
             WriteOp::RemoveRows(slot) => slot.run(
                 Op::Purge,
-                |target| select_rows(tx, target, true),
+                |target| select_rows(tx, target, RowAction::Delete),
                 |_, rows| rows.len() as u64,
             ),
             WriteOp::Purge(slot) => slot.run(
                 Op::Purge,
                 |tombstone| {
                     let sp = tx.savepoint()?;
-                    let rows = select_rows(&sp, &tombstone.kind, !tombstone.soft)?;
+                    let action = if tombstone.soft {
+                        RowAction::Expire(tombstone.created_at)
+                    } else {
+                        RowAction::Delete
+                    };
+                    let rows = select_rows(&sp, &tombstone.kind, action)?;
                     let tombstone_id = insert_tombstone(&sp, tombstone)?;
                     sp.commit()?;
                     Ok(PurgeOutcome { rows, tombstone_id })
                 },
-                // A soft purge only adds its tombstone.
-                |tombstone, outcome| {
-                    if tombstone.soft {
-                        1
-                    } else {
-                        outcome.rows.len() as u64 + 1
-                    }
-                },
+                // The matching rows (deleted, or expired by a soft purge) and the tombstone.
+                |_, outcome| outcome.rows.len() as u64 + 1,
             ),
             WriteOp::AddTombstone(slot) => slot.run(
                 Op::AddTombstone,
@@ -1838,7 +1837,21 @@ fn tombstone_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Tombsto
 
 /// The pages a purge target matches, in list order, deleting them when `delete`. Both
 /// statements run in the caller's write transaction, so they see the same rows.
-fn select_rows(conn: &Connection, target: &Purge, delete: bool) -> rusqlite::Result<Vec<PageRow>> {
+/// What a purge does to the rows it matches.
+#[derive(Debug, Clone, Copy)]
+enum RowAction {
+    /// Delete them (hard purges, `remove_page`, `remove_tag`).
+    Delete,
+    /// Soft purge: keep them, but expired as of this time (unix seconds), so every node
+    /// lists them as stale and none warms them from the manifest.
+    Expire(i64),
+}
+
+fn select_rows(
+    conn: &Connection,
+    target: &Purge,
+    action: RowAction,
+) -> rusqlite::Result<Vec<PageRow>> {
     let (filter, args): (&str, Vec<String>) = match target {
         Purge::Url { host, path } => ("host = ?1 AND path = ?2", vec![host.clone(), path.clone()]),
         // Exact token match on the canonical form; see the module docs.
@@ -1850,9 +1863,28 @@ fn select_rows(conn: &Connection, target: &Purge, delete: bool) -> rusqlite::Res
         .prepare_cached(&sql)?
         .query_map(params_from_iter(&args), page_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    if delete && !rows.is_empty() {
-        conn.prepare_cached(&format!("DELETE FROM pages WHERE {filter}"))?
-            .execute(params_from_iter(&args))?;
+    if rows.is_empty() {
+        return Ok(rows);
+    }
+    match action {
+        RowAction::Delete => {
+            conn.prepare_cached(&format!("DELETE FROM pages WHERE {filter}"))?
+                .execute(params_from_iter(&args))?;
+        }
+        RowAction::Expire(at) => {
+            // `?N` after the filter's own parameters.
+            let n = args.len() + 1;
+            let mut all: Vec<rusqlite::types::Value> = args
+                .iter()
+                .cloned()
+                .map(rusqlite::types::Value::Text)
+                .collect();
+            all.push(rusqlite::types::Value::Integer(at));
+            conn.prepare_cached(&format!(
+                "UPDATE pages SET expires_at = MIN(expires_at, ?{n}) WHERE {filter}"
+            ))?
+            .execute(params_from_iter(&all))?;
+        }
     }
     Ok(rows)
 }
@@ -2814,17 +2846,36 @@ mod tests {
         bounded(async {
             let dir = tempfile::tempdir().unwrap();
             let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
-            m.upsert(page("a.example", "/p")).await.unwrap();
-            m.upsert(page("b.example", "/q")).await.unwrap();
+            let far = 4_000_000_000;
+            m.upsert(PageRow {
+                expires_at: far,
+                ..page("a.example", "/p")
+            })
+            .await
+            .unwrap();
+            m.upsert(PageRow {
+                expires_at: far,
+                ..page("b.example", "/q")
+            })
+            .await
+            .unwrap();
             let before = m.stats().await.unwrap();
 
             let outcome = m.purge(Purge::All, true, 60).await.unwrap();
             assert_eq!(paths(&outcome.rows), ["/p", "/q"]);
             assert_eq!(m.count().await.unwrap(), 2);
+            // Kept, but expired as of the purge, so every node sees them stale.
+            let created = m.tombstones_since(0).await.unwrap()[0].1.created_at;
+            assert!(m
+                .list()
+                .await
+                .unwrap()
+                .iter()
+                .all(|r| r.expires_at <= created));
             let stats = m.stats().await.unwrap();
             assert_eq!(
                 (stats.write_transactions, stats.rows_written),
-                (before.write_transactions + 1, before.rows_written + 1)
+                (before.write_transactions + 1, before.rows_written + 3)
             );
             let tombstones = m.tombstones_since(0).await.unwrap();
             assert_eq!(tombstones.len(), 1);

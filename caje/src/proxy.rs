@@ -156,6 +156,10 @@ async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
         Join::Leader(leader) => lead(&ctx, body, fwd, stale, leader).await,
         Join::Bypass => forward(&ctx, Some(body), Forward::Miss, stale).await,
         Join::Waiter(mut rx) => {
+            // A request that arrives once the leader's response is already being written
+            // may find the body complete: then it is a hit on the new entry. One that waited
+            // through the origin fetch was collapsed onto it.
+            let joined_late = !matches!(*rx.borrow(), FlightState::Fetching);
             let settled = tokio::time::timeout_at(deadline, async {
                 // Clone inside: the watch guard must not live across an await.
                 rx.wait_for(|s| !matches!(s, FlightState::Fetching))
@@ -172,6 +176,25 @@ async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
                 FlightState::Streaming { head, progress }
                     if head.variant.matches(&ctx.parts.headers) =>
                 {
+                    // The leader's body may already be complete and only being committed
+                    // (fsync, rename): then this is a hit on the new entry, not a collapse.
+                    let done = if joined_late {
+                        committed_soon(&progress, &head, deadline).await
+                    } else {
+                        None
+                    };
+                    if let Some(entry) = done {
+                        let now = SystemTime::now();
+                        let ttl = policy::time_to_live(&entry.meta.policy, now).as_secs() as i64;
+                        let age = policy::age(&entry.meta.policy, now).as_secs();
+                        if let Ok(res) =
+                            hit::respond(&app.store, &entry, &ctx.parts, age, Outcome::hit(ttl))
+                                .await
+                        {
+                            Stats::incr(&app.stats.hits);
+                            return res;
+                        }
+                    }
                     Stats::incr(&app.stats.collapsed);
                     collapsed_response(&head, progress, fwd)
                 }
@@ -188,6 +211,34 @@ async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
             }
         }
     }
+}
+
+/// When a fill already holds the whole body (or is committed), waits for its commit and
+/// returns the entry; `None` while the body is still arriving or if the commit fails.
+async fn committed_soon(
+    progress: &tokio::sync::watch::Receiver<FillProgress>,
+    head: &SharedHead,
+    deadline: tokio::time::Instant,
+) -> Option<Arc<Entry>> {
+    let complete = match &*progress.borrow() {
+        FillProgress::Committed(e) => return Some(e.clone()),
+        FillProgress::Writing { written, .. } => head.content_length == Some(*written),
+        _ => false,
+    };
+    if !complete {
+        return None;
+    }
+    let mut rx = progress.clone();
+    let done = tokio::time::timeout_at(deadline, async {
+        rx.wait_for(|p| matches!(p, FillProgress::Committed(_) | FillProgress::Failed))
+            .await
+            .map(|p| match &*p {
+                FillProgress::Committed(e) => Some(e.clone()),
+                _ => None,
+            })
+    })
+    .await;
+    done.ok()?.ok()?
 }
 
 /// Serves a stored entry, falling back to the origin if it vanished or is corrupt.
@@ -934,6 +985,25 @@ pub fn check_request<B>(
                 limits.max_request_line_bytes
             ),
         ));
+    }
+    // hyper's own limit covers request line and headers together; this one is the header
+    // section alone, as configured (name, ": ", value, CRLF per field).
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        let mut res = local(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "caje: the request headers are larger than {} bytes\n",
+                limits.max_header_bytes
+            ),
+        );
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Some(res);
     }
     let cls: Vec<&HeaderValue> = req
         .headers()

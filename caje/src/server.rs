@@ -19,6 +19,24 @@ use crate::app::App;
 use crate::framing::{Scanner, Verdict, Watched};
 use crate::proxy;
 
+/// Connections the kernel queues before caje accepts them. tokio's default (128) overflows
+/// under a burst of new connections (a thundering herd on one cold URL), and each dropped SYN
+/// costs the client a 1 s retransmit.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the listening socket with `SO_REUSEADDR` and a deep accept queue.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves `listener` until `shutdown` completes, then stops accepting and waits up to
 /// `server.shutdown_grace_ms` for in-flight requests to finish.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {

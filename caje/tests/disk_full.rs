@@ -73,7 +73,7 @@ async fn full_disk_keeps_responses_whole_and_caching_resumes() {
         assert_eq!(tmp_files(&cache), 0, "partial entry left behind");
         // Not cached: the next request goes to the origin again, and is whole again.
         let again = node.get(&big).await;
-        assert_ne!(again.cache_status().is_hit(), true);
+        assert!(!again.cache_status().is_hit());
         support::assert_same_body(&again.body, &want, "second body");
 
         // Space is there for small objects: caching works without a restart.

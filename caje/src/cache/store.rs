@@ -31,9 +31,10 @@ use crate::stats::Stats;
 
 /// Top-level directory of the current layout inside `cache_dir`.
 const LAYOUT_DIR: &str = "v1";
-/// Bytes a fill may have queued for its writer before it is abandoned: a disk slower than the
-/// origin must not slow the client down or grow memory without bound.
-const MAX_INFLIGHT_BYTES: usize = 32 * 1024 * 1024;
+/// Bytes a fill may have queued for its writer before the tee waits for the disk: memory stays
+/// bounded, and a client is slowed to the disk's speed (as nginx's temp-file writes do) only
+/// while the disk is behind.
+const MAX_INFLIGHT_BYTES: usize = 8 * 1024 * 1024;
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -358,7 +359,7 @@ impl Store {
     /// is committed.
     pub fn begin_fill(&self, meta: EntryMeta, max_bytes: u64, announce: bool) -> Fill {
         let (tx, rx) = mpsc::unbounded_channel();
-        let inflight = Arc::new(AtomicUsize::new(0));
+        let inflight = Arc::new(Inflight::default());
         let store = self.clone();
         let writer_inflight = inflight.clone();
         let (progress, progress_rx) = watch::channel(FillProgress::Starting);
@@ -394,7 +395,7 @@ impl Store {
         &self,
         mut meta: EntryMeta,
         mut rx: mpsc::UnboundedReceiver<FillMsg>,
-        inflight: &AtomicUsize,
+        inflight: &Inflight,
         progress: &watch::Sender<FillProgress>,
         announce: bool,
     ) -> Option<Arc<Entry>> {
@@ -417,7 +418,7 @@ impl Store {
             loop {
                 match rx.blocking_recv() {
                     Some(FillMsg::Chunk(data)) => {
-                        inflight.fetch_sub(data.len(), Ordering::Relaxed);
+                        inflight.written(data.len());
                         file.write_all(&data)?;
                         crc.update(&data);
                         len += data.len() as u64;
@@ -776,6 +777,41 @@ impl Store {
     }
 }
 
+/// Bytes handed to a fill's writer and not yet written, with the tee's waker for when the
+/// writer catches up.
+#[derive(Default)]
+struct Inflight {
+    bytes: AtomicUsize,
+    waker: Mutex<Option<std::task::Waker>>,
+}
+
+impl Inflight {
+    /// The writer wrote `n` bytes; wakes the tee once the backlog is small again.
+    fn written(&self, n: usize) {
+        let left = self.bytes.fetch_sub(n, Ordering::AcqRel) - n;
+        if left <= MAX_INFLIGHT_BYTES / 2 {
+            if let Some(w) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        // A tee waiting on this fill must not wait forever once it is gone.
+        if let Some(w) = self
+            .inflight
+            .waker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            w.wake();
+        }
+    }
+}
+
 enum FillMsg {
     Chunk(Bytes),
     Finish,
@@ -788,7 +824,7 @@ enum FillMsg {
 pub struct Fill {
     progress: watch::Receiver<FillProgress>,
     tx: Option<mpsc::UnboundedSender<FillMsg>>,
-    inflight: Arc<AtomicUsize>,
+    inflight: Arc<Inflight>,
     bytes: u64,
     max_bytes: u64,
     stats: Arc<Stats>,
@@ -805,17 +841,29 @@ impl Fill {
             self.tx = None;
             return;
         }
-        if self.inflight.load(Ordering::Relaxed) > MAX_INFLIGHT_BYTES {
-            self.stats
-                .store_failed("writer", &"disk writes fell behind the origin");
-            self.tx = None;
-            return;
-        }
-        self.inflight.fetch_add(data.len(), Ordering::Relaxed);
+        self.inflight.bytes.fetch_add(data.len(), Ordering::Relaxed);
         if tx.send(FillMsg::Chunk(data.clone())).is_err() {
             // The writer failed (and counted it); stop feeding it.
             self.tx = None;
         }
+    }
+
+    /// Whether the writer can take more: `Pending` (with `cx` woken later) while more than
+    /// [`MAX_INFLIGHT_BYTES`] wait to be written. Always ready once the fill is abandoned.
+    pub fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.tx.is_none() || self.inflight.bytes.load(Ordering::Acquire) <= MAX_INFLIGHT_BYTES {
+            return std::task::Poll::Ready(());
+        }
+        *self
+            .inflight
+            .waker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        // Re-check after registering, so a wake between the load and the store is not lost.
+        if self.inflight.bytes.load(Ordering::Acquire) <= MAX_INFLIGHT_BYTES {
+            return std::task::Poll::Ready(());
+        }
+        std::task::Poll::Pending
     }
 
     /// Follows the writer's progress (for coalesced requests).
@@ -847,11 +895,19 @@ mod tests {
     use crate::cache::entry::tests::sample;
 
     fn open(dir: &Path) -> (Store, mpsc::UnboundedReceiver<StoreEvent>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (
-            Store::open(dir, 8, Arc::new(Stats::default()), tx).unwrap(),
-            rx,
-        )
+        // A writer thread of the previous store may still hold its handle (and so the
+        // directory lock) for a moment after its last event.
+        for _ in 0..100 {
+            let (tx, rx) = mpsc::unbounded_channel();
+            match Store::open(dir, 8, Arc::new(Stats::default()), tx) {
+                Ok(store) => return (store, rx),
+                Err(StoreError::Locked(_)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("cache dir still locked after 1 s");
     }
 
     async fn fill(store: &Store, rx: &mut mpsc::UnboundedReceiver<StoreEvent>, body: &[u8]) {
