@@ -174,7 +174,8 @@ async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
             };
             match state {
                 FlightState::Streaming { head, progress }
-                    if head.variant.matches(&ctx.parts.headers) =>
+                    if head.variant.matches(&ctx.parts.headers)
+                        && !matches!(*progress.borrow(), FillProgress::Failed) =>
                 {
                     // The leader's body may already be complete and only being committed
                     // (fsync, rename): then this is a hit on the new entry, not a collapse.
@@ -222,8 +223,10 @@ async fn committed_soon(
 ) -> Option<Arc<Entry>> {
     let complete = match &*progress.borrow() {
         FillProgress::Committed(e) => return Some(e.clone()),
-        FillProgress::Writing { written, .. } => head.content_length == Some(*written),
-        _ => false,
+        FillProgress::Failed => false,
+        _ => head
+            .body_complete
+            .load(std::sync::atomic::Ordering::Acquire),
     };
     if !complete {
         return None;
@@ -473,6 +476,7 @@ fn respond_from_origin(
                         headers: shared,
                         variant,
                         content_length,
+                        body_complete: fill.finished_flag(),
                     },
                     fill.progress(),
                 );

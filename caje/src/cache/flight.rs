@@ -33,6 +33,8 @@ pub struct SharedHead {
     pub variant: Variant,
     /// Declared body length, if any.
     pub content_length: Option<u64>,
+    /// True once the leader handed the whole body to the cache writer.
+    pub body_complete: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The state of one flight, as waiters see it.
@@ -172,9 +174,14 @@ impl Leader {
         let mut progress = progress;
         tokio::spawn(async move {
             // Ends when the fill is committed or fails (or its sender is gone).
-            let _ = progress
+            let committed = progress
                 .wait_for(|p| matches!(p, FillProgress::Committed(_) | FillProgress::Failed))
-                .await;
+                .await
+                .is_ok_and(|p| matches!(*p, FillProgress::Committed(_)));
+            if !committed {
+                // Requests joining from now on fetch on their own.
+                flight.state.send_replace(FlightState::Released);
+            }
             flights.finish(&key, &flight);
         });
     }

@@ -363,12 +363,19 @@ impl Store {
         let store = self.clone();
         let writer_inflight = inflight.clone();
         let (progress, progress_rx) = watch::channel(FillProgress::Starting);
+        let progress = Arc::new(progress);
+        let writer_progress = progress.clone();
         tokio::task::spawn_blocking(move || {
-            let committed = store.write_entry(meta, rx, &writer_inflight, &progress, announce);
-            progress.send_replace(committed.map_or(FillProgress::Failed, FillProgress::Committed));
+            let committed =
+                store.write_entry(meta, rx, &writer_inflight, &writer_progress, announce);
+            advance(
+                &writer_progress,
+                committed.map_or(FillProgress::Failed, FillProgress::Committed),
+            );
         });
         Fill {
             progress: progress_rx,
+            progress_tx: progress,
             tx: Some(tx),
             inflight,
             bytes: 0,
@@ -409,10 +416,13 @@ impl Store {
                 .create_new(true)
                 .open(&tmp_body)?;
             let path = Arc::new(tmp_body.clone());
-            progress.send_replace(FillProgress::Writing {
-                path: path.clone(),
-                written: 0,
-            });
+            advance(
+                progress,
+                FillProgress::Writing {
+                    path: path.clone(),
+                    written: 0,
+                },
+            );
             let mut crc = crc32fast::Hasher::new();
             let mut len = 0u64;
             loop {
@@ -422,10 +432,13 @@ impl Store {
                         file.write_all(&data)?;
                         crc.update(&data);
                         len += data.len() as u64;
-                        progress.send_replace(FillProgress::Writing {
-                            path: path.clone(),
-                            written: len,
-                        });
+                        advance(
+                            progress,
+                            FillProgress::Writing {
+                                path: path.clone(),
+                                written: len,
+                            },
+                        );
                     }
                     Some(FillMsg::Finish) => break,
                     // The fill was dropped or abandoned: the body is incomplete.
@@ -783,6 +796,8 @@ impl Store {
 struct Inflight {
     bytes: AtomicUsize,
     waker: Mutex<Option<std::task::Waker>>,
+    /// Set when the whole body has been handed to the writer (before it is written).
+    finished: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Inflight {
@@ -797,8 +812,23 @@ impl Inflight {
     }
 }
 
+/// Moves a fill's progress forward; `Failed` is final.
+fn advance(progress: &watch::Sender<FillProgress>, next: FillProgress) {
+    progress.send_if_modified(|p| {
+        if matches!(p, FillProgress::Failed) {
+            return false;
+        }
+        *p = next;
+        true
+    });
+}
+
 impl Drop for Fill {
     fn drop(&mut self) {
+        if self.tx.is_some() {
+            // Dropped before `finish`: the body will never be complete.
+            advance(&self.progress_tx, FillProgress::Failed);
+        }
         // A tee waiting on this fill must not wait forever once it is gone.
         if let Some(w) = self
             .inflight
@@ -823,6 +853,9 @@ enum FillMsg {
 /// what happens when the origin body fails or the client goes away.
 pub struct Fill {
     progress: watch::Receiver<FillProgress>,
+    /// Shared with the writer, so dropping an unfinished fill marks it failed at once (the
+    /// writer notices only when it next reads its channel).
+    progress_tx: Arc<watch::Sender<FillProgress>>,
     tx: Option<mpsc::UnboundedSender<FillMsg>>,
     inflight: Arc<Inflight>,
     bytes: u64,
@@ -831,20 +864,20 @@ pub struct Fill {
 }
 
 impl Fill {
-    /// Queues a chunk for the writer. Never blocks; abandons the fill when the object grows
-    /// beyond `max_bytes` or the writer falls too far behind or failed.
+    /// Queues a chunk for the writer. Never blocks (the tee waits on [`Fill::poll_ready`]
+    /// first); abandons the fill when the object grows beyond `max_bytes` or the writer failed.
     pub fn push(&mut self, data: &Bytes) {
         let Some(tx) = &self.tx else { return };
         self.bytes += data.len() as u64;
         if self.bytes > self.max_bytes {
             Stats::incr(&self.stats.not_stored);
-            self.tx = None;
+            self.abandon();
             return;
         }
         self.inflight.bytes.fetch_add(data.len(), Ordering::Relaxed);
         if tx.send(FillMsg::Chunk(data.clone())).is_err() {
             // The writer failed (and counted it); stop feeding it.
-            self.tx = None;
+            self.abandon();
         }
     }
 
@@ -879,13 +912,24 @@ impl Fill {
     /// Marks the body complete; the writer commits the entry.
     pub fn finish(mut self) {
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(FillMsg::Finish);
+            if tx.send(FillMsg::Finish).is_ok() {
+                self.inflight.finished.store(true, Ordering::Release);
+            }
         }
+    }
+
+    /// A flag that becomes true once the whole body has been handed to the writer: from then
+    /// on the entry is only waiting for its commit (for requests that arrive just after a
+    /// client received the last byte).
+    pub fn finished_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.inflight.finished.clone()
     }
 
     /// Gives up on storing this response.
     pub fn abandon(&mut self) {
-        self.tx = None;
+        if self.tx.take().is_some() {
+            advance(&self.progress_tx, FillProgress::Failed);
+        }
     }
 }
 

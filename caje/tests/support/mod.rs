@@ -491,7 +491,7 @@ impl CajeConfig {
         self
     }
 
-    fn toml(&self) -> String {
+    pub fn toml(&self) -> String {
         let mut s = String::new();
         for (host, url) in &self.origins {
             s.push_str(&format!("[[origins]]\nhost = {host:?}\nurl = {url:?}\n\n"));
