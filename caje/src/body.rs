@@ -333,9 +333,10 @@ pub async fn hit_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitErro
     Ok(opened)
 }
 
-fn open_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitError> {
-    let path = entry.body_path();
-    let mut file = match std::fs::File::open(&path) {
+/// Opens a stored body and checks its length against the metadata. A body that is missing
+/// because the entry was just replaced is `Gone`; any other mismatch removes the entry.
+fn open_checked(store: &Store, entry: &Arc<Entry>) -> Result<std::fs::File, HitError> {
+    let file = match std::fs::File::open(entry.body_path()) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !store.is_current(entry) => {
             return Err(HitError::Gone)
@@ -353,6 +354,12 @@ fn open_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitError> {
         );
         return Err(HitError::Corrupt);
     }
+    Ok(file)
+}
+
+fn open_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitError> {
+    let mut file = open_checked(store, entry)?;
+    let len = entry.meta.body_len;
     if len <= SMALL_BODY {
         let mut buf = Vec::with_capacity(len as usize);
         if let Err(e) = file.read_to_end(&mut buf) {
@@ -389,25 +396,7 @@ pub async fn hit_range_body(
     let entry = entry.clone();
     tokio::task::spawn_blocking(move || {
         use std::io::{Seek, SeekFrom};
-        let mut file = match std::fs::File::open(entry.body_path()) {
-            Ok(f) => f,
-            Err(_) if !store.is_current(&entry) => return Err(HitError::Gone),
-            Err(e) => {
-                store.remove_corrupt(&entry, &format_args!("cannot open body: {e}"));
-                return Err(HitError::Corrupt);
-            }
-        };
-        let actual = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-        if actual != entry.meta.body_len {
-            store.remove_corrupt(
-                &entry,
-                &format_args!(
-                    "body is {actual} bytes, metadata says {}",
-                    entry.meta.body_len
-                ),
-            );
-            return Err(HitError::Corrupt);
-        }
+        let mut file = open_checked(&store, &entry)?;
         if file.seek(SeekFrom::Start(start)).is_err() {
             return Err(HitError::Gone);
         }

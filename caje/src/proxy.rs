@@ -648,24 +648,7 @@ async fn forward(
         }
     }
     if !for_cache {
-        let outcome = Outcome {
-            fwd: Some(fwd),
-            fwd_status: Some(rparts.status.as_u16()),
-            ..Outcome::default()
-        };
-        rparts.headers.remove("surrogate-key");
-        rparts
-            .headers
-            .insert("cache-status", outcome.header_value());
-        headers::append_via(&mut rparts.headers);
-        let tee = Tee::new(
-            rbody,
-            None,
-            None,
-            app.config.origin_timeouts.body_idle(),
-            app.stats.clone(),
-        );
-        return Response::from_parts(rparts, tee.boxed());
+        return pass_through(app, rparts, rbody, fwd);
     }
     respond_from_origin(ctx, rparts, rbody, fwd, None).response
 }
@@ -717,11 +700,22 @@ async fn forward_unsafe(ctx: Ctx, body: Incoming) -> Response<Body> {
             tracing::debug!(host = %ctx.host, path = %ctx.key.path, removed, "invalidated by {}", ctx.parts.method);
         }
     }
+    pass_through(app, rparts, rbody, Forward::Method)
+}
+
+/// An origin response relayed without caching (hop-by-hop headers already removed).
+fn pass_through(
+    app: &App,
+    mut rparts: http::response::Parts,
+    rbody: Incoming,
+    fwd: Forward,
+) -> Response<Body> {
     let outcome = Outcome {
-        fwd: Some(Forward::Method),
+        fwd: Some(fwd),
         fwd_status: Some(rparts.status.as_u16()),
         ..Outcome::default()
     };
+    rparts.headers.remove("surrogate-key");
     rparts
         .headers
         .insert("cache-status", outcome.header_value());

@@ -481,20 +481,7 @@ impl Store {
         meta: EntryMeta,
         announce: bool,
     ) -> io::Result<Arc<Entry>> {
-        let encoded = meta.encode().map_err(io::Error::other)?;
-        let tmp_meta = dir.join(format!(".{name}.{:016x}.tmp", self.unique()));
-        let written = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp_meta)?;
-            f.write_all(&encoded)?;
-            f.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp_meta);
-            return Err(e);
-        }
+        let tmp_meta = self.write_temp_meta(dir, name, &meta)?;
         let entry = Arc::new(Entry::new(meta, name.to_owned(), dir.to_owned()));
         let evicted = {
             let _commit = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
@@ -529,6 +516,27 @@ impl Store {
         Ok(entry)
     }
 
+    /// Writes `meta` to a new fsynced temp file in `dir`, ready to be renamed into place.
+    fn write_temp_meta(&self, dir: &Path, name: &str, meta: &EntryMeta) -> io::Result<PathBuf> {
+        let encoded = meta.encode().map_err(io::Error::other)?;
+        let tmp_meta = dir.join(format!(".{name}.{:016x}.tmp", self.unique()));
+        let written = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp_meta)?;
+            f.write_all(&encoded)?;
+            f.sync_all()
+        })();
+        match written {
+            Ok(()) => Ok(tmp_meta),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp_meta);
+                Err(e)
+            }
+        }
+    }
+
     /// Replaces the metadata of an entry whose body stays the same (after a 304, or a soft
     /// purge), atomically. Returns the new entry; `None` if the entry is no longer current.
     /// Blocking.
@@ -538,22 +546,7 @@ impl Store {
         meta: EntryMeta,
         announce: bool,
     ) -> io::Result<Option<Arc<Entry>>> {
-        let encoded = meta.encode().map_err(io::Error::other)?;
-        let tmp_meta = entry
-            .dir
-            .join(format!(".{}.{:016x}.tmp", entry.name, self.unique()));
-        let written = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp_meta)?;
-            f.write_all(&encoded)?;
-            f.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp_meta);
-            return Err(e);
-        }
+        let tmp_meta = self.write_temp_meta(&entry.dir, &entry.name, &meta)?;
         let updated = Arc::new(Entry::new(meta, entry.name.clone(), entry.dir.clone()));
         {
             let _commit = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
