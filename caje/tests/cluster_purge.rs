@@ -47,6 +47,7 @@ async fn purge_on_one_node_removes_the_page_everywhere() {
             })
             .await;
         }
+        origin.bump("/gen/doomed").await;
         let escaped = "/gen/doomed%3Fcc%3Dmax-age%253D300";
         let url = nodes[1].url(&format!("/_caje/purge?url={escaped}"));
         let r = support::request("POST", &url, &[("host", support::SITE_HOST)], b"").await;
@@ -60,8 +61,22 @@ async fn purge_on_one_node_removes_the_page_everywhere() {
                 holds_locally(node).await == 1
             })
             .await;
+        }
+        // Every node now serves the new version (fetched again by itself, or warmed again
+        // from the row a refetch recorded), never the purged one.
+        for (i, node) in nodes.iter().enumerate() {
             let r = node.get_site(&page).await;
-            assert_eq!(r.cache_status().fwd(), Some("uri-miss"), "node {i}");
+            assert_eq!(
+                r.origin_version(),
+                Some(1),
+                "node {i}: {:?}",
+                r.cache_status()
+            );
+            assert!(
+                r.first_line().ends_with("version=1"),
+                "node {i}: {}",
+                r.first_line()
+            );
             node.get_site(&keep).await.cache_status().assert_hit();
         }
     })
