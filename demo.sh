@@ -33,6 +33,7 @@ echo
 echo '$ curl -si http://127.0.0.1:8080/fast   # second request: a hit, served from disk'
 time curl -si http://127.0.0.1:8080/fast
 echo
+sleep 0.3   # the manifest writes rows in batches (manifest.flush_interval_ms)
 echo '$ curl -s http://127.0.0.1:8080/_caje/list'
 curl -s http://127.0.0.1:8080/_caje/list
 echo

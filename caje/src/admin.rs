@@ -230,9 +230,12 @@ fn stats(app: &App) -> Response<Body> {
     use crate::stats::Stats as S;
     let s = &app.stats;
     let (entries, bytes) = app.store.usage();
+    let (memory_entries, memory_bytes) = app.store.hot().usage();
     json_response(
         StatusCode::OK,
         &json!({
+            "memory_entries": memory_entries,
+            "memory_bytes": memory_bytes,
             "requests": S::get(&s.requests),
             "hits": S::get(&s.hits),
             "misses": S::get(&s.misses),

@@ -78,6 +78,7 @@ impl App {
         let db = config.db.clone();
         let store_stats = stats.clone();
         let max_variants = config.cache.max_variants;
+        let memory_bytes = usize::try_from(config.cache.memory_bytes).unwrap_or(usize::MAX);
         let m = &config.manifest;
         let manifest_options = ManifestOptions {
             litefs: m.litefs,
@@ -88,7 +89,13 @@ impl App {
             ..ManifestOptions::default()
         };
         let (store, manifest) = tokio::task::spawn_blocking(move || {
-            let store = Store::open(&cache_dir, max_variants, store_stats, events_tx)?;
+            let store = Store::open(
+                &cache_dir,
+                max_variants,
+                memory_bytes,
+                store_stats,
+                events_tx,
+            )?;
             if let Some(parent) = Path::new(&db)
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())

@@ -325,6 +325,10 @@ pub enum HitError {
 /// Opens a stored body for serving. Small bodies are read and verified now; large ones are
 /// verified as they stream, and a mismatch aborts the client connection and removes the entry.
 pub async fn hit_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitError> {
+    // The memory tier answers without a trip to the blocking pool.
+    if let Some(body) = store.hot().get(&entry.meta.body_file) {
+        return Ok(full(body));
+    }
     let store = store.clone();
     let entry = entry.clone();
     let opened = tokio::task::spawn_blocking(move || open_body(&store, &entry))
@@ -370,7 +374,12 @@ fn open_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitError> {
             store.remove_corrupt(entry, &"body checksum mismatch");
             return Err(HitError::Corrupt);
         }
-        return Ok(if buf.is_empty() { empty() } else { full(buf) });
+        if buf.is_empty() {
+            return Ok(empty());
+        }
+        let body = Bytes::from(buf);
+        store.hot().insert(&entry.meta.body_file, body.clone());
+        return Ok(full(body));
     }
     // Two chunks in flight: the reader stays just ahead of the client.
     let (tx, rx) = mpsc::channel(2);
@@ -392,6 +401,10 @@ pub async fn hit_range_body(
     start: u64,
     len: u64,
 ) -> Result<Body, HitError> {
+    if let Some(body) = store.hot().get(&entry.meta.body_file) {
+        let end = start.saturating_add(len).min(body.len() as u64);
+        return Ok(full(body.slice(start as usize..end as usize)));
+    }
     let store = store.clone();
     let entry = entry.clone();
     tokio::task::spawn_blocking(move || {

@@ -200,6 +200,9 @@ pub struct CacheConfig {
     pub targeted_cache_control: String,
     /// How long a purge's tombstone stays in the manifest for other nodes to apply it.
     pub tombstone_ttl_secs: u64,
+    /// Memory for the hot tier: bodies up to 256 KiB served recently are kept in RAM (least
+    /// recently used evicted first). 0 disables it; every hit then reads the disk.
+    pub memory_bytes: u64,
 }
 
 impl Default for CacheConfig {
@@ -214,6 +217,7 @@ impl Default for CacheConfig {
             stale_if_unreachable_secs: 0,
             targeted_cache_control: "Caje-Cache-Control".into(),
             tombstone_ttl_secs: 86_400,
+            memory_bytes: 64 * 1024 * 1024,
         }
     }
 }

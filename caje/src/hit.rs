@@ -7,7 +7,6 @@ use http::{request, Method, Response, StatusCode};
 use crate::body::{self, Body, HitError};
 use crate::cache::store::{Entry, Store};
 use crate::cache_status::Outcome;
-use crate::headers;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -164,9 +163,7 @@ pub async fn respond(
 ) -> Result<Response<Body>, HitError> {
     let (status, headers) = entry.head();
     let (status, mut headers) = (*status, headers.clone());
-    headers.remove("surrogate-key");
     headers.insert(header::AGE, HeaderValue::from(age));
-    headers::append_via(&mut headers);
     headers.insert("cache-status", outcome.header_value());
     let len = entry.meta.body_len;
 

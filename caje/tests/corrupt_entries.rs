@@ -13,6 +13,10 @@ use std::path::PathBuf;
 use support::{files_under, flip_middle_bytes, gen, within, Caje, Origin};
 
 /// Fetches `path` (a stored miss) and returns the files it added under the cache dir.
+/// These tests are about the disk tier's checks: with the memory tier on, the hit in
+/// [`store`] would keep a verified copy in RAM that answers instead of the corrupted file.
+const DISK_ONLY: &str = "[cache]\nmemory_bytes = 0\n";
+
 async fn store(caje: &Caje, path: &str) -> (support::Resp, Vec<PathBuf>) {
     let before: BTreeSet<PathBuf> = files_under(&caje.cache_dir()).into_iter().collect();
     let r = caje.get_site(path).await;
@@ -99,7 +103,7 @@ async fn assert_recovers_from(
 async fn corrupt_meta_file_is_a_miss() {
     within(30, async {
         let origin = Origin::start();
-        let caje = Caje::start(&origin, "");
+        let caje = Caje::start(&origin, DISK_ONLY);
         assert_recovers_from(&origin, caje, "m", ".meta", true).await;
     })
     .await
@@ -109,7 +113,7 @@ async fn corrupt_meta_file_is_a_miss() {
 async fn corrupt_body_file_is_a_miss() {
     within(30, async {
         let origin = Origin::start();
-        let caje = Caje::start(&origin, "");
+        let caje = Caje::start(&origin, DISK_ONLY);
         assert_recovers_from(&origin, caje, "b", ".body", false).await;
     })
     .await
@@ -119,7 +123,7 @@ async fn corrupt_body_file_is_a_miss() {
 async fn corrupt_body_file_found_after_restart_is_a_miss() {
     within(30, async {
         let origin = Origin::start();
-        let caje = Caje::start(&origin, "");
+        let caje = Caje::start(&origin, DISK_ONLY);
         assert_recovers_from(&origin, caje, "br", ".body", true).await;
     })
     .await
@@ -131,7 +135,7 @@ async fn corrupt_body_file_found_after_restart_is_a_miss() {
 async fn truncated_body_file_is_a_miss() {
     within(30, async {
         let origin = Origin::start();
-        let caje = Caje::start(&origin, "");
+        let caje = Caje::start(&origin, DISK_ONLY);
         let path = gen("t", "cc=max-age%3D300&bytes=20000");
         let (good, files) = store(&caje, &path).await;
         let victim = one_with_suffix(&files, ".body");

@@ -1,7 +1,9 @@
-//! The cache: keys, the RFC 9111 policy, entry metadata and the disk store.
+//! The cache: keys, the RFC 9111 policy, entry metadata, the disk store, its memory tier
+//! and request coalescing.
 
 pub mod entry;
 pub mod flight;
+pub mod hot;
 pub mod key;
 pub mod policy;
 pub mod store;

@@ -26,6 +26,7 @@ use http::HeaderMap;
 use tokio::sync::{mpsc, watch};
 
 use super::entry::EntryMeta;
+use super::hot::HotTier;
 use super::key::{entry_name, CacheKey, Variant};
 use crate::stats::Stats;
 
@@ -70,7 +71,10 @@ pub struct Entry {
 
 impl Entry {
     fn new(meta: EntryMeta, name: String, dir: PathBuf) -> Entry {
-        let head = meta.response_head();
+        let mut head = meta.response_head();
+        // Prepared once for every hit: tags are for caje, `Via` names this hop.
+        head.1.remove("surrogate-key");
+        crate::headers::append_via(&mut head.1);
         Entry {
             meta,
             name,
@@ -225,6 +229,8 @@ struct Inner {
     events: mpsc::UnboundedSender<StoreEvent>,
     /// Most variants kept per page (`cache.max_variants`).
     max_variants: usize,
+    /// Small bodies served recently, in memory.
+    hot: HotTier,
     /// Makes body and temp file names unique within this process.
     counter: AtomicU64,
     /// Keeps the exclusive lock on `cache_dir/.lock` for the life of the store.
@@ -243,6 +249,7 @@ impl Store {
     pub fn open(
         dir: &Path,
         max_variants: usize,
+        memory_bytes: usize,
         stats: Arc<Stats>,
         events: mpsc::UnboundedSender<StoreEvent>,
     ) -> Result<Store, StoreError> {
@@ -266,6 +273,7 @@ impl Store {
             index: Mutex::new(Index::default()),
             commit: Mutex::new(()),
             max_variants,
+            hot: HotTier::new(memory_bytes),
             stats,
             events,
             counter: AtomicU64::new(0),
@@ -280,6 +288,11 @@ impl Store {
         // A panic while holding the lock cannot leave the index half-updated in a way that
         // matters more than losing the whole cache would, so keep serving.
         self.inner.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The memory tier of small bodies.
+    pub fn hot(&self) -> &HotTier {
+        &self.inner.hot
     }
 
     /// Number of entries and their body bytes.
@@ -325,6 +338,7 @@ impl Store {
             "removing corrupt cache entry {}: {why}",
             entry.name
         );
+        self.inner.hot.remove(&entry.meta.body_file);
         if self.index().remove(entry) {
             let _ = fs::remove_file(entry.meta_path());
             let _ = fs::remove_file(entry.body_path());
@@ -340,6 +354,7 @@ impl Store {
             idx.bytes = 0;
             all.into_values().flatten().collect()
         };
+        self.inner.hot.clear();
         let bytes = removed.iter().map(|e| e.meta.body_len).sum();
         for e in &removed {
             let _ = fs::remove_file(e.meta_path());
@@ -498,6 +513,7 @@ impl Store {
             let _ = d.sync_all();
         }
         for old in evicted {
+            self.inner.hot.remove(&old.meta.body_file);
             if old.name != entry.name {
                 let _ = fs::remove_file(old.meta_path());
             }
@@ -687,6 +703,7 @@ impl Store {
     /// Unlinks the files of entries already taken out of the index.
     fn forget(&self, removed: &[Arc<Entry>]) {
         for e in removed {
+            self.inner.hot.remove(&e.meta.body_file);
             let _ = fs::remove_file(e.meta_path());
             let _ = fs::remove_file(e.body_path());
         }
@@ -936,7 +953,7 @@ mod tests {
         // directory lock) for a moment after its last event.
         for _ in 0..100 {
             let (tx, rx) = mpsc::unbounded_channel();
-            match Store::open(dir, 8, Arc::new(Stats::default()), tx) {
+            match Store::open(dir, 8, 1 << 20, Arc::new(Stats::default()), tx) {
                 Ok(store) => return (store, rx),
                 Err(StoreError::Locked(_)) => {
                     std::thread::sleep(std::time::Duration::from_millis(10))
@@ -1001,7 +1018,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_store, _rx) = open(dir.path());
         let (tx, _rx2) = mpsc::unbounded_channel();
-        let err = Store::open(dir.path(), 8, Arc::new(Stats::default()), tx)
+        let err = Store::open(dir.path(), 8, 1 << 20, Arc::new(Stats::default()), tx)
             .err()
             .unwrap();
         assert!(matches!(err, StoreError::Locked(_)));
@@ -1020,7 +1037,7 @@ mod tests {
             fs::write(e.meta_path(), bytes).unwrap();
         }
         let (tx, _rx) = mpsc::unbounded_channel();
-        let store = Store::open(dir.path(), 8, stats.clone(), tx).unwrap();
+        let store = Store::open(dir.path(), 8, 1 << 20, stats.clone(), tx).unwrap();
         assert_eq!(store.usage(), (0, 0));
         assert_eq!(Stats::get(&stats.corrupt_entries), 1);
     }
