@@ -77,8 +77,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Disk reads and writes run on the blocking pool; a few dozen threads keep the disk
+        // busy, while hundreds (tokio's default limit is 512) only add stacks and allocator
+        // arenas to the RSS.
+        .max_blocking_threads(64)
         .build()
     {
         Ok(rt) => rt,
@@ -97,6 +102,16 @@ fn main() -> ExitCode {
             eprintln!("caje: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// glibc gives every thread that allocates its own arena (up to 8 per core) and keeps freed
+/// memory in each; with cache writers and readers on many threads that multiplies the RSS.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; it is called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

@@ -105,6 +105,19 @@ pub fn effective_headers<'a>(headers: &'a HeaderMap, opts: &PolicyOptions) -> Co
     Cow::Borrowed(headers)
 }
 
+/// A copy of `headers` that owns its bytes. hyper parses header values as slices of the
+/// connection's read buffer: keeping such a value in a stored policy would pin that whole
+/// buffer (tens of KiB) in memory for as long as the entry lives.
+pub fn detach(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut v = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        v.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), v);
+    }
+    out
+}
+
 fn with_headers(res: &response::Parts, headers: HeaderMap) -> response::Parts {
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = res.status;
@@ -172,14 +185,19 @@ fn sanitized_request(req: &request::Parts, host: &str, vary: &[String]) -> reque
     }
     for name in vary {
         for v in req.headers.get_all(name.as_str()) {
-            if let Ok(n) = http::HeaderName::from_bytes(name.as_bytes()) {
-                headers.append(n, v.clone());
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(v.as_bytes()),
+            ) {
+                headers.append(n, v);
             }
         }
     }
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = Method::GET;
-    parts.uri = req.uri.clone();
+    // An owned copy, for the same reason as `detach`: a parsed URI may share the client
+    // connection's read buffer.
+    parts.uri = http::Uri::try_from(req.uri.to_string()).unwrap_or_else(|_| req.uri.clone());
     parts.headers = headers;
     parts
 }
@@ -246,7 +264,7 @@ pub fn decide(
     if res.headers.contains_key(http::header::SET_COOKIE) {
         return Err(NotStorable::SetCookie);
     }
-    let effective = with_headers(res, effective_headers(&res.headers, opts).into_owned());
+    let effective = with_headers(res, detach(&effective_headers(&res.headers, opts)));
     let eh = &effective.headers;
     // Decide with the request as the client sent it (credentials included), so the RFC's
     // rule about Authorization applies; persist a sanitised copy.
@@ -423,13 +441,15 @@ pub fn refresh(
         }
         headers.remove(name);
         for v in not_modified.headers.get_all(name) {
-            headers.append(name.clone(), v.clone());
+            if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
+                headers.append(name.clone(), v);
+            }
         }
     }
     let sanitized = sanitized_request(req, host, &stored.variant.names());
     let effective_304 = with_headers(
         not_modified,
-        effective_headers(&not_modified.headers, opts).into_owned(),
+        detach(&effective_headers(&not_modified.headers, opts)),
     );
     match stored
         .policy
