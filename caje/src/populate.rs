@@ -290,8 +290,9 @@ pub async fn reconcile(app: &Arc<App>) -> usize {
     entries.len()
 }
 
-/// The background task: reconcile once, then apply tombstones and run a pass whenever the
-/// manifest changes, when woken, and at least every `populate.interval_secs`.
+/// The background task: reconcile once (and again when the manifest's role changes, and every
+/// 10 minutes), then apply tombstones and run a pass whenever the manifest changes, when
+/// woken, and at least every `populate.interval_secs`.
 pub async fn run(app: Arc<App>) {
     reconcile(&app).await;
     let cfg = app.config.populate.clone();
@@ -302,7 +303,20 @@ pub async fn run(app: Arc<App>) {
     let mut last_pass = Instant::now() - full_every;
     let mut cursor = 0i64;
     let mut last_expiry = Instant::now();
+    let mut last_role = app.manifest.role().await;
     loop {
+        // A new primary may have lost the last transactions of the old one (asynchronous
+        // replication): announce this node's entries again.
+        let role = app.manifest.role().await;
+        if role != last_role {
+            tracing::info!(
+                from = last_role.as_str(),
+                to = role.as_str(),
+                "manifest role changed"
+            );
+            last_role = role;
+            reconcile(&app).await;
+        }
         let version = app.manifest.data_version().await.ok();
         let txid = app.manifest.txid().await;
         let changed = version != last_version || txid != last_txid;
@@ -317,6 +331,9 @@ pub async fn run(app: Arc<App>) {
         }
         if last_expiry.elapsed() >= Duration::from_secs(600) {
             last_expiry = Instant::now();
+            // Rows lost anywhere (a failover, a manual clear/db) come back within minutes;
+            // rows that are right cost no write.
+            reconcile(&app).await;
             if let Err(e) = app.manifest.expire_tombstones(unix_now() as i64).await {
                 tracing::debug!("expiring tombstones: {e}");
             }
