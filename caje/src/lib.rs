@@ -5,6 +5,7 @@
 //! The request path, in the order a request meets it:
 //! - [`server`]: accepts connections, HTTP/1.1 via hyper, graceful shutdown; [`framing`]
 //!   watches each connection for ambiguous request framing that hyper would accept.
+//! - [`request`]: what a client may send (limits, framing, host) and caje's own answers.
 //! - [`proxy`]: the only module that knows the order of steps (validate → admin → route →
 //!   lookup → forward and tee).
 //! - [`admin`]: the `/_caje/` JSON API and its authentication.
@@ -32,5 +33,6 @@ pub mod manifest;
 pub mod origin;
 pub mod populate;
 pub mod proxy;
+pub mod request;
 pub mod server;
 pub mod stats;
