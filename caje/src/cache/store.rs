@@ -892,7 +892,7 @@ impl Fill {
     }
 
     /// Whether the writer can take more: `Pending` (with `cx` woken later) while more than
-    /// [`MAX_INFLIGHT_BYTES`] wait to be written. Always ready once the fill is abandoned.
+    /// `MAX_INFLIGHT_BYTES` (8 MiB) wait to be written. Always ready once the fill is abandoned.
     pub fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         if self.tx.is_none() || self.inflight.bytes.load(Ordering::Acquire) <= MAX_INFLIGHT_BYTES {
             return std::task::Poll::Ready(());
