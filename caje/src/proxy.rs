@@ -286,7 +286,7 @@ async fn stale_while_revalidate(
     now: SystemTime,
 ) -> Option<Response<Body>> {
     let app = &ctx.app;
-    let rules = policy::stale_rules(&entry.head().1, &app.policy);
+    let rules = policy::stale_rules(&entry.meta.response_head().1, &app.policy);
     let window = rules.while_revalidate?;
     let stale_for = hit::stale_secs(entry, now);
     if rules.forbidden || entry.meta.invalidated || stale_for > window.as_secs() as i64 {
@@ -470,6 +470,7 @@ fn respond_from_origin(
             if let Some(leader) = leader {
                 let mut shared = rparts.headers.clone();
                 shared.remove("surrogate-key");
+                shared.remove("surrogate-control");
                 headers::append_via(&mut shared);
                 leader.streaming(
                     SharedHead {
@@ -494,6 +495,7 @@ fn respond_from_origin(
         }
     };
     rparts.headers.remove("surrogate-key");
+    rparts.headers.remove("surrogate-control");
     rparts
         .headers
         .insert("cache-status", outcome.header_value());
@@ -717,6 +719,7 @@ fn pass_through(
         ..Outcome::default()
     };
     rparts.headers.remove("surrogate-key");
+    rparts.headers.remove("surrogate-control");
     rparts
         .headers
         .insert("cache-status", outcome.header_value());
@@ -805,7 +808,7 @@ async fn serve_stale_on_error(
 ) -> Option<Response<Body>> {
     let app = &ctx.app;
     let now = SystemTime::now();
-    let rules = policy::stale_rules(&entry.head().1, &app.policy);
+    let rules = policy::stale_rules(&entry.meta.response_head().1, &app.policy);
     if rules.forbidden {
         return None;
     }

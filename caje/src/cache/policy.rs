@@ -71,14 +71,24 @@ fn valid_directives(value: &str) -> bool {
     any
 }
 
-/// The response headers caje's decisions use: with a valid targeted field, its value becomes
-/// the only `Cache-Control` and `Expires`/`Pragma` are ignored (RFC 9213 §2.1).
+/// The older CDN field (Akamai, Fastly), honoured after `CDN-Cache-Control`.
+pub const SURROGATE_CONTROL: &str = "surrogate-control";
+
+/// The response headers caje's decisions use:
+/// - with a valid targeted field (caje's own, then `CDN-Cache-Control`, then
+///   `Surrogate-Control`), its value becomes the only `Cache-Control`, and `Expires`/`Pragma`
+///   are ignored (RFC 9213 §2.1);
+/// - directive names are lower-cased (`NO-CACHE` is `no-cache`: RFC 9111 §5.2, directives are
+///   case-insensitive; `http-cache-semantics` compares them exactly);
+/// - an `Age` that is not one non-negative integer makes the response stale (RFC 9111 §5.1:
+///   a cache must not trust an invalid age to mean "young").
 pub fn effective_headers<'a>(headers: &'a HeaderMap, opts: &PolicyOptions) -> Cow<'a, HeaderMap> {
     let fields = opts
         .targeted
         .iter()
         .map(|n| n.as_str())
-        .chain(std::iter::once(CDN_CACHE_CONTROL));
+        .chain([CDN_CACHE_CONTROL, SURROGATE_CONTROL]);
+    let mut out: Option<HeaderMap> = None;
     for field in fields {
         let values: Vec<&str> = headers
             .get_all(field)
@@ -95,14 +105,51 @@ pub fn effective_headers<'a>(headers: &'a HeaderMap, opts: &PolicyOptions) -> Co
         let Ok(value) = HeaderValue::from_str(&joined) else {
             continue;
         };
-        let mut out = headers.clone();
-        out.remove(http::header::CACHE_CONTROL);
-        out.remove(http::header::EXPIRES);
-        out.remove(http::header::PRAGMA);
-        out.insert(http::header::CACHE_CONTROL, value);
-        return Cow::Owned(out);
+        let mut h = headers.clone();
+        h.remove(http::header::CACHE_CONTROL);
+        h.remove(http::header::EXPIRES);
+        h.remove(http::header::PRAGMA);
+        h.insert(http::header::CACHE_CONTROL, value);
+        out = Some(h);
+        break;
     }
-    Cow::Borrowed(headers)
+    let current = out.as_ref().unwrap_or(headers);
+    let cc: Vec<&str> = current
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if cc.iter().any(|v| v.bytes().any(|b| b.is_ascii_uppercase())) {
+        let lowered = cc
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|d| match d.split_once('=') {
+                Some((n, a)) => format!("{}={}", n.trim().to_ascii_lowercase(), a.trim()),
+                None => d.trim().to_ascii_lowercase(),
+            })
+            .filter(|d| !d.is_empty())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Ok(v) = HeaderValue::from_str(&lowered) {
+            out.get_or_insert_with(|| headers.clone())
+                .insert(http::header::CACHE_CONTROL, v);
+        }
+    }
+    let current = out.as_ref().unwrap_or(headers);
+    let ages: Vec<&HeaderValue> = current.get_all(http::header::AGE).iter().collect();
+    let valid_age = match ages.as_slice() {
+        [] => true,
+        [one] => !one.is_empty() && one.as_bytes().iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    if !valid_age {
+        out.get_or_insert_with(|| headers.clone())
+            .insert(http::header::AGE, HeaderValue::from_static("2147483648"));
+    }
+    match out {
+        Some(h) => Cow::Owned(h),
+        None => Cow::Borrowed(headers),
+    }
 }
 
 /// A copy of `headers` that owns its bytes. hyper parses header values as slices of the
@@ -407,7 +454,6 @@ const NOT_UPDATED_BY_304: &[&str] = &[
     "content-encoding",
     "transfer-encoding",
     "content-range",
-    "content-type",
     "cache-status",
     "age",
 ];
@@ -555,6 +601,48 @@ mod tests {
         let text = String::from_utf8_lossy(&bytes);
         assert!(!text.contains("secret"), "credentials persisted");
         assert!(!text.contains("sid=1"), "cookie persisted");
+    }
+
+    #[test]
+    fn directive_names_are_case_insensitive() {
+        let r = decide_now(
+            &req(&[]),
+            &res(&[("cache-control", "MAX-AGE=60, NO-STORE")]),
+            OPTS,
+        );
+        assert_eq!(r.err(), Some(NotStorable::NoStore));
+        assert!(decide_now(&req(&[]), &res(&[("cache-control", "Max-Age=60")]), OPTS).is_ok());
+    }
+
+    #[test]
+    fn invalid_age_makes_a_response_stale() {
+        for bad in ["abc", "-10", "1.5", "10, 20", "7200; x=1"] {
+            let r = res(&[("cache-control", "max-age=3600"), ("age", bad)]);
+            assert_eq!(
+                decide_now(&req(&[]), &r, OPTS).err(),
+                Some(NotStorable::ZeroTtl),
+                "Age: {bad}"
+            );
+        }
+        let ok = res(&[("cache-control", "max-age=3600"), ("age", "10")]);
+        assert!(decide_now(&req(&[]), &ok, OPTS).is_ok());
+    }
+
+    #[test]
+    fn surrogate_control_is_a_targeted_field() {
+        let r = res(&[
+            ("cache-control", "no-store"),
+            ("surrogate-control", "max-age=60"),
+        ]);
+        assert!(decide_now(&req(&[]), &r, OPTS).is_ok());
+        let cdn_wins = res(&[
+            ("cdn-cache-control", "no-store"),
+            ("surrogate-control", "max-age=60"),
+        ]);
+        assert_eq!(
+            decide_now(&req(&[]), &cdn_wins, OPTS).err(),
+            Some(NotStorable::NoStore)
+        );
     }
 
     #[test]

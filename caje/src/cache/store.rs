@@ -74,6 +74,7 @@ impl Entry {
         let mut head = meta.response_head();
         // Prepared once for every hit: tags are for caje, `Via` names this hop.
         head.1.remove("surrogate-key");
+        head.1.remove("surrogate-control");
         crate::headers::append_via(&mut head.1);
         Entry {
             meta,
