@@ -98,7 +98,16 @@ pub fn effective_headers<'a>(headers: &'a HeaderMap, opts: &PolicyOptions) -> Co
         if values.is_empty() {
             continue;
         }
-        let joined = values.join(", ");
+        let mut joined = values.join(", ");
+        if field == SURROGATE_CONTROL {
+            // Surrogate-Control directives may name their target (`max-age=60;edge`);
+            // caje is every target.
+            joined = joined
+                .split(',')
+                .map(|d| d.split(';').next().unwrap_or("").trim())
+                .collect::<Vec<_>>()
+                .join(", ");
+        }
         if !valid_directives(&joined) {
             continue;
         }
@@ -137,14 +146,33 @@ pub fn effective_headers<'a>(headers: &'a HeaderMap, opts: &PolicyOptions) -> Co
     }
     let current = out.as_ref().unwrap_or(headers);
     let ages: Vec<&HeaderValue> = current.get_all(http::header::AGE).iter().collect();
-    let valid_age = match ages.as_slice() {
-        [] => true,
-        [one] => !one.is_empty() && one.as_bytes().iter().all(u8::is_ascii_digit),
-        _ => false,
+    // One line: its first list element counts (`0, 7200` is 0). Several lines, or a first
+    // element that is not a number: stale.
+    let age = match ages.as_slice() {
+        [] => None,
+        [one] => Some(
+            one.to_str()
+                .ok()
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .map(str::to_owned),
+        ),
+        _ => Some(None),
     };
-    if !valid_age {
-        out.get_or_insert_with(|| headers.clone())
-            .insert(http::header::AGE, HeaderValue::from_static("2147483648"));
+    match age {
+        None => {}
+        Some(Some(first)) if ages[0].as_bytes() == first.as_bytes() => {}
+        Some(Some(first)) => {
+            if let Ok(v) = HeaderValue::from_str(&first) {
+                out.get_or_insert_with(|| headers.clone())
+                    .insert(http::header::AGE, v);
+            }
+        }
+        Some(None) => {
+            out.get_or_insert_with(|| headers.clone())
+                .insert(http::header::AGE, HeaderValue::from_static("2147483648"));
+        }
     }
     match out {
         Some(h) => Cow::Owned(h),
@@ -616,7 +644,7 @@ mod tests {
 
     #[test]
     fn invalid_age_makes_a_response_stale() {
-        for bad in ["abc", "-10", "1.5", "10, 20", "7200; x=1"] {
+        for bad in ["abc", "-10", "1.5", "7200, 0", "7200; x=1"] {
             let r = res(&[("cache-control", "max-age=3600"), ("age", bad)]);
             assert_eq!(
                 decide_now(&req(&[]), &r, OPTS).err(),
@@ -624,15 +652,17 @@ mod tests {
                 "Age: {bad}"
             );
         }
-        let ok = res(&[("cache-control", "max-age=3600"), ("age", "10")]);
-        assert!(decide_now(&req(&[]), &ok, OPTS).is_ok());
+        for good in ["10", "0, 7200"] {
+            let ok = res(&[("cache-control", "max-age=3600"), ("age", good)]);
+            assert!(decide_now(&req(&[]), &ok, OPTS).is_ok(), "Age: {good}");
+        }
     }
 
     #[test]
     fn surrogate_control_is_a_targeted_field() {
         let r = res(&[
             ("cache-control", "no-store"),
-            ("surrogate-control", "max-age=60"),
+            ("surrogate-control", "max-age=60;edge"),
         ]);
         assert!(decide_now(&req(&[]), &r, OPTS).is_ok());
         let cdn_wins = res(&[
