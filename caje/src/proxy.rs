@@ -186,13 +186,9 @@ async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
                         None
                     };
                     if let Some(entry) = done {
-                        let now = SystemTime::now();
-                        let ttl = policy::time_to_live(&entry.meta.policy, now).as_secs() as i64;
-                        let age = policy::age(&entry.meta.policy, now).as_secs();
-                        if let Ok(res) =
-                            hit::respond(&app.store, &entry, &ctx.parts, age, Outcome::hit(ttl))
-                                .await
-                        {
+                        let ttl = policy::time_to_live(&entry.meta.policy, SystemTime::now());
+                        let outcome = Outcome::hit(ttl.as_secs() as i64);
+                        if let Some(res) = respond_stored(&ctx, &entry, outcome).await {
                             Stats::incr(&app.stats.hits);
                             return res;
                         }
@@ -245,6 +241,15 @@ async fn committed_soon(
     done.ok()?.ok()?
 }
 
+/// Answers from a stored entry with its current `Age`; `None` if the entry vanished or is
+/// corrupt (the caller goes to the origin).
+async fn respond_stored(ctx: &Ctx, entry: &Arc<Entry>, outcome: Outcome) -> Option<Response<Body>> {
+    let age = policy::age(&entry.meta.policy, SystemTime::now()).as_secs();
+    hit::respond(&ctx.app.store, entry, &ctx.parts, age, outcome)
+        .await
+        .ok()
+}
+
 /// Serves a stored entry, falling back to the origin if it vanished or is corrupt.
 async fn serve_entry(
     ctx: &Ctx,
@@ -253,10 +258,9 @@ async fn serve_entry(
     body: Incoming,
     fwd: Forward,
 ) -> Response<Body> {
-    let age = policy::age(&entry.meta.policy, SystemTime::now()).as_secs();
-    match hit::respond(&ctx.app.store, entry, &ctx.parts, age, outcome).await {
-        Ok(res) => res,
-        Err(_) => forward(ctx, Some(body), fwd, None).await,
+    match respond_stored(ctx, entry, outcome).await {
+        Some(res) => res,
+        None => forward(ctx, Some(body), fwd, None).await,
     }
 }
 
@@ -310,10 +314,7 @@ async fn stale_while_revalidate(
         detail: Some("stale-while-revalidate"),
         ..Outcome::hit(-stale_for)
     };
-    let age = policy::age(&entry.meta.policy, now).as_secs();
-    let res = hit::respond(&app.store, entry, &ctx.parts, age, outcome)
-        .await
-        .ok()?;
+    let res = respond_stored(ctx, entry, outcome).await?;
     Stats::incr(&app.stats.stale_served);
     Some(res)
 }
@@ -387,9 +388,7 @@ async fn lead(
                     fwd_status: Some(304),
                     ..Outcome::default()
                 };
-                let age = policy::age(&updated.meta.policy, SystemTime::now()).as_secs();
-                if let Ok(res) = hit::respond(&app.store, &updated, &ctx.parts, age, outcome).await
-                {
+                if let Some(res) = respond_stored(ctx, &updated, outcome).await {
                     return res;
                 }
             }
@@ -827,10 +826,7 @@ async fn serve_stale_on_error(
         detail: Some(detail),
         ..Outcome::default()
     };
-    let age = policy::age(&entry.meta.policy, now).as_secs();
-    let res = hit::respond(&app.store, entry, &ctx.parts, age, outcome)
-        .await
-        .ok()?;
+    let res = respond_stored(ctx, entry, outcome).await?;
     Stats::incr(&app.stats.stale_served);
     Some(res)
 }
