@@ -100,3 +100,28 @@ async fn trusted_forwarded_for_is_appended() {
     })
     .await
 }
+
+/// With `host_header = "client"` the origin sees the Host the client asked for instead of its
+/// own (virtual hosting at the origin).
+#[tokio::test]
+async fn client_host_header_is_sent_to_the_origin_when_configured() {
+    within(30, async {
+        let origin = Origin::start();
+        // Appended right after the `[[origins]]` table, so `host_header` belongs to it.
+        let caje = Caje::start(&origin, "host_header = \"client\"\n");
+        let r = get(
+            &caje.url("/gen/vhost?cc=no-store"),
+            &[("Host", "client.example")],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let seen = origin.last_headers("/gen/vhost").await;
+        assert_eq!(h(&seen, "host"), Some("client.example"), "{seen:?}");
+        assert_eq!(
+            h(&seen, "x-forwarded-host"),
+            Some("client.example"),
+            "{seen:?}"
+        );
+    })
+    .await
+}
