@@ -18,11 +18,12 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::app::variant_of;
 use crate::app::App;
 use crate::body::{self, Body};
-use crate::cache::key::{CacheKey, Variant};
+use crate::cache::key::CacheKey;
 use crate::cache_status::Outcome;
-use crate::manifest::{PageRow, Purge, VARY_ABSENT};
+use crate::manifest::Purge;
 use crate::proxy::unix_now;
 
 /// The admin prefix.
@@ -171,16 +172,6 @@ fn internal(what: &str, err: &dyn std::fmt::Display) -> Response<Body> {
     json_response(
         StatusCode::SERVICE_UNAVAILABLE,
         &json!({ "error": format!("{what} failed: {err}") }),
-    )
-}
-
-/// The manifest's vary pairs as a store variant.
-pub fn variant_of(row: &PageRow) -> Variant {
-    Variant(
-        row.vary
-            .iter()
-            .map(|(n, v)| (n.clone(), (v != VARY_ABSENT).then(|| v.clone())))
-            .collect(),
     )
 }
 

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use tokio::sync::mpsc;
 
 use crate::cache::flight::Flights;
-use crate::cache::key::CacheKey;
+use crate::cache::key::{CacheKey, Variant};
 use crate::cache::policy::{self, PolicyOptions};
 use crate::cache::store::{Entry, Store, StoreError, StoreEvent};
 use crate::config::{Config, IpNet};
@@ -179,6 +179,16 @@ pub fn page_row(entry: &Entry) -> PageRow {
         last_modified: meta.last_modified(),
         tags: meta.tags.clone(),
     }
+}
+
+/// The store variant a manifest row describes (the inverse of the encoding in [`page_row`]).
+pub fn variant_of(row: &PageRow) -> Variant {
+    Variant(
+        row.vary
+            .iter()
+            .map(|(n, v)| (n.clone(), (v != VARY_ABSENT).then(|| v.clone())))
+            .collect(),
+    )
 }
 
 /// Records every committed entry in the manifest. Failures are logged, never propagated to a

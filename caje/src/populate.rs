@@ -18,8 +18,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::admin::variant_of;
-use crate::app::{page_row, App};
+use crate::app::{page_row, variant_of, App};
 use crate::cache::key::CacheKey;
 use crate::manifest::{PageRow, Purge};
 use crate::proxy::{fill_page, unix_now, FillResult};
