@@ -7,7 +7,11 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use super::{LitefsError, APPLICATION_ID};
+// Only named by doc links.
+#[cfg(doc)]
+use super::{Manifest, ManifestOptions, ManifestStats, PageRow, SCHEMA_VERSION};
 
+/// What the manifest was doing when a statement failed: the `op` of [`ManifestError::Sqlite`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Op {

@@ -1,5 +1,7 @@
-//! LiteFS glue: the only module that uses litefs-rs. When a write must take HALT, and the
-//! LiteFS side of the public types.
+//! LiteFS glue, the only module of caje that names litefs-rs: whether a manifest is in LiteFS
+//! mode ([`LitefsMode`]), this node's role ([`ManifestRole`]), and taking and releasing HALT
+//! around the writes of a node that is not the primary. The other modules take litefs-rs's
+//! types (`Database`, `HaltGuard`, `LitefsError`) from here.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,6 +10,9 @@ use litefs::Role;
 use serde::Deserialize;
 
 use super::ManifestError;
+// Only named by doc links.
+#[cfg(doc)]
+use super::Manifest;
 
 pub(super) use litefs::{Database, Error as LitefsError, HaltGuard};
 

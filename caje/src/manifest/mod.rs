@@ -13,6 +13,16 @@
 //!   held open across a channel wait (a long reader would stop WAL checkpoints for every process)
 //!   or across a HALT acquisition. They see committed rows, not writes still queued.
 //!
+//! # Files
+//! - `mod.rs`: the [`Manifest`] handle, its options and row types;
+//! - `error.rs`: [`ManifestError`] and [`Op`];
+//! - `owner.rs`: the owner thread: its queue, batching, flush policy, retries and backoff;
+//! - `write.rs`: one queued write, and how it runs inside a batch transaction;
+//! - `schema.rs`: opening a file, checking that it is a manifest, [`MIGRATIONS`];
+//! - `row.rs`: a [`PageRow`] in its stored form (vary and tag encoding) and the page SQL;
+//! - `tombstone.rs`: [`Purge`] targets and their [`Tombstone`]s;
+//! - `litefs.rs`: the LiteFS glue (role, HALT), the only module that names litefs-rs.
+//!
 //! # Writes: queued, batched, retried
 //! - Every write (upsert, remove, purge, tombstones, clear) joins the owner thread's queue and is
 //!   answered once its batch commits. A batch is flushed when its oldest write has waited

@@ -13,10 +13,13 @@ use tokio::sync::oneshot;
 use super::row::{page_from_row, Record, IDENTICAL_SQL, PAGE_COLUMNS, PAGE_ORDER};
 use super::tombstone::{tombstone_from_row, TOMBSTONES_SINCE_SQL};
 use super::write::{is_retryable, Step, WriteOp};
+// Only named by doc links.
 use super::{
     halt_unless_primary, release_halt, Database, HaltGuard, LitefsError, ManifestError,
     ManifestOptions, ManifestStats, Op, PageRow, Shared, Tombstone, Upsert,
 };
+#[cfg(doc)]
+use super::{write::Slot, Manifest};
 
 /// First pause before a failed flush is retried; it doubles up to
 /// [`ManifestOptions::retry_max_backoff`].

@@ -3,6 +3,9 @@
 use rusqlite::{params, Connection};
 
 use super::{ManifestError, PageRow, Upsert, VARY_ABSENT};
+// Only named by doc links.
+#[cfg(doc)]
+use super::Manifest;
 
 /// The identity columns of a page, vary already encoded.
 pub(super) struct Key {

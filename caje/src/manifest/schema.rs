@@ -50,8 +50,6 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX tombstones_created_at ON tombstones (created_at);",
 ];
 
-/// Other processes hold the write lock only for one short batch, so waiting this long for it
-/// should never time out in practice; SQLITE_BUSY surfacing would mean something is stuck.
 /// Other processes hold the write lock only for one short batch, and a primary's writers wait
 /// while a replica holds HALT, so waiting this long for the lock should never time out in
 /// practice; SQLITE_BUSY surfacing would mean something is stuck (the flush is then retried).

@@ -6,6 +6,9 @@ use rusqlite::{params, params_from_iter, Connection};
 
 use super::row::{check_tag, page_from_row, PAGE_COLUMNS, PAGE_ORDER};
 use super::{ManifestError, PageRow};
+// Only named by doc links.
+#[cfg(doc)]
+use super::Manifest;
 
 /// The target of a purge: which rows [`Manifest::purge`] removes, and what its [`Tombstone`]
 /// tells other nodes to invalidate.
@@ -106,8 +109,6 @@ pub(super) fn tombstone_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i
     ))
 }
 
-/// The pages a purge target matches, in list order, deleting them when `delete`. Both
-/// statements run in the caller's write transaction, so they see the same rows.
 /// What a purge does to the rows it matches.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum RowAction {
@@ -118,6 +119,8 @@ pub(super) enum RowAction {
     Expire(i64),
 }
 
+/// The pages a purge target matches, in list order, deleted or expired as `action` says. Both
+/// statements run in the caller's write transaction, so they see the same rows.
 pub(super) fn select_rows(
     conn: &Connection,
     target: &Purge,

@@ -8,6 +8,9 @@ use super::owner::Reply;
 use super::row::{upsert_one, Key, Record, REMOVE_SQL};
 use super::tombstone::{insert_tombstone, select_rows, RowAction, EXPIRE_TOMBSTONES_SQL};
 use super::{ManifestError, Op, PageRow, Purge, PurgeOutcome, Tombstone, Upsert};
+// Only named by doc links.
+#[cfg(doc)]
+use super::Manifest;
 
 /// One queued write: its input, its caller's reply, and — between running inside a transaction
 /// and that transaction's end — its outcome. The outcome is sent only after the commit, and
