@@ -293,6 +293,41 @@ impl Manifest {
     /// Opens (creating if needed) the database at `path` with the default
     /// [`ManifestOptions`]: [`LitefsMode::Auto`], so plain SQLite unless `path` is on a real
     /// LiteFS mount. See [`Manifest::open_with`].
+    ///
+    /// # Examples
+    ///
+    /// Opening blocks (it may create or migrate the file), so an async caller runs it on a
+    /// blocking thread; the handle's methods are async.
+    ///
+    /// ```
+    /// use caje::manifest::{Manifest, PageRow, Upsert};
+    ///
+    /// #[tokio::main(flavor = "current_thread")]
+    /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     let dir = tempfile::tempdir()?;
+    ///     let path = dir.path().join("manifest.db");
+    ///     let manifest = tokio::task::spawn_blocking(move || Manifest::open(&path)).await??;
+    ///
+    ///     let page = PageRow {
+    ///         host: "example.com".to_owned(),
+    ///         method: "GET".to_owned(),
+    ///         path: "/index.html".to_owned(),
+    ///         vary: Vec::new(),
+    ///         status: 200,
+    ///         stored_at: 1_700_000_000,
+    ///         expires_at: 1_700_000_060,
+    ///         size: 1234,
+    ///         etag: None,
+    ///         last_modified: None,
+    ///         tags: vec!["home".to_owned()],
+    ///     };
+    ///     assert_eq!(manifest.upsert(page.clone()).await?, Upsert::Inserted);
+    ///     // The same page again is not written.
+    ///     assert_eq!(manifest.upsert(page.clone()).await?, Upsert::Unchanged);
+    ///     assert_eq!(manifest.list().await?, vec![page]);
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn open(path: &Path) -> Result<Manifest, ManifestError> {
         Manifest::open_with(path, ManifestOptions::default())
     }
