@@ -164,6 +164,7 @@ pub(super) mod tests {
     use std::fs::File;
     use std::path::Path;
     use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
 
     use ::litefs::ofd;
 
@@ -186,7 +187,8 @@ pub(super) mod tests {
     }
 
     /// Holds the HALT byte through the test's own descriptor, as another writer on this host
-    /// would; closing the file releases it.
+    /// would; closing the file releases it. Waits (a bounded time) while the manifest itself
+    /// still holds HALT: a write is answered at its commit, before its owner thread releases it.
     pub(in crate::manifest) fn hold_halt(db: &Path) -> File {
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -195,8 +197,16 @@ pub(super) mod tests {
             .truncate(false)
             .open(side_file(db, "-lock"))
             .unwrap();
-        ofd::try_lock(&file, ofd::LockKind::Write, ofd::LockRange::HALT).unwrap();
-        file
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match ofd::try_lock(&file, ofd::LockKind::Write, ofd::LockRange::HALT) {
+                Ok(()) => return file,
+                Err(ofd::LockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("cannot take HALT: {e:?}"),
+            }
+        }
     }
 
     /// An `on_flush` hook recording [`halt_holder`] inside every write transaction.
