@@ -36,3 +36,4 @@ pub mod proxy;
 pub mod request;
 pub mod server;
 pub mod stats;
+pub mod time;

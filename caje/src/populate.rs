@@ -21,7 +21,8 @@ use tokio::sync::{Notify, Semaphore};
 use crate::app::{page_row, variant_of, App};
 use crate::cache::key::CacheKey;
 use crate::manifest::{PageRow, Purge};
-use crate::proxy::{fill_page, unix_now, FillResult};
+use crate::proxy::{fill_page, FillResult};
+use crate::time::unix_now;
 
 /// The counts of one pass.
 #[derive(Debug, Clone, Default, Serialize)]

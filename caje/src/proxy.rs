@@ -36,6 +36,7 @@ use crate::hit;
 use crate::origin::{Origin, OriginError};
 use crate::request::{check_request, local, request_host};
 use crate::stats::Stats;
+use crate::time::unix_now;
 
 /// One request on its way through caje, with what routing found out about it.
 struct Ctx {
@@ -944,11 +945,4 @@ fn origin_request(
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
     Ok(req)
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
