@@ -20,8 +20,8 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::app::{page_row, variant_of, App};
 use crate::cache::key::CacheKey;
+use crate::fill::{fill_page, FillResult};
 use crate::manifest::{PageRow, Purge};
-use crate::proxy::{fill_page, FillResult};
 use crate::time::unix_now;
 
 /// The counts of one pass.
