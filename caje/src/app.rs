@@ -13,7 +13,7 @@ use crate::cache::store::{Entry, Store, StoreError, StoreEvent};
 use crate::config::{Config, IpNet};
 use crate::manifest::{Manifest, ManifestError, ManifestOptions, PageRow, VARY_ABSENT};
 use crate::origin::{OriginClient, Origins};
-use crate::populate::Populate;
+use crate::populate_state::Populate;
 use crate::stats::Stats;
 
 /// Why a node could not start.

@@ -34,6 +34,7 @@ pub mod invalidate;
 pub mod manifest;
 pub mod origin;
 pub mod populate;
+pub mod populate_state;
 pub mod proxy;
 pub mod request;
 pub mod server;
