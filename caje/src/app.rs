@@ -129,12 +129,6 @@ impl App {
         tokio::spawn(record_stored(app.manifest.clone(), events_rx));
         Ok(app)
     }
-
-    /// Starts the node's background work: reconciling its disk with the manifest, applying
-    /// purges recorded by other nodes, and edge warming.
-    pub fn spawn_background(self: &Arc<Self>) {
-        tokio::spawn(crate::populate::run(self.clone()));
-    }
 }
 
 fn targeted_field(name: &str) -> Result<Option<http::HeaderName>, StartError> {

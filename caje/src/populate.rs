@@ -204,6 +204,14 @@ pub async fn reconcile(app: &Arc<App>) -> usize {
     entries.len()
 }
 
+/// Starts the node's background work: reconciling its disk with the manifest, applying
+/// purges recorded by other nodes, and edge warming ([`run`] on its own task). It lives here
+/// rather than on [`App`] so that `App` is built from its parts and does not depend on
+/// populate.
+pub fn spawn(app: &Arc<App>) {
+    tokio::spawn(run(app.clone()));
+}
+
 /// The background task: reconcile once (and again when the manifest's role changes, and every
 /// 10 minutes), then apply tombstones and run a pass whenever the manifest changes, when
 /// woken, and at least every `populate.interval_secs`.
