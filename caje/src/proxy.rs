@@ -49,7 +49,7 @@ pub async fn handle(
     peer: SocketAddr,
     ambiguous_framing: bool,
 ) -> Response<Body> {
-    if let Some(rejection) = check_request(&app, &req, ambiguous_framing) {
+    if let Some(rejection) = check_request(&app.config.limits, &req, ambiguous_framing) {
         return rejection;
     }
     if admin::is_admin_path(req.uri().path()) || req.method().as_str() == "PURGE" {
