@@ -5,7 +5,7 @@
 //! when another connection — another local node, or LiteFS replication — commits, and the
 //! LiteFS TXID when on LiteFS), then runs a *pass*: list the rows, keep the fresh ones this
 //! node lacks, and fetch them with the recorded request headers (so `Host` and `Vary`
-//! variants are right) through [`crate::proxy::fill_page`], which is the miss path itself and
+//! variants are right) through [`crate::fill::fill_page`], which is the miss path itself and
 //! is coalesced with client misses. Fetches are bounded by a concurrency limit and a
 //! per-origin rate, and retried. The same task applies purge tombstones other nodes recorded.
 

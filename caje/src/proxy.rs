@@ -1,17 +1,20 @@
-//! The request path. This is the only module that knows the order of the steps:
+//! The request path. This is the only module that knows the order of the steps; the steps
+//! themselves live in their own modules:
 //!
 //! 1. reject malformed or hostile requests ([`check_request`]);
-//! 2. hand `/_caje/` (and the `PURGE` method) to the admin API;
+//! 2. hand `/_caje/` (and the `PURGE` method) to the admin API ([`crate::admin`]);
 //! 3. route the client host to an origin (421 when there is none);
 //! 4. for GET/HEAD, look the page up: a fresh entry is served from disk ([`crate::hit`]);
 //!    a stale one within `stale-while-revalidate` is served while one background request
-//!    refreshes it;
+//!    refreshes it ([`crate::stale`]);
 //! 5. otherwise join the URL's flight ([`crate::cache::flight`]): the leader goes to the
 //!    origin (conditionally when it holds a stale entry with validators) and streams the
-//!    answer back, teeing it into the cache; waiters stream the leader's fill;
+//!    answer back, teeing it into the cache ([`crate::fill`]); waiters stream the leader's
+//!    fill;
 //! 6. when the origin fails, a stale entry is served where `stale-if-error` (or
-//!    `cache.stale_if_unreachable_secs`) allows, else 502/504;
-//! 7. unsafe methods are forwarded, and a success invalidates the URLs they touched.
+//!    `cache.stale_if_unreachable_secs`) allows, else 502/504 ([`crate::stale`]);
+//! 7. unsafe methods are forwarded, and a success invalidates the URLs they touched
+//!    ([`crate::invalidate`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
