@@ -8,11 +8,18 @@
 # code or in a test). Doc links in comments are not imports and are skipped. main.rs is the
 # binary, not a module of the library, and lib.rs only declares the modules.
 #
-# Usage: scripts/module-cycles.sh [path/to/caje/src]
-# Exit status: 0 without cycles, 1 with a cycle (tsort names the modules on it), 2 on a path
-# form this script does not understand (`crate::{a, b}`).
+# Usage: scripts/module-cycles.sh [--check DOC] [path/to/caje/src]
+#   --check DOC  also fail unless the `a -> b` lines between <!-- module-edges:begin --> and
+#                <!-- module-edges:end --> in DOC (docs/architecture.md) are exactly these edges.
+# Exit status: 0 without cycles, 1 with a cycle (tsort names the modules on it) or a stale
+# DOC, 2 on a path form this script does not understand (`crate::{a, b}`).
 set -euo pipefail
 
+doc=
+if [ "${1:-}" = --check ]; then
+    doc=$(realpath "$2")
+    shift 2
+fi
 src=${1:-"$(dirname "$0")/../caje/src"}
 cd "$src"
 
@@ -51,3 +58,13 @@ if ! loops=$(echo "$edges" | tsort 2>&1 >/dev/null); then
     exit 1
 fi
 echo "module-cycles: no cycles among $(echo "$edges" | tr ' ' '\n' | sort -u | wc -l) modules"
+
+if [ -n "$doc" ]; then
+    documented=$(sed -n '/<!-- module-edges:begin -->/,/<!-- module-edges:end -->/p' "$doc" |
+        grep -E '^[a-z_0-9]+ -> [a-z_0-9]+$' || true)
+    if ! diff <(echo "$edges" | awk '{ print $1 " -> " $2 }') <(echo "$documented") >&2; then
+        echo "module-cycles: $doc does not match the code (< code, > doc)" >&2
+        exit 1
+    fi
+    echo "module-cycles: $doc matches the code"
+fi
