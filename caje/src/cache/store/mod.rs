@@ -13,6 +13,20 @@
 //!
 //! The index maps each page to its variants and is the authority on what this node serves;
 //! it lives behind a `std::sync::Mutex` because no code holds it across an `.await`.
+//!
+//! # Files
+//! One reason to change each:
+//! - `mod.rs`: the [`Store`] handle, opening and locking `cache_dir`, [`Entry`], [`Lookup`],
+//!   [`StoreError`] and the [`StoreEvent`]s the manifest follows;
+//! - `index.rs`: the in-memory index (pages → variants, counts) and the lookups on it;
+//! - `fill.rs`: [`Fill`], the writer thread that streams a body into a temp file, and the
+//!   commit that renames it into place;
+//! - `files.rs`: unique file names, shard directories, atomic metadata writes;
+//! - `verify.rs`: the start-up scan and the removal of entries found corrupt;
+//! - `purge.rs`: purges (by page or tag, hard or soft, local or replicated) and clearing.
+//!
+//! Serving a hit (reading and checking a body against its length and CRC) is in
+//! [`crate::body`], which calls back into [`Store::remove_corrupt`].
 
 mod files;
 mod fill;
