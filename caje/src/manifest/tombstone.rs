@@ -1,6 +1,5 @@
 //! Purges and their tombstones: the purge target, selecting its rows, the tombstone rows.
 
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, params_from_iter, Connection};
 
@@ -62,11 +61,9 @@ pub(super) fn check_tombstone(t: &Tombstone) -> Result<(), ManifestError> {
     }
 }
 
-/// Current time in unix seconds (0 before the epoch, which only a broken clock reports).
+/// Current time in unix seconds, as SQLite's signed integers hold it.
 pub(super) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    i64::try_from(crate::time::unix_now()).unwrap_or(i64::MAX)
 }
 
 const INSERT_TOMBSTONE_SQL: &str = "
