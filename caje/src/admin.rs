@@ -23,8 +23,9 @@ use crate::app::App;
 use crate::body::{self, Body};
 use crate::cache::key::CacheKey;
 use crate::cache_status::Outcome;
+use crate::host::Host;
 use crate::manifest::Purge;
-use crate::proxy::unix_now;
+use crate::time::unix_now;
 
 /// The admin prefix.
 pub const PREFIX: &str = "/_caje";
@@ -476,15 +477,17 @@ fn purge_target<B>(url: &str, req: &Request<B>) -> Result<CacheKey, String> {
     if !path.starts_with('/') {
         return Err(format!("url {url:?} must be absolute or start with /"));
     }
-    let host = match uri.authority() {
-        Some(a) => a.as_str().to_owned(),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .ok_or("a path-only url needs the request's Host header")?
-            .to_owned(),
+    let (raw, scheme) = match uri.authority() {
+        Some(a) => (a.as_str(), uri.scheme_str().unwrap_or("http")),
+        None => (
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .ok_or("a path-only url needs the request's Host header")?,
+            "http",
+        ),
     };
+    let host = Host::parse(raw, scheme).map_err(|e| format!("host {raw:?} is not valid: {e}"))?;
     Ok(CacheKey::new(&host, &path))
 }
 

@@ -8,7 +8,8 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use support::{get, raw, request, within, Caje, CajeConfig, Origin};
+use support::http::raw;
+use support::{get, request, within, Caje, CajeConfig, Origin};
 
 fn h<'a>(seen: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
     seen.get(name).and_then(Value::as_str)

@@ -71,12 +71,9 @@ fn clamp_value(v: &HeaderValue) -> Option<HeaderValue> {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(tail.len());
         let (digits, after) = tail.split_at(len);
-        let standalone = before.is_empty()
-            || before.ends_with(|c: char| c == '=' || c == ' ' || c == ',' || c == '\t');
-        let too_big = digits.len() > 10
-            || digits
-                .parse::<u64>()
-                .map_or(false, |n| n > MAX_DELTA_SECONDS);
+        let standalone = before.is_empty() || before.ends_with(['=', ' ', ',', '\t']);
+        let too_big =
+            digits.len() > 10 || digits.parse::<u64>().is_ok_and(|n| n > MAX_DELTA_SECONDS);
         if !digits.is_empty() && standalone && too_big && !after.starts_with('"') {
             out.push_str(&MAX_DELTA_SECONDS.to_string());
             changed = true;

@@ -224,7 +224,7 @@ mod tests {
     use super::*;
 
     fn key() -> CacheKey {
-        CacheKey::new("h", "/a")
+        CacheKey::new(&crate::host::Host::parse("h", "http").unwrap(), "/a")
     }
 
     #[tokio::test]
@@ -253,7 +253,10 @@ mod tests {
         leader.uncacheable(Duration::from_secs(60));
         assert!(matches!(flights.join(&key()), Join::Bypass));
         assert!(matches!(
-            flights.join(&CacheKey::new("h", "/b")),
+            flights.join(&CacheKey::new(
+                &crate::host::Host::parse("h", "http").unwrap(),
+                "/b"
+            )),
             Join::Leader(_)
         ));
     }
