@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
 
 use crate::cache::store::{Entry, Fill, FillProgress, Store};
+use crate::file_body::FileBody;
 use crate::stats::Stats;
 
 /// Error of a streamed body; hyper aborts the client connection when it sees one.
@@ -381,16 +382,11 @@ fn open_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitError> {
         store.hot().insert(&entry.meta.body_file, body.clone());
         return Ok(full(body));
     }
-    // Two chunks in flight: the reader stays just ahead of the client.
-    let (tx, rx) = mpsc::channel(2);
-    let store = store.clone();
-    let entry = entry.clone();
-    tokio::task::spawn_blocking(move || stream_file(file, &store, &entry, tx));
-    Ok(BoxBody::new(ChannelBody {
-        rx,
-        remaining: len,
-        exact: true,
-    }))
+    Ok(BoxBody::new(FileBody::verified(
+        file,
+        store.clone(),
+        entry.clone(),
+    )))
 }
 
 /// Opens `len` bytes of a stored body from `start`, for a 206. The checksum covers the whole
@@ -407,75 +403,11 @@ pub async fn hit_range_body(
     }
     let store = store.clone();
     let entry = entry.clone();
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Seek, SeekFrom};
-        let mut file = open_checked(&store, &entry)?;
-        if file.seek(SeekFrom::Start(start)).is_err() {
-            return Err(HitError::Gone);
-        }
-        let (tx, rx) = mpsc::channel(2);
-        tokio::task::spawn_blocking(move || {
-            let mut left = len;
-            while left > 0 {
-                let mut buf = BytesMut::zeroed(left.min(CHUNK as u64) as usize);
-                if let Err(e) = file.read_exact(&mut buf) {
-                    let _ = tx.blocking_send(Err(StreamError::Io(e).into()));
-                    return;
-                }
-                left -= buf.len() as u64;
-                if tx.blocking_send(Ok(buf.freeze())).is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(BoxBody::new(ChannelBody {
-            rx,
-            remaining: len,
-            exact: true,
-        }))
-    })
-    .await
-    .map_err(|_| HitError::Gone)?
-}
-
-/// Reads a large body in chunks into `tx`, verifying the checksum at the end.
-fn stream_file(
-    mut file: std::fs::File,
-    store: &Store,
-    entry: &Arc<Entry>,
-    tx: mpsc::Sender<Result<Bytes, BodyError>>,
-) {
-    let mut crc = crc32fast::Hasher::new();
-    let mut total = 0u64;
-    loop {
-        let mut buf = BytesMut::zeroed(CHUNK);
-        let n = match file.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(StreamError::Io(e).into()));
-                return;
-            }
-        };
-        if n == 0 {
-            break;
-        }
-        buf.truncate(n);
-        total += n as u64;
-        crc.update(&buf);
-        if total == entry.meta.body_len && crc.clone().finalize() != entry.meta.body_crc32 {
-            // Withhold the last chunk so the client never receives a complete-looking body.
-            store.remove_corrupt(entry, &"body checksum mismatch while serving");
-            let _ = tx.blocking_send(Err(StreamError::Corrupt.into()));
-            return;
-        }
-        if tx.blocking_send(Ok(buf.freeze())).is_err() {
-            return; // client went away
-        }
-    }
-    if total != entry.meta.body_len {
-        store.remove_corrupt(entry, &"body shorter than its metadata");
-        let _ = tx.blocking_send(Err(StreamError::Corrupt.into()));
-    }
+    // Only the open and its length check happen here; the reads happen as the client pulls.
+    let file = tokio::task::spawn_blocking(move || open_checked(&store, &entry))
+        .await
+        .map_err(|_| HitError::Gone)??;
+    Ok(BoxBody::new(FileBody::range(file, start, len)))
 }
 
 /// A body fed by a channel of chunks.

@@ -26,6 +26,7 @@ pub mod body;
 pub mod cache;
 pub mod cache_status;
 pub mod config;
+pub mod file_body;
 pub mod framing;
 pub mod headers;
 pub mod hit;
