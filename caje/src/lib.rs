@@ -38,4 +38,5 @@ pub mod proxy;
 pub mod request;
 pub mod send_timeout;
 pub mod server;
+pub mod spool;
 pub mod stats;

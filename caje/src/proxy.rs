@@ -35,6 +35,7 @@ use crate::headers;
 use crate::hit;
 use crate::origin::{Origin, OriginError};
 use crate::request::{check_request, local, request_host};
+use crate::spool::Spool;
 use crate::stats::Stats;
 
 /// One request on its way through caje, with what routing found out about it.
@@ -194,7 +195,7 @@ async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
                         }
                     }
                     Stats::incr(&app.stats.collapsed);
-                    collapsed_response(&head, progress, fwd)
+                    collapsed_response(&head, fwd)
                 }
                 FlightState::Refreshed(entry) if entry.meta.variant.matches(&ctx.parts.headers) => {
                     let outcome = Outcome {
@@ -265,18 +266,14 @@ async fn serve_entry(
 }
 
 /// The response for a request collapsed onto another's fill.
-fn collapsed_response(
-    head: &SharedHead,
-    progress: tokio::sync::watch::Receiver<FillProgress>,
-    fwd: Forward,
-) -> Response<Body> {
+fn collapsed_response(head: &SharedHead, fwd: Forward) -> Response<Body> {
     let mut headers = head.headers.clone();
     let outcome = Outcome {
         collapsed: true,
         ..Outcome::forwarded(fwd, head.status.as_u16(), Ok(()))
     };
     headers.insert("cache-status", outcome.header_value());
-    let mut res = Response::new(body::follow_fill(progress, head.content_length));
+    let mut res = Response::new(head.spool.reader().boxed());
     *res.status_mut() = head.status;
     *res.headers_mut() = headers;
     res
@@ -341,19 +338,14 @@ async fn revalidate_in_background(ctx: &Ctx, entry: Arc<Entry>, leader: Leader) 
         }
         return;
     }
-    let answer = respond_from_origin(ctx, rparts, rbody, Forward::Stale, Some(leader));
-    drain(answer.response).await;
-}
-
-/// Reads a response body to its end without a client (background fills).
-async fn drain(response: Response<Body>) -> bool {
-    let mut body = response.into_body();
-    while let Some(frame) = body.frame().await {
-        if frame.is_err() {
-            return false;
-        }
-    }
-    true
+    // A storable body is pumped into the cache by its spool whether or not anyone reads it.
+    drop(respond_from_origin(
+        ctx,
+        rparts,
+        rbody,
+        Forward::Stale,
+        Some(leader),
+    ));
 }
 
 /// The leader's path: one origin request for everyone waiting on this URL.
@@ -446,7 +438,7 @@ fn respond_from_origin(
     let stored = decision.as_ref().map(|_| ()).map_err(|e| *e);
     let outcome = Outcome::forwarded(fwd, status, stored);
     let tags = surrogate_keys(&rparts.headers);
-    let fill = match decision {
+    let (fill, spool) = match decision {
         Ok(storable) => {
             let variant = Variant::from_request(&storable.vary_names, &ctx.parts.headers);
             let meta = EntryMeta {
@@ -466,6 +458,7 @@ fn respond_from_origin(
             let fill = app
                 .store
                 .begin_fill(meta, app.config.cache.max_object_bytes, ctx.announce);
+            let spool = Spool::new(content_length);
             if let Some(leader) = leader {
                 let mut shared = rparts.headers.clone();
                 shared.remove("surrogate-key");
@@ -478,11 +471,12 @@ fn respond_from_origin(
                         variant,
                         content_length,
                         body_complete: fill.finished_flag(),
+                        spool: spool.clone(),
                     },
                     fill.progress(),
                 );
             }
-            Some(fill)
+            (Some(fill), Some(spool))
         }
         Err(why) => {
             Stats::incr(&app.stats.not_stored);
@@ -490,7 +484,7 @@ fn respond_from_origin(
             if let Some(leader) = leader {
                 leader.uncacheable(Duration::from_secs(app.config.cache.hit_for_miss_secs));
             }
-            None
+            (None, None)
         }
     };
     rparts.headers.remove("surrogate-key");
@@ -507,8 +501,15 @@ fn respond_from_origin(
         app.config.origin_timeouts.body_idle(),
         app.stats.clone(),
     );
+    // A storable body is read from the origin at the origin's pace by the spool's pump, and
+    // this client reads it from the spool like any coalesced one; anything else streams
+    // straight through.
+    let body = match (spool, &progress) {
+        (Some(spool), Some(progress)) => spool.start(tee, progress.clone()).boxed(),
+        _ => tee.boxed(),
+    };
     Answer {
-        response: Response::from_parts(rparts, tee.boxed()),
+        response: Response::from_parts(rparts, body),
         stored,
         progress,
     }
@@ -596,7 +597,8 @@ pub async fn fill_page(
         stored,
         progress,
     } = respond_from_origin(&ctx, rparts, rbody, Forward::UriMiss, Some(leader));
-    drain(response).await;
+    // The spool's pump stores the body without a reader.
+    drop(response);
     if let Err(why) = stored {
         return FillResult::NotStored(why.as_str());
     }
