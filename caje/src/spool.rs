@@ -10,9 +10,9 @@
 //! streaming fetch: one slow reader never slows the fetch or another reader.
 //!
 //! Memory stays bounded: a chunk leaves the window once it is on disk and the window holds
-//! more than [`WINDOW`] bytes, and the pump stops reading the origin while the window holds
-//! more than [`WINDOW_CAP`] (only possible while the file is not open yet; the fill's own
-//! backpressure already bounds what is not yet written).
+//! more than [`WINDOW`] bytes (the file is opened only then), and the pump stops reading the
+//! origin while the window holds more than [`WINDOW_CAP`] (only possible while the file is
+//! not open yet; the fill's own backpressure already bounds what is not yet written).
 //!
 //! When the fill is abandoned mid-body (the object grew past `max_object_bytes`, or the disk
 //! failed or fell behind) the pump stops and parks the origin body; the first client reads
@@ -75,6 +75,8 @@ struct State {
     end: End,
     handoff: Option<Tee>,
     leader_gone: bool,
+    /// The pump no longer waits for the window to shrink.
+    uncapped: bool,
     wakers: Vec<(u64, Waker)>,
     next_reader: u64,
 }
@@ -111,6 +113,7 @@ impl Spool {
                 end: End::Running,
                 handoff: None,
                 leader_gone: false,
+                uncapped: false,
                 wakers: Vec::new(),
                 next_reader: 0,
             }),
@@ -177,22 +180,32 @@ impl Spool {
         let parked = {
             let mut s = self.lock();
             s.end = end;
-            if !s.leader_gone {
+            Self::wake_all(&mut s);
+            if s.leader_gone {
+                handoff
+            } else {
                 s.handoff = handoff;
                 None
-            } else {
-                handoff
             }
         };
-        let mut s = self.lock();
-        Self::wake_all(&mut s);
-        drop(s);
+        // Dropped outside the lock: the origin connection goes with it.
         drop(parked);
     }
 
     fn window_bytes(&self) -> u64 {
         let s = self.lock();
         s.received - s.window_start
+    }
+
+    /// Whether the pump may read another chunk now.
+    fn has_room(&self) -> bool {
+        let s = self.lock();
+        s.uncapped || s.received - s.window_start <= WINDOW_CAP
+    }
+
+    fn uncap(&self) {
+        self.lock().uncapped = true;
+        self.room.notify_waiters();
     }
 
     /// The writer reached `written` bytes; chunks that are on disk may leave the window.
@@ -238,7 +251,7 @@ async fn pump(spool: Arc<Spool>, mut tee: Tee) {
             let room = spool.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            if spool.window_bytes() <= WINDOW_CAP {
+            if spool.has_room() {
                 break;
             }
             room.await;
@@ -268,7 +281,8 @@ async fn pump(spool: Arc<Spool>, mut tee: Tee) {
     }
 }
 
-/// Follows the writer: opens its file once it exists and lets written chunks leave the window.
+/// Follows the writer: once the window outgrows [`WINDOW`], opens the file being written (a
+/// small body never costs a second open or read) and lets written chunks leave the window.
 async fn follow_disk(spool: Arc<Spool>, mut progress: watch::Receiver<FillProgress>) {
     let mut opened = false;
     loop {
@@ -277,14 +291,10 @@ async fn follow_disk(spool: Arc<Spool>, mut progress: watch::Receiver<FillProgre
             FillProgress::Starting => (None, 0, false),
             FillProgress::Writing { path, written } => (Some((*path).clone()), written, false),
             FillProgress::Committed(entry) => (Some(entry.body_path()), entry.meta.body_len, true),
-            FillProgress::Failed => {
-                if !opened {
-                    spool.set_file(None);
-                }
-                return;
-            }
+            FillProgress::Failed => (None, 0, true),
         };
-        if let (false, Some(path)) = (opened, path) {
+        let needed = spool.window_bytes() > WINDOW;
+        if let (false, true, Some(path)) = (opened, needed, path) {
             let file = tokio::task::spawn_blocking(move || File::open(path))
                 .await
                 .map_err(std::io::Error::other)
@@ -308,7 +318,10 @@ async fn follow_disk(spool: Arc<Spool>, mut progress: watch::Receiver<FillProgre
         }
         if last || progress.changed().await.is_err() {
             if !opened {
-                spool.set_file(None);
+                // The writer is done without its file being opened: nothing will shrink the
+                // window any more, so the pump must not wait for that (the fill is over, so
+                // the pump stops or hands off at its next chunk).
+                spool.uncap();
             }
             return;
         }
