@@ -23,6 +23,7 @@ use crate::cache_status::{Forward, Outcome};
 use crate::headers;
 use crate::host::Host;
 use crate::origin::Origin;
+use crate::spool::Spool;
 use crate::stats::Stats;
 use crate::time::unix_now;
 
@@ -153,7 +154,8 @@ pub async fn fill_page(
         stored,
         progress,
     } = respond_from_origin(&ctx, rparts, rbody, Forward::UriMiss, Some(leader));
-    drain(response).await;
+    // The spool's pump stores the body without a reader.
+    drop(response);
     if let Err(why) = stored {
         return FillResult::NotStored(why.as_str());
     }
@@ -277,7 +279,7 @@ pub(crate) fn respond_from_origin(
     let stored = decision.as_ref().map(|_| ()).map_err(|e| *e);
     let outcome = Outcome::forwarded(fwd, status, stored);
     let tags = surrogate_keys(&rparts.headers);
-    let fill = match decision {
+    let (fill, spool) = match decision {
         Ok(storable) => {
             let variant = Variant::from_request(&storable.vary_names, &ctx.parts.headers);
             let meta = EntryMeta {
@@ -297,6 +299,7 @@ pub(crate) fn respond_from_origin(
             let fill = app
                 .store
                 .begin_fill(meta, app.config.cache.max_object_bytes, ctx.announce);
+            let spool = Spool::new(content_length);
             if let Some(leader) = leader {
                 let mut shared = rparts.headers.clone();
                 shared.remove("surrogate-key");
@@ -309,11 +312,12 @@ pub(crate) fn respond_from_origin(
                         variant,
                         content_length,
                         body_complete: fill.finished_flag(),
+                        spool: spool.clone(),
                     },
                     fill.progress(),
                 );
             }
-            Some(fill)
+            (Some(fill), Some(spool))
         }
         Err(why) => {
             Stats::incr(&app.stats.not_stored);
@@ -321,7 +325,7 @@ pub(crate) fn respond_from_origin(
             if let Some(leader) = leader {
                 leader.uncacheable(Duration::from_secs(app.config.cache.hit_for_miss_secs));
             }
-            None
+            (None, None)
         }
     };
     rparts.headers.remove("surrogate-key");
@@ -338,8 +342,15 @@ pub(crate) fn respond_from_origin(
         app.config.origin_timeouts.body_idle(),
         app.stats.clone(),
     );
+    // A storable body is read from the origin at the origin's pace by the spool's pump, and
+    // this client reads it from the spool like any coalesced one; anything else streams
+    // straight through.
+    let body = match (spool, &progress) {
+        (Some(spool), Some(progress)) => spool.start(tee, progress.clone()).boxed(),
+        _ => tee.boxed(),
+    };
     Answer {
-        response: Response::from_parts(rparts, tee.boxed()),
+        response: Response::from_parts(rparts, body),
         stored,
         progress,
     }
@@ -371,17 +382,6 @@ pub(crate) fn pass_through(
         app.stats.clone(),
     );
     Response::from_parts(rparts, tee.boxed())
-}
-
-/// Reads a response body to its end without a client (background fills).
-pub(crate) async fn drain(response: Response<Body>) -> bool {
-    let mut body = response.into_body();
-    while let Some(frame) = body.frame().await {
-        if frame.is_err() {
-            return false;
-        }
-    }
-    true
 }
 
 /// A client request body, bounded by `limits.max_request_body_bytes`.

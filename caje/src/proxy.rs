@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use http::header;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::admin;
@@ -173,7 +174,7 @@ async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
                         }
                     }
                     Stats::incr(&app.stats.collapsed);
-                    collapsed_response(&head, progress, fwd)
+                    collapsed_response(&head, fwd)
                 }
                 FlightState::Refreshed(entry) if entry.meta.variant.matches(&ctx.parts.headers) => {
                     let outcome = Outcome {
@@ -235,18 +236,14 @@ async fn serve_entry(
 }
 
 /// The response for a request collapsed onto another's fill.
-fn collapsed_response(
-    head: &SharedHead,
-    progress: tokio::sync::watch::Receiver<FillProgress>,
-    fwd: Forward,
-) -> Response<Body> {
+fn collapsed_response(head: &SharedHead, fwd: Forward) -> Response<Body> {
     let mut headers = head.headers.clone();
     let outcome = Outcome {
         collapsed: true,
         ..Outcome::forwarded(fwd, head.status.as_u16(), Ok(()))
     };
     headers.insert("cache-status", outcome.header_value());
-    let mut res = Response::new(body::follow_fill(progress, head.content_length));
+    let mut res = Response::new(head.spool.reader().boxed());
     *res.status_mut() = head.status;
     *res.headers_mut() = headers;
     res

@@ -3,7 +3,7 @@
 //! The first request for a URL becomes the *leader* and goes to the origin; requests that
 //! arrive while it is in flight become *waiters*. When the leader's response turns out to be
 //! storable, the leader publishes its head and the fill's progress, and each waiter whose
-//! `Vary` variant matches streams the body from the file being written, as it arrives. When
+//! `Vary` variant matches reads the body from the fill's spool ([`crate::spool`]), as it arrives. When
 //! it is not storable (or the leader fails or is dropped), waiters are released to fetch on
 //! their own and the URL is remembered as uncacheable for a short time (hit-for-miss), so the
 //! next burst is not serialised behind one request.
@@ -35,6 +35,8 @@ pub struct SharedHead {
     pub content_length: Option<u64>,
     /// True once the leader handed the whole body to the cache writer.
     pub body_complete: Arc<std::sync::atomic::AtomicBool>,
+    /// The fill's body, which every client of the flight reads at its own pace.
+    pub spool: Arc<crate::spool::Spool>,
 }
 
 /// The state of one flight, as waiters see it.
