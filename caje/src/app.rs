@@ -6,11 +6,11 @@ use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 
-use crate::cache::flight::Flights;
 use crate::cache::key::{CacheKey, Variant};
 use crate::cache::policy::{self, PolicyOptions};
 use crate::cache::store::{Entry, Store, StoreError, StoreEvent};
 use crate::config::{Config, IpNet};
+use crate::flight::Flights;
 use crate::manifest::{Manifest, ManifestError, ManifestOptions, PageRow, VARY_ABSENT};
 use crate::origin::{OriginClient, Origins};
 use crate::populate_state::Populate;

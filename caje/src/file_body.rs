@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::future::Future;
+use std::io::Read as _;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,9 +16,10 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
 use tokio::task::JoinHandle;
 
-use crate::body::{BodyError, StreamError};
+use crate::body::{empty, full, Body, BodyError, StreamError, SMALL_BODY};
 use crate::cache::store::{Entry, Store};
 
 /// Largest single read.
@@ -173,4 +175,100 @@ impl HttpBody for FileBody {
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.end.saturating_sub(self.pos))
     }
+}
+
+/// Why a stored entry could not be served.
+#[derive(Debug)]
+pub enum HitError {
+    /// The entry was replaced or removed after the lookup; treat as a miss.
+    Gone,
+    /// The entry is corrupt; it has been removed and counted.
+    Corrupt,
+}
+
+/// Opens a stored body for serving. Small bodies are read and verified now; large ones are
+/// verified as they stream, and a mismatch aborts the client connection and removes the entry.
+pub async fn hit_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitError> {
+    // The memory tier answers without a trip to the blocking pool.
+    if let Some(body) = store.hot().get(&entry.meta.body_file) {
+        return Ok(full(body));
+    }
+    let store = store.clone();
+    let entry = entry.clone();
+    let opened = tokio::task::spawn_blocking(move || open_body(&store, &entry))
+        .await
+        .map_err(|_| HitError::Gone)??;
+    Ok(opened)
+}
+
+/// Opens a stored body and checks its length against the metadata. A body that is missing
+/// because the entry was just replaced is `Gone`; any other mismatch removes the entry.
+fn open_checked(store: &Store, entry: &Arc<Entry>) -> Result<std::fs::File, HitError> {
+    let file = match std::fs::File::open(entry.body_path()) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !store.is_current(entry) => {
+            return Err(HitError::Gone)
+        }
+        Err(e) => {
+            store.remove_corrupt(entry, &format_args!("cannot open body: {e}"));
+            return Err(HitError::Corrupt);
+        }
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+    if len != entry.meta.body_len {
+        store.remove_corrupt(
+            entry,
+            &format_args!("body is {len} bytes, metadata says {}", entry.meta.body_len),
+        );
+        return Err(HitError::Corrupt);
+    }
+    Ok(file)
+}
+
+fn open_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitError> {
+    let mut file = open_checked(store, entry)?;
+    let len = entry.meta.body_len;
+    if len <= SMALL_BODY {
+        let mut buf = Vec::with_capacity(len as usize);
+        if let Err(e) = file.read_to_end(&mut buf) {
+            store.remove_corrupt(entry, &format_args!("reading body: {e}"));
+            return Err(HitError::Corrupt);
+        }
+        if buf.len() as u64 != len || crc32fast::hash(&buf) != entry.meta.body_crc32 {
+            store.remove_corrupt(entry, &"body checksum mismatch");
+            return Err(HitError::Corrupt);
+        }
+        if buf.is_empty() {
+            return Ok(empty());
+        }
+        let body = Bytes::from(buf);
+        store.hot().insert(&entry.meta.body_file, body.clone());
+        return Ok(full(body));
+    }
+    Ok(BoxBody::new(FileBody::verified(
+        file,
+        store.clone(),
+        entry.clone(),
+    )))
+}
+
+/// Opens `len` bytes of a stored body from `start`, for a 206. The checksum covers the whole
+/// body, so a range is checked only against the stored length.
+pub async fn hit_range_body(
+    store: &Store,
+    entry: &Arc<Entry>,
+    start: u64,
+    len: u64,
+) -> Result<Body, HitError> {
+    if let Some(body) = store.hot().get(&entry.meta.body_file) {
+        let end = start.saturating_add(len).min(body.len() as u64);
+        return Ok(full(body.slice(start as usize..end as usize)));
+    }
+    let store = store.clone();
+    let entry = entry.clone();
+    // Only the open and its length check happen here; the reads happen as the client pulls.
+    let file = tokio::task::spawn_blocking(move || open_checked(&store, &entry))
+        .await
+        .map_err(|_| HitError::Gone)??;
+    Ok(BoxBody::new(FileBody::range(file, start, len)))
 }

@@ -27,7 +27,7 @@
 //! - [`origin`]: host → origin routing and the pooled HTTP(S) client; 502/504 classification.
 //! - [`cache`]: keys ([`cache::key`]), the RFC 9111 policy ([`cache::policy`], the only user
 //!   of `http-cache-semantics`), entry metadata ([`cache::entry`]), request coalescing
-//!   ([`cache::flight`]), the memory tier ([`cache::hot`]) and the disk store
+//!   ([`flight`]), the memory tier ([`cache::hot`]) and the disk store
 //!   ([`cache::store`]).
 //! - [`body`]: the tee that streams a miss to the client while filling the cache, and the
 //!   verified reader that serves hits.
@@ -49,6 +49,7 @@ pub mod cache_status;
 pub mod config;
 pub mod file_body;
 pub mod fill;
+pub mod flight;
 pub mod framing;
 pub mod headers;
 pub mod hit;

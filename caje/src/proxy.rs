@@ -7,7 +7,7 @@
 //! 4. for GET/HEAD, look the page up: a fresh entry is served from disk ([`crate::hit`]);
 //!    a stale one within `stale-while-revalidate` is served while one background request
 //!    refreshes it ([`crate::stale`]);
-//! 5. otherwise join the URL's flight ([`crate::cache::flight`]): the leader goes to the
+//! 5. otherwise join the URL's flight ([`crate::flight`]): the leader goes to the
 //!    origin (conditionally when it holds a stale entry with validators) and streams the
 //!    answer back, teeing it into the cache ([`crate::fill`]); waiters stream the leader's
 //!    fill;
@@ -28,11 +28,11 @@ use hyper::body::Incoming;
 use crate::admin;
 use crate::app::App;
 use crate::body::{self, Body};
-use crate::cache::flight::{FlightState, Join, Leader, SharedHead};
 use crate::cache::policy::{self, Freshness};
 use crate::cache::store::{Entry, FillProgress, Lookup};
 use crate::cache_status::{Forward, Outcome};
 use crate::fill::{limited, origin_request, pass_through, respond_from_origin, Ctx};
+use crate::flight::{FlightState, Join, Leader, SharedHead};
 use crate::headers;
 use crate::hit;
 use crate::invalidate::forward_unsafe;

@@ -9,11 +9,11 @@ use http::{request, Request, Response, StatusCode};
 
 use crate::body::{self, Body};
 use crate::cache::entry::EntryMeta;
-use crate::cache::flight::Leader;
 use crate::cache::policy;
 use crate::cache::store::Entry;
 use crate::cache_status::{Forward, Outcome};
 use crate::fill::{origin_request, respond_from_origin, Ctx};
+use crate::flight::Leader;
 use crate::headers;
 use crate::hit;
 use crate::origin::OriginError;

@@ -3,7 +3,6 @@
 
 pub mod clamp;
 pub mod entry;
-pub mod flight;
 pub mod hot;
 pub mod key;
 pub mod policy;

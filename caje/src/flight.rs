@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, StatusCode};
 use tokio::sync::watch;
 
-use super::key::{CacheKey, Variant};
-use super::store::{Entry, FillProgress};
+use crate::cache::key::{CacheKey, Variant};
+use crate::cache::store::{Entry, FillProgress};
 
 /// What a waiter can use of the leader's response.
 #[derive(Debug)]
