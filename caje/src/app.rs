@@ -6,11 +6,11 @@ use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 
-use crate::cache::flight::Flights;
 use crate::cache::key::{CacheKey, Variant};
 use crate::cache::policy::{self, PolicyOptions};
 use crate::cache::store::{Entry, Store, StoreError, StoreEvent};
 use crate::config::{Config, IpNet};
+use crate::flight::Flights;
 use crate::manifest::{Manifest, ManifestError, ManifestOptions, PageRow, VARY_ABSENT};
 use crate::origin::{OriginClient, Origins};
 use crate::populate_state::Populate;
@@ -57,6 +57,8 @@ pub struct App {
     pub flights: Flights,
     /// Edge-warming state.
     pub populate: Populate,
+    /// `server.strip_request_headers`, parsed once.
+    pub strip_request_headers: Vec<http::HeaderName>,
 }
 
 impl App {
@@ -142,6 +144,18 @@ impl App {
         .await
         .map_err(|e| StartError::Config(format!("start-up task failed: {e}")))??;
         let admin_token = Some(config.admin.token.clone()).filter(|t| !t.is_empty());
+        let strip_request_headers = config
+            .server
+            .strip_request_headers
+            .iter()
+            .map(|n| {
+                http::HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
+                    StartError::Config(format!(
+                        "server.strip_request_headers entry {n:?} is not a header name"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let app = Arc::new(App {
             policy: PolicyOptions {
                 heuristic_freshness: config.cache.heuristic_freshness,
@@ -158,6 +172,7 @@ impl App {
             started: SystemTime::now(),
             flights: Flights::default(),
             populate: Populate::default(),
+            strip_request_headers,
             config,
         });
         tokio::spawn(record_stored(app.manifest.clone(), events_rx));

@@ -9,11 +9,11 @@ use http::{request, Request, Response, StatusCode};
 
 use crate::body::{self, Body};
 use crate::cache::entry::EntryMeta;
-use crate::cache::flight::Leader;
 use crate::cache::policy;
 use crate::cache::store::Entry;
 use crate::cache_status::{Forward, Outcome};
-use crate::fill::{drain, origin_request, respond_from_origin, Ctx};
+use crate::fill::{origin_request, respond_from_origin, Ctx};
+use crate::flight::Leader;
 use crate::headers;
 use crate::hit;
 use crate::origin::OriginError;
@@ -93,8 +93,14 @@ async fn revalidate_in_background(ctx: &Ctx, entry: Arc<Entry>, leader: Leader) 
         }
         return;
     }
-    let answer = respond_from_origin(ctx, rparts, rbody, Forward::Stale, Some(leader));
-    drain(answer.response).await;
+    // A storable body is pumped into the cache by its spool whether or not anyone reads it.
+    drop(respond_from_origin(
+        ctx,
+        rparts,
+        rbody,
+        Forward::Stale,
+        Some(leader),
+    ));
 }
 
 /// Applies a 304 to a stored entry; returns the refreshed entry.
