@@ -36,6 +36,9 @@ pub(crate) struct Ctx {
     /// Record what this request stores in the manifest (false for populate fetches of pages
     /// the manifest already lists).
     pub(crate) announce: bool,
+    /// [`crate::cache::store::Store::purge_epoch`] when this request arrived, before anything
+    /// was sent to the origin: a purge after it drops what this request would store.
+    pub(crate) purge_epoch: u64,
 }
 
 /// What a fill without a client ([`fill_page`]) did.
@@ -85,6 +88,7 @@ pub async fn fill_page(
         parts,
         peer: SocketAddr::from(([127, 0, 0, 1], 0)),
         announce: false,
+        purge_epoch: app.store.purge_epoch(),
     };
     if let Lookup::Found(entry) = app.store.lookup(&ctx.key, &ctx.parts.headers) {
         let fresh = !entry.meta.invalidated
@@ -273,9 +277,12 @@ pub(crate) fn respond_from_origin(
                 tags,
                 invalidated: false,
             };
-            let fill = app
-                .store
-                .begin_fill(meta, app.config.cache.max_object_bytes, ctx.announce);
+            let fill = app.store.begin_fill(
+                meta,
+                app.config.cache.max_object_bytes,
+                ctx.announce,
+                ctx.purge_epoch,
+            );
             if let Some(leader) = leader {
                 let mut shared = rparts.headers.clone();
                 shared.remove("surrogate-key");

@@ -93,6 +93,7 @@ pub async fn handle(
         parts,
         peer,
         announce: true,
+        purge_epoch: app.store.purge_epoch(),
     };
     if cacheable {
         serve_cacheable(ctx, body).await
