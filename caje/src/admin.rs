@@ -361,6 +361,11 @@ async fn status(app: &App) -> Response<Body> {
             },
             "cache": { "entries": entries, "bytes": bytes, "flights": app.flights.len() },
             "populate": app.populate.status(),
+            "tombstones": {
+                "cursor": app.tombstones.cursor(),
+                "applied": app.tombstones.counts().0,
+                "gaps": app.tombstones.counts().1,
+            },
         }),
     )
 }
@@ -521,7 +526,14 @@ async fn purge(app: &App, what: Purge, soft: bool) -> Response<Body> {
         .fetch_add(local as u64, std::sync::atomic::Ordering::Relaxed);
     let ttl = app.config.cache.tombstone_ttl_secs as i64;
     let (rows, tombstone) = match app.manifest.purge(what.clone(), soft, ttl).await {
-        Ok(out) => (out.rows.len(), Some(out.tombstone_id)),
+        Ok(out) => {
+            // Applied above, before its tombstone existed: not to be applied again here.
+            app.tombstones.purged_here(out.tombstone_id);
+            // This node's own commit does not move its `data_version`: wake the background
+            // task so its cursor (saved on disk) moves past this tombstone now.
+            app.populate.wake();
+            (out.rows.len(), Some(out.tombstone_id))
+        }
         Err(e) => {
             tracing::warn!("purge: manifest update failed: {e}");
             return json_response(

@@ -38,6 +38,9 @@ pub(crate) struct Ctx {
     /// Record what this request stores in the manifest (false for populate fetches of pages
     /// the manifest already lists).
     pub(crate) announce: bool,
+    /// [`crate::cache::store::Store::purge_epoch`] when this request arrived, before anything
+    /// was sent to the origin: a purge after it drops what this request would store.
+    pub(crate) purge_epoch: u64,
 }
 
 impl Ctx {
@@ -76,6 +79,7 @@ impl Ctx {
             parts,
             peer,
             announce,
+            purge_epoch: app.store.purge_epoch(),
         }
     }
 }
@@ -296,9 +300,12 @@ pub(crate) fn respond_from_origin(
                 tags,
                 invalidated: false,
             };
-            let fill = app
-                .store
-                .begin_fill(meta, app.config.cache.max_object_bytes, ctx.announce);
+            let fill = app.store.begin_fill(
+                meta,
+                app.config.cache.max_object_bytes,
+                ctx.announce,
+                ctx.purge_epoch,
+            );
             let spool = Spool::new(content_length);
             if let Some(leader) = leader {
                 let mut shared = rparts.headers.clone();

@@ -35,6 +35,8 @@
 //!   on replicas).
 //! - [`populate`]: edge warming from the manifest, purge tombstones, start-up reconcile; its
 //!   shared state ([`populate_state`]) is what [`app::App`] holds.
+//! - [`tombstones`]: applying other nodes' purges in order (before serving at start, then as
+//!   they come), the per-node cursor, and the guard that keeps purged rows from coming back.
 //! - [`headers`], [`cache_status`], [`stats`], [`config`], [`time`], [`app`]: supporting
 //!   pieces.
 //!
@@ -67,3 +69,4 @@ pub mod spool;
 pub mod stale;
 pub mod stats;
 pub mod time;
+pub mod tombstones;

@@ -58,6 +58,7 @@ pub(crate) async fn stale_while_revalidate(
             parts: clone_parts(&ctx.parts),
             peer: ctx.peer,
             announce: true,
+            purge_epoch: ctx.app.store.purge_epoch(),
         };
         let entry = entry.clone();
         tokio::spawn(async move { revalidate_in_background(&bg, entry, leader).await });
