@@ -294,7 +294,10 @@ mod tests {
         let all = commit_after(|s| drop(s.apply_purge(None, None, true)), &[]).await;
         assert_eq!(all, (false, true));
         // Purges of other pages and tags leave it alone.
-        let other = CacheKey::new("example.com", "/other");
+        let other = CacheKey::new(
+            &crate::host::Host::parse("example.com", "http").unwrap(),
+            "/other",
+        );
         assert_eq!(
             commit_after(|s| drop(s.remove_page(&other)), &["t"]).await,
             (true, true)
