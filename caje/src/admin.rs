@@ -355,6 +355,7 @@ async fn status(app: &App) -> Response<Body> {
                     "write_transactions": s.write_transactions,
                     "rows_written": s.rows_written,
                     "halts": s.halts,
+                    "halt_max_held_ms": s.halt_max_held_ms,
                     "overflow": s.overflow,
                     "last_error": s.last_error,
                 })),

@@ -71,6 +71,11 @@ async fn replica_writes_under_halt_and_primary_writes_directly() {
             status["manifest"]["queue"]["halts"].as_u64().unwrap() >= 1,
             "{status}"
         );
+        // Each flush holds its HALT for milliseconds (LiteFS expires one after 30 s).
+        let held = status["manifest"]["queue"]["halt_max_held_ms"]
+            .as_u64()
+            .unwrap();
+        assert!(held < 1000, "a flush held HALT {held} ms: {status}");
 
         // 2. While we hold the HALT byte, the replica cannot write: rows stay queued.
         let ours = OpenOptions::new()

@@ -14,6 +14,9 @@ use super::ManifestError;
 #[cfg(doc)]
 use super::Manifest;
 
+/// The injectable clock of HALT leases ([`super::ManifestOptions::halt_clock`]), for tests.
+#[cfg(test)]
+pub(super) use litefs::ManualClock;
 pub(super) use litefs::{Database, Error as LitefsError, HaltGuard};
 
 /// Whether the manifest is written the LiteFS way; see the module docs. Configured as
@@ -146,13 +149,32 @@ pub(super) fn halt_unless_primary(
     db.halt_timeout(timeout).map(Some)
 }
 
-/// Releases HALT after the transaction ended. A failed release is only logged: the commits
-/// already reached the primary, and closing the lock file releases HALT anyway.
-pub(super) fn release_halt(guard: Option<HaltGuard>) {
-    if let Some(guard) = guard {
-        if let Err(e) = guard.release() {
-            tracing::warn!(error = %e, "releasing the manifest HALT failed");
-        }
+/// Releases HALT after the transaction ended, and returns how long it was held (from just
+/// before the lock request to the release), for [`super::ManifestStats::halt_max_held_ms`].
+/// A failed release is only logged: the commits already reached the primary, and closing the
+/// lock file releases HALT anyway. A guard that outlived its lease is still released (by
+/// litefs-rs, from a background thread so that a wedged LiteFS cannot block the owner thread)
+/// and reported here as an error: its commits were refused by [`HaltGuard::write`].
+pub(super) fn release_halt(guard: Option<HaltGuard>) -> Option<Duration> {
+    let guard = guard?;
+    let held = guard.held_for();
+    if let Err(e) = guard.release() {
+        tracing::warn!(error = %e, held = ?held, "releasing the manifest HALT failed");
+    }
+    Some(held)
+}
+
+/// Runs `commit` under `halt`'s lease: refused with [`LitefsError::HaltExpired`] (without
+/// running it) once the lease has run out, because LiteFS may then have expired the HALT
+/// without telling this node and a commit could land while the primary writes too. Without a
+/// guard (the primary, plain SQLite) it just runs.
+pub(super) fn commit_under<T>(
+    halt: Option<&HaltGuard>,
+    commit: impl FnOnce() -> T,
+) -> Result<T, LitefsError> {
+    match halt {
+        Some(halt) => halt.write(commit),
+        None => Ok(commit()),
     }
 }
 
@@ -362,6 +384,91 @@ pub(super) mod tests {
             assert_eq!(m.stats().await.unwrap().halts, 0);
             assert_eq!(m.count().await.unwrap(), 1);
             drop(lock);
+        })
+        .await
+    }
+
+    /// A HALT whose lease runs out during a flush (a stalled owner thread: the hook advances the
+    /// lease clock past 30 s before `COMMIT`): the commit is refused and rolled back, the flush
+    /// fails as retryable, and the batch lands once under a fresh HALT. Without the lease check
+    /// the first commit would go through on a HALT LiteFS may already have expired.
+    #[tokio::test]
+    async fn commit_past_the_halt_lease_is_rolled_back_and_retried_under_a_new_halt() {
+        bounded(async {
+            let dir = replica_dir();
+            let path = dir.path().join("manifest.db");
+            let clock = ManualClock::new();
+            let stalls = Arc::new(Mutex::new(1u32));
+            let hook: Hook = {
+                let (clock, stalls) = (clock.clone(), Arc::clone(&stalls));
+                Arc::new(move || {
+                    let mut left = stalls.lock().unwrap();
+                    if *left > 0 {
+                        *left -= 1;
+                        clock.advance(Duration::from_secs(31));
+                    }
+                })
+            };
+            let m = Manifest::open_with(
+                &path,
+                ManifestOptions {
+                    on_flush: Some(hook),
+                    halt_clock: Some(clock.clone()),
+                    ..quick(LitefsMode::On)
+                },
+            )
+            .unwrap();
+            let before = m.stats().await.unwrap();
+            assert!(before.halt_max_held_ms < 1000, "{before:?}");
+
+            let watcher = observer(&path);
+            let writer = {
+                let m = m.clone();
+                tokio::spawn(async move { m.upsert(page("a.example", "/late")).await })
+            };
+            let stats = stats_until(&m, |s| s.failed_flushes >= 1).await;
+            let error = stats.last_error.clone().unwrap_or_default();
+            assert!(error.contains("lease"), "{error}");
+            assert_eq!(
+                stats.write_transactions, 0,
+                "committed past the lease: {stats:?}"
+            );
+            assert!(
+                stats.halt_max_held_ms >= 31_000,
+                "the stalled HALT's time is not recorded: {stats:?}"
+            );
+
+            assert_eq!(writer.await.unwrap().unwrap(), Upsert::Inserted);
+            let stats = m.stats().await.unwrap();
+            assert_eq!(
+                (stats.write_transactions, stats.rows_written, stats.pending),
+                (1, 1, 0),
+                "{stats:?}"
+            );
+            assert!(stats.halts >= before.halts + 2, "no fresh HALT: {stats:?}");
+            let rows: i64 = watcher
+                .query_row("SELECT count(*) FROM pages", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(rows, 1);
+            assert_eq!(halt_holder(&path), None, "HALT outlived its flush");
+        })
+        .await
+    }
+
+    /// Every HALT a flush takes is timed, and the longest is kept: on a plain directory a flush
+    /// holds it for milliseconds.
+    #[tokio::test]
+    async fn flushes_record_how_long_they_held_halt() {
+        bounded(async {
+            let dir = replica_dir();
+            let path = dir.path().join("manifest.db");
+            let m = Manifest::open_with(&path, quick(LitefsMode::On)).unwrap();
+            for i in 0..20 {
+                m.upsert(page("a.example", &format!("/{i}"))).await.unwrap();
+            }
+            let stats = m.stats().await.unwrap();
+            assert!(stats.halts >= 2, "{stats:?}");
+            assert!(stats.halt_max_held_ms < 1000, "{stats:?}");
         })
         .await
     }

@@ -48,8 +48,12 @@
 //! mount, `off` never. In LiteFS mode the role is re-read before every flush (so `.primary`
 //! appearing or disappearing is picked up): on a replica, or when no primary is known, HALT is
 //! taken *before* `BEGIN IMMEDIATE` and released after the commit or rollback; on the primary
-//! the batch is written directly. Opening a manifest that needs a write (a new file, a
-//! migration) on a replica takes HALT too, or fails with [`ManifestError::Halt`]. Outside LiteFS
+//! the batch is written directly. Each `COMMIT` under HALT runs only while the HALT's lease
+//! lasts (litefs-rs's `HaltGuard::write`; LiteFS expires a HALT after 30 s without telling the
+//! replica): past it the transaction is rolled back and the batch stays queued for a new HALT.
+//! [`ManifestStats::halt_max_held_ms`] records the longest HALT. Opening a manifest that needs a
+//! write (a new file, a migration) on a replica takes HALT too, or fails with
+//! [`ManifestError::Halt`]. Outside LiteFS
 //! mode writes rely on SQLite's own locking, so several local processes can share one file.
 //!
 //! # Vary encoding
@@ -110,13 +114,19 @@ pub use self::tombstone::{Purge, PurgeOutcome, Tombstone, TombstoneKind, Tombsto
 
 // The LiteFS glue is the only module that names litefs-rs; the others take its types from here.
 use self::litefs::{
-    halt_unless_primary, litefs_database, release_halt, Database, HaltGuard, LitefsError,
+    commit_under, halt_unless_primary, litefs_database, release_halt, Database, HaltGuard,
+    LitefsError,
 };
 use self::owner::{Command, LogLimit, Owner, Reply};
 use self::row::{check_tag, encode_vary, Key, Record};
 use self::schema::open_connection;
 use self::tombstone::{check_tombstone, unix_now};
 use self::write::{Slot, WriteOp};
+
+/// `d` in whole milliseconds, saturating.
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// The value recorded in [`PageRow::vary`] for a header that `Vary` names but the request lacks.
 ///
@@ -148,6 +158,10 @@ pub struct ManifestOptions {
     /// (on the owner thread, so it must not call the manifest).
     #[doc(hidden)]
     pub on_flush: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Test hook: the clock HALT leases are counted on, instead of the monotonic clock, so a
+    /// test can make a lease run out in the middle of a flush.
+    #[cfg(test)]
+    pub(crate) halt_clock: Option<self::litefs::ManualClock>,
 }
 
 impl Default for ManifestOptions {
@@ -160,6 +174,8 @@ impl Default for ManifestOptions {
             halt_timeout: Duration::from_secs(10),
             retry_max_backoff: Duration::from_secs(5),
             on_flush: None,
+            #[cfg(test)]
+            halt_clock: None,
         }
     }
 }
@@ -258,6 +274,11 @@ pub struct ManifestStats {
     /// HALT locks taken (LiteFS mode, on a replica or with no primary known), including one at
     /// open for a migration.
     pub halts: u64,
+    /// The longest any of those HALTs was held, in milliseconds, from just before the lock
+    /// request to its release (acquisition, transaction and commit round trips included).
+    /// LiteFS expires a HALT after 30 s without telling this node; caje's flushes keep theirs
+    /// in milliseconds, and a commit past the lease is refused and retried under a new HALT.
+    pub halt_max_held_ms: u64,
     /// Writes refused with [`ManifestError::QueueFull`].
     pub overflow: u64,
     /// The most recent flush failure. Kept after the flushes recover; compare
@@ -348,6 +369,11 @@ impl Manifest {
     pub fn open_with(path: &Path, mut options: ManifestOptions) -> Result<Manifest, ManifestError> {
         options.max_batch = options.max_batch.max(1);
         let litefs = litefs_database(path, options.litefs)?;
+        #[cfg(test)]
+        let litefs = match (litefs, &options.halt_clock) {
+            (Some(db), Some(clock)) => Some(db.with_clock(clock.clone())),
+            (litefs, _) => litefs,
+        };
         if let Some(db) = &litefs {
             tracing::info!(
                 path = %path.display(),
@@ -356,7 +382,7 @@ impl Manifest {
                 "manifest in LiteFS mode: writes from a replica take HALT"
             );
         }
-        let (conn, halted) = open_connection(path, litefs.as_ref(), options.halt_timeout)?;
+        let (conn, held) = open_connection(path, litefs.as_ref(), options.halt_timeout)?;
         let shared = Arc::new(Shared {
             pending: AtomicUsize::new(0),
             max_queue: options.max_queue.max(1),
@@ -371,7 +397,8 @@ impl Manifest {
             options,
             shared: Arc::clone(&shared),
             stats: ManifestStats {
-                halts: u64::from(halted),
+                halts: u64::from(held.is_some()),
+                halt_max_held_ms: held.map_or(0, duration_ms),
                 ..ManifestStats::default()
             },
             pending: VecDeque::new(),

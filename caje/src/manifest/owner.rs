@@ -17,8 +17,8 @@ use super::tombstone::{
 use super::write::{is_retryable, Step, WriteOp};
 // Only named by doc links.
 use super::{
-    halt_unless_primary, release_halt, Database, HaltGuard, LitefsError, ManifestError,
-    ManifestOptions, ManifestStats, Op, PageRow, Shared, Tombstone, Upsert,
+    commit_under, duration_ms, halt_unless_primary, release_halt, Database, HaltGuard, LitefsError,
+    ManifestError, ManifestOptions, ManifestStats, Op, PageRow, Shared, Tombstone, Upsert,
 };
 #[cfg(doc)]
 use super::{write::Slot, Manifest};
@@ -30,10 +30,6 @@ const RETRY_FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// A failing flush or a full queue is logged at most this often (with the number of events not
 /// logged), so that an outage of the primary does not flood the log.
 const LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// While a batch is replayed one write at a time under a remote HALT, the replay stops when
-/// less than this is left of the HALT's lifetime; the rest waits for the next flush and HALT.
-const HALT_MARGIN: Duration = Duration::from_secs(5);
 
 /// Lets an event be logged at most once per [`LOG_EVERY`].
 #[derive(Debug, Default)]
@@ -306,7 +302,7 @@ impl Owner {
         if halt.is_some() {
             self.stats.halts += 1;
         }
-        let result = match self.transaction(n) {
+        let result = match self.transaction(n, halt.as_ref()) {
             Batch::Committed => {
                 for _ in 0..n {
                     self.answer_front(None);
@@ -317,7 +313,9 @@ impl Owner {
             Batch::OneWrite(op, source) => self.write_one_by_one(n, halt.as_ref(), op, &source),
         };
         // After the transaction ended: holding HALT across COMMIT/ROLLBACK is the point.
-        release_halt(halt);
+        if let Some(held) = release_halt(halt) {
+            self.stats.halt_max_held_ms = self.stats.halt_max_held_ms.max(duration_ms(held));
+        }
         result
     }
 
@@ -332,14 +330,12 @@ impl Owner {
     ) -> Result<(), FlushError> {
         tracing::warn!(%op, error = %cause, writes = n, "a manifest write aborted its batch; writing the batch one write at a time");
         for _ in 0..n {
-            if halt
-                .and_then(HaltGuard::remaining_lifetime)
-                .is_some_and(|left| left < HALT_MARGIN)
-            {
-                // The rest stays queued, already due, and gets a fresh HALT.
-                return Ok(());
+            // Past the lease the rest stays queued (the writes already committed are answered)
+            // and is retried under a fresh HALT; `transaction` checks again right before COMMIT.
+            if let Some(halt) = halt {
+                halt.check_lease().map_err(FlushError::Halt)?;
             }
-            match self.transaction(1) {
+            match self.transaction(1, halt) {
                 Batch::Committed => self.answer_front(None),
                 Batch::OneWrite(op, source) => {
                     tracing::warn!(%op, error = %source, "manifest write refused");
@@ -352,9 +348,11 @@ impl Owner {
     }
 
     /// Runs the oldest `n` queued writes in one `BEGIN IMMEDIATE` transaction: after `open`,
-    /// the only place that writes. HALT, if needed, is already held. Outcomes are kept in the
-    /// queued writes and answered by the caller after a commit; any other end forgets them.
-    fn transaction(&mut self, n: usize) -> Batch {
+    /// the only place that writes. HALT, if needed, is already held as `halt`, and `COMMIT` runs
+    /// only while its lease lasts: past it the transaction is rolled back and the batch retried
+    /// under a new HALT. Outcomes are kept in the queued writes and answered by the caller
+    /// after a commit; any other end forgets them.
+    fn transaction(&mut self, n: usize, halt: Option<&HaltGuard>) -> Batch {
         let Owner {
             conn,
             pending,
@@ -396,14 +394,17 @@ impl Owner {
                 if let Some(hook) = &options.on_flush {
                     hook();
                 }
-                match tx.commit() {
-                    Ok(()) => {
+                // `tx` moves into the closure only when the lease allows the commit; refused,
+                // the closure (and `tx` with it) is dropped, which rolls back.
+                match commit_under(halt, move || tx.commit()) {
+                    Ok(Ok(())) => {
                         stats.write_transactions += 1;
                         stats.rows_written += rows;
                         return Batch::Committed;
                     }
                     // A failed commit was rolled back when `commit` dropped the transaction.
-                    Err(source) => Batch::from_error(Op::Commit, source),
+                    Ok(Err(source)) => Batch::from_error(Op::Commit, source),
+                    Err(expired) => Batch::Retry(FlushError::Halt(expired)),
                 }
             }
         };

@@ -56,13 +56,14 @@ pub const MIGRATIONS: &[&str] = &[
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens and configures the connection, checks the file is ours, migrates. Runs on the caller's
-/// thread (startup), before the owner thread exists. Returns whether it took HALT: in LiteFS
-/// mode, off the primary, when the file needs a write (a new file, a migration, WAL).
+/// thread (startup), before the owner thread exists. Returns how long it held HALT, if it took
+/// it: in LiteFS mode, off the primary, when the file needs a write (a new file, a migration,
+/// WAL).
 pub(super) fn open_connection(
     path: &Path,
     litefs: Option<&Database>,
     halt_timeout: Duration,
-) -> Result<(Connection, bool), ManifestError> {
+) -> Result<(Connection, Option<Duration>), ManifestError> {
     let open_err = |source| ManifestError::Open {
         path: path.to_owned(),
         source,
@@ -89,11 +90,10 @@ pub(super) fn open_connection(
     } else {
         None
     };
-    let halted = halt.is_some();
     let configured = configure(&mut conn, path, wal);
-    release_halt(halt);
+    let held = release_halt(halt);
     configured?;
-    Ok((conn, halted))
+    Ok((conn, held))
 }
 
 /// Switches to WAL unless `wal`, sets the connection's pragmas, migrates.
