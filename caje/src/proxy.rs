@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::{request, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::admin;
@@ -31,8 +31,10 @@ use crate::cache::key::{self, normalize_host, CacheKey, Variant};
 use crate::cache::policy::{self, Freshness, NotStorable};
 use crate::cache::store::{Entry, Fill, FillProgress, Lookup};
 use crate::cache_status::{Forward, Outcome};
+use crate::client_body::{self, ClientBodyError, ClientFault};
 use crate::headers;
 use crate::hit;
+use crate::interim::InterimSink;
 use crate::origin::{Origin, OriginError};
 use crate::request::{check_request, local, request_host};
 use crate::stats::Stats;
@@ -113,9 +115,18 @@ pub async fn handle(
 async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
     let app = &ctx.app;
     let now = SystemTime::now();
+    let authenticated = policy::is_authenticated(&ctx.parts.headers);
     let (fwd, stale) = match app.store.lookup(&ctx.key, &ctx.parts.headers) {
         Lookup::Miss => (Forward::UriMiss, None),
         Lookup::VaryMiss => (Forward::VaryMiss, None),
+        // RFC 9111 §3.5: a copy that does not allow shared reuse for authenticated requests
+        // never answers one; the origin does, and its answer is not stored.
+        Lookup::Found(entry)
+            if authenticated
+                && !policy::answers_authenticated(&entry.meta.response_head().1, &app.policy) =>
+        {
+            return forward(&ctx, Some(body), Forward::Request, None).await;
+        }
         Lookup::Found(entry) => {
             let fresh = if entry.meta.invalidated {
                 Freshness::Stale
@@ -148,7 +159,9 @@ async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
         // wait for the whole object.
         return forward(&ctx, Some(body), Forward::Request, None).await;
     }
-    if ctx.parts.method == Method::HEAD {
+    if ctx.parts.method == Method::HEAD || authenticated {
+        // An authenticated request is not collapsed onto another client's fetch: the
+        // answer it would share is made for someone else.
         return forward(&ctx, Some(body), fwd, stale).await;
     }
     let deadline =
@@ -366,12 +379,14 @@ async fn lead(
 ) -> Response<Body> {
     let app = &ctx.app;
     Stats::incr(&app.stats.misses);
-    let oreq = match origin_request(ctx, limited(app, body), true, stale.as_deref()) {
+    let (req_body, fault) = client_body(app, body);
+    let oreq = match origin_request(ctx, req_body, true, stale.as_deref()) {
         Ok(r) => r,
         Err(msg) => return local(StatusCode::BAD_REQUEST, msg),
     };
     let res = match app.client.send(&ctx.origin, oreq).await {
         Ok(r) => r,
+        Err(_) if fault.get().is_some() => return client_body_failed(&fault),
         Err(e) => {
             drop(leader);
             return origin_failed(ctx, fwd, stale.as_ref(), e).await;
@@ -625,9 +640,9 @@ async fn forward(
 ) -> Response<Body> {
     let app = &ctx.app;
     Stats::incr(&app.stats.misses);
-    let req_body = match body {
-        Some(b) => limited(app, b),
-        None => body::empty(),
+    let (req_body, fault) = match body {
+        Some(b) => client_body(app, b),
+        None => (body::empty(), Default::default()),
     };
     let for_cache = ctx.parts.method == Method::GET && fwd != Forward::Request;
     let oreq = match origin_request(ctx, req_body, for_cache, None) {
@@ -636,6 +651,7 @@ async fn forward(
     };
     let res = match app.client.send(&ctx.origin, oreq).await {
         Ok(r) => r,
+        Err(_) if fault.get().is_some() => return client_body_failed(&fault),
         Err(e) => return origin_failed(ctx, fwd, stale.as_ref(), e).await,
     };
     let (mut rparts, rbody) = res.into_parts();
@@ -660,12 +676,14 @@ async fn forward(
 async fn forward_unsafe(ctx: Ctx, body: Incoming) -> Response<Body> {
     let app = &ctx.app;
     Stats::incr(&app.stats.misses);
-    let oreq = match origin_request(&ctx, limited(app, body), false, None) {
+    let (req_body, fault) = client_body(app, body);
+    let oreq = match origin_request(&ctx, req_body, false, None) {
         Ok(r) => r,
         Err(msg) => return local(StatusCode::BAD_REQUEST, msg),
     };
     let res = match app.client.send(&ctx.origin, oreq).await {
         Ok(r) => r,
+        Err(_) if fault.get().is_some() => return client_body_failed(&fault),
         Err(e) => return origin_failed(&ctx, Forward::Method, None, e).await,
     };
     let (mut rparts, rbody) = res.into_parts();
@@ -864,10 +882,17 @@ fn clone_parts(parts: &request::Parts) -> request::Parts {
     out
 }
 
-/// A client request body, bounded by `limits.max_request_body_bytes`.
-fn limited(app: &App, body: Incoming) -> Body {
+/// A client request body, bounded by `limits.max_request_body_bytes`, and where its failure
+/// is recorded.
+fn client_body(app: &App, body: Incoming) -> (Body, Arc<ClientFault>) {
     let limit = usize::try_from(app.config.limits.max_request_body_bytes).unwrap_or(usize::MAX);
-    Limited::new(body, limit).boxed()
+    client_body::client_body(body, limit)
+}
+
+/// The client's body failed while it was being sent: its fault, not the origin's (400/413,
+/// connection closed, no origin error counted).
+fn client_body_failed(fault: &ClientFault) -> Response<Body> {
+    ClientFault::response(fault.get().unwrap_or(ClientBodyError::Malformed))
 }
 
 /// Builds the request to the origin. `for_cache`: the response may be stored, so the
@@ -943,6 +968,14 @@ fn origin_request(
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
+    if let Some(sink) = parts.extensions.get::<Arc<InterimSink>>() {
+        // 1xx answers go to this client's connection (never to the cache).
+        let sink = sink.clone();
+        let version = parts.version;
+        hyper::ext::on_informational(&mut req, move |res| {
+            sink.push(version, res.status(), res.headers());
+        });
+    }
     Ok(req)
 }
 

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::app::App;
 use crate::framing::{Scanner, Verdict, Watched};
+use crate::interim::InterimSink;
 use crate::proxy;
 
 /// Connections the kernel queues before caje accepts them. tokio's default (128) overflows
@@ -76,7 +77,10 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         // hyper serves a connection's requests in order, so counting calls numbers them
         // the same way the scanner numbers the heads it reads.
         let served = Arc::new(AtomicU64::new(0));
-        let service = service_fn(move |req| {
+        let interim = InterimSink::new();
+        let sink = interim.clone();
+        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(sink.clone());
             let app = app.clone();
             let n = served.fetch_add(1, Ordering::Relaxed) + 1;
             let ambiguous = verdict.rejects(n);
@@ -84,7 +88,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
                 Ok::<_, std::convert::Infallible>(proxy::handle(app, req, peer, ambiguous).await)
             }
         });
-        let io = TokioIo::new(Watched::new(stream, scanner));
+        let io = TokioIo::new(Watched::new(stream, scanner, interim));
         let conn = builder.serve_connection(io, service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
