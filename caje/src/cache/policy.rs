@@ -846,10 +846,20 @@ pub fn refresh(
         }
     }
     let sanitized = sanitized_request(req, host, &stored.variant.names());
-    let effective_304 = with_headers(
-        not_modified,
-        detach(&effective_headers(&not_modified.headers, opts)),
-    );
+    let mut h304 = detach(&effective_headers(&not_modified.headers, opts));
+    if !h304.contains_key(http::header::ETAG) && !h304.contains_key(http::header::LAST_MODIFIED) {
+        // A 304 without validators answers the conditional request caje built from this
+        // very entry's validators, so it selects this entry (RFC 9111 §4.3.4 leaves the
+        // choice to the cache when only one response is stored). Without this, such a 304
+        // would be refused and the body fetched a second time.
+        let (_, stored_head) = stored.response_head();
+        for name in [http::header::ETAG, http::header::LAST_MODIFIED] {
+            if let Some(v) = stored_head.get(&name) {
+                h304.insert(name, v.clone());
+            }
+        }
+    }
+    let effective_304 = with_headers(not_modified, h304);
     match stored
         .policy
         .after_response(&sanitized, &effective_304, response_time)
