@@ -16,8 +16,11 @@ mod support_ext;
 use support::{within, Caje, CajeConfig, Resp};
 use support_ext::{http_date_ago, MiniOrigin, Reply, Seen};
 
+/// One scripted page: path, status, response headers.
+type Page = (&'static str, u16, Vec<(&'static str, String)>);
+
 /// The response for `/<name>` is looked up in `table`; its body names the request count.
-async fn scripted(table: Vec<(&'static str, u16, Vec<(&'static str, String)>)>) -> MiniOrigin {
+async fn scripted(table: Vec<Page>) -> MiniOrigin {
     let mut n = 0u64;
     MiniOrigin::start(move |req: &Seen| {
         n += 1;
@@ -119,7 +122,7 @@ async fn any_status_with_explicit_freshness_is_stored() {
             ("/s503", 503),
             ("/s599", 599),
         ];
-        let mut table: Vec<(&'static str, u16, Vec<(&'static str, String)>)> = statuses
+        let mut table: Vec<Page> = statuses
             .iter()
             .map(|(p, s)| (*p, *s, vec![cc("max-age=3600")]))
             .collect();
