@@ -42,6 +42,11 @@ impl ClientFault {
         self.0.get().copied()
     }
 
+    /// The answer when the body failed (checked first when sending to the origin fails).
+    pub fn failed(&self) -> Option<Response<Body>> {
+        self.get().map(ClientFault::response)
+    }
+
     /// The answer for a request whose body failed: 400 or 413, and the connection is closed
     /// (its remaining bytes cannot be framed reliably).
     pub fn response(err: ClientBodyError) -> Response<Body> {

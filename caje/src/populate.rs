@@ -5,108 +5,25 @@
 //! when another connection — another local node, or LiteFS replication — commits, and the
 //! LiteFS TXID when on LiteFS), then runs a *pass*: list the rows, keep the fresh ones this
 //! node lacks, and fetch them with the recorded request headers (so `Host` and `Vary`
-//! variants are right) through [`crate::proxy::fill_page`], which is the miss path itself and
+//! variants are right) through [`crate::fill::fill_page`], which is the miss path itself and
 //! is coalesced with client misses. Fetches are bounded by a concurrency limit and a
 //! per-origin rate, and retried. The same task applies purge tombstones other nodes recorded.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use serde::Serialize;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::app::{page_row, variant_of, App};
 use crate::cache::key::CacheKey;
-use crate::manifest::{PageRow, Purge};
-use crate::proxy::{fill_page, unix_now, FillResult};
-
-/// The counts of one pass.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PassReport {
-    /// Rows in the manifest.
-    pub listed: usize,
-    /// Rows this node lacked (fresh, routable).
-    pub candidates: usize,
-    /// Pages fetched and stored.
-    pub fetched: usize,
-    /// Pages skipped: already held, being fetched by another request, expired, or not
-    /// storable when fetched.
-    pub skipped: usize,
-    /// Pages whose fetch failed after retries.
-    pub failed: usize,
-    /// How long the pass took.
-    pub duration_ms: u64,
-    /// When it finished, unix seconds.
-    pub finished_at: u64,
-}
-
-/// Live state of the populate task, for `/_caje/status`.
-#[derive(Default)]
-pub struct Populate {
-    /// Wakes the task for an immediate pass.
-    wake: Notify,
-    /// Serialises passes (the background task, the admin endpoint, the CLI).
-    running: tokio::sync::Mutex<()>,
-    passes: AtomicU64,
-    in_progress_done: AtomicUsize,
-    in_progress_total: AtomicUsize,
-    tombstones_applied: AtomicU64,
-    last: Mutex<Option<PassReport>>,
-    /// Next time each origin may be sent a populate request (per-origin rate limit).
-    next_slot: Mutex<HashMap<String, Instant>>,
-}
-
-/// A snapshot of [`Populate`] for the status endpoint.
-#[derive(Debug, Serialize)]
-pub struct PopulateStatus {
-    /// Passes completed.
-    pub passes: u64,
-    /// `[done, total]` of the pass in progress, if any.
-    pub in_progress: Option<[usize; 2]>,
-    /// Tombstones from other nodes applied to this node's disk.
-    pub tombstones_applied: u64,
-    /// The last completed pass.
-    pub last_pass: Option<PassReport>,
-}
-
-impl Populate {
-    /// Asks the background task for a pass now.
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// A snapshot for status output.
-    pub fn status(&self) -> PopulateStatus {
-        let total = self.in_progress_total.load(Ordering::Relaxed);
-        PopulateStatus {
-            passes: self.passes.load(Ordering::Relaxed),
-            in_progress: (total > 0)
-                .then(|| [self.in_progress_done.load(Ordering::Relaxed), total]),
-            tombstones_applied: self.tombstones_applied.load(Ordering::Relaxed),
-            last_pass: self.last.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-        }
-    }
-
-    /// Waits for this origin's next rate-limit slot.
-    async fn rate_limit(&self, origin: &str, per_sec: f64) {
-        if per_sec <= 0.0 {
-            return;
-        }
-        let gap = Duration::from_secs_f64(1.0 / per_sec);
-        let at = {
-            let mut slots = self.next_slot.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            let slot = slots.entry(origin.to_owned()).or_insert(now);
-            let at = (*slot).max(now);
-            *slot = at + gap;
-            at
-        };
-        tokio::time::sleep_until(at.into()).await;
-    }
-}
+use crate::fill::{fill_page, FillResult};
+use crate::manifest::{PageRow, Upsert};
+pub use crate::populate_state::{PassReport, Populate, PopulateStatus, ReconcileReport};
+use crate::time::unix_now;
+use crate::tombstones::same_version;
 
 /// The request headers a manifest row recorded (its Vary values), for refetching it.
 fn row_headers(row: &PageRow) -> HeaderMap {
@@ -219,80 +136,119 @@ async fn fetch_with_retries(app: &Arc<App>, row: &PageRow) -> FillResult {
     }
 }
 
-/// Applies the tombstones recorded after `cursor` to this node's disk; returns the new cursor.
-async fn apply_tombstones(app: &Arc<App>, cursor: i64) -> i64 {
-    let tombstones = match app.manifest.tombstones_since(cursor).await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!("populate: cannot read tombstones: {e}");
-            return cursor;
-        }
-    };
-    let mut next = cursor;
-    for (id, t) in tombstones {
-        next = next.max(id);
-        let store = app.store.clone();
-        let before = t.created_at.max(0) as u64;
-        let soft = t.soft;
-        let affected = tokio::task::spawn_blocking(move || match &t.kind {
-            Purge::Url { host, path } => store.apply_purge(
-                Some(&CacheKey {
-                    host: host.clone(),
-                    path: path.clone(),
-                }),
-                None,
-                soft,
-                before,
-            ),
-            Purge::Tag(tag) => store.apply_purge(None, Some(tag), soft, before),
-            Purge::All => store.apply_purge(None, None, soft, before),
-        })
-        .await
-        .unwrap_or(0);
-        if affected > 0 {
-            app.populate
-                .tombstones_applied
-                .fetch_add(1, Ordering::Relaxed);
+/// Applies the tombstones this node has not applied yet (see [`crate::tombstones`]).
+async fn apply_tombstones(app: &Arc<App>) {
+    match app.tombstones.catch_up(&app.store, &app.manifest).await {
+        Ok(done) => {
             app.stats
                 .purged
-                .fetch_add(affected as u64, Ordering::Relaxed);
-            tracing::info!(id, affected, "applied a purge from the manifest");
+                .fetch_add(done.affected as u64, Ordering::Relaxed);
+            app.populate
+                .tombstones_applied
+                .store(app.tombstones.counts().0, Ordering::Relaxed);
         }
+        Err(e) => tracing::warn!("populate: cannot read tombstones: {e}"),
     }
-    next
 }
 
-/// Re-announces every entry on this node's disk to the manifest, so rows lost (a LiteFS
-/// primary that died before replicating, a cleared manifest) come back. Rows that are
-/// already right are not rewritten.
-pub async fn reconcile(app: &Arc<App>) -> usize {
+/// Announces the entries on this node's disk that the manifest lacks, or lists in an older
+/// version, so rows lost (a LiteFS primary that died before replicating, a cleared manifest)
+/// come back. A row for the same version is left alone, however this node got its copy (it
+/// fetched it itself at another time, or warmed it): otherwise every restart would move rows
+/// between nodes. Announcements are guarded by the tombstones this node has applied, so a
+/// purged copy never comes back. Returns its report.
+pub async fn reconcile(app: &Arc<App>) -> ReconcileReport {
+    let started = Instant::now();
+    let mut report = ReconcileReport::default();
+    let rows = match app.manifest.list().await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!("reconcile: cannot read the manifest: {e}");
+            return report;
+        }
+    };
+    let mut listed: HashMap<CacheKey, Vec<PageRow>> = HashMap::new();
+    for row in rows.into_iter().filter(|r| r.method == "GET") {
+        listed
+            .entry(CacheKey {
+                host: row.host.clone(),
+                path: row.path.clone(),
+            })
+            .or_default()
+            .push(row);
+    }
+    // The guard before the entries: a tombstone applied after it was read removed its
+    // entries first.
+    let guard = app.tombstones.guard();
     let entries = app.store.entries();
+    report.entries = entries.len();
     let mut tasks = tokio::task::JoinSet::new();
     for entry in &entries {
+        if entry.meta.invalidated {
+            continue;
+        }
+        let row = listed
+            .get(&entry.meta.key())
+            .and_then(|rows| rows.iter().find(|r| variant_of(r) == entry.meta.variant));
+        let newer = match row {
+            None => true,
+            Some(row) => {
+                !same_version(row, &entry.meta) && entry.meta.stored_at as i64 > row.stored_at
+            }
+        };
+        if !newer {
+            continue;
+        }
+        report.announced += 1;
         let manifest = app.manifest.clone();
         let row = page_row(entry);
-        tasks.spawn(async move { manifest.upsert(row).await });
+        let guard = guard.clone();
+        tasks.spawn(async move { manifest.announce(row, guard).await });
     }
-    let mut failed = 0;
     while let Some(r) = tasks.join_next().await {
-        if !matches!(r, Ok(Ok(_))) {
-            failed += 1;
+        match r {
+            Ok(Ok(Upsert::Inserted | Upsert::Updated)) => report.written += 1,
+            Ok(Ok(Upsert::Purged)) => report.purged += 1,
+            Ok(Ok(Upsert::Unchanged)) => {}
+            Ok(Err(_)) | Err(_) => report.failed += 1,
         }
     }
-    if failed > 0 {
-        tracing::warn!(failed, "reconcile: some rows could not be re-announced");
+    if report.failed > 0 {
+        tracing::warn!(
+            failed = report.failed,
+            "reconcile: some rows could not be re-announced"
+        );
     }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    report.finished_at = unix_now();
     tracing::info!(
-        entries = entries.len(),
+        entries = report.entries,
+        announced = report.announced,
+        written = report.written,
+        purged = report.purged,
         "reconciled this node's cache with the manifest"
     );
-    entries.len()
+    *app.populate
+        .last_reconcile
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
+    report
+}
+
+/// Starts the node's background work: reconciling its disk with the manifest, applying
+/// purges recorded by other nodes, and edge warming ([`run`] on its own task). It lives here
+/// rather than on [`App`] so that `App` is built from its parts and does not depend on
+/// populate.
+pub fn spawn(app: &Arc<App>) {
+    tokio::spawn(run(app.clone()));
 }
 
 /// The background task: reconcile once (and again when the manifest's role changes, and every
 /// 10 minutes), then apply tombstones and run a pass whenever the manifest changes, when
-/// woken, and at least every `populate.interval_secs`.
+/// woken, and at least every `populate.interval_secs`. [`App::start`] has already applied the
+/// tombstones recorded before it.
 pub async fn run(app: Arc<App>) {
+    apply_tombstones(&app).await;
     reconcile(&app).await;
     let cfg = app.config.populate.clone();
     let poll = Duration::from_millis(cfg.poll_ms.max(50));
@@ -300,8 +256,11 @@ pub async fn run(app: Arc<App>) {
     let mut last_version = None;
     let mut last_txid = None;
     let mut last_pass = Instant::now() - full_every;
-    let mut cursor = 0i64;
     let mut last_expiry = Instant::now();
+    let mut last_reconcile = Instant::now();
+    // Tombstones are deleted once expired; with a short TTL that must happen sooner than every
+    // 10 minutes, or the table keeps what it should not.
+    let expiry_every = Duration::from_secs(app.config.cache.tombstone_ttl_secs.clamp(1, 600));
     let mut last_role = app.manifest.role().await;
     loop {
         // A new primary may have lost the last transactions of the old one (asynchronous
@@ -322,17 +281,20 @@ pub async fn run(app: Arc<App>) {
         last_version = version;
         last_txid = txid;
         if changed || last_pass.elapsed() >= full_every {
-            cursor = apply_tombstones(&app, cursor).await;
+            apply_tombstones(&app).await;
             if cfg.enabled {
                 pass(&app, &|_, _| {}).await;
             }
             last_pass = Instant::now();
         }
-        if last_expiry.elapsed() >= Duration::from_secs(600) {
-            last_expiry = Instant::now();
+        if last_reconcile.elapsed() >= Duration::from_secs(600) {
+            last_reconcile = Instant::now();
             // Rows lost anywhere (a failover, a manual clear/db) come back within minutes;
             // rows that are right cost no write.
             reconcile(&app).await;
+        }
+        if last_expiry.elapsed() >= expiry_every {
+            last_expiry = Instant::now();
             if let Err(e) = app.manifest.expire_tombstones(unix_now() as i64).await {
                 tracing::debug!("expiring tombstones: {e}");
             }

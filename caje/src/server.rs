@@ -19,6 +19,28 @@ use crate::app::App;
 use crate::framing::{Scanner, Verdict, Watched};
 use crate::interim::InterimSink;
 use crate::proxy;
+use crate::send_timeout::SendTimeout;
+
+/// Runs a request handler, turning a panic inside it into `None`, so that a bug reached by
+/// some input costs that request a 500 and a log line, never an empty reply or the
+/// connection's other requests.
+struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Some(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(None),
+        }
+    }
+}
 
 /// Connections the kernel queues before caje accepts them. tokio's default (128) overflows
 /// under a burst of new connections (a thundering herd on one cold URL), and each dropped SYN
@@ -40,6 +62,49 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves `listener` until `shutdown` completes, then stops accepting and waits up to
 /// `server.shutdown_grace_ms` for in-flight requests to finish.
+///
+/// # Example
+///
+/// Serve on a free loopback port until a oneshot fires (the binary passes a future that
+/// completes on SIGINT/SIGTERM instead):
+///
+/// ```
+/// use caje::app::App;
+/// use caje::config::{Config, OriginConfig};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let config = Config {
+///     cache_dir: dir.path().join("cache"),
+///     db: dir.path().join("manifest.db"),
+///     origins: vec![OriginConfig {
+///         host: "*".into(),
+///         url: "http://127.0.0.1:9".into(),
+///         host_header: Default::default(),
+///     }],
+///     ..Config::default()
+/// };
+///
+/// let runtime = tokio::runtime::Runtime::new()?;
+/// runtime.block_on(async {
+///     let app = App::start(config).await?;
+///     let listener = caje::server::bind("127.0.0.1:0".parse()?)?;
+///     let addr = listener.local_addr()?;
+///     assert!(addr.ip().is_loopback() && addr.port() != 0);
+///
+///     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+///     let shutdown = async {
+///         let _ = stopped.await;
+///     };
+///     let server = tokio::spawn(caje::server::run(listener, app, shutdown));
+///     stop.send(()).ok();
+///     // With no connection open, run returns as soon as it sees the shutdown.
+///     server.await?;
+///     Ok::<_, Box<dyn std::error::Error>>(())
+/// })?;
+/// # Ok(())
+/// # }
+/// ```
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let mut builder = http1::Builder::new();
     let limits = &app.config.limits;
@@ -67,6 +132,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let app_send_timeout_ms = app.config.server.send_timeout_ms;
         let app = app.clone();
         let verdict = Arc::new(Verdict::default());
         let scanner = Scanner::new(
@@ -85,10 +151,23 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
             let n = served.fetch_add(1, Ordering::Relaxed) + 1;
             let ambiguous = verdict.rejects(n);
             async move {
-                Ok::<_, std::convert::Infallible>(proxy::handle(app, req, peer, ambiguous).await)
+                let handled = CatchPanic(Box::pin(proxy::handle(app, req, peer, ambiguous)));
+                let res = handled.await.unwrap_or_else(|| {
+                    tracing::error!(%peer, "a request handler panicked; answered 500");
+                    crate::request::local(
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "caje: internal error while handling this request (logged)\n".into(),
+                    )
+                });
+                Ok::<_, std::convert::Infallible>(res)
             }
         });
-        let io = TokioIo::new(Watched::new(stream, scanner, interim));
+        let send_timeout = Duration::from_millis(app_send_timeout_ms);
+        // Interim responses are written inside `Watched`, so the send timeout covers them too.
+        let io = TokioIo::new(SendTimeout::new(
+            Watched::new(stream, scanner, interim),
+            send_timeout,
+        ));
         let conn = builder.serve_connection(io, service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -375,12 +375,9 @@ fn parse_http_date(value: &str) -> Option<SystemTime> {
     httpdate::parse_http_date(&fixed).ok()
 }
 
-/// The largest delta-seconds a cache must handle; larger values saturate to it (RFC 9111
-/// §1.2.2).
-const MAX_DELTA_SECONDS: u64 = 2_147_483_648;
-
 /// The one `Age` value caje uses, or `None` to ignore the field: the first member of the
-/// first field line, its parameters dropped.
+/// first field line, its parameters dropped. Too large saturates to 2^31, the same bound
+/// [`super::clamp`] applies to every delta-seconds before `http-cache-semantics` sees it.
 fn normalized_age(headers: &HeaderMap) -> Option<HeaderValue> {
     let first = headers.get(http::header::AGE)?.to_str().ok()?;
     let item = first.split(',').next()?.split(';').next()?.trim();
@@ -390,8 +387,8 @@ fn normalized_age(headers: &HeaderMap) -> Option<HeaderValue> {
     // Digits only: a parse failure can only be overflow, which saturates.
     let secs = item
         .parse::<u64>()
-        .unwrap_or(MAX_DELTA_SECONDS)
-        .min(MAX_DELTA_SECONDS);
+        .unwrap_or(super::clamp::MAX_DELTA_SECONDS)
+        .min(super::clamp::MAX_DELTA_SECONDS);
     Some(HeaderValue::from(secs))
 }
 
@@ -408,7 +405,10 @@ pub fn detach(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-fn with_headers(res: &response::Parts, headers: HeaderMap) -> response::Parts {
+/// The response head `http-cache-semantics` sees: `res`'s status with `headers`, whose
+/// delta-seconds are clamped (an unchecked huge `Age` made it panic).
+fn with_headers(res: &response::Parts, mut headers: HeaderMap) -> response::Parts {
+    super::clamp::clamp_delta_seconds(&mut headers, None);
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = res.status;
     parts.version = res.version;
@@ -507,6 +507,8 @@ fn lookup_request(req: &request::Parts, host: &str, opts: &PolicyOptions) -> req
         }
         parts.headers.append(name.clone(), value.clone());
     }
+    // A client's `max-stale=99999999999` must not overflow the freshness arithmetic either.
+    super::clamp::clamp_delta_seconds(&mut parts.headers, None);
     parts
 }
 
@@ -1006,7 +1008,7 @@ mod tests {
         h.append("age", HeaderValue::from_static("99999999999999999999999"));
         assert_eq!(
             normalized_age(&h),
-            Some(HeaderValue::from(MAX_DELTA_SECONDS))
+            Some(HeaderValue::from(crate::cache::clamp::MAX_DELTA_SECONDS))
         );
         h.insert("age", HeaderValue::from_static("0"));
         h.append("age", HeaderValue::from_static("7200"));
