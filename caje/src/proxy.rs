@@ -133,6 +133,12 @@ async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
         }
     };
     if ctx.parts.headers.contains_key(header::RANGE) && stale.is_none() {
+        // A fill whose whole body has arrived is only waiting for its commit: the range is
+        // answered from the entry (a client that read a full response and then asks for a
+        // range of it must not find it missing).
+        if let Some(res) = range_of_finished_fill(&ctx).await {
+            return res;
+        }
         // A range of an object we do not hold: pass it through rather than make the client
         // wait for the whole object.
         return forward(&ctx, Some(body), Forward::Request, None).await;
@@ -200,6 +206,39 @@ async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
             }
         }
     }
+}
+
+/// A range request for a URL whose fill has its whole body and is being committed: the
+/// range from the committed entry. `None` when there is no such fill (or it fails).
+async fn range_of_finished_fill(ctx: &Ctx) -> Option<Response<Body>> {
+    let app = &ctx.app;
+    let rx = app.flights.watch(&ctx.key)?;
+    let FlightState::Streaming { head, progress } = rx.borrow().clone() else {
+        return None;
+    };
+    if !head.variant.matches(&ctx.parts.headers) {
+        return None;
+    }
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(app.config.cache.lock_timeout_ms);
+    let entry = committed_soon(&progress, &head, deadline).await?;
+    if policy::is_authenticated(&ctx.parts.headers)
+        && !policy::answers_authenticated(&entry.meta.response_head().1, &app.policy)
+    {
+        return None;
+    }
+    let now = SystemTime::now();
+    let Freshness::Fresh { age, ttl } =
+        policy::freshness(&entry.meta.policy, &ctx.parts, &ctx.host, now, &app.policy)
+    else {
+        return None;
+    };
+    let outcome = Outcome::hit(ttl.as_secs() as i64);
+    let res = hit::respond(&app.store, &entry, &ctx.parts, age.as_secs(), outcome)
+        .await
+        .ok()?;
+    Stats::incr(&app.stats.hits);
+    Some(res)
 }
 
 /// When a fill already holds the whole body (or is committed), waits for its commit and
