@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
@@ -165,6 +165,8 @@ impl App {
         let app = Arc::new(App {
             policy: PolicyOptions {
                 heuristic_freshness: config.cache.heuristic_freshness,
+                heuristic_max: Duration::from_secs(config.cache.heuristic_max_secs),
+                store_set_cookie: config.cache.store_set_cookie,
                 honor_client_no_cache: config.cache.honor_client_no_cache,
                 targeted: targeted_field(&config.cache.targeted_cache_control)?,
             },

@@ -177,8 +177,15 @@ pub enum HostHeader {
 pub struct CacheConfig {
     /// Responses with bodies larger than this are passed through, not stored.
     pub max_object_bytes: u64,
-    /// Cache responses without explicit freshness using RFC 9111 §4.2.2 heuristics.
+    /// Cache responses without explicit freshness using RFC 9111 §4.2.2 heuristics: a
+    /// heuristically cacheable status with `Last-Modified` is fresh for 10% of its age.
     pub heuristic_freshness: bool,
+    /// The longest heuristic freshness lifetime, in seconds.
+    pub heuristic_max_secs: u64,
+    /// Store responses that carry `Set-Cookie`, and replay the stored `Set-Cookie` to every
+    /// client that gets the cached copy. Off: such responses are never stored. Only for
+    /// origins whose cookies are the same for everyone (a consent banner, an A/B bucket).
+    pub store_set_cookie: bool,
     /// Let a client's `Cache-Control: no-cache` / `max-age=0` / `Pragma: no-cache` force an
     /// origin fetch. Off by default so a browser reload cannot bust the cache.
     pub honor_client_no_cache: bool,
@@ -191,8 +198,9 @@ pub struct CacheConfig {
     /// coalescing for this long (hit-for-miss), so they are not serialised behind each other.
     pub hit_for_miss_secs: u64,
     /// Serve a stale entry for up to this many seconds past its expiry when the origin cannot
-    /// be reached or times out, even without `stale-if-error` (0 = off). Never overrides
-    /// `must-revalidate`, `proxy-revalidate` or `no-cache`.
+    /// be reached, closes the connection or times out, even without `stale-if-error`
+    /// (0 = off). Never overrides `must-revalidate`, `proxy-revalidate`, `no-cache` or
+    /// `s-maxage`.
     pub stale_if_unreachable_secs: u64,
     /// The caje-specific targeted cache-control field (RFC 9213). It takes precedence over
     /// `CDN-Cache-Control`, which takes precedence over `Cache-Control`, for caje's own
@@ -209,12 +217,14 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             max_object_bytes: 1 << 30,
-            heuristic_freshness: false,
+            heuristic_freshness: true,
+            heuristic_max_secs: 86_400,
+            store_set_cookie: false,
             honor_client_no_cache: false,
             max_variants: 32,
             lock_timeout_ms: 10_000,
             hit_for_miss_secs: 10,
-            stale_if_unreachable_secs: 0,
+            stale_if_unreachable_secs: 3_600,
             targeted_cache_control: "Caje-Cache-Control".into(),
             tombstone_ttl_secs: 86_400,
             memory_bytes: 64 * 1024 * 1024,

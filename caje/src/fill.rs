@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::{request, Method, Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::app::App;
@@ -19,9 +19,11 @@ use crate::cache::key::{self, CacheKey, Variant};
 use crate::cache::policy::{self, Freshness, NotStorable};
 use crate::cache::store::{Entry, Fill, FillProgress, Lookup};
 use crate::cache_status::{Forward, Outcome};
+use crate::client_body::ClientFault;
 use crate::flight::{Join, Leader, SharedHead};
 use crate::headers;
 use crate::host::Host;
+use crate::interim::InterimSink;
 use crate::origin::Origin;
 use crate::spool::Spool;
 use crate::stats::Stats;
@@ -240,6 +242,14 @@ pub(crate) fn origin_request(
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
+    if let Some(sink) = parts.extensions.get::<Arc<InterimSink>>() {
+        // 1xx answers go to this client's connection (never to the cache).
+        let sink = sink.clone();
+        let version = parts.version;
+        hyper::ext::on_informational(&mut req, move |res| {
+            sink.push(version, res.status(), res.headers());
+        });
+    }
     Ok(req)
 }
 
@@ -391,10 +401,12 @@ pub(crate) fn pass_through(
     Response::from_parts(rparts, tee.boxed())
 }
 
-/// A client request body, bounded by `limits.max_request_body_bytes`.
-pub(crate) fn limited(app: &App, body: Incoming) -> Body {
+/// A client request body, bounded by `limits.max_request_body_bytes`, and where its failure
+/// is recorded: a send error with a recorded fault is the client's, not the origin's
+/// ([`ClientFault::failed`]).
+pub(crate) fn client_body(app: &App, body: Incoming) -> (Body, Arc<ClientFault>) {
     let limit = usize::try_from(app.config.limits.max_request_body_bytes).unwrap_or(usize::MAX);
-    Limited::new(body, limit).boxed()
+    crate::client_body::client_body(body, limit)
 }
 
 /// The `Surrogate-Key` tags of a response.

@@ -121,6 +121,11 @@ impl Flights {
         }
     }
 
+    /// The state of the flight in progress for `key`, if there is one; never starts one.
+    pub fn watch(&self, key: &CacheKey) -> Option<watch::Receiver<FlightState>> {
+        self.lock().flights.get(key).map(|f| f.state.subscribe())
+    }
+
     /// Number of flights in progress.
     pub fn len(&self) -> usize {
         self.lock().flights.len()

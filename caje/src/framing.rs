@@ -20,6 +20,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::interim::InterimSink;
+
 /// Shared between a connection's reader and its service: the 1-based number of the first
 /// request with ambiguous framing, or 0.
 #[derive(Debug, Default)]
@@ -211,16 +213,44 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Wraps a client connection, feeding every byte hyper reads to a [`Scanner`].
+/// Wraps a client connection, feeding every byte hyper reads to a [`Scanner`], and writing
+/// queued interim responses ([`crate::interim`]) before hyper's next write.
 pub struct Watched<IO> {
     io: IO,
     scanner: Scanner,
+    interim: Arc<InterimSink>,
 }
 
 impl<IO> Watched<IO> {
     /// Wraps `io`.
-    pub fn new(io: IO, scanner: Scanner) -> Self {
-        Watched { io, scanner }
+    pub fn new(io: IO, scanner: Scanner, interim: Arc<InterimSink>) -> Self {
+        Watched {
+            io,
+            scanner,
+            interim,
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> Watched<IO> {
+    /// Writes the queued interim responses; `Pending` until all of them are written.
+    fn poll_interim(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut queued = self.interim.take();
+        let mut written = 0;
+        while written < queued.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &queued[written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    self.interim.put_back(&queued.split_off(written));
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -246,6 +276,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_interim(cx))?;
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -262,6 +293,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_interim(cx))?;
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 

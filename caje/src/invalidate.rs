@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use crate::body::Body;
 use crate::cache::key::CacheKey;
 use crate::cache_status::Forward;
-use crate::fill::{limited, origin_request, pass_through, Ctx};
+use crate::fill::{client_body, origin_request, pass_through, Ctx};
 use crate::headers;
 use crate::host::Host;
 use crate::request::local;
@@ -20,13 +20,18 @@ use crate::stats::Stats;
 pub(crate) async fn forward_unsafe(ctx: Ctx, body: Incoming) -> Response<Body> {
     let app = &ctx.app;
     Stats::incr(&app.stats.misses);
-    let oreq = match origin_request(&ctx, limited(app, body), false, None) {
+    let (req_body, fault) = client_body(app, body);
+    let oreq = match origin_request(&ctx, req_body, false, None) {
         Ok(r) => r,
         Err(msg) => return local(StatusCode::BAD_REQUEST, msg),
     };
     let res = match app.client.send(&ctx.origin, oreq).await {
         Ok(r) => r,
-        Err(e) => return origin_failed(&ctx, Forward::Method, None, e).await,
+        // A request body that failed is the client's fault (400/413), not the origin's.
+        Err(e) => match fault.failed() {
+            Some(res) => return res,
+            None => return origin_failed(&ctx, Forward::Method, None, e).await,
+        },
     };
     let (mut rparts, rbody) = res.into_parts();
     headers::strip_hop_by_hop(&mut rparts.headers);

@@ -11,8 +11,9 @@
 //! # Layout
 //! The request path, in the order a request meets it:
 //! - [`server`]: accepts connections, HTTP/1.1 via hyper, graceful shutdown; [`framing`]
-//!   watches each connection for ambiguous request framing that hyper would accept, and
-//!   [`send_timeout`] disconnects clients that stop reading.
+//!   watches each connection for ambiguous request framing that hyper would accept (and
+//!   writes the 1xx heads [`interim`] queues), and [`send_timeout`] disconnects clients that
+//!   stop reading.
 //! - [`request`]: what a client may send (limits, framing, host) and caje's own answers;
 //!   [`host`] computes the one canonical host that routing, the key and the origin share.
 //! - [`proxy`]: the only module that knows the order of steps (validate → admin → route →
@@ -24,6 +25,8 @@
 //! - [`fill`]: one origin request streamed to its client while it is stored; also used by
 //!   [`populate`] without a client ([`fill::fill_page`]).
 //! - [`invalidate`]: unsafe methods, and the URLs a success invalidates.
+//! - [`client_body`]: a client's request body on its way to the origin; a failure of it is
+//!   the client's fault (400/413), not the origin's.
 //! - [`origin`]: host → origin routing and the pooled HTTP(S) client; 502/504 classification.
 //! - [`cache`]: keys ([`cache::key`]), the RFC 9111 policy ([`cache::policy`], the only user
 //!   of `http-cache-semantics`), entry metadata ([`cache::entry`]), request coalescing
@@ -48,6 +51,7 @@ pub mod app;
 pub mod body;
 pub mod cache;
 pub mod cache_status;
+pub mod client_body;
 pub mod config;
 pub mod file_body;
 pub mod fill;
@@ -56,6 +60,7 @@ pub mod framing;
 pub mod headers;
 pub mod hit;
 pub mod host;
+pub mod interim;
 pub mod invalidate;
 pub mod manifest;
 pub mod origin;

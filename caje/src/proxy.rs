@@ -31,7 +31,7 @@ use crate::body::{self, Body};
 use crate::cache::policy::{self, Freshness};
 use crate::cache::store::{Entry, FillProgress, Lookup};
 use crate::cache_status::{Forward, Outcome};
-use crate::fill::{limited, origin_request, pass_through, respond_from_origin, Ctx};
+use crate::fill::{client_body, origin_request, pass_through, respond_from_origin, Ctx};
 use crate::flight::{FlightState, Join, Leader, SharedHead};
 use crate::headers;
 use crate::hit;
@@ -93,9 +93,18 @@ pub async fn handle(
 async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
     let app = &ctx.app;
     let now = SystemTime::now();
+    let authenticated = policy::is_authenticated(&ctx.parts.headers);
     let (fwd, stale) = match app.store.lookup(&ctx.key, &ctx.parts.headers) {
         Lookup::Miss => (Forward::UriMiss, None),
         Lookup::VaryMiss => (Forward::VaryMiss, None),
+        // RFC 9111 §3.5: a copy that does not allow shared reuse for authenticated requests
+        // never answers one; the origin does, and its answer is not stored.
+        Lookup::Found(entry)
+            if authenticated
+                && !policy::answers_authenticated(&entry.meta.response_head().1, &app.policy) =>
+        {
+            return forward(&ctx, Some(body), Forward::Request, None).await;
+        }
         Lookup::Found(entry) => {
             let fresh = if entry.meta.invalidated {
                 Freshness::Stale
@@ -124,11 +133,19 @@ async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
         }
     };
     if ctx.parts.headers.contains_key(header::RANGE) && stale.is_none() {
+        // A fill whose whole body has arrived is only waiting for its commit: the range is
+        // answered from the entry (a client that read a full response and then asks for a
+        // range of it must not find it missing).
+        if let Some(res) = range_of_finished_fill(&ctx).await {
+            return res;
+        }
         // A range of an object we do not hold: pass it through rather than make the client
         // wait for the whole object.
         return forward(&ctx, Some(body), Forward::Request, None).await;
     }
-    if ctx.parts.method == Method::HEAD {
+    if ctx.parts.method == Method::HEAD || authenticated {
+        // An authenticated request is not collapsed onto another client's fetch: the
+        // answer it would share is made for someone else.
         return forward(&ctx, Some(body), fwd, stale).await;
     }
     let deadline =
@@ -189,6 +206,39 @@ async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
             }
         }
     }
+}
+
+/// A range request for a URL whose fill has its whole body and is being committed: the
+/// range from the committed entry. `None` when there is no such fill (or it fails).
+async fn range_of_finished_fill(ctx: &Ctx) -> Option<Response<Body>> {
+    let app = &ctx.app;
+    let rx = app.flights.watch(&ctx.key)?;
+    let FlightState::Streaming { head, progress } = rx.borrow().clone() else {
+        return None;
+    };
+    if !head.variant.matches(&ctx.parts.headers) {
+        return None;
+    }
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(app.config.cache.lock_timeout_ms);
+    let entry = committed_soon(&progress, &head, deadline).await?;
+    if policy::is_authenticated(&ctx.parts.headers)
+        && !policy::answers_authenticated(&entry.meta.response_head().1, &app.policy)
+    {
+        return None;
+    }
+    let now = SystemTime::now();
+    let Freshness::Fresh { age, ttl } =
+        policy::freshness(&entry.meta.policy, &ctx.parts, &ctx.host, now, &app.policy)
+    else {
+        return None;
+    };
+    let outcome = Outcome::hit(ttl.as_secs() as i64);
+    let res = hit::respond(&app.store, &entry, &ctx.parts, age.as_secs(), outcome)
+        .await
+        .ok()?;
+    Stats::incr(&app.stats.hits);
+    Some(res)
 }
 
 /// When a fill already holds the whole body (or is committed), waits for its commit and
@@ -259,7 +309,8 @@ async fn lead(
 ) -> Response<Body> {
     let app = &ctx.app;
     Stats::incr(&app.stats.misses);
-    let oreq = match origin_request(ctx, limited(app, body), true, stale.as_deref()) {
+    let (req_body, fault) = client_body(app, body);
+    let oreq = match origin_request(ctx, req_body, true, stale.as_deref()) {
         Ok(r) => r,
         Err(msg) => return local(StatusCode::BAD_REQUEST, msg),
     };
@@ -267,6 +318,10 @@ async fn lead(
         Ok(r) => r,
         Err(e) => {
             drop(leader);
+            // A request body that failed is the client's fault (400/413), not the origin's.
+            if let Some(res) = fault.failed() {
+                return res;
+            }
             return origin_failed(ctx, fwd, stale.as_ref(), e).await;
         }
     };
@@ -308,9 +363,9 @@ async fn forward(
 ) -> Response<Body> {
     let app = &ctx.app;
     Stats::incr(&app.stats.misses);
-    let req_body = match body {
-        Some(b) => limited(app, b),
-        None => body::empty(),
+    let (req_body, fault) = match body {
+        Some(b) => client_body(app, b),
+        None => (body::empty(), Default::default()),
     };
     let for_cache =
         ctx.parts.method == Method::GET && !matches!(fwd, Forward::Request | Forward::Bypass);
@@ -320,7 +375,11 @@ async fn forward(
     };
     let res = match app.client.send(&ctx.origin, oreq).await {
         Ok(r) => r,
-        Err(e) => return origin_failed(ctx, fwd, stale.as_ref(), e).await,
+        // A request body that failed is the client's fault (400/413), not the origin's.
+        Err(e) => match fault.failed() {
+            Some(res) => return res,
+            None => return origin_failed(ctx, fwd, stale.as_ref(), e).await,
+        },
     };
     let (mut rparts, rbody) = res.into_parts();
     headers::strip_hop_by_hop(&mut rparts.headers);

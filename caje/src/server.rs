@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::app::App;
 use crate::framing::{Scanner, Verdict, Watched};
+use crate::interim::InterimSink;
 use crate::proxy;
 use crate::send_timeout::SendTimeout;
 
@@ -142,7 +143,10 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         // hyper serves a connection's requests in order, so counting calls numbers them
         // the same way the scanner numbers the heads it reads.
         let served = Arc::new(AtomicU64::new(0));
-        let service = service_fn(move |req| {
+        let interim = InterimSink::new();
+        let sink = interim.clone();
+        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(sink.clone());
             let app = app.clone();
             let n = served.fetch_add(1, Ordering::Relaxed) + 1;
             let ambiguous = verdict.rejects(n);
@@ -159,8 +163,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
             }
         });
         let send_timeout = Duration::from_millis(app_send_timeout_ms);
+        // Interim responses are written inside `Watched`, so the send timeout covers them too.
         let io = TokioIo::new(SendTimeout::new(
-            Watched::new(stream, scanner),
+            Watched::new(stream, scanner, interim),
             send_timeout,
         ));
         let conn = builder.serve_connection(io, service);

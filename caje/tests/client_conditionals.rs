@@ -167,3 +167,35 @@ async fn multiple_ranges_get_the_full_200() {
     })
     .await
 }
+
+/// A client that read a whole response and at once asks for a range of it gets the range from
+/// the cache, even when the fill it read is still being committed (fsync, rename): the range
+/// waits for that commit instead of going to the origin (cache-tests.fyi
+/// `partial-store-complete-reuse-partial`, which the required `partial-use-*` tests need).
+#[tokio::test]
+async fn range_right_after_the_full_response_is_served_from_cache() {
+    within(60, async {
+        let origin = Origin::start();
+        let caje = Caje::start(&origin, "");
+        // Several URLs: the race between the last body byte and the commit is short, and any
+        // one of them going to the origin fails the test.
+        for i in 0..20 {
+            let name = format!("cc-range-now-{i}");
+            let path = gen(&name, &format!("cc=max-age%3D600&bytes={LEN}"));
+            let url = caje.url(&path);
+            let full = get(&url, &[]).await;
+            assert_eq!(full.status, 200);
+            assert_eq!(full.body.len(), LEN);
+            let r = get(&url, &[("Range", "bytes=0-1")]).await;
+            assert_eq!(r.status, 206, "{name}: {:?}", r.headers);
+            assert_eq!(r.body, full.body[..2], "{name}");
+            assert_eq!(
+                r.header("content-range"),
+                Some(format!("bytes 0-1/{LEN}").as_str())
+            );
+            r.cache_status().assert_hit();
+            assert_eq!(origin.requests(&format!("/gen/{name}")).await, 1, "{name}");
+        }
+    })
+    .await
+}

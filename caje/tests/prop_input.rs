@@ -118,9 +118,11 @@ fn header_map(fields: &[(&'static str, String)]) -> HeaderMap {
     h
 }
 
-fn options(heuristic: bool, honor: bool) -> PolicyOptions {
+fn options(heuristic: bool, honor: bool, set_cookie: bool) -> PolicyOptions {
     PolicyOptions {
         heuristic_freshness: heuristic,
+        heuristic_max: Duration::from_secs(86_400),
+        store_set_cookie: set_cookie,
         honor_client_no_cache: honor,
         targeted: Some(HeaderName::from_static("caje-cache-control")),
     }
@@ -138,10 +140,11 @@ proptest! {
         req_cc in proptest::option::of(cache_control()),
         heuristic in any::<bool>(),
         honor in any::<bool>(),
+        set_cookie in any::<bool>(),
         response_secs in 0u64..4_000_000_000,
         later in prop_oneof![0u64..100, 0u64..4_000_000_000, Just(u32::MAX as u64 * 4)],
     ) {
-        let opts = options(heuristic, honor);
+        let opts = options(heuristic, honor, set_cookie);
         let mut req = Request::get("/p").header("host", "a.example");
         if let Some(cc) = &req_cc {
             if HeaderValue::from_str(cc).is_ok() {

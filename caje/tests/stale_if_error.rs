@@ -43,7 +43,9 @@ fn assert_stale_if_error(r: &support::Resp, fwd_status: Option<u16>) {
 async fn unreachable_origin_serves_stale_within_stale_if_error_then_502() {
     within(30, async {
         let origin = Origin::start();
-        let caje = Caje::start(&origin, "");
+        // Without the default serve-stale-when-down window, so that stale-if-error's own
+        // window is what ends.
+        let caje = Caje::start(&origin, "[cache]\nstale_if_unreachable_secs = 0\n");
         let path = gen("sie", "cc=max-age%3D1,stale-if-error%3D3");
         let first = caje.store(&path).await;
         assert_eq!(body_version(&first), 0);
@@ -145,7 +147,7 @@ async fn stale_if_unreachable_secs_serves_stale_without_directives() {
 async fn unreachable_origin_without_stale_permission_is_502() {
     within(30, async {
         let origin = Origin::start();
-        let caje = Caje::start(&origin, "");
+        let caje = Caje::start(&origin, "[cache]\nstale_if_unreachable_secs = 0\n");
         let path = gen("siu-off", "cc=max-age%3D1");
         caje.store(&path).await;
         drop(origin);

@@ -60,22 +60,33 @@ impl Variant {
     }
 }
 
-/// All values of a header joined by ", " with runs of whitespace collapsed, so that
-/// `gzip,  br` and `gzip, br` select the same variant.
+/// All values of a header in a canonical form, so that spellings that mean the same select the
+/// same variant: the field lines are combined into one list (`Foo: 1` + `Foo: 2` is
+/// `Foo: 1, 2`, RFC 9110 §5.3), the whitespace around list members is dropped and runs of
+/// whitespace inside them collapsed. Language tags are case-insensitive (RFC 5646), so
+/// `Accept-Language` is lower-cased. Member order is kept: origins commonly read it as
+/// preference.
 fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    let mut out: Option<String> = None;
+    let mut members: Vec<String> = Vec::new();
+    let mut any = false;
     for v in headers.get_all(name) {
+        any = true;
         let s = String::from_utf8_lossy(v.as_bytes());
-        let joined = s.split_whitespace().collect::<Vec<_>>().join(" ");
-        match &mut out {
-            Some(acc) => {
-                acc.push_str(", ");
-                acc.push_str(&joined);
+        for member in s.split(',') {
+            let member = member.split_whitespace().collect::<Vec<_>>().join(" ");
+            if !member.is_empty() {
+                members.push(member);
             }
-            None => out = Some(joined),
         }
     }
-    out
+    if !any {
+        return None;
+    }
+    let mut joined = members.join(", ");
+    if name.eq_ignore_ascii_case("accept-language") {
+        joined.make_ascii_lowercase();
+    }
+    Some(joined)
 }
 
 /// Rewrites a request's `Accept-Encoding` to one of a few canonical values (`br, gzip`,
@@ -222,6 +233,47 @@ mod tests {
         let mut none = HeaderMap::new();
         normalize_accept_encoding(&mut none);
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn variant_values_are_normalised() {
+        let names = vec!["foo".to_string(), "accept-language".to_string()];
+        let variant = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(
+                    http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            Variant::from_request(&names, &h)
+        };
+        let base = variant(&[("foo", "1, 2"), ("accept-language", "en, de")]);
+        assert_eq!(
+            base,
+            variant(&[("foo", "1"), ("foo", "2"), ("accept-language", "en, de")])
+        );
+        assert_eq!(
+            base,
+            variant(&[("foo", " 1 ,2 "), ("accept-language", " en ,   de")])
+        );
+        assert_eq!(
+            base,
+            variant(&[("foo", "1, 2"), ("accept-language", "eN, De")])
+        );
+        assert_ne!(
+            base,
+            variant(&[("foo", "1, 2"), ("accept-language", "de, en")])
+        );
+        assert_ne!(
+            base,
+            variant(&[("foo", "2, 1"), ("accept-language", "en, de")])
+        );
+        // Case matters outside Accept-Language.
+        assert_ne!(
+            base,
+            variant(&[("foo", "1, 2"), ("foo", "X"), ("accept-language", "en, de")])
+        );
     }
 
     #[test]

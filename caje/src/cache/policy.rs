@@ -2,9 +2,14 @@
 //!
 //! `http-cache-semantics` implements RFC 9111 for a shared cache. caje adds the rules a CDN
 //! operator expects on top of it:
-//! - only explicit freshness (`s-maxage`, `max-age`, `Expires`) is cached unless heuristic
-//!   freshness is enabled in config;
-//! - a response that sets a cookie is never stored (it is meant for one user);
+//! - explicit freshness (`s-maxage`, `max-age`, `Expires`) makes any status code storable
+//!   (RFC 9111 §3); without it, heuristic freshness (on by default, RFC 9111 §4.2.2) gives
+//!   heuristically cacheable statuses with `Last-Modified` 10% of their age, capped by
+//!   `cache.heuristic_max_secs`;
+//! - a response that sets a cookie is not stored (it is meant for one user) unless the
+//!   operator opts in with `cache.store_set_cookie`;
+//! - a request with `Authorization` is answered from the cache only by a response that allows
+//!   shared reuse for authenticated requests (`public`, `s-maxage`, `must-revalidate`);
 //! - a `Vary` on `Cookie` or `Authorization` is never stored, because storing it would write
 //!   those credentials to disk;
 //! - the request recorded in the policy keeps only `Host` and the `Vary`-named headers, so no
@@ -30,6 +35,10 @@ use super::key::vary_names;
 pub struct PolicyOptions {
     /// RFC 9111 §4.2.2 heuristic freshness for responses without explicit freshness.
     pub heuristic_freshness: bool,
+    /// The longest heuristic freshness lifetime.
+    pub heuristic_max: Duration,
+    /// Store responses that carry `Set-Cookie` (and replay the cookie to every client).
+    pub store_set_cookie: bool,
     /// Whether a client's `no-cache` / `max-age=0` may force a fetch.
     pub honor_client_no_cache: bool,
     /// caje's own targeted field (RFC 9213), checked before `CDN-Cache-Control`.
@@ -39,8 +48,8 @@ pub struct PolicyOptions {
 /// The RFC 9213 field every CDN honours.
 pub const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
 
-/// Whether a targeted field value is usable: non-empty and every directive a token with an
-/// optional token or quoted-string argument.
+/// Whether a `Surrogate-Control` value is usable: non-empty and every directive a token with
+/// an optional token or quoted-string argument.
 fn valid_directives(value: &str) -> bool {
     let mut any = false;
     for d in value.split(',') {
@@ -52,23 +61,164 @@ fn valid_directives(value: &str) -> bool {
             Some((n, a)) => (n.trim(), Some(a.trim())),
             None => (d, None),
         };
-        let token = |t: &str| {
-            !t.is_empty()
-                && t.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        };
-        if !token(name) {
+        if !is_token(name) {
             return false;
         }
         if let Some(a) = arg {
             let quoted = a.len() >= 2 && a.starts_with('"') && a.ends_with('"');
-            if !quoted && !token(a) {
+            if !quoted && !is_token(a) {
                 return false;
             }
         }
         any = true;
     }
     any
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn is_token(t: &str) -> bool {
+    !t.is_empty() && t.bytes().all(is_tchar)
+}
+
+/// Directives whose value must be a non-negative integer (delta-seconds).
+const SECONDS_DIRECTIVES: &[&str] = &[
+    "max-age",
+    "s-maxage",
+    "stale-while-revalidate",
+    "stale-if-error",
+];
+
+/// Parses a targeted field (RFC 9213 §2.1: a Structured Field Dictionary, RFC 8941 §3.2)
+/// into `Cache-Control` syntax. `None` when the value is not a valid dictionary, or a
+/// delta-seconds directive has a value of another type: the whole field is then ignored.
+/// Keys are compared case-insensitively (caje accepted `MAX-AGE` before, and no valid
+/// dictionary key can mean anything else).
+fn targeted_directives(value: &str) -> Option<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut rest = value.trim_matches(|c| c == ' ' || c == '\t');
+    if rest.is_empty() {
+        return None;
+    }
+    loop {
+        // key = ( lcalpha / "*" ) *( lcalpha / DIGIT / "_" / "-" / "." / "*" )
+        let key_len = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'*'))
+            .count();
+        let key = rest[..key_len].to_ascii_lowercase();
+        if !key.starts_with(|c: char| c.is_ascii_lowercase() || c == '*') {
+            return None;
+        }
+        rest = &rest[key_len..];
+        let item = if let Some(r) = rest.strip_prefix('=') {
+            let (item, r) = bare_item(r)?;
+            rest = r;
+            Some(item)
+        } else {
+            None
+        };
+        // Parameters (`;name[=value]`) are allowed and ignored.
+        while let Some(r) = rest.strip_prefix(';') {
+            let r = r.trim_start_matches(' ');
+            let n = r
+                .bytes()
+                .take_while(|b| {
+                    b.is_ascii_lowercase()
+                        || b.is_ascii_digit()
+                        || matches!(b, b'_' | b'-' | b'.' | b'*')
+                })
+                .count();
+            if n == 0 {
+                return None;
+            }
+            rest = &r[n..];
+            if let Some(r) = rest.strip_prefix('=') {
+                rest = bare_item(r)?.1;
+            }
+        }
+        let numeric = SECONDS_DIRECTIVES.contains(&key.as_str());
+        match item {
+            Some(BareItem::Integer(n)) => out.push(format!("{key}={n}")),
+            _ if numeric => return None,
+            None | Some(BareItem::True) => out.push(key),
+            Some(BareItem::False) => {}
+            Some(BareItem::Other(text)) => out.push(format!("{key}={text}")),
+        }
+        rest = rest.trim_start_matches([' ', '\t']);
+        if rest.is_empty() {
+            break;
+        }
+        rest = rest.strip_prefix(',')?.trim_start_matches([' ', '\t']);
+        if rest.is_empty() {
+            // A trailing comma is invalid.
+            return None;
+        }
+    }
+    if out.is_empty() {
+        return None;
+    }
+    Some(out.join(", "))
+}
+
+enum BareItem {
+    Integer(u64),
+    True,
+    False,
+    /// A string, token, decimal or byte sequence, as written.
+    Other(String),
+}
+
+/// One RFC 8941 bare item at the start of `s`, and what follows it.
+fn bare_item(s: &str) -> Option<(BareItem, &str)> {
+    let b = s.as_bytes();
+    match b.first()? {
+        b'-' | b'0'..=b'9' => {
+            let n = 1 + b[1..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit() || **c == b'.')
+                .count();
+            let text = &s[..n];
+            if let Ok(v) = text.parse::<u64>() {
+                // RFC 8941 integers have at most 15 digits; larger ones are invalid.
+                return (text.len() <= 15).then_some((BareItem::Integer(v), &s[n..]));
+            }
+            text.parse::<f64>()
+                .ok()
+                .map(|_| (BareItem::Other(text.to_owned()), &s[n..]))
+        }
+        b'"' => {
+            let mut i = 1;
+            while i < b.len() {
+                match b[i] {
+                    b'\\' if i + 1 < b.len() && matches!(b[i + 1], b'"' | b'\\') => i += 2,
+                    b'"' => return Some((BareItem::Other(s[..=i].to_owned()), &s[i + 1..])),
+                    c if (0x20..0x7f).contains(&c) && c != b'\\' => i += 1,
+                    _ => return None,
+                }
+            }
+            None
+        }
+        b'?' => match b.get(1)? {
+            b'1' => Some((BareItem::True, &s[2..])),
+            b'0' => Some((BareItem::False, &s[2..])),
+            _ => None,
+        },
+        b':' => {
+            let end = s[1..].find(':')? + 1;
+            Some((BareItem::Other(s[..=end].to_owned()), &s[end + 1..]))
+        }
+        c if c.is_ascii_alphabetic() || *c == b'*' => {
+            let n = s
+                .bytes()
+                .take_while(|c| is_tchar(*c) || matches!(c, b':' | b'/'))
+                .count();
+            Some((BareItem::Other(s[..n].to_owned()), &s[n..]))
+        }
+        _ => None,
+    }
 }
 
 /// The older CDN field (Akamai, Fastly), honoured after `CDN-Cache-Control`.
@@ -80,8 +230,10 @@ pub const SURROGATE_CONTROL: &str = "surrogate-control";
 ///   are ignored (RFC 9213 §2.1);
 /// - directive names are lower-cased (`NO-CACHE` is `no-cache`: RFC 9111 §5.2, directives are
 ///   case-insensitive; `http-cache-semantics` compares them exactly);
-/// - an `Age` that is not one non-negative integer makes the response stale (RFC 9111 §5.1:
-///   a cache must not trust an invalid age to mean "young").
+/// - `Age` is read as cache-tests.fyi expects: the first value of the first line, without
+///   parameters; a value that is not a non-negative integer is ignored, and a larger one
+///   than 2^31 saturates to 2^31 (RFC 9111 §1.2.2);
+/// - an invalid `Expires` becomes "0" (already expired, RFC 9111 §5.3).
 pub fn effective_headers<'a>(headers: &'a HeaderMap, opts: &PolicyOptions) -> Cow<'a, HeaderMap> {
     let fields = opts
         .targeted
@@ -98,20 +250,20 @@ pub fn effective_headers<'a>(headers: &'a HeaderMap, opts: &PolicyOptions) -> Co
         if values.is_empty() {
             continue;
         }
-        let mut joined = values.join(", ");
-        if field == SURROGATE_CONTROL {
+        let joined = values.join(", ");
+        let directives = if field == SURROGATE_CONTROL {
             // Surrogate-Control directives may name their target (`max-age=60;edge`);
-            // caje is every target.
-            joined = joined
+            // caje is every target. It predates structured fields.
+            let plain = joined
                 .split(',')
                 .map(|d| d.split(';').next().unwrap_or("").trim())
                 .collect::<Vec<_>>()
                 .join(", ");
-        }
-        if !valid_directives(&joined) {
-            continue;
-        }
-        let Ok(value) = HeaderValue::from_str(&joined) else {
+            valid_directives(&plain).then_some(plain)
+        } else {
+            targeted_directives(&joined)
+        };
+        let Some(value) = directives.and_then(|d| HeaderValue::from_str(&d).ok()) else {
             continue;
         };
         let mut h = headers.clone();
@@ -145,22 +297,99 @@ pub fn effective_headers<'a>(headers: &'a HeaderMap, opts: &PolicyOptions) -> Co
         }
     }
     let current = out.as_ref().unwrap_or(headers);
-    let ages: Vec<&HeaderValue> = current.get_all(http::header::AGE).iter().collect();
-    // Exactly one line holding one non-negative integer; anything else (lists, several lines,
-    // signs, fractions, parameters) makes the response stale rather than young.
-    let valid_age = match ages.as_slice() {
-        [] => true,
-        [one] => !one.is_empty() && one.as_bytes().iter().all(u8::is_ascii_digit),
-        _ => false,
-    };
-    if !valid_age {
+    let age = normalized_age(current);
+    if age.as_ref() != current.get(http::header::AGE)
+        || current.get_all(http::header::AGE).iter().nth(1).is_some()
+    {
+        let h = out.get_or_insert_with(|| headers.clone());
+        h.remove(http::header::AGE);
+        if let Some(age) = age {
+            h.insert(http::header::AGE, age);
+        }
+    }
+    let current = out.as_ref().unwrap_or(headers);
+    if let Some(expires) = current.get(http::header::EXPIRES) {
+        // RFC 9111 §5.3: an invalid date means "already expired". `http-cache-semantics`
+        // parses dates leniently (RFC 2822 allows runs of spaces), so caje decides validity
+        // (RFC 9110 §5.6.7: IMF-fixdate and the two obsolete formats) and hands it a
+        // canonical IMF-fixdate, or "0".
+        let canonical = expires
+            .to_str()
+            .ok()
+            .and_then(parse_http_date)
+            .map(httpdate::fmt_http_date);
+        let value = canonical
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+            .unwrap_or(HeaderValue::from_static("0"));
+        if current
+            .get_all(http::header::EXPIRES)
+            .iter()
+            .nth(1)
+            .is_some()
+            || value != expires
+        {
+            out.get_or_insert_with(|| headers.clone())
+                .insert(http::header::EXPIRES, value);
+        }
+    }
+    if opts.store_set_cookie
+        && out
+            .as_ref()
+            .unwrap_or(headers)
+            .contains_key(http::header::SET_COOKIE)
+    {
+        // The operator opted in: the cookie does not make the response private.
         out.get_or_insert_with(|| headers.clone())
-            .insert(http::header::AGE, HeaderValue::from_static("2147483648"));
+            .remove(http::header::SET_COOKIE);
     }
     match out {
         Some(h) => Cow::Owned(h),
         None => Cow::Borrowed(headers),
     }
+}
+
+/// An HTTP-date in any of the three formats of RFC 9110 §5.6.7, with the names of days,
+/// months and the zone in any case (`THU`, `AUG`, `gmt`: many origins get the case wrong,
+/// and such a date means the same). Anything else, such as runs of spaces, is invalid.
+fn parse_http_date(value: &str) -> Option<SystemTime> {
+    let value = value.trim();
+    if let Ok(t) = httpdate::parse_http_date(value) {
+        return Some(t);
+    }
+    let mut fixed = String::with_capacity(value.len());
+    let mut word_start = true;
+    for c in value.chars() {
+        if c.is_ascii_alphabetic() {
+            fixed.push(if word_start {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            });
+            word_start = false;
+        } else {
+            fixed.push(c);
+            word_start = true;
+        }
+    }
+    let fixed = fixed.replace("Gmt", "GMT");
+    httpdate::parse_http_date(&fixed).ok()
+}
+
+/// The one `Age` value caje uses, or `None` to ignore the field: the first member of the
+/// first field line, its parameters dropped. Too large saturates to 2^31, the same bound
+/// [`super::clamp`] applies to every delta-seconds before `http-cache-semantics` sees it.
+fn normalized_age(headers: &HeaderMap) -> Option<HeaderValue> {
+    let first = headers.get(http::header::AGE)?.to_str().ok()?;
+    let item = first.split(',').next()?.split(';').next()?.trim();
+    if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Digits only: a parse failure can only be overflow, which saturates.
+    let secs = item
+        .parse::<u64>()
+        .unwrap_or(super::clamp::MAX_DELTA_SECONDS)
+        .min(super::clamp::MAX_DELTA_SECONDS);
+    Some(HeaderValue::from(secs))
 }
 
 /// A copy of `headers` that owns its bytes. hyper parses header values as slices of the
@@ -283,11 +512,83 @@ fn lookup_request(req: &request::Parts, host: &str, opts: &PolicyOptions) -> req
     parts
 }
 
-fn cache_options(opts: &PolicyOptions) -> CacheOptions {
+fn cache_options() -> CacheOptions {
     CacheOptions {
         shared: true,
-        cache_heuristic: if opts.heuristic_freshness { 0.1 } else { 0.0 },
+        // caje computes heuristic freshness itself ([`apply_heuristic`]), with a cap.
+        cache_heuristic: 0.0,
         ..CacheOptions::default()
+    }
+}
+
+/// The status codes whose caching rules `http-cache-semantics` (and so caje) implements.
+const UNDERSTOOD_STATUSES: &[u16] = &[
+    200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501,
+];
+
+/// Heuristically cacheable status codes (RFC 9110 §15.1); 206 is left out because caje does
+/// not store partial content.
+const HEURISTICALLY_CACHEABLE: &[u16] = &[200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
+/// Final status codes that explicit freshness can make storable: all but partial content
+/// (caje does not combine ranges) and 304 (a validation answer, never a response to store).
+fn storable_status(status: StatusCode) -> bool {
+    status.as_u16() >= 200
+        && status != StatusCode::PARTIAL_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+}
+
+/// RFC 9111 §4.2.2: a response without explicit freshness but with `Last-Modified` is fresh
+/// for 10% of the time since it was last modified, at most `heuristic_max`. The lifetime is
+/// written into the effective `Cache-Control` as `max-age`. Returns whether it applied.
+fn apply_heuristic(
+    headers: &mut HeaderMap,
+    response_time: SystemTime,
+    opts: &PolicyOptions,
+) -> bool {
+    if !opts.heuristic_freshness {
+        return false;
+    }
+    let date = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_http_date)
+    };
+    let Some(last_modified) = date(http::header::LAST_MODIFIED) else {
+        return false;
+    };
+    let now = date(http::header::DATE).unwrap_or(response_time);
+    let Ok(since) = now.duration_since(last_modified) else {
+        return false;
+    };
+    let lifetime = (since / 10).min(opts.heuristic_max).as_secs();
+    let Ok(directive) = HeaderValue::from_str(&format!("max-age={lifetime}")) else {
+        return false;
+    };
+    headers.append(http::header::CACHE_CONTROL, directive);
+    true
+}
+
+/// Removes one directive from every `Cache-Control` line.
+fn remove_directive(headers: &mut HeaderMap, directive: &str) {
+    let kept: Vec<String> = headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|d| {
+            let name = d.split('=').next().unwrap_or("").trim();
+            !d.is_empty() && !name.eq_ignore_ascii_case(directive)
+        })
+        .map(str::to_owned)
+        .collect();
+    headers.remove(http::header::CACHE_CONTROL);
+    if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
+        if !v.is_empty() {
+            headers.insert(http::header::CACHE_CONTROL, v);
+        }
     }
 }
 
@@ -324,14 +625,40 @@ pub fn decide(
     {
         return Err(NotStorable::VaryPrivate);
     }
-    if res.headers.contains_key(http::header::SET_COOKIE) {
+    if res.headers.contains_key(http::header::SET_COOKIE) && !opts.store_set_cookie {
         return Err(NotStorable::SetCookie);
     }
-    let effective = with_headers(res, detach(&effective_headers(&res.headers, opts)));
+    let mut effective = with_headers(res, detach(&effective_headers(&res.headers, opts)));
+    let explicit = has_directive(&effective.headers, "max-age")
+        || has_directive(&effective.headers, "s-maxage")
+        || effective.headers.contains_key(http::header::EXPIRES);
+    let public = has_directive(&effective.headers, "public");
+    if has_directive(&effective.headers, "must-understand") {
+        // RFC 9111 §5.2.2.3: store only when the status code's caching rules are known to
+        // caje, and then `no-store` (sent for caches that do not know `must-understand`) does
+        // not apply.
+        if !UNDERSTOOD_STATUSES.contains(&res.status.as_u16()) {
+            return Err(NotStorable::Status);
+        }
+        remove_directive(&mut effective.headers, "no-store");
+    }
+    if storable_status(res.status)
+        && !UNDERSTOOD_STATUSES.contains(&res.status.as_u16())
+        && (explicit || public)
+    {
+        // RFC 9111 §3: any final status code may be stored with explicit freshness (or
+        // `public`). `http-cache-semantics` stores only the statuses it knows; it sees 200
+        // here, while the entry keeps the real status.
+        effective.status = StatusCode::OK;
+    }
+    let heuristic = !explicit
+        && !has_directive(&effective.headers, "no-cache")
+        && (public || HEURISTICALLY_CACHEABLE.contains(&res.status.as_u16()))
+        && apply_heuristic(&mut effective.headers, response_time, opts);
     let eh = &effective.headers;
     // Decide with the request as the client sent it (credentials included), so the RFC's
     // rule about Authorization applies; persist a sanitised copy.
-    let full = CachePolicy::new_options(req, &effective, response_time, cache_options(opts));
+    let full = CachePolicy::new_options(req, &effective, response_time, cache_options());
     if !full.is_storable() {
         return Err(
             if has_directive(eh, "no-store") || has_directive(&req.headers, "no-store") {
@@ -345,16 +672,12 @@ pub fn decide(
             },
         );
     }
-    let explicit = has_directive(eh, "max-age")
-        || has_directive(eh, "s-maxage")
-        || eh.contains_key(http::header::EXPIRES);
     let revalidate_always = has_directive(eh, "no-cache");
-    if !explicit && !revalidate_always && !opts.heuristic_freshness {
+    if !explicit && !revalidate_always && !heuristic {
         return Err(NotStorable::NoExplicitFreshness);
     }
     let sanitized = sanitized_request(req, host, &vary);
-    let policy =
-        CachePolicy::new_options(&sanitized, &effective, response_time, cache_options(opts));
+    let policy = CachePolicy::new_options(&sanitized, &effective, response_time, cache_options());
     let has_validator =
         eh.contains_key(http::header::ETAG) || eh.contains_key(http::header::LAST_MODIFIED);
     if policy.time_to_live(response_time).is_zero() && !has_validator {
@@ -365,6 +688,22 @@ pub fn decide(
         policy,
         vary_names: vary,
     })
+}
+
+/// Whether a stored response may answer a request that carries `Authorization` (RFC 9111
+/// §3.5): only when it explicitly allows shared reuse for authenticated requests with
+/// `public`, `s-maxage` or `must-revalidate`. Otherwise the request goes to the origin, so
+/// that no user gets a copy made for someone else (or for an anonymous client).
+pub fn answers_authenticated(stored: &HeaderMap, opts: &PolicyOptions) -> bool {
+    let eh = effective_headers(stored, opts);
+    ["public", "s-maxage", "must-revalidate"]
+        .iter()
+        .any(|d| has_directive(&eh, d))
+}
+
+/// Whether a request carries credentials that keep it away from shared copies.
+pub fn is_authenticated(req: &HeaderMap) -> bool {
+    req.contains_key(http::header::AUTHORIZATION)
 }
 
 /// Freshness of a stored response for a new request.
@@ -509,10 +848,20 @@ pub fn refresh(
         }
     }
     let sanitized = sanitized_request(req, host, &stored.variant.names());
-    let effective_304 = with_headers(
-        not_modified,
-        detach(&effective_headers(&not_modified.headers, opts)),
-    );
+    let mut h304 = detach(&effective_headers(&not_modified.headers, opts));
+    if !h304.contains_key(http::header::ETAG) && !h304.contains_key(http::header::LAST_MODIFIED) {
+        // A 304 without validators answers the conditional request caje built from this
+        // very entry's validators, so it selects this entry (RFC 9111 §4.3.4 leaves the
+        // choice to the cache when only one response is stored). Without this, such a 304
+        // would be refused and the body fetched a second time.
+        let (_, stored_head) = stored.response_head();
+        for name in [http::header::ETAG, http::header::LAST_MODIFIED] {
+            if let Some(v) = stored_head.get(&name) {
+                h304.insert(name, v.clone());
+            }
+        }
+    }
+    let effective_304 = with_headers(not_modified, h304);
     match stored
         .policy
         .after_response(&sanitized, &effective_304, response_time)
@@ -528,6 +877,8 @@ mod tests {
 
     const OPTS: PolicyOptions = PolicyOptions {
         heuristic_freshness: false,
+        heuristic_max: Duration::from_secs(86_400),
+        store_set_cookie: false,
         honor_client_no_cache: false,
         targeted: None,
     };
@@ -631,19 +982,71 @@ mod tests {
     }
 
     #[test]
-    fn invalid_age_makes_a_response_stale() {
-        for bad in ["abc", "-10", "1.5", "7200, 0", "0, 0", "7200; x=1"] {
-            let r = res(&[("cache-control", "max-age=3600"), ("age", bad)]);
+    fn invalid_age_is_ignored_and_huge_age_saturates() {
+        // Not a non-negative integer: ignored, the response is fresh for its max-age.
+        for ignored in ["abc", "-10", "1.5", "0, 7200", "", "99abc"] {
+            let r = res(&[("cache-control", "max-age=3600"), ("age", ignored)]);
+            let s = decide_now(&req(&[]), &r, OPTS)
+                .unwrap_or_else(|e| panic!("Age: {ignored:?}: {e:?}"));
+            assert!(s.policy.time_to_live(SystemTime::now()) > Duration::from_secs(3500));
+        }
+        // The first member counts, parameters are dropped; too large saturates to 2^31.
+        for old in [
+            "7200, 0",
+            "7200; x=1",
+            "99999999999999999999999999999",
+            "2147483648",
+        ] {
+            let r = res(&[("cache-control", "max-age=3600"), ("age", old)]);
             assert_eq!(
                 decide_now(&req(&[]), &r, OPTS).err(),
                 Some(NotStorable::ZeroTtl),
-                "Age: {bad}"
+                "Age: {old}"
             );
         }
-        for good in ["10", "0"] {
-            let ok = res(&[("cache-control", "max-age=3600"), ("age", good)]);
-            assert!(decide_now(&req(&[]), &ok, OPTS).is_ok(), "Age: {good}");
+        let mut h = HeaderMap::new();
+        h.append("age", HeaderValue::from_static("99999999999999999999999"));
+        assert_eq!(
+            normalized_age(&h),
+            Some(HeaderValue::from(crate::cache::clamp::MAX_DELTA_SECONDS))
+        );
+        h.insert("age", HeaderValue::from_static("0"));
+        h.append("age", HeaderValue::from_static("7200"));
+        assert_eq!(normalized_age(&h), Some(HeaderValue::from(0u64)));
+    }
+
+    #[test]
+    fn targeted_fields_are_structured_dictionaries() {
+        assert_eq!(
+            targeted_directives("max-age=60, no-transform;x=1, private=?0").as_deref(),
+            Some("max-age=60, no-transform")
+        );
+        assert_eq!(
+            targeted_directives("MAX-AGE=60").as_deref(),
+            Some("max-age=60")
+        );
+        for bad in [
+            "max-age=10000, &&&&&",
+            "max-age=\"10000\"",
+            "max-age =100",
+            "max-age= 100",
+            "max-age=60,",
+            "max-age=1.5",
+            "max-age=9999999999999999",
+            "",
+        ] {
+            assert_eq!(targeted_directives(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn http_dates_are_strict_about_spaces_but_not_about_case() {
+        assert!(parse_http_date("Thu, 18 Aug 2050 02:01:18 GMT").is_some());
+        assert!(parse_http_date("THU, 18 AUG 2050 02:01:18 gmt").is_some());
+        assert!(parse_http_date("Thursday, 18-Aug-50 02:01:18 GMT").is_some());
+        assert!(parse_http_date("Thu, 18  Aug  2050 02:01:18 GMT").is_none());
+        assert!(parse_http_date("Thu, 18-Aug-2050 02:01:18 GMT").is_none());
+        assert!(parse_http_date("0").is_none());
     }
 
     #[test]

@@ -306,10 +306,8 @@ mod tests {
         .await;
         assert_eq!(all, (false, true));
         // Purges of other pages and tags leave it alone.
-        let other = CacheKey::new(
-            &crate::host::Host::parse("example.com", "http").unwrap(),
-            "/other",
-        );
+        let host = crate::host::Host::parse("example.com", "http").expect("a valid host");
+        let other = CacheKey::new(&host, "/other");
         assert_eq!(
             commit_after(|s| drop(s.remove_page(&other)), &["t"]).await,
             (true, true)
