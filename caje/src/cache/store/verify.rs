@@ -28,8 +28,9 @@ impl Store {
         }
     }
 
-    /// Rebuilds the index from disk, removing leftovers of interrupted writes.
-    pub(super) fn scan(&self) -> Result<(), StoreError> {
+    /// Rebuilds the index from disk, removing leftovers of interrupted writes, unless
+    /// `keep_leftovers` (a hand-over: the previous process may still be writing them).
+    pub(super) fn scan(&self, keep_leftovers: bool) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         let mut loaded = 0u64;
         let root = self.inner.root.clone();
@@ -50,7 +51,7 @@ impl Store {
                 if !dir.is_dir() {
                     continue;
                 }
-                loaded += self.scan_shard(&dir);
+                loaded += self.scan_shard(&dir, keep_leftovers);
                 if loaded > 0 && loaded % 10_000 == 0 {
                     tracing::info!(entries = loaded, "loading cache index");
                 }
@@ -68,7 +69,7 @@ impl Store {
     }
 
     /// Loads one shard directory; returns the number of entries loaded.
-    fn scan_shard(&self, dir: &Path) -> u64 {
+    fn scan_shard(&self, dir: &Path, keep_leftovers: bool) -> u64 {
         let Ok(rd) = fs::read_dir(dir) else { return 0 };
         let mut bodies = Vec::new();
         let mut referenced = HashSet::new();
@@ -77,7 +78,9 @@ impl Store {
             let path = f.path();
             let file_name = f.file_name().to_string_lossy().into_owned();
             if file_name.ends_with(".tmp") {
-                let _ = fs::remove_file(&path);
+                if !keep_leftovers {
+                    let _ = fs::remove_file(&path);
+                }
             } else if file_name.ends_with(".body") {
                 bodies.push((file_name, path));
             } else if let Some(name) = file_name.strip_suffix(".meta") {
@@ -107,7 +110,7 @@ impl Store {
             }
         }
         for (file_name, path) in bodies {
-            if !referenced.contains(&file_name) {
+            if !keep_leftovers && !referenced.contains(&file_name) {
                 let _ = fs::remove_file(&path);
             }
         }
