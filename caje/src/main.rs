@@ -100,6 +100,10 @@ fn main() -> ExitCode {
         // busy, while hundreds (tokio's default limit is 512) only add stacks and allocator
         // arenas to the RSS.
         .max_blocking_threads(64)
+        // Dropping the tasks still running at exit (a populate pass in the middle of a fill)
+        // overflowed the default 2 MiB worker stack in debug builds; stacks are reserved
+        // address space, and only the pages used count in the RSS.
+        .thread_stack_size(8 << 20)
         .build()
     {
         Ok(rt) => rt,
@@ -205,7 +209,7 @@ async fn serve(
     // Tests and scripts read this line to find the port; print it only once serving.
     println!("caje listening on http://{local}");
     tracing::info!(addr = %local, pid = std::process::id(), cache_dir = %app.config.cache_dir.display(), db = %app.config.db.display(), "caje ready");
-    caje::populate::spawn(&app);
+    let mut populate = caje::populate::spawn(&app);
     let upgrade_timeout = Duration::from_millis(app.config.server.upgrade_timeout_ms);
     loop {
         let server = Server::new(app.clone());
@@ -214,6 +218,7 @@ async fn serve(
             .await;
         let successor = match stop {
             Stop::Terminate => {
+                populate.abort();
                 drop(listener);
                 server.drain().await;
                 return Ok(());
@@ -226,6 +231,8 @@ async fn serve(
         let pid = successor.pid();
         let paused = Instant::now();
         let drain = tokio::spawn(server.drain());
+        // No new work in a directory this process is giving away.
+        populate.abort();
         app.store.release_lock();
         match successor.ready(upgrade_timeout).await {
             Ok(_) => {
@@ -245,6 +252,7 @@ async fn serve(
                     .await
                     .context("taking the cache directory back")?
                     .context("taking the cache directory back")?;
+                populate = caje::populate::spawn(&app);
                 // The drain of the previous connections goes on in the background.
             }
         }

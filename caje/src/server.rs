@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::app::App;
 use crate::framing::{Scanner, Verdict, Watched};
@@ -119,6 +119,39 @@ pub struct Server {
     app: Arc<App>,
     builder: http1::Builder,
     graceful: GracefulShutdown,
+    /// Accepted connections whose first request has not arrived yet (see [`Server::drain`]).
+    fresh: Arc<AtomicUsize>,
+}
+
+/// How long [`Server::drain`] waits for accepted connections to send their first request.
+const FIRST_REQUEST_WAIT: Duration = Duration::from_millis(500);
+
+/// Counts a connection in [`Server::fresh`] until its first request arrives or it ends.
+struct Fresh {
+    fresh: Arc<AtomicUsize>,
+    counted: AtomicBool,
+}
+
+impl Fresh {
+    fn new(fresh: &Arc<AtomicUsize>) -> Fresh {
+        fresh.fetch_add(1, Ordering::SeqCst);
+        Fresh {
+            fresh: fresh.clone(),
+            counted: AtomicBool::new(true),
+        }
+    }
+
+    fn request_arrived(&self) {
+        if self.counted.swap(false, Ordering::SeqCst) {
+            self.fresh.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        self.request_arrived();
+    }
 }
 
 impl Server {
@@ -138,6 +171,7 @@ impl Server {
             app,
             builder,
             graceful: GracefulShutdown::new(),
+            fresh: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -177,7 +211,10 @@ impl Server {
             // hyper serves a connection's requests in order, so counting calls numbers them
             // the same way the scanner numbers the heads it reads.
             let served = Arc::new(AtomicU64::new(0));
+            let fresh = Arc::new(Fresh::new(&self.fresh));
+            let conn_fresh = fresh.clone();
             let service = service_fn(move |req| {
+                fresh.request_arrived();
                 let app = app.clone();
                 let n = served.fetch_add(1, Ordering::Relaxed) + 1;
                 let ambiguous = verdict.rejects(n);
@@ -201,6 +238,7 @@ impl Server {
             let conn = builder.serve_connection(io, service);
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
+                let _fresh = conn_fresh;
                 if let Err(e) = conn.await {
                     tracing::debug!(%peer, "connection ended with error: {e}");
                 }
@@ -211,12 +249,25 @@ impl Server {
     /// Stops keep-alive on the connections this server accepted (each finishes the request
     /// it is serving, long streams included) and waits up to `server.shutdown_grace_ms` for
     /// them to close.
+    ///
+    /// hyper closes a connection with no request in progress at once, even one accepted a
+    /// moment ago whose request is on its way: that client would see its connection reset.
+    /// So connections get up to [`FIRST_REQUEST_WAIT`] for their first request first.
     pub async fn drain(self) {
         let grace = Duration::from_millis(self.app.config.server.shutdown_grace_ms);
         tracing::info!("shutting down: waiting up to {grace:?} for in-flight requests");
+        let started = tokio::time::Instant::now();
+        let first_requests = async {
+            while self.fresh.load(Ordering::SeqCst) > 0
+                && started.elapsed() < FIRST_REQUEST_WAIT.min(grace)
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        first_requests.await;
         tokio::select! {
             () = self.graceful.shutdown() => tracing::info!("all connections closed"),
-            () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+            () = tokio::time::sleep_until(started + grace) => tracing::warn!("grace period over; closing remaining connections"),
         }
     }
 }
