@@ -137,6 +137,15 @@ impl App {
             ..ManifestOptions::default()
         };
         let (store, manifest, tombstones) = tokio::task::spawn_blocking(move || {
+            // The manifest first: in a graceful upgrade, opening the store is when the old
+            // process stops accepting, so as little as possible comes after it.
+            if let Some(parent) = Path::new(&db)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            let manifest = Manifest::open_with(&db, manifest_options)?;
             let store = Store::open_with(
                 &cache_dir,
                 max_variants,
@@ -145,13 +154,6 @@ impl App {
                 events_tx,
                 open_options,
             )?;
-            if let Some(parent) = Path::new(&db)
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-            {
-                let _ = std::fs::create_dir_all(parent);
-            }
-            let manifest = Manifest::open_with(&db, manifest_options)?;
             let tombstones = Tombstones::load(&cache_dir);
             Ok::<_, StartError>((store, manifest, tombstones))
         })

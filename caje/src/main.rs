@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use caje::app::App;
-use caje::cache::store::OpenOptions;
+use caje::cache::store::{Handover, OpenOptions};
 use caje::config::{Config, HostHeader, OriginConfig};
 use caje::listen::Source;
 use caje::server::Server;
@@ -175,7 +175,7 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
 async fn serve(
     config: Config,
     inherited: Option<(std::net::TcpListener, Source)>,
-    mut predecessor: Option<Predecessor>,
+    predecessor: Option<Predecessor>,
 ) -> anyhow::Result<()> {
     // First, so that an early SIGUSR2 or SIGTERM is not fatal.
     let mut signals = Signals::new().context("installing signal handlers")?;
@@ -189,10 +189,14 @@ async fn serve(
         None => None,
     };
     let mut store = OpenOptions::default();
-    if let Some(p) = &mut predecessor {
-        // The configuration is good: ask the old process for the cache directory.
-        p.prepared().context("reporting to the previous process")?;
-        store.handover = Some(Duration::from_millis(config.server.upgrade_timeout_ms));
+    if let Some(p) = &predecessor {
+        let mut ask = p.try_clone().context("using the upgrade pipe")?;
+        store.handover = Some(Handover {
+            wait: Duration::from_millis(config.server.upgrade_timeout_ms),
+            // Once the configuration is good and the index is loaded: only then does the
+            // old process stop accepting and release the cache directory.
+            ask: Box::new(move || ask.prepared()),
+        });
     }
     let app = App::start_with(config, store)
         .await

@@ -6,22 +6,24 @@
 //! 1. `O` starts `N` from `argv[0]` (so a binary replaced on disk is the one that runs) with
 //!    the same arguments, the listening socket's fd in `CAJE_LISTEN_FD` and the write end of
 //!    a pipe in `CAJE_UPGRADE_FD`. `O` keeps accepting.
-//! 2. `N` loads and checks its configuration and writes [`PREPARED`]: all it still needs is
-//!    the cache directory, which `O` holds locked.
+//! 2. `N` loads and checks its configuration, reads the cache index (without the lock,
+//!    deleting nothing) and writes [`PREPARED`]: all it still needs is the cache directory,
+//!    which `O` holds locked.
 //! 3. `O` stops accepting (new connections wait in the socket's accept queue, which both
 //!    hold), lets its open connections finish their current request, and releases the store
 //!    lock. Its in-flight requests, long streams included, go on with the files they have
 //!    open.
-//! 4. `N` takes the lock, loads the index without deleting what `O` may still be writing,
-//!    applies the purges other nodes recorded, writes [`READY`] and starts accepting.
+//! 4. `N` takes the lock, reads again only the shard directories that changed since it read
+//!    them (deleting nothing `O` may still be writing), opens the manifest, applies the purges
+//!    other nodes recorded, writes [`READY`] and starts accepting.
 //! 5. `O` drains (bounded by `server.shutdown_grace_ms`) and exits 0.
 //!
 //! If `N` exits, or stays silent past `server.upgrade_timeout_ms` in step 2 or 4, `O` kills
 //! it, takes the lock back and goes on accepting: a bad configuration or a crash at start
 //! costs nothing but a log line.
 //!
-//! Between steps 3 and 4 nobody accepts; that pause is `N`'s start-up (chiefly reading the
-//! cache index), and clients see it as latency, not as errors.
+//! Between steps 3 and 4 nobody accepts; that pause (the catch-up of step 4) is seen by
+//! clients as latency, not as errors.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -257,6 +259,13 @@ impl Predecessor {
         // (checked by fcntl above), and nothing else here refers to it.
         let pipe = unsafe { File::from_raw_fd(fd) };
         Some(Predecessor { pipe })
+    }
+
+    /// A second handle on the same pipe.
+    pub fn try_clone(&self) -> std::io::Result<Predecessor> {
+        Ok(Predecessor {
+            pipe: self.pipe.try_clone()?,
+        })
     }
 
     /// Tells the old process that this one needs the store now.

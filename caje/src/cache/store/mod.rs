@@ -164,12 +164,24 @@ struct Inner {
 }
 
 /// How [`Store::open_with`] opens the directory.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Default)]
 pub struct OpenOptions {
-    /// A graceful upgrade: the previous process is releasing the directory. Wait this long
-    /// for its lock, and leave temp files and unnamed bodies alone (they may be its in-flight
-    /// fills); the next ordinary start removes what is left of them.
-    pub handover: Option<std::time::Duration>,
+    /// A graceful upgrade: the directory belongs to a previous process that still serves.
+    pub handover: Option<Handover>,
+}
+
+/// Taking the directory over from a previous process (see [`crate::upgrade`]).
+///
+/// The index is loaded first, without the lock, while the previous process serves; then
+/// `ask` tells it to stop and release the lock; then only the shard directories that changed
+/// since they were read (or changed too recently to tell) are read again. Temp files and
+/// unnamed bodies are left alone throughout (they may be the previous process's in-flight
+/// fills); the next ordinary start removes what is left of them.
+pub struct Handover {
+    /// How long to wait for the lock once asked.
+    pub wait: std::time::Duration,
+    /// Asks the previous process to release the lock.
+    pub ask: Box<dyn FnOnce() -> io::Result<()> + Send>,
 }
 
 /// Handle to the disk store; cheap to clone.
@@ -214,9 +226,13 @@ impl Store {
         let root = dir.join(LAYOUT_DIR);
         fs::create_dir_all(&root).map_err(io_err(&root))?;
         let lock_path = dir.join(".lock");
-        let wait = options.handover.unwrap_or_default();
-        let lock =
-            take_lock(&lock_path, wait)?.ok_or_else(|| StoreError::Locked(dir.to_owned()))?;
+        let lock = match options.handover {
+            Some(_) => None,
+            None => Some(
+                take_lock(&lock_path, std::time::Duration::ZERO)?
+                    .ok_or_else(|| StoreError::Locked(dir.to_owned()))?,
+            ),
+        };
         let inner = Arc::new(Inner {
             root,
             index: Mutex::new(Index::default()),
@@ -226,11 +242,18 @@ impl Store {
             stats,
             events,
             counter: AtomicU64::new(0),
-            lock: Mutex::new(Some(lock)),
+            lock: Mutex::new(lock),
             lock_path,
         });
         let store = Store { inner };
-        store.scan(options.handover.is_some())?;
+        let Some(handover) = options.handover else {
+            store.scan(false)?;
+            return Ok(store);
+        };
+        let read = store.scan(true)?;
+        (handover.ask)().map_err(io_err(dir))?;
+        store.relock(handover.wait)?;
+        store.rescan_changed(&read)?;
         Ok(store)
     }
 
