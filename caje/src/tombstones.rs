@@ -170,8 +170,9 @@ impl Tombstones {
             );
         }
         report.gap = gap;
-        // A cursor beyond the last id came from another manifest: start over from its end.
-        let base = if log.last_id < after || known.is_none() {
+        // Past a gap (or without a cursor, or with one from another manifest), every id issued
+        // so far is either applied above or covered by the drop: go on from the last one.
+        let base = if log.missed || known.is_none() {
             log.last_id
         } else {
             after
@@ -325,6 +326,62 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, [CURSOR_FILE]);
+    }
+
+    async fn fill(store: &Store) {
+        let mut f = store.begin_fill(
+            crate::cache::entry::tests::sample(),
+            u64::MAX,
+            false,
+            store.purge_epoch(),
+        );
+        f.push(&bytes::Bytes::from_static(b"abc"));
+        let mut progress = f.progress();
+        f.finish();
+        progress
+            .wait_for(|p| {
+                !matches!(
+                    p,
+                    crate::cache::store::FillProgress::Starting
+                        | crate::cache::store::FillProgress::Writing { .. }
+                )
+            })
+            .await
+            .unwrap();
+    }
+
+    /// A node whose unread tombstones expired drops the copies the manifest does not list,
+    /// once: its cursor then moves past the gap, and is saved.
+    #[tokio::test]
+    async fn a_gap_drops_unlisted_copies_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let store = Store::open(&cache, 8, 1 << 20, Arc::default(), tx).unwrap();
+        let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+        let t = Tombstones::load(&cache);
+        // A new node holds nothing: no gap, whatever the manifest's past.
+        let first = t.catch_up(&store, &m).await.unwrap();
+        assert_eq!((first.gap, first.cursor), (false, 0));
+        fill(&store).await;
+        let id = m
+            .add_tombstone(crate::manifest::Tombstone {
+                kind: Purge::Tag("elsewhere".into()),
+                soft: false,
+                created_at: 1,
+                expires_at: 2,
+            })
+            .await
+            .unwrap();
+        assert_eq!(m.expire_tombstones(10).await.unwrap(), 1);
+        let gap = t.catch_up(&store, &m).await.unwrap();
+        assert_eq!((gap.gap, gap.dropped, gap.cursor), (true, 1, id));
+        assert_eq!(store.usage().0, 0);
+        fill(&store).await;
+        let after = t.catch_up(&store, &m).await.unwrap();
+        assert_eq!((after.gap, after.dropped, after.cursor), (false, 0, id));
+        assert_eq!(store.usage().0, 1);
+        assert_eq!(Tombstones::load(&cache).cursor(), id);
     }
 
     #[test]

@@ -59,16 +59,16 @@ async fn fetch(caje: &Caje, path: &str) -> u64 {
 async fn send_timeout_cuts_a_stalled_reader_and_spares_a_slow_one() {
     within(60, async {
         let origin = Origin::start();
-        let caje = Caje::start(&origin, "[server]\nsend_timeout_ms = 500\n");
+        let caje = Caje::start(&origin, "[server]\nsend_timeout_ms = 1500\n");
         const BODY: u64 = 16 * 1024 * 1024;
         let path = gen("st-big", &format!("cc=max-age%3D600&bytes={BODY}"));
         assert_eq!(fetch(&caje, &path).await, BODY);
         caje.settle(&path).await;
 
-        // Never reads: once the socket buffers are full, no write progresses for 500 ms.
+        // Never reads: once the socket buffers are full, no write progresses for 1.5 s.
         let started = Instant::now();
         let mut stalled = stalled_get(caje.addr(), &path).await;
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        tokio::time::sleep(Duration::from_millis(4000)).await;
         let got = read_to_close(&mut stalled, Duration::from_secs(10)).await;
         println!(
             "stalled reader: received {got} of {BODY} body bytes, cut within {:?}",
@@ -76,7 +76,7 @@ async fn send_timeout_cuts_a_stalled_reader_and_spares_a_slow_one() {
         );
         assert!(
             got < BODY,
-            "a client that read nothing for 2.5 s was not disconnected ({got} bytes)"
+            "a client that read nothing for 4 s was not disconnected ({got} bytes)"
         );
 
         // Reads at most 64 KiB every 10 ms: far slower than caje sends, for longer than the
@@ -103,7 +103,7 @@ async fn send_timeout_cuts_a_stalled_reader_and_spares_a_slow_one() {
         println!("slow reader: {total} bytes (head included) in {took:?}");
         assert!(total > BODY, "slow reader got only {total} bytes");
         assert!(
-            took > Duration::from_millis(1000),
+            took > Duration::from_millis(1500),
             "the slow reader was not slower than the timeout ({took:?}); the test proves nothing"
         );
     })
@@ -255,8 +255,11 @@ async fn two_hundred_non_readers_stall_nobody() {
             "large fill: origin needs at least {origin_time:?}; stored after {fill_took:?}, \
              coalesced reader done in {follower_took:?}"
         );
+        // Before the fix, those requests hung until the non-readers went away (here: never
+        // within the test). The bound is loose so that a loaded CI machine does not flake;
+        // the figures above are what to compare.
         assert!(
-            p_during < Duration::from_secs(2),
+            p_during < Duration::from_secs(5),
             "other clients were slowed by non-readers: p99 {p_during:?} (before {p_before:?})"
         );
         assert!(

@@ -289,12 +289,27 @@ mod tests {
         let key = sample().key();
         let page = commit_after(|s| drop(s.remove_page(&key)), &[]).await;
         assert_eq!(page, (false, true));
-        let tag = commit_after(|s| drop(s.apply_purge(None, Some("t"), false)), &["t"]).await;
+        let tag = commit_after(
+            |s| {
+                s.apply_purge(None, Some("t"), false);
+            },
+            &["t"],
+        )
+        .await;
         assert_eq!(tag, (false, true));
-        let all = commit_after(|s| drop(s.apply_purge(None, None, true)), &[]).await;
+        let all = commit_after(
+            |s| {
+                s.apply_purge(None, None, true);
+            },
+            &[],
+        )
+        .await;
         assert_eq!(all, (false, true));
         // Purges of other pages and tags leave it alone.
-        let other = CacheKey::new("example.com", "/other");
+        let other = CacheKey::new(
+            &crate::host::Host::parse("example.com", "http").unwrap(),
+            "/other",
+        );
         assert_eq!(
             commit_after(|s| drop(s.remove_page(&other)), &["t"]).await,
             (true, true)
