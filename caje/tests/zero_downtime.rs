@@ -462,3 +462,33 @@ async fn five_socket_activated_stop_starts() {
         drop(listener);
     }
 }
+
+/// A new process that cannot start (here: a broken config file) leaves the old one serving,
+/// with a log line that says so.
+#[tokio::test]
+async fn a_failed_upgrade_leaves_the_old_process_serving() {
+    within(40, async {
+        let origin = Origin::start();
+        let mut caje = support::Caje::start(&origin, "");
+        let path = gen("kept", "cc=max-age%3D600&bytes=100");
+        assert_eq!(caje.get(&path).await.status, 200);
+        std::fs::write(caje.dir.config_path(), "this is not toml =\n").unwrap();
+        kill(caje.pid(), libc::SIGUSR2);
+        let c = &caje;
+        support::eventually(
+            20,
+            "the old process logs the failed upgrade",
+            || async move {
+                c.stderr()
+                    .contains("upgrade failed, this process goes on serving")
+            },
+        )
+        .await;
+        let r = caje.get(&path).await;
+        assert_eq!(r.status, 200);
+        r.cache_status().assert_hit();
+        let st = caje.stop();
+        assert_eq!(st.code(), Some(0), "stderr:\n{}", caje.stderr());
+    })
+    .await
+}
