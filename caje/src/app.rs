@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use crate::cache::key::CacheKey;
 use crate::cache::policy::{self, PolicyOptions};
-use crate::cache::store::{Entry, Store, StoreError, StoreEvent};
+use crate::cache::store::{Entry, OpenOptions, Store, StoreError, StoreEvent};
 use crate::config::{Config, IpNet};
 use crate::flight::Flights;
 use crate::manifest::{Manifest, ManifestError, ManifestOptions, PageRow, Upsert, VARY_ABSENT};
@@ -104,6 +104,13 @@ impl App {
     /// # }
     /// ```
     pub async fn start(config: Config) -> Result<Arc<App>, StartError> {
+        App::start_with(config, OpenOptions::default()).await
+    }
+
+    /// [`App::start`], opening the cache directory with `store` options (a graceful upgrade
+    /// takes the directory over from the previous process: see [`crate::upgrade`]).
+    pub async fn start_with(config: Config, store: OpenOptions) -> Result<Arc<App>, StartError> {
+        let open_options = store;
         let origins = Origins::from_config(&config.origins).map_err(StartError::Config)?;
         let admin_allow = config
             .admin
@@ -130,13 +137,8 @@ impl App {
             ..ManifestOptions::default()
         };
         let (store, manifest, tombstones) = tokio::task::spawn_blocking(move || {
-            let store = Store::open(
-                &cache_dir,
-                max_variants,
-                memory_bytes,
-                store_stats,
-                events_tx,
-            )?;
+            // The manifest first: in a graceful upgrade, opening the store is when the old
+            // process stops accepting, so as little as possible comes after it.
             if let Some(parent) = Path::new(&db)
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
@@ -144,6 +146,14 @@ impl App {
                 let _ = std::fs::create_dir_all(parent);
             }
             let manifest = Manifest::open_with(&db, manifest_options)?;
+            let store = Store::open_with(
+                &cache_dir,
+                max_variants,
+                memory_bytes,
+                store_stats,
+                events_tx,
+                open_options,
+            )?;
             let tombstones = Tombstones::load(&cache_dir);
             Ok::<_, StartError>((store, manifest, tombstones))
         })

@@ -327,8 +327,12 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// How long in-flight requests may run after SIGTERM/SIGINT.
+    /// How long in-flight requests may run after SIGTERM/SIGINT, or after a graceful upgrade
+    /// (SIGUSR2) handed the listener to the new process.
     pub shutdown_grace_ms: u64,
+    /// On SIGUSR2, how long the new process gets to load its configuration, and then to load
+    /// the cache index, before the old one gives up on it and goes on serving.
+    pub upgrade_timeout_ms: u64,
     /// Trust `X-Forwarded-For` / `X-Forwarded-Proto` sent by the client (set this only behind
     /// a proxy you control, such as Fly's edge).
     pub trust_forwarded: bool,
@@ -344,6 +348,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             shutdown_grace_ms: 10_000,
+            upgrade_timeout_ms: 30_000,
             trust_forwarded: false,
             send_timeout_ms: 60_000,
             strip_request_headers: crate::headers::REWRITE_DEFAULT
@@ -428,6 +433,11 @@ impl Config {
                     "server.strip_request_headers entry {name:?} is not a header name"
                 ))
             })?;
+        }
+        if self.server.upgrade_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "server.upgrade_timeout_ms must be at least 1 (milliseconds)".into(),
+            ));
         }
         if self.server.send_timeout_ms == 0 {
             return Err(ConfigError::Invalid(

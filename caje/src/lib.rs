@@ -42,6 +42,9 @@
 //!   they come), the per-node cursor, and the guard that keeps purged rows from coming back.
 //! - [`headers`], [`cache_status`], [`stats`], [`config`], [`time`], [`app`]: supporting
 //!   pieces.
+//! - Process lifecycle, used by the binary: [`listen`] (a listening socket from systemd or
+//!   from the previous process) and [`upgrade`] (SIGUSR2: hand the socket and the cache
+//!   directory to a new process).
 //!
 //! No module imports one that imports it back: `scripts/module-cycles.sh` prints the edges
 //! and fails on a cycle; `docs/architecture.md` draws them.
@@ -62,6 +65,7 @@ pub mod hit;
 pub mod host;
 pub mod interim;
 pub mod invalidate;
+pub mod listen;
 pub mod manifest;
 pub mod origin;
 pub mod populate;
@@ -75,3 +79,4 @@ pub mod stale;
 pub mod stats;
 pub mod time;
 pub mod tombstones;
+pub mod upgrade;

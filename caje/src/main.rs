@@ -2,12 +2,19 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
 
 use caje::app::App;
+use caje::cache::store::{Handover, OpenOptions};
 use caje::config::{Config, HostHeader, OriginConfig};
+use caje::listen::Source;
+use caje::server::Server;
+use caje::upgrade::{Predecessor, Successor};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// caje — an edge CDN node: a caching reverse proxy that stores origin responses on local
 /// disk as RFC 9111 allows and records every cached page in a SQLite manifest.
@@ -70,6 +77,15 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging();
+    // Both change the environment: before any other thread exists.
+    let predecessor = Predecessor::take_from_env();
+    let inherited = match caje::listen::take_inherited() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("caje: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -84,6 +100,10 @@ fn main() -> ExitCode {
         // busy, while hundreds (tokio's default limit is 512) only add stacks and allocator
         // arenas to the RSS.
         .max_blocking_threads(64)
+        // Dropping the tasks still running at exit (a populate pass in the middle of a fill)
+        // overflowed the default 2 MiB worker stack in debug builds; stacks are reserved
+        // address space, and only the pages used count in the RSS.
+        .thread_stack_size(8 << 20)
         .build()
     {
         Ok(rt) => rt,
@@ -93,7 +113,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match args.command {
-        None | Some(Command::Serve) => runtime.block_on(serve(config)),
+        None | Some(Command::Serve) => runtime.block_on(serve(config, inherited, predecessor)),
         Some(Command::Populate) => runtime.block_on(populate_once(config)),
     };
     match result {
@@ -152,18 +172,159 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    inherited: Option<(std::net::TcpListener, Source)>,
+    predecessor: Option<Predecessor>,
+) -> anyhow::Result<()> {
+    // First, so that an early SIGUSR2 or SIGTERM is not fatal.
+    let mut signals = Signals::new().context("installing signal handlers")?;
     let listen = config.listen;
-    let app = App::start(config).await.context("starting caje")?;
-    let listener = caje::server::bind(listen)
-        .with_context(|| format!("cannot listen on {listen} (is another process using it?)"))?;
+    let inherited = match inherited {
+        Some((l, source)) => {
+            let l = TcpListener::from_std(l).context("using the inherited listening socket")?;
+            tracing::info!(from = %source, "serving on an inherited socket; `listen` is not used");
+            Some(l)
+        }
+        None => None,
+    };
+    let mut store = OpenOptions::default();
+    if let Some(p) = &predecessor {
+        let mut ask = p.try_clone().context("using the upgrade pipe")?;
+        store.handover = Some(Handover {
+            wait: Duration::from_millis(config.server.upgrade_timeout_ms),
+            // Once the configuration is good and the index is loaded: only then does the
+            // old process stop accepting and release the cache directory.
+            ask: Box::new(move || ask.prepared()),
+        });
+    }
+    let app = App::start_with(config, store)
+        .await
+        .context("starting caje")?;
+    let listener = match inherited {
+        Some(l) => l,
+        None => caje::server::bind(listen)
+            .with_context(|| format!("cannot listen on {listen} (is another process using it?)"))?,
+    };
     let local = listener.local_addr().context("reading the bound address")?;
+    if let Some(p) = predecessor {
+        p.ready().context("reporting to the previous process")?;
+    }
     // Tests and scripts read this line to find the port; print it only once serving.
     println!("caje listening on http://{local}");
-    tracing::info!(addr = %local, cache_dir = %app.config.cache_dir.display(), db = %app.config.db.display(), "caje ready");
-    caje::populate::spawn(&app);
-    caje::server::run(listener, app, shutdown_signal()).await;
-    Ok(())
+    tracing::info!(addr = %local, pid = std::process::id(), cache_dir = %app.config.cache_dir.display(), db = %app.config.db.display(), "caje ready");
+    let mut populate = caje::populate::spawn(&app);
+    let upgrade_timeout = Duration::from_millis(app.config.server.upgrade_timeout_ms);
+    loop {
+        let server = Server::new(app.clone());
+        let stop = server
+            .accept_until(&listener, signals.next_stop(&listener, upgrade_timeout))
+            .await;
+        let successor = match stop {
+            Stop::Terminate => {
+                populate.abort();
+                drop(listener);
+                server.drain().await;
+                return Ok(());
+            }
+            Stop::HandOver(successor) => successor,
+        };
+        // The new process has its configuration and waits for the cache directory. Stop
+        // accepting (connections queue in the socket both of us hold), let the open
+        // connections finish, and give it the directory.
+        let pid = successor.pid();
+        let paused = Instant::now();
+        let drain = tokio::spawn(server.drain());
+        // No new work in a directory this process is giving away.
+        populate.abort();
+        app.store.release_lock();
+        match successor.ready(upgrade_timeout).await {
+            Ok(_) => {
+                tracing::info!(
+                    new_pid = pid,
+                    pause_ms = paused.elapsed().as_millis() as u64,
+                    "upgrade: the new process serves; finishing in-flight requests, then exiting"
+                );
+                drop(listener);
+                let _ = drain.await;
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::error!("upgrade failed, this process goes on serving: {e}");
+                let store = app.store.clone();
+                tokio::task::spawn_blocking(move || store.relock(upgrade_timeout))
+                    .await
+                    .context("taking the cache directory back")?
+                    .context("taking the cache directory back")?;
+                populate = caje::populate::spawn(&app);
+                // The drain of the previous connections goes on in the background.
+            }
+        }
+    }
+}
+
+/// Why the accept loop stops.
+enum Stop {
+    /// SIGTERM or SIGINT: drain and exit.
+    Terminate,
+    /// SIGUSR2, and the new process is prepared: hand over.
+    HandOver(Successor),
+}
+
+/// The signals the serving loop reacts to, installed once.
+struct Signals {
+    term: Signal,
+    usr2: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+
+    /// Completes on SIGTERM/SIGINT, or once a new process started on SIGUSR2 is prepared. A
+    /// new process that fails is logged and forgotten, and the wait goes on.
+    async fn next_stop(&mut self, listener: &TcpListener, timeout: Duration) -> Stop {
+        use std::os::fd::AsRawFd;
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => {
+                    tracing::info!("SIGTERM received");
+                    return Stop::Terminate;
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!("SIGINT received");
+                    return Stop::Terminate;
+                }
+                _ = self.usr2.recv() => {}
+            }
+            tracing::info!("SIGUSR2 received: starting a new caje process to take over");
+            let mut successor = match Successor::spawn(listener.as_raw_fd()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("upgrade failed, this process goes on serving: {e}");
+                    continue;
+                }
+            };
+            tokio::select! {
+                prepared = successor.prepared(timeout) => match prepared {
+                    Ok(()) => {
+                        tracing::info!(new_pid = successor.pid(), "upgrade: the new process has loaded its configuration; handing over");
+                        return Stop::HandOver(successor);
+                    }
+                    Err(e) => tracing::error!("upgrade failed, this process goes on serving: {e}"),
+                },
+                // Dropping the successor kills it.
+                _ = self.term.recv() => {
+                    tracing::info!("SIGTERM received during an upgrade; abandoning it");
+                    return Stop::Terminate;
+                }
+            }
+        }
+    }
 }
 
 async fn populate_once(config: Config) -> anyhow::Result<()> {
@@ -198,19 +359,4 @@ async fn populate_once(config: Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot install SIGTERM handler: {e}");
-            return std::future::pending().await;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
 }

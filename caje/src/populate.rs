@@ -239,8 +239,11 @@ pub async fn reconcile(app: &Arc<App>) -> ReconcileReport {
 /// purges recorded by other nodes, and edge warming ([`run`] on its own task). It lives here
 /// rather than on [`App`] so that `App` is built from its parts and does not depend on
 /// populate.
-pub fn spawn(app: &Arc<App>) {
-    tokio::spawn(run(app.clone()));
+///
+/// Returns the task's handle: a process handing its cache directory to a new one (a graceful
+/// upgrade) aborts it, since it must not start new work in a directory it no longer owns.
+pub fn spawn(app: &Arc<App>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(app.clone()))
 }
 
 /// The background task: reconcile once (and again when the manifest's role changes, and every

@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::app::App;
 use crate::framing::{Scanner, Verdict, Watched};
@@ -106,81 +106,173 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// # }
 /// ```
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let mut builder = http1::Builder::new();
-    let limits = &app.config.limits;
-    builder
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        // The buffer holds the request line and headers; beyond it hyper answers 431.
-        .max_buf_size((limits.max_header_bytes + limits.max_request_line_bytes).max(8192))
-        .max_header_size(limits.max_header_bytes + limits.max_request_line_bytes)
-        .max_headers(limits.max_headers)
-        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let app_send_timeout_ms = app.config.server.send_timeout_ms;
-        let app = app.clone();
-        let verdict = Arc::new(Verdict::default());
-        let scanner = Scanner::new(
-            app.config.limits.max_header_bytes + app.config.limits.max_request_line_bytes,
-            app.config.limits.max_headers,
-            verdict.clone(),
-        );
-        // hyper serves a connection's requests in order, so counting calls numbers them
-        // the same way the scanner numbers the heads it reads.
-        let served = Arc::new(AtomicU64::new(0));
-        let interim = InterimSink::new();
-        let sink = interim.clone();
-        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(sink.clone());
-            let app = app.clone();
-            let n = served.fetch_add(1, Ordering::Relaxed) + 1;
-            let ambiguous = verdict.rejects(n);
-            async move {
-                let handled = CatchPanic(Box::pin(proxy::handle(app, req, peer, ambiguous)));
-                let res = handled.await.unwrap_or_else(|| {
-                    tracing::error!(%peer, "a request handler panicked; answered 500");
-                    crate::request::local(
-                        http::StatusCode::INTERNAL_SERVER_ERROR,
-                        "caje: internal error while handling this request (logged)\n".into(),
-                    )
-                });
-                Ok::<_, std::convert::Infallible>(res)
-            }
-        });
-        let send_timeout = Duration::from_millis(app_send_timeout_ms);
-        // Interim responses are written inside `Watched`, so the send timeout covers them too.
-        let io = TokioIo::new(SendTimeout::new(
-            Watched::new(stream, scanner, interim),
-            send_timeout,
-        ));
-        let conn = builder.serve_connection(io, service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, "connection ended with error: {e}");
-            }
-        });
-    }
+    let server = Server::new(app);
+    server.accept_until(&listener, shutdown).await;
     drop(listener);
-    let grace = Duration::from_millis(app.config.server.shutdown_grace_ms);
-    tracing::info!("shutting down: waiting up to {grace:?} for in-flight requests");
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+    server.drain().await;
+}
+
+/// The connections of one accepting period: [`Server::accept_until`] serves a listener until
+/// a future completes, and [`Server::drain`] lets what it accepted finish. A graceful upgrade
+/// drains one `Server` while the new process accepts, and starts another if that process
+/// fails.
+pub struct Server {
+    app: Arc<App>,
+    builder: http1::Builder,
+    graceful: GracefulShutdown,
+    /// Accepted connections whose first request has not arrived yet (see [`Server::drain`]).
+    fresh: Arc<AtomicUsize>,
+}
+
+/// How long [`Server::drain`] waits for accepted connections to send their first request.
+const FIRST_REQUEST_WAIT: Duration = Duration::from_millis(500);
+
+/// Counts a connection in [`Server::fresh`] until its first request arrives or it ends.
+struct Fresh {
+    fresh: Arc<AtomicUsize>,
+    counted: AtomicBool,
+}
+
+impl Fresh {
+    fn new(fresh: &Arc<AtomicUsize>) -> Fresh {
+        fresh.fetch_add(1, Ordering::SeqCst);
+        Fresh {
+            fresh: fresh.clone(),
+            counted: AtomicBool::new(true),
+        }
+    }
+
+    fn request_arrived(&self) {
+        if self.counted.swap(false, Ordering::SeqCst) {
+            self.fresh.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        self.request_arrived();
+    }
+}
+
+impl Server {
+    /// A server for `app`'s connections.
+    pub fn new(app: Arc<App>) -> Server {
+        let mut builder = http1::Builder::new();
+        let limits = &app.config.limits;
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            // The buffer holds the request line and headers; beyond it hyper answers 431.
+            .max_buf_size((limits.max_header_bytes + limits.max_request_line_bytes).max(8192))
+            .max_header_size(limits.max_header_bytes + limits.max_request_line_bytes)
+            .max_headers(limits.max_headers)
+            .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
+        Server {
+            app,
+            builder,
+            graceful: GracefulShutdown::new(),
+            fresh: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Accepts connections on `listener` and serves them until `stop` completes; returns its
+    /// output. The connections go on being served until [`Server::drain`].
+    pub async fn accept_until<T>(
+        &self,
+        listener: &TcpListener,
+        stop: impl Future<Output = T>,
+    ) -> T {
+        let app = &self.app;
+        let builder = &self.builder;
+        let graceful = &self.graceful;
+        tokio::pin!(stop);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                out = &mut stop => return out,
+            };
+            let _ = stream.set_nodelay(true);
+            let app_send_timeout_ms = app.config.server.send_timeout_ms;
+            let app = app.clone();
+            let verdict = Arc::new(Verdict::default());
+            let scanner = Scanner::new(
+                app.config.limits.max_header_bytes + app.config.limits.max_request_line_bytes,
+                app.config.limits.max_headers,
+                verdict.clone(),
+            );
+            // hyper serves a connection's requests in order, so counting calls numbers them
+            // the same way the scanner numbers the heads it reads.
+            let served = Arc::new(AtomicU64::new(0));
+            let fresh = Arc::new(Fresh::new(&self.fresh));
+            let conn_fresh = fresh.clone();
+            let interim = InterimSink::new();
+            let sink = interim.clone();
+            let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(sink.clone());
+                fresh.request_arrived();
+                let app = app.clone();
+                let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+                let ambiguous = verdict.rejects(n);
+                async move {
+                    let handled = CatchPanic(Box::pin(proxy::handle(app, req, peer, ambiguous)));
+                    let res = handled.await.unwrap_or_else(|| {
+                        tracing::error!(%peer, "a request handler panicked; answered 500");
+                        crate::request::local(
+                            http::StatusCode::INTERNAL_SERVER_ERROR,
+                            "caje: internal error while handling this request (logged)\n".into(),
+                        )
+                    });
+                    Ok::<_, std::convert::Infallible>(res)
+                }
+            });
+            let send_timeout = Duration::from_millis(app_send_timeout_ms);
+            // Interim responses are written inside `Watched`, so the send timeout covers them too.
+            let io = TokioIo::new(SendTimeout::new(
+                Watched::new(stream, scanner, interim),
+                send_timeout,
+            ));
+            let conn = builder.serve_connection(io, service);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _fresh = conn_fresh;
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, "connection ended with error: {e}");
+                }
+            });
+        }
+    }
+
+    /// Stops keep-alive on the connections this server accepted (each finishes the request
+    /// it is serving, long streams included) and waits up to `server.shutdown_grace_ms` for
+    /// them to close.
+    ///
+    /// hyper closes a connection with no request in progress at once, even one accepted a
+    /// moment ago whose request is on its way: that client would see its connection reset.
+    /// So connections get up to [`FIRST_REQUEST_WAIT`] for their first request first.
+    pub async fn drain(self) {
+        let grace = Duration::from_millis(self.app.config.server.shutdown_grace_ms);
+        tracing::info!("shutting down: waiting up to {grace:?} for in-flight requests");
+        let started = tokio::time::Instant::now();
+        let first_requests = async {
+            while self.fresh.load(Ordering::SeqCst) > 0
+                && started.elapsed() < FIRST_REQUEST_WAIT.min(grace)
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        first_requests.await;
+        tokio::select! {
+            () = self.graceful.shutdown() => tracing::info!("all connections closed"),
+            () = tokio::time::sleep_until(started + grace) => tracing::warn!("grace period over; closing remaining connections"),
+        }
     }
 }

@@ -35,7 +35,7 @@ mod index;
 mod purge;
 mod verify;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -156,8 +156,32 @@ struct Inner {
     hot: HotTier,
     /// Makes body and temp file names unique within this process.
     counter: AtomicU64,
-    /// Keeps the exclusive lock on `cache_dir/.lock` for the life of the store.
-    _lock: nix::fcntl::Flock<File>,
+    /// The exclusive lock on `cache_dir/.lock`, held while this process owns the directory.
+    /// A graceful upgrade releases it to the new process while this one drains.
+    lock: Mutex<Option<nix::fcntl::Flock<File>>>,
+    /// Path of the lock file.
+    lock_path: PathBuf,
+}
+
+/// How [`Store::open_with`] opens the directory.
+#[derive(Default)]
+pub struct OpenOptions {
+    /// A graceful upgrade: the directory belongs to a previous process that still serves.
+    pub handover: Option<Handover>,
+}
+
+/// Taking the directory over from a previous process (see [`crate::upgrade`]).
+///
+/// The index is loaded first, without the lock, while the previous process serves; then
+/// `ask` tells it to stop and release the lock; then only the shard directories that changed
+/// since they were read (or changed too recently to tell) are read again. Temp files and
+/// unnamed bodies are left alone throughout (they may be the previous process's in-flight
+/// fills); the next ordinary start removes what is left of them.
+pub struct Handover {
+    /// How long to wait for the lock once asked.
+    pub wait: std::time::Duration,
+    /// Asks the previous process to release the lock.
+    pub ask: Box<dyn FnOnce() -> io::Result<()> + Send>,
 }
 
 /// Handle to the disk store; cheap to clone.
@@ -176,6 +200,25 @@ impl Store {
         stats: Arc<Stats>,
         events: mpsc::UnboundedSender<StoreEvent>,
     ) -> Result<Store, StoreError> {
+        Store::open_with(
+            dir,
+            max_variants,
+            memory_bytes,
+            stats,
+            events,
+            OpenOptions::default(),
+        )
+    }
+
+    /// [`Store::open`], with options. Blocking.
+    pub fn open_with(
+        dir: &Path,
+        max_variants: usize,
+        memory_bytes: usize,
+        stats: Arc<Stats>,
+        events: mpsc::UnboundedSender<StoreEvent>,
+        options: OpenOptions,
+    ) -> Result<Store, StoreError> {
         let io_err = |path: &Path| {
             let path = path.to_owned();
             move |source| StoreError::Io { path, source }
@@ -183,14 +226,13 @@ impl Store {
         let root = dir.join(LAYOUT_DIR);
         fs::create_dir_all(&root).map_err(io_err(&root))?;
         let lock_path = dir.join(".lock");
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|_| StoreError::Locked(dir.to_owned()))?;
+        let lock = match options.handover {
+            Some(_) => None,
+            None => Some(
+                take_lock(&lock_path, std::time::Duration::ZERO)?
+                    .ok_or_else(|| StoreError::Locked(dir.to_owned()))?,
+            ),
+        };
         let inner = Arc::new(Inner {
             root,
             index: Mutex::new(Index::default()),
@@ -200,11 +242,48 @@ impl Store {
             stats,
             events,
             counter: AtomicU64::new(0),
-            _lock: lock,
+            lock: Mutex::new(lock),
+            lock_path,
         });
         let store = Store { inner };
-        store.scan()?;
+        let Some(handover) = options.handover else {
+            store.scan(false)?;
+            return Ok(store);
+        };
+        let read = store.scan(true)?;
+        (handover.ask)().map_err(io_err(dir))?;
+        store.relock(handover.wait)?;
+        store.rescan_changed(&read)?;
         Ok(store)
+    }
+
+    /// Releases the directory's lock (a graceful upgrade hands the directory to the new
+    /// process). This store keeps working with what it has open; it must not start new work.
+    pub fn release_lock(&self) {
+        self.lock_slot().take();
+    }
+
+    /// Takes the lock back after [`Store::release_lock`] (the new process failed), waiting up
+    /// to `wait` for whoever holds it. Blocking.
+    pub fn relock(&self, wait: std::time::Duration) -> Result<(), StoreError> {
+        if self.lock_slot().is_some() {
+            return Ok(());
+        }
+        let lock = take_lock(&self.inner.lock_path, wait)?.ok_or_else(|| {
+            StoreError::Locked(
+                self.inner
+                    .lock_path
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .to_owned(),
+            )
+        })?;
+        *self.lock_slot() = Some(lock);
+        Ok(())
+    }
+
+    fn lock_slot(&self) -> std::sync::MutexGuard<'_, Option<nix::fcntl::Flock<File>>> {
+        self.inner.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -216,6 +295,35 @@ impl Store {
     /// The memory tier of small bodies.
     pub fn hot(&self) -> &HotTier {
         &self.inner.hot
+    }
+}
+
+/// Takes the exclusive lock on `path`, trying for up to `wait`; `None` if another process
+/// still holds it then.
+fn take_lock(
+    path: &Path,
+    wait: std::time::Duration,
+) -> Result<Option<nix::fcntl::Flock<File>>, StoreError> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|source| StoreError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(Some(lock)),
+            Err(_) if std::time::Instant::now() < deadline => {
+                // The holder releases it within moments of being asked; poll rather than
+                // block, so that the wait stays bounded.
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(_) => return Ok(None),
+        }
     }
 }
 

@@ -1,15 +1,30 @@
 //! Verification: the start-up scan that rebuilds the index and removes leftovers and
 //! undecodable metadata, and the removal of entries found corrupt when served.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use super::{Entry, Store, StoreError};
 use crate::cache::entry::EntryMeta;
 use crate::cache::key::entry_name;
 use crate::stats::Stats;
+
+/// Each shard directory's modification time, as read before its files were.
+pub(super) type ShardTimes = HashMap<PathBuf, SystemTime>;
+
+/// A directory modified less than this before it is compared is read again whatever its time
+/// says: file times advance in the kernel's clock ticks (1 to 10 ms), and two changes within
+/// one tick look like one.
+const RECENT_DIR_CHANGE: Duration = Duration::from_millis(100);
+
+/// The modification time of `dir`, if it is a directory.
+fn modified_dir(dir: &Path) -> Option<SystemTime> {
+    let meta = fs::metadata(dir).ok()?;
+    meta.is_dir().then(|| meta.modified().ok()).flatten()
+}
 
 impl Store {
     /// Removes an entry found corrupt, and counts it. Blocking (unlinks files).
@@ -28,8 +43,11 @@ impl Store {
         }
     }
 
-    /// Rebuilds the index from disk, removing leftovers of interrupted writes.
-    pub(super) fn scan(&self) -> Result<(), StoreError> {
+    /// Rebuilds the index from disk, removing leftovers of interrupted writes, unless
+    /// `keep_leftovers` (a hand-over: the previous process may still be writing them).
+    /// Returns each shard directory's modification time as it was before it was read.
+    pub(super) fn scan(&self, keep_leftovers: bool) -> Result<ShardTimes, StoreError> {
+        let mut times = ShardTimes::new();
         let started = std::time::Instant::now();
         let mut loaded = 0u64;
         let root = self.inner.root.clone();
@@ -47,10 +65,11 @@ impl Store {
             for l2 in read_dir(&l1.path())? {
                 let Ok(l2) = l2 else { continue };
                 let dir = l2.path();
-                if !dir.is_dir() {
+                let Some(mtime) = modified_dir(&dir) else {
                     continue;
-                }
-                loaded += self.scan_shard(&dir);
+                };
+                times.insert(dir.clone(), mtime);
+                loaded += self.scan_shard(&dir, keep_leftovers);
                 if loaded > 0 && loaded % 10_000 == 0 {
                     tracing::info!(entries = loaded, "loading cache index");
                 }
@@ -64,11 +83,65 @@ impl Store {
             dir = %root.display(),
             "cache index loaded"
         );
+        Ok(times)
+    }
+
+    /// After a hand-over: reads again the shard directories that changed since [`Store::scan`]
+    /// read them, and the ones modified too shortly before to tell (directory times are only
+    /// as fine as the kernel's clock tick). Holds the lock: nobody else writes now.
+    pub(super) fn rescan_changed(&self, read: &ShardTimes) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let now = std::time::SystemTime::now();
+        let mut changed = HashSet::new();
+        let root = self.inner.root.clone();
+        let read_dir = |p: &Path| {
+            fs::read_dir(p).map_err(|source| StoreError::Io {
+                path: p.to_owned(),
+                source,
+            })
+        };
+        for l1 in read_dir(&root)?.flatten() {
+            let Ok(l2s) = fs::read_dir(l1.path()) else {
+                continue;
+            };
+            for l2 in l2s.flatten() {
+                let dir = l2.path();
+                let Some(mtime) = modified_dir(&dir) else {
+                    continue;
+                };
+                let recent = now
+                    .duration_since(mtime)
+                    .map_or(true, |age| age < RECENT_DIR_CHANGE);
+                if recent || read.get(&dir) != Some(&mtime) {
+                    changed.insert(dir);
+                }
+            }
+        }
+        // Shards that disappeared lose their entries too.
+        changed.extend(read.keys().filter(|d| !d.is_dir()).cloned());
+        let stale: Vec<Arc<Entry>> = self
+            .entries()
+            .into_iter()
+            .filter(|e| changed.contains(&e.dir))
+            .collect();
+        for e in &stale {
+            self.index().remove(e);
+        }
+        let mut loaded = 0;
+        for dir in &changed {
+            loaded += self.scan_shard(dir, true);
+        }
+        tracing::info!(
+            shards = changed.len(),
+            entries = loaded,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "cache index caught up with the previous process's last changes"
+        );
         Ok(())
     }
 
     /// Loads one shard directory; returns the number of entries loaded.
-    fn scan_shard(&self, dir: &Path) -> u64 {
+    fn scan_shard(&self, dir: &Path, keep_leftovers: bool) -> u64 {
         let Ok(rd) = fs::read_dir(dir) else { return 0 };
         let mut bodies = Vec::new();
         let mut referenced = HashSet::new();
@@ -77,11 +150,18 @@ impl Store {
             let path = f.path();
             let file_name = f.file_name().to_string_lossy().into_owned();
             if file_name.ends_with(".tmp") {
-                let _ = fs::remove_file(&path);
+                if !keep_leftovers {
+                    let _ = fs::remove_file(&path);
+                }
             } else if file_name.ends_with(".body") {
                 bodies.push((file_name, path));
             } else if let Some(name) = file_name.strip_suffix(".meta") {
-                match fs::read(&path)
+                let bytes = match fs::read(&path) {
+                    // Removed since it was listed (by the previous process, in a hand-over).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    other => other,
+                };
+                match bytes
                     .map_err(|e| e.to_string())
                     .and_then(|b| EntryMeta::decode(&b).map_err(|e| e.to_string()))
                 {
@@ -107,7 +187,7 @@ impl Store {
             }
         }
         for (file_name, path) in bodies {
-            if !referenced.contains(&file_name) {
+            if !keep_leftovers && !referenced.contains(&file_name) {
                 let _ = fs::remove_file(&path);
             }
         }
