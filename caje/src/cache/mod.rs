@@ -2,6 +2,7 @@
 //! and request coalescing.
 
 pub mod entry;
+pub mod evict;
 pub mod flight;
 pub mod hot;
 pub mod key;
