@@ -12,8 +12,8 @@
 //! The maintained crates were weighed (see docs/benchmarks.md): `quick_cache` is an
 //! S3-FIFO-like map, but it owns the values, reports a replaced value as an eviction, admits
 //! new entries "hot" while the cache fills (so warmed pages would outrank client pages) and
-//! splits the weight capacity across shards; `moka` (W-TinyLFU) spends several hundred bytes
-//! per entry and runs its own housekeeping; `foyer` is a whole hybrid storage engine that
+//! splits the weight capacity across shards; `moka` (W-TinyLFU) keeps each entry as a
+//! reference-counted node in access-order deques and runs its own housekeeping; `foyer` is a whole hybrid storage engine that
 //! would replace the store rather than serve it. caje needs a victim-naming policy with a
 //! fixed-size key, a lowest-priority class for warmed pages and a few dozen bytes per entry.
 //!
