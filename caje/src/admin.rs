@@ -24,7 +24,7 @@ use crate::body::{self, Body};
 use crate::cache::key::CacheKey;
 use crate::cache_status::Outcome;
 use crate::manifest::Purge;
-use crate::proxy::unix_now;
+use crate::time::unix_now;
 
 /// The admin prefix.
 pub const PREFIX: &str = "/_caje";

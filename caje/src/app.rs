@@ -13,7 +13,7 @@ use crate::cache::store::{Entry, Store, StoreError, StoreEvent};
 use crate::config::{Config, IpNet};
 use crate::manifest::{Manifest, ManifestError, ManifestOptions, PageRow, VARY_ABSENT};
 use crate::origin::{OriginClient, Origins};
-use crate::populate::Populate;
+use crate::populate_state::Populate;
 use crate::stats::Stats;
 
 /// Why a node could not start.
@@ -62,6 +62,40 @@ pub struct App {
 impl App {
     /// Opens the store and the manifest and starts the task that records stored pages in the
     /// manifest. Must be called inside a tokio runtime; blocking work runs on the blocking pool.
+    ///
+    /// Background work (reconcile, tombstones, edge warming) is not started here: call
+    /// [`crate::populate::spawn`] for it. To serve, hand the `App` to [`crate::server::run`].
+    ///
+    /// # Example
+    ///
+    /// A node built from TOML text, with its cache and manifest in a temporary directory:
+    ///
+    /// ```
+    /// use std::path::Path;
+    ///
+    /// use caje::app::App;
+    /// use caje::config::Config;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut config = Config::from_toml(
+    ///     r#"
+    ///     [[origins]]
+    ///     host = "*"
+    ///     url = "http://127.0.0.1:9"
+    ///     "#,
+    ///     Path::new("caje.toml"),
+    /// )?;
+    /// let dir = tempfile::tempdir()?;
+    /// config.cache_dir = dir.path().join("cache");
+    /// config.db = dir.path().join("manifest.db");
+    /// config.validate()?;
+    ///
+    /// let runtime = tokio::runtime::Runtime::new()?;
+    /// let app = runtime.block_on(App::start(config))?;
+    /// assert!(app.origins.route("example.com").is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn start(config: Config) -> Result<Arc<App>, StartError> {
         let origins = Origins::from_config(&config.origins).map_err(StartError::Config)?;
         let admin_allow = config
@@ -128,12 +162,6 @@ impl App {
         });
         tokio::spawn(record_stored(app.manifest.clone(), events_rx));
         Ok(app)
-    }
-
-    /// Starts the node's background work: reconciling its disk with the manifest, applying
-    /// purges recorded by other nodes, and edge warming.
-    pub fn spawn_background(self: &Arc<Self>) {
-        tokio::spawn(crate::populate::run(self.clone()));
     }
 }
 

@@ -161,7 +161,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Tests and scripts read this line to find the port; print it only once serving.
     println!("caje listening on http://{local}");
     tracing::info!(addr = %local, cache_dir = %app.config.cache_dir.display(), db = %app.config.db.display(), "caje ready");
-    app.spawn_background();
+    caje::populate::spawn(&app);
     caje::server::run(listener, app, shutdown_signal()).await;
     Ok(())
 }

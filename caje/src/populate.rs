@@ -5,108 +5,23 @@
 //! when another connection — another local node, or LiteFS replication — commits, and the
 //! LiteFS TXID when on LiteFS), then runs a *pass*: list the rows, keep the fresh ones this
 //! node lacks, and fetch them with the recorded request headers (so `Host` and `Vary`
-//! variants are right) through [`crate::proxy::fill_page`], which is the miss path itself and
+//! variants are right) through [`crate::fill::fill_page`], which is the miss path itself and
 //! is coalesced with client misses. Fetches are bounded by a concurrency limit and a
 //! per-origin rate, and retried. The same task applies purge tombstones other nodes recorded.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use serde::Serialize;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::app::{page_row, variant_of, App};
 use crate::cache::key::CacheKey;
+use crate::fill::{fill_page, FillResult};
 use crate::manifest::{PageRow, Purge};
-use crate::proxy::{fill_page, unix_now, FillResult};
-
-/// The counts of one pass.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PassReport {
-    /// Rows in the manifest.
-    pub listed: usize,
-    /// Rows this node lacked (fresh, routable).
-    pub candidates: usize,
-    /// Pages fetched and stored.
-    pub fetched: usize,
-    /// Pages skipped: already held, being fetched by another request, expired, or not
-    /// storable when fetched.
-    pub skipped: usize,
-    /// Pages whose fetch failed after retries.
-    pub failed: usize,
-    /// How long the pass took.
-    pub duration_ms: u64,
-    /// When it finished, unix seconds.
-    pub finished_at: u64,
-}
-
-/// Live state of the populate task, for `/_caje/status`.
-#[derive(Default)]
-pub struct Populate {
-    /// Wakes the task for an immediate pass.
-    wake: Notify,
-    /// Serialises passes (the background task, the admin endpoint, the CLI).
-    running: tokio::sync::Mutex<()>,
-    passes: AtomicU64,
-    in_progress_done: AtomicUsize,
-    in_progress_total: AtomicUsize,
-    tombstones_applied: AtomicU64,
-    last: Mutex<Option<PassReport>>,
-    /// Next time each origin may be sent a populate request (per-origin rate limit).
-    next_slot: Mutex<HashMap<String, Instant>>,
-}
-
-/// A snapshot of [`Populate`] for the status endpoint.
-#[derive(Debug, Serialize)]
-pub struct PopulateStatus {
-    /// Passes completed.
-    pub passes: u64,
-    /// `[done, total]` of the pass in progress, if any.
-    pub in_progress: Option<[usize; 2]>,
-    /// Tombstones from other nodes applied to this node's disk.
-    pub tombstones_applied: u64,
-    /// The last completed pass.
-    pub last_pass: Option<PassReport>,
-}
-
-impl Populate {
-    /// Asks the background task for a pass now.
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// A snapshot for status output.
-    pub fn status(&self) -> PopulateStatus {
-        let total = self.in_progress_total.load(Ordering::Relaxed);
-        PopulateStatus {
-            passes: self.passes.load(Ordering::Relaxed),
-            in_progress: (total > 0)
-                .then(|| [self.in_progress_done.load(Ordering::Relaxed), total]),
-            tombstones_applied: self.tombstones_applied.load(Ordering::Relaxed),
-            last_pass: self.last.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-        }
-    }
-
-    /// Waits for this origin's next rate-limit slot.
-    async fn rate_limit(&self, origin: &str, per_sec: f64) {
-        if per_sec <= 0.0 {
-            return;
-        }
-        let gap = Duration::from_secs_f64(1.0 / per_sec);
-        let at = {
-            let mut slots = self.next_slot.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            let slot = slots.entry(origin.to_owned()).or_insert(now);
-            let at = (*slot).max(now);
-            *slot = at + gap;
-            at
-        };
-        tokio::time::sleep_until(at.into()).await;
-    }
-}
+pub use crate::populate_state::{PassReport, Populate, PopulateStatus};
+use crate::time::unix_now;
 
 /// The request headers a manifest row recorded (its Vary values), for refetching it.
 fn row_headers(row: &PageRow) -> HeaderMap {
@@ -287,6 +202,14 @@ pub async fn reconcile(app: &Arc<App>) -> usize {
         "reconciled this node's cache with the manifest"
     );
     entries.len()
+}
+
+/// Starts the node's background work: reconciling its disk with the manifest, applying
+/// purges recorded by other nodes, and edge warming ([`run`] on its own task). It lives here
+/// rather than on [`App`] so that `App` is built from its parts and does not depend on
+/// populate.
+pub fn spawn(app: &Arc<App>) {
+    tokio::spawn(run(app.clone()));
 }
 
 /// The background task: reconcile once (and again when the manifest's role changes, and every

@@ -5,10 +5,10 @@
 use http::header::{self, HeaderValue};
 use http::{request, Method, Request, Response, StatusCode};
 
-use crate::app::App;
 use crate::body::{self, Body};
 use crate::cache::key::normalize_host;
 use crate::cache_status::Outcome;
+use crate::config::Limits;
 
 /// The host a request is for, and whether it came from an absolute-form target.
 pub fn request_host(parts: &request::Parts) -> Result<(String, bool), String> {
@@ -29,14 +29,13 @@ pub fn request_host(parts: &request::Parts) -> Result<(String, bool), String> {
 }
 
 /// Rejects requests caje will not process: over-long targets, ambiguous framing, CONNECT,
-/// bodies over the limit. Framing errors also close the connection, because the next
-/// request's boundary on it cannot be trusted.
+/// bodies over the limit, all as `limits` (the `[limits]` config) sets them. Framing errors
+/// also close the connection, because the next request's boundary on it cannot be trusted.
 pub fn check_request<B>(
-    app: &App,
+    limits: &Limits,
     req: &Request<B>,
     ambiguous_framing: bool,
 ) -> Option<Response<Body>> {
-    let limits = &app.config.limits;
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len())
         + req.uri().authority().map_or(0, |a| a.as_str().len() + 8);
     if req.method().as_str().len() + target_len > limits.max_request_line_bytes {

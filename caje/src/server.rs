@@ -39,6 +39,49 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves `listener` until `shutdown` completes, then stops accepting and waits up to
 /// `server.shutdown_grace_ms` for in-flight requests to finish.
+///
+/// # Example
+///
+/// Serve on a free loopback port until a oneshot fires (the binary passes a future that
+/// completes on SIGINT/SIGTERM instead):
+///
+/// ```
+/// use caje::app::App;
+/// use caje::config::{Config, OriginConfig};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let config = Config {
+///     cache_dir: dir.path().join("cache"),
+///     db: dir.path().join("manifest.db"),
+///     origins: vec![OriginConfig {
+///         host: "*".into(),
+///         url: "http://127.0.0.1:9".into(),
+///         host_header: Default::default(),
+///     }],
+///     ..Config::default()
+/// };
+///
+/// let runtime = tokio::runtime::Runtime::new()?;
+/// runtime.block_on(async {
+///     let app = App::start(config).await?;
+///     let listener = caje::server::bind("127.0.0.1:0".parse()?)?;
+///     let addr = listener.local_addr()?;
+///     assert!(addr.ip().is_loopback() && addr.port() != 0);
+///
+///     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+///     let shutdown = async {
+///         let _ = stopped.await;
+///     };
+///     let server = tokio::spawn(caje::server::run(listener, app, shutdown));
+///     stop.send(()).ok();
+///     // With no connection open, run returns as soon as it sees the shutdown.
+///     server.await?;
+///     Ok::<_, Box<dyn std::error::Error>>(())
+/// })?;
+/// # Ok(())
+/// # }
+/// ```
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let mut builder = http1::Builder::new();
     let limits = &app.config.limits;

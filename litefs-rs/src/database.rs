@@ -1,6 +1,7 @@
 //! One database in a mount: its paths, its replication position, and the entry points for HALT.
 
 use std::io;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -11,8 +12,50 @@ use crate::pos::{Pos, Txid};
 
 /// First and last pause between two reads of `-pos` while waiting for a TXID: short at first
 /// because replication usually lands within milliseconds, capped so a long wait stays cheap.
-pub(crate) const POLL_MIN: Duration = Duration::from_millis(2);
-pub(crate) const POLL_MAX: Duration = Duration::from_millis(50);
+const POLL_MIN: Duration = Duration::from_millis(2);
+const POLL_MAX: Duration = Duration::from_millis(50);
+
+/// The logic of a wait for a TXID, shared by [`Database::wait_for_txid`] and its async twin:
+/// when to stop, with what, and how long to pause before the next read of `-pos`. The caller
+/// reads `-pos`, measures the time with its own clock and sleeps in its own way (a thread
+/// sleep, or a tokio timer that a paused test clock controls).
+pub(crate) struct TxidWait {
+    min: Txid,
+    timeout: Duration,
+    pause: Duration,
+}
+
+impl TxidWait {
+    pub(crate) fn new(min: Txid, timeout: Duration) -> TxidWait {
+        TxidWait {
+            min,
+            timeout,
+            pause: POLL_MIN,
+        }
+    }
+
+    /// Given the position just read, `elapsed` after the wait began: `Break` with the result
+    /// when the wait is over, else `Continue` with the pause before the next read.
+    pub(crate) fn step(
+        &mut self,
+        pos: Pos,
+        elapsed: Duration,
+    ) -> ControlFlow<Result<Pos>, Duration> {
+        if pos.txid() >= self.min {
+            return ControlFlow::Break(Ok(pos));
+        }
+        if elapsed >= self.timeout {
+            return ControlFlow::Break(Err(Error::TxidTimeout {
+                wanted: self.min,
+                current: pos.txid(),
+                after: self.timeout,
+            }));
+        }
+        let pause = self.pause.min(self.timeout - elapsed);
+        self.pause = (self.pause * 2).min(POLL_MAX);
+        ControlFlow::Continue(pause)
+    }
+}
 
 /// A database in a [`Mount`]. Cheap to clone; the file need not exist.
 ///
@@ -202,22 +245,12 @@ impl Database {
     /// ```
     pub fn wait_for_txid(&self, min: Txid, timeout: Duration) -> Result<Pos> {
         let start = Instant::now();
-        let mut pause = POLL_MIN;
+        let mut wait = TxidWait::new(min, timeout);
         loop {
-            let pos = self.pos()?;
-            if pos.txid() >= min {
-                return Ok(pos);
+            match wait.step(self.pos()?, start.elapsed()) {
+                ControlFlow::Break(done) => return done,
+                ControlFlow::Continue(pause) => std::thread::sleep(pause),
             }
-            let elapsed = start.elapsed();
-            if elapsed >= timeout {
-                return Err(Error::TxidTimeout {
-                    wanted: min,
-                    current: pos.txid(),
-                    after: timeout,
-                });
-            }
-            std::thread::sleep(pause.min(timeout - elapsed));
-            pause = (pause * 2).min(POLL_MAX);
         }
     }
 
@@ -323,5 +356,59 @@ impl Database {
     ) -> Result<T> {
         let guard = self.halt_timeout(timeout)?;
         Ok(f(&guard))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn at(txid: u64) -> Pos {
+        Pos::new(Txid::new(txid), 0)
+    }
+
+    #[test]
+    fn txid_wait_backs_off_to_the_cap_then_clips_to_the_time_left() {
+        let mut wait = TxidWait::new(Txid::new(5), ms(100));
+        let mut pauses = Vec::new();
+        for elapsed in 0..7 {
+            match wait.step(at(4), ms(elapsed)) {
+                ControlFlow::Continue(pause) => pauses.push(pause),
+                ControlFlow::Break(r) => panic!("stopped early: {r:?}"),
+            }
+        }
+        assert_eq!(
+            pauses,
+            [ms(2), ms(4), ms(8), ms(16), ms(32), ms(50), ms(50)]
+        );
+        assert!(matches!(wait.step(at(4), ms(90)), ControlFlow::Continue(p) if p == ms(10)));
+    }
+
+    #[test]
+    fn txid_wait_times_out_with_the_current_txid() {
+        let mut wait = TxidWait::new(Txid::new(5), ms(100));
+        match wait.step(at(3), ms(100)) {
+            ControlFlow::Break(Err(Error::TxidTimeout {
+                wanted,
+                current,
+                after,
+            })) => {
+                assert_eq!((wanted.get(), current.get(), after), (5, 3, ms(100)));
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn txid_wait_returns_a_reached_position_even_at_the_deadline() {
+        let mut wait = TxidWait::new(Txid::new(5), ms(100));
+        assert!(matches!(
+            wait.step(at(6), ms(500)),
+            ControlFlow::Break(Ok(p)) if p == at(6)
+        ));
     }
 }

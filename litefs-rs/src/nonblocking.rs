@@ -5,13 +5,14 @@
 //! (so a long LiteFS wait never occupies tokio's blocking pool), and reads of `-pos` go
 //! through `spawn_blocking` (on LiteFS each read is a round trip to the FUSE daemon).
 
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::coordinator;
-use crate::database::{Database, POLL_MAX, POLL_MIN};
+use crate::database::{Database, TxidWait};
 use crate::error::{Error, Result, WaitPhase};
 use crate::halt::{self, HaltGuard, RetryPolicy};
 use crate::pos::{Pos, Txid};
@@ -134,22 +135,12 @@ impl Database {
     /// ```
     pub async fn wait_for_txid_async(&self, min: Txid, timeout: Duration) -> Result<Pos> {
         let start = Instant::now();
-        let mut pause = POLL_MIN;
+        let mut wait = TxidWait::new(min, timeout);
         loop {
-            let pos = self.pos_async().await?;
-            if pos.txid() >= min {
-                return Ok(pos);
+            match wait.step(self.pos_async().await?, start.elapsed()) {
+                ControlFlow::Break(done) => return done,
+                ControlFlow::Continue(pause) => tokio::time::sleep(pause).await,
             }
-            let elapsed = start.elapsed();
-            if elapsed >= timeout {
-                return Err(Error::TxidTimeout {
-                    wanted: min,
-                    current: pos.txid(),
-                    after: timeout,
-                });
-            }
-            tokio::time::sleep(pause.min(timeout - elapsed)).await;
-            pause = (pause * 2).min(POLL_MAX);
         }
     }
 

@@ -1,0 +1,269 @@
+//! The disk store: files under `cache_dir`, and the in-memory index of what they hold.
+//!
+//! Layout: `cache_dir/v1/<2 hex>/<2 hex>/<64 hex>.meta` and, beside it, the body
+//! `<64 hex>.<16 hex>.body`. The meta file names its body; every fill writes a body under a
+//! new name, so a reader that opened the previous body keeps reading consistent bytes while
+//! a replacement is committed. Names come only from SHA-256 hashes and counters: nothing in
+//! a request can choose a path.
+//!
+//! Writes are atomic: body and meta are written to temp files in the same directory, fsynced,
+//! then renamed (body first, meta last: an entry exists once its meta does). At start-up the
+//! directory is scanned: temp files and bodies no meta names are removed, metas that fail to
+//! decode are removed and counted.
+//!
+//! The index maps each page to its variants and is the authority on what this node serves;
+//! it lives behind a `std::sync::Mutex` because no code holds it across an `.await`.
+//!
+//! # Files
+//! One reason to change each:
+//! - `mod.rs`: the [`Store`] handle, opening and locking `cache_dir`, [`Entry`], [`Lookup`],
+//!   [`StoreError`] and the [`StoreEvent`]s the manifest follows;
+//! - `index.rs`: the in-memory index (pages → variants, counts) and the lookups on it;
+//! - `fill.rs`: [`Fill`], the writer thread that streams a body into a temp file, and the
+//!   commit that renames it into place;
+//! - `files.rs`: unique file names, shard directories, atomic metadata writes;
+//! - `verify.rs`: the start-up scan and the removal of entries found corrupt;
+//! - `purge.rs`: purges (by page or tag, hard or soft, local or replicated) and clearing.
+//!
+//! Serving a hit (reading and checking a body against its length and CRC) is in
+//! [`crate::body`], which calls back into [`Store::remove_corrupt`].
+
+mod files;
+mod fill;
+mod index;
+mod purge;
+mod verify;
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use http::HeaderMap;
+use tokio::sync::mpsc;
+
+use super::entry::EntryMeta;
+use super::hot::HotTier;
+use crate::stats::Stats;
+use index::Index;
+
+pub use fill::{Fill, FillProgress};
+
+/// Top-level directory of the current layout inside `cache_dir`.
+const LAYOUT_DIR: &str = "v1";
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The cache directory could not be created or read.
+    #[error("cache directory {path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// Another caje process already uses this cache directory.
+    #[error(
+        "cache directory {0} is in use by another caje process (each node needs its own cache_dir)"
+    )]
+    Locked(PathBuf),
+}
+
+/// One stored response.
+#[derive(Debug)]
+pub struct Entry {
+    /// Its metadata.
+    pub meta: EntryMeta,
+    /// 64-hex name (hash of page + variant).
+    pub name: String,
+    /// Directory holding the meta and body files.
+    dir: PathBuf,
+    /// The response head decoded once, so a hit does not rebuild it from bytes.
+    head: (http::StatusCode, HeaderMap),
+}
+
+impl Entry {
+    fn new(meta: EntryMeta, name: String, dir: PathBuf) -> Entry {
+        let mut head = meta.response_head();
+        // Prepared once for every hit: tags are for caje, `Via` names this hop.
+        head.1.remove("surrogate-key");
+        head.1.remove("surrogate-control");
+        crate::headers::append_via(&mut head.1);
+        Entry {
+            meta,
+            name,
+            dir,
+            head,
+        }
+    }
+
+    /// The stored status and headers, as served.
+    pub fn head(&self) -> &(http::StatusCode, HeaderMap) {
+        &self.head
+    }
+
+    /// Path of the body file.
+    pub fn body_path(&self) -> PathBuf {
+        self.dir.join(&self.meta.body_file)
+    }
+
+    fn meta_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.meta", self.name))
+    }
+}
+
+/// What the index holds for a request.
+pub enum Lookup {
+    /// A stored variant matches the request.
+    Found(Arc<Entry>),
+    /// The page is stored, but no variant matches the request's headers.
+    VaryMiss,
+    /// Nothing is stored for this page.
+    Miss,
+}
+
+/// What happened in the store, for the manifest.
+#[derive(Debug)]
+pub enum StoreEvent {
+    /// A new or replaced entry is committed. `announce`: record it in the manifest (false for
+    /// copies fetched because the manifest already lists them, and for local-only changes).
+    Stored {
+        /// The committed entry.
+        entry: Arc<Entry>,
+        /// Whether the manifest should learn about it.
+        announce: bool,
+    },
+    /// An entry was removed locally (evicted as an old variant, or purged).
+    Removed(Arc<Entry>),
+}
+
+struct Inner {
+    root: PathBuf,
+    index: Mutex<Index>,
+    /// Serialises the rename + index update of commits, so the index and the meta files on
+    /// disk agree on which fill of a name won.
+    commit: Mutex<()>,
+    stats: Arc<Stats>,
+    events: mpsc::UnboundedSender<StoreEvent>,
+    /// Most variants kept per page (`cache.max_variants`).
+    max_variants: usize,
+    /// Small bodies served recently, in memory.
+    hot: HotTier,
+    /// Makes body and temp file names unique within this process.
+    counter: AtomicU64,
+    /// Keeps the exclusive lock on `cache_dir/.lock` for the life of the store.
+    _lock: nix::fcntl::Flock<File>,
+}
+
+/// Handle to the disk store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`, takes its lock and scans it.
+    /// Blocking: call at start-up or from `spawn_blocking`.
+    pub fn open(
+        dir: &Path,
+        max_variants: usize,
+        memory_bytes: usize,
+        stats: Arc<Stats>,
+        events: mpsc::UnboundedSender<StoreEvent>,
+    ) -> Result<Store, StoreError> {
+        let io_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { path, source }
+        };
+        let root = dir.join(LAYOUT_DIR);
+        fs::create_dir_all(&root).map_err(io_err(&root))?;
+        let lock_path = dir.join(".lock");
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| StoreError::Locked(dir.to_owned()))?;
+        let inner = Arc::new(Inner {
+            root,
+            index: Mutex::new(Index::default()),
+            commit: Mutex::new(()),
+            max_variants,
+            hot: HotTier::new(memory_bytes),
+            stats,
+            events,
+            counter: AtomicU64::new(0),
+            _lock: lock,
+        });
+        let store = Store { inner };
+        store.scan()?;
+        Ok(store)
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        // A panic while holding the lock cannot leave the index half-updated in a way that
+        // matters more than losing the whole cache would, so keep serving.
+        self.inner.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The memory tier of small bodies.
+    pub fn hot(&self) -> &HotTier {
+        &self.inner.hot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::tests::sample;
+
+    use bytes::Bytes;
+
+    pub(super) fn open(dir: &Path) -> (Store, mpsc::UnboundedReceiver<StoreEvent>) {
+        // A writer thread of the previous store may still hold its handle (and so the
+        // directory lock) for a moment after its last event.
+        for _ in 0..100 {
+            let (tx, rx) = mpsc::unbounded_channel();
+            match Store::open(dir, 8, 1 << 20, Arc::new(Stats::default()), tx) {
+                Ok(store) => return (store, rx),
+                Err(StoreError::Locked(_)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("cache dir still locked after 1 s");
+    }
+
+    pub(super) async fn fill(
+        store: &Store,
+        rx: &mut mpsc::UnboundedReceiver<StoreEvent>,
+        body: &[u8],
+    ) {
+        let mut f = store.begin_fill(sample(), u64::MAX, true);
+        f.push(&Bytes::copy_from_slice(body));
+        f.finish();
+        match rx.recv().await.unwrap() {
+            StoreEvent::Stored { entry, .. } => {
+                assert_eq!(entry.meta.body_len, body.len() as u64)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn second_process_cannot_share_the_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, _rx) = open(dir.path());
+        let (tx, _rx2) = mpsc::unbounded_channel();
+        let err = Store::open(dir.path(), 8, 1 << 20, Arc::new(Stats::default()), tx)
+            .err()
+            .unwrap();
+        assert!(matches!(err, StoreError::Locked(_)));
+    }
+}

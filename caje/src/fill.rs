@@ -1,0 +1,384 @@
+//! The fill: one origin request whose answer is streamed to its client (if it has one) while
+//! it is written to the disk cache, published to the URL's flight and, once committed,
+//! announced to the manifest (through the store's events). The proxy's misses and forwards
+//! and populate's fetches without a client ([`fill_page`]) all go through here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderValue};
+use http::{request, Method, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::body::{self, Body, Tee};
+use crate::cache::entry::EntryMeta;
+use crate::cache::flight::{Join, Leader, SharedHead};
+use crate::cache::key::{self, normalize_host, CacheKey, Variant};
+use crate::cache::policy::{self, Freshness, NotStorable};
+use crate::cache::store::{Entry, Fill, FillProgress, Lookup};
+use crate::cache_status::{Forward, Outcome};
+use crate::headers;
+use crate::origin::Origin;
+use crate::stats::Stats;
+use crate::time::unix_now;
+
+/// One request on its way through caje, with what routing found out about it.
+pub(crate) struct Ctx {
+    pub(crate) app: Arc<App>,
+    pub(crate) origin: Arc<Origin>,
+    pub(crate) host: String,
+    pub(crate) key: CacheKey,
+    pub(crate) parts: request::Parts,
+    pub(crate) peer: SocketAddr,
+    /// Record what this request stores in the manifest (false for populate fetches of pages
+    /// the manifest already lists).
+    pub(crate) announce: bool,
+}
+
+/// What a fill without a client ([`fill_page`]) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FillResult {
+    /// Fetched and stored.
+    Stored,
+    /// A fresh copy is already on this node.
+    AlreadyHeld,
+    /// Another request is fetching it right now (the copy will arrive through it).
+    InFlight,
+    /// Fetched, but the response is not storable (reason).
+    NotStored(&'static str),
+    /// The fetch failed (reason).
+    Failed(String),
+}
+
+/// Fetches one page into the cache without a client (edge warming), through the same path
+/// as a miss: the same origin request, policy and tee, coalesced with client misses for the
+/// same URL. `headers` are the request headers to send (the values a Vary variant recorded).
+pub async fn fill_page(
+    app: &Arc<App>,
+    host: &str,
+    path: &str,
+    headers: http::HeaderMap,
+) -> FillResult {
+    let host = normalize_host(host);
+    let Some(origin) = app.origins.route(&host).cloned() else {
+        return FillResult::Failed(format!("no origin is configured for host {host:?}"));
+    };
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = Method::GET;
+    parts.uri = match path.parse() {
+        Ok(u) => u,
+        Err(e) => return FillResult::Failed(format!("bad path {path:?}: {e}")),
+    };
+    parts.headers = headers;
+    if let Ok(v) = HeaderValue::from_str(&host) {
+        parts.headers.insert(header::HOST, v);
+    }
+    key::normalize_accept_encoding(&mut parts.headers);
+    let ctx = Ctx {
+        app: app.clone(),
+        origin,
+        key: CacheKey::new(&host, path),
+        host,
+        parts,
+        peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+        announce: false,
+    };
+    if let Lookup::Found(entry) = app.store.lookup(&ctx.key, &ctx.parts.headers) {
+        let fresh = !entry.meta.invalidated
+            && matches!(
+                policy::freshness(
+                    &entry.meta.policy,
+                    &ctx.parts,
+                    &ctx.host,
+                    SystemTime::now(),
+                    &app.policy
+                ),
+                Freshness::Fresh { .. }
+            );
+        if fresh {
+            return FillResult::AlreadyHeld;
+        }
+    }
+    let Join::Leader(leader) = app.flights.join(&ctx.key) else {
+        return FillResult::InFlight;
+    };
+    let oreq = match origin_request(&ctx, body::empty(), true, None) {
+        Ok(r) => r,
+        Err(msg) => return FillResult::Failed(msg),
+    };
+    let res = match app.client.send(&ctx.origin, oreq).await {
+        Ok(r) => r,
+        Err(e) => return FillResult::Failed(e.to_string()),
+    };
+    let (mut rparts, rbody) = res.into_parts();
+    headers::strip_hop_by_hop(&mut rparts.headers);
+    let Answer {
+        response,
+        stored,
+        progress,
+    } = respond_from_origin(&ctx, rparts, rbody, Forward::UriMiss, Some(leader));
+    drain(response).await;
+    if let Err(why) = stored {
+        return FillResult::NotStored(why.as_str());
+    }
+    // Report only what is committed (the writer finishes after the body is drained).
+    let Some(mut progress) = progress else {
+        return FillResult::Failed("no fill".into());
+    };
+    let committed = progress
+        .wait_for(|p| matches!(p, FillProgress::Committed(_) | FillProgress::Failed))
+        .await
+        .map(|p| matches!(*p, FillProgress::Committed(_)))
+        .unwrap_or(false);
+    if committed {
+        FillResult::Stored
+    } else {
+        FillResult::Failed("the body could not be stored (origin body failed or disk error)".into())
+    }
+}
+
+/// Builds the request to the origin. `for_cache`: the response may be stored, so the
+/// client's own validators are not passed on (the stored response must be a full one that
+/// any later client can use). With a stale `entry`, its validators make the request
+/// conditional.
+pub(crate) fn origin_request(
+    ctx: &Ctx,
+    body: Body,
+    for_cache: bool,
+    entry: Option<&Entry>,
+) -> Result<Request<Body>, String> {
+    let parts = &ctx.parts;
+    let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let uri = ctx
+        .origin
+        .uri_for(pq)
+        .map_err(|e| format!("caje: cannot build origin URL for {pq:?}: {e}\n"))?;
+    let mut headers = parts.headers.clone();
+    headers::strip_hop_by_hop(&mut headers);
+    let client_host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(&ctx.host)
+        .to_owned();
+    headers::set_forwarded(
+        &mut headers,
+        ctx.peer.ip(),
+        &client_host,
+        ctx.app.config.server.trust_forwarded,
+    );
+    let host_value = match ctx.origin.host_header {
+        crate::config::HostHeader::Origin => ctx.origin.authority.as_str().to_owned(),
+        crate::config::HostHeader::Client => client_host,
+    };
+    if let Ok(v) = HeaderValue::from_str(&host_value) {
+        headers.insert(header::HOST, v);
+    }
+    if for_cache {
+        for h in [
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_RANGE,
+            header::RANGE,
+        ] {
+            headers.remove(h);
+        }
+        if !ctx.app.config.cache.honor_client_no_cache {
+            // The client's reload must not make the origin skip its own caches either.
+            headers.remove(header::PRAGMA);
+        }
+    }
+    if let Some(entry) = entry {
+        if let Some(etag) = entry
+            .meta
+            .etag()
+            .and_then(|e| HeaderValue::from_str(&e).ok())
+        {
+            headers.insert(header::IF_NONE_MATCH, etag);
+        }
+        if let Some(lm) = entry
+            .meta
+            .last_modified()
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+        {
+            headers.insert(header::IF_MODIFIED_SINCE, lm);
+        }
+    }
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+/// An origin response turned into the client's response.
+pub(crate) struct Answer {
+    /// The response, with its body attached.
+    pub(crate) response: Response<Body>,
+    /// Whether it is being stored, or why not.
+    pub(crate) stored: Result<(), NotStorable>,
+    /// The fill's progress, when it is being stored.
+    pub(crate) progress: Option<tokio::sync::watch::Receiver<FillProgress>>,
+}
+
+/// Turns an origin response into the client's response: decides whether to store it,
+/// starts the fill, and publishes the result to the flight's waiters.
+pub(crate) fn respond_from_origin(
+    ctx: &Ctx,
+    mut rparts: http::response::Parts,
+    rbody: Incoming,
+    fwd: Forward,
+    leader: Option<Leader>,
+) -> Answer {
+    let app = &ctx.app;
+    let content_length = rparts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let decision = policy::decide(
+        &ctx.parts,
+        &ctx.host,
+        &rparts,
+        SystemTime::now(),
+        &app.policy,
+    )
+    .and_then(|s| match content_length {
+        Some(len) if len > app.config.cache.max_object_bytes => Err(NotStorable::TooLarge),
+        _ => Ok(s),
+    });
+    let status = rparts.status.as_u16();
+    let stored = decision.as_ref().map(|_| ()).map_err(|e| *e);
+    let outcome = Outcome::forwarded(fwd, status, stored);
+    let tags = surrogate_keys(&rparts.headers);
+    let fill = match decision {
+        Ok(storable) => {
+            let variant = Variant::from_request(&storable.vary_names, &ctx.parts.headers);
+            let meta = EntryMeta {
+                host: ctx.key.host.clone(),
+                path: ctx.key.path.clone(),
+                variant: variant.clone(),
+                status,
+                headers: EntryMeta::headers_from(&rparts.headers),
+                policy: storable.policy,
+                body_file: String::new(),
+                body_len: 0,
+                body_crc32: 0,
+                stored_at: unix_now(),
+                tags,
+                invalidated: false,
+            };
+            let fill = app
+                .store
+                .begin_fill(meta, app.config.cache.max_object_bytes, ctx.announce);
+            if let Some(leader) = leader {
+                let mut shared = rparts.headers.clone();
+                shared.remove("surrogate-key");
+                shared.remove("surrogate-control");
+                headers::append_via(&mut shared);
+                leader.streaming(
+                    SharedHead {
+                        status: rparts.status,
+                        headers: shared,
+                        variant,
+                        content_length,
+                        body_complete: fill.finished_flag(),
+                    },
+                    fill.progress(),
+                );
+            }
+            Some(fill)
+        }
+        Err(why) => {
+            Stats::incr(&app.stats.not_stored);
+            tracing::debug!(host = %ctx.host, path = %ctx.key.path, reason = why.as_str(), "not storing");
+            if let Some(leader) = leader {
+                leader.uncacheable(Duration::from_secs(app.config.cache.hit_for_miss_secs));
+            }
+            None
+        }
+    };
+    rparts.headers.remove("surrogate-key");
+    rparts.headers.remove("surrogate-control");
+    rparts
+        .headers
+        .insert("cache-status", outcome.header_value());
+    headers::append_via(&mut rparts.headers);
+    let progress = fill.as_ref().map(Fill::progress);
+    let tee = Tee::new(
+        rbody,
+        fill,
+        content_length,
+        app.config.origin_timeouts.body_idle(),
+        app.stats.clone(),
+    );
+    Answer {
+        response: Response::from_parts(rparts, tee.boxed()),
+        stored,
+        progress,
+    }
+}
+
+/// An origin response relayed without caching (hop-by-hop headers already removed).
+pub(crate) fn pass_through(
+    app: &App,
+    mut rparts: http::response::Parts,
+    rbody: Incoming,
+    fwd: Forward,
+) -> Response<Body> {
+    let outcome = Outcome {
+        fwd: Some(fwd),
+        fwd_status: Some(rparts.status.as_u16()),
+        ..Outcome::default()
+    };
+    rparts.headers.remove("surrogate-key");
+    rparts.headers.remove("surrogate-control");
+    rparts
+        .headers
+        .insert("cache-status", outcome.header_value());
+    headers::append_via(&mut rparts.headers);
+    let tee = Tee::new(
+        rbody,
+        None,
+        None,
+        app.config.origin_timeouts.body_idle(),
+        app.stats.clone(),
+    );
+    Response::from_parts(rparts, tee.boxed())
+}
+
+/// Reads a response body to its end without a client (background fills).
+pub(crate) async fn drain(response: Response<Body>) -> bool {
+    let mut body = response.into_body();
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// A client request body, bounded by `limits.max_request_body_bytes`.
+pub(crate) fn limited(app: &App, body: Incoming) -> Body {
+    let limit = usize::try_from(app.config.limits.max_request_body_bytes).unwrap_or(usize::MAX);
+    Limited::new(body, limit).boxed()
+}
+
+/// The `Surrogate-Key` tags of a response.
+fn surrogate_keys(headers: &http::HeaderMap) -> Vec<String> {
+    let mut tags: Vec<String> = headers
+        .get_all("surrogate-key")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(str::split_whitespace)
+        .map(str::to_owned)
+        .collect();
+    tags.sort();
+    tags.dedup();
+    tags
+}

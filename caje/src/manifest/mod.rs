@@ -1,0 +1,905 @@
+//! The manifest: one SQLite row per cached page.
+//!
+//! Cached bodies live on local disk; the manifest records *which* pages are cached, so that a
+//! restarted node, an admin listing or (through LiteFS replication) another node can know what
+//! exists without walking the cache directory. Several caje processes may share one file: locally
+//! they open the same path, in production LiteFS replicates it to every node.
+//!
+//! # Layout
+//! - [`Manifest`] is a cheap-clone handle. `rusqlite::Connection` is blocking, so it never touches
+//!   the async runtime: it lives on one owner thread (`caje-manifest`), and the handle sends it
+//!   commands over a channel and awaits the reply on a oneshot.
+//! - Reads run as single statements outside any write transaction, so no read transaction is
+//!   held open across a channel wait (a long reader would stop WAL checkpoints for every process)
+//!   or across a HALT acquisition. They see committed rows, not writes still queued.
+//!
+//! # Files
+//! - `mod.rs`: the [`Manifest`] handle, its options and row types;
+//! - `error.rs`: [`ManifestError`] and [`Op`];
+//! - `owner.rs`: the owner thread: its queue, batching, flush policy, retries and backoff;
+//! - `write.rs`: one queued write, and how it runs inside a batch transaction;
+//! - `schema.rs`: opening a file, checking that it is a manifest, [`MIGRATIONS`];
+//! - `row.rs`: a [`PageRow`] in its stored form (vary and tag encoding) and the page SQL;
+//! - `tombstone.rs`: [`Purge`] targets and their [`Tombstone`]s;
+//! - `litefs.rs`: the LiteFS glue (role, HALT), the only module that names litefs-rs.
+//!
+//! # Writes: queued, batched, retried
+//! - Every write (upsert, remove, purge, tombstones, clear) joins the owner thread's queue and is
+//!   answered once its batch commits. A batch is flushed when its oldest write has waited
+//!   [`ManifestOptions::flush_interval`], or at once when [`ManifestOptions::max_batch`] writes
+//!   wait, in one transaction opened by `Owner::transaction`: after `open`, the only place that
+//!   writes. A burst of cache fills costs one commit (and one HALT), not one per page.
+//! - A flush that fails as a whole (HALT refused or timed out, `SQLITE_BUSY` beyond the busy
+//!   timeout, an I/O error, a read-only file) keeps every write of its batch queued and is
+//!   retried with capped exponential backoff; callers simply wait longer (in caje they are
+//!   background tasks, never client requests). Reads are answered between attempts. Only an
+//!   error of one write (a constraint) fails that write alone; if it aborted the whole
+//!   transaction, the batch is replayed one write per transaction to single it out.
+//! - The queue is bounded ([`ManifestOptions::max_queue`]): beyond it a new write fails at once
+//!   with [`ManifestError::QueueFull`] and is counted in [`ManifestStats::overflow`]. A queued
+//!   write is never dropped while the process lives (the owner thread keeps retrying even after
+//!   the last handle is gone).
+//! - An upsert identical to its stored row is answered without any write (or HALT).
+//!
+//! # LiteFS
+//! [`LitefsMode`] decides whether the manifest is written the LiteFS way: `on` treats the
+//! database's directory as a LiteFS mount even if it is a plain one (tests, local clusters
+//! simulated with `.primary` files), `auto` (the default) only when it really is a LiteFS FUSE
+//! mount, `off` never. In LiteFS mode the role is re-read before every flush (so `.primary`
+//! appearing or disappearing is picked up): on a replica, or when no primary is known, HALT is
+//! taken *before* `BEGIN IMMEDIATE` and released after the commit or rollback; on the primary
+//! the batch is written directly. Opening a manifest that needs a write (a new file, a
+//! migration) on a replica takes HALT too, or fails with [`ManifestError::Halt`]. Outside LiteFS
+//! mode writes rely on SQLite's own locking, so several local processes can share one file.
+//!
+//! # Vary encoding
+//! A page's identity includes the request headers its response's `Vary` names. In [`PageRow`]
+//! they are `(lower-case name, value)` pairs; a header named by `Vary` but absent from the
+//! request has the value [`VARY_ABSENT`] (a lone NUL, which RFC 9110 §5.5 forbids in a field
+//! value, so it cannot collide with a real one). In the database the pairs are stored in the
+//! `vary` TEXT column as compact JSON, sorted by name then value, with `null` for an absent
+//! header: `[["accept-encoding","gzip"],["x-tenant",null]]`, and `[]` when there is no `Vary`.
+//! That text is part of the `UNIQUE` key, so it must be canonical: the manifest itself
+//! lower-cases names and sorts pairs before storing, and [`Manifest::list`] returns that form.
+//!
+//! # Purge tags
+//! [`PageRow::tags`] are the page's purge tags (its response's `Surrogate-Key`): case-sensitive
+//! tokens without whitespace. The `tags` column stores the set as one space-separated string,
+//! sorted, deduplicated, with a space before and after every tag, `' a b c '`, and `''` for none.
+//! Then "carries tag `t`" is `instr(tags, ' t ') > 0`: exact (`a` never matches `ab`), needs no
+//! index table, and has no wildcard characters to escape (unlike `LIKE`).
+//!
+//! # Purges and tombstones
+//! [`Manifest::purge`] removes (or, when soft, only selects) the rows of a [`Purge`] target and
+//! records a [`Tombstone`] for it in the same transaction, so that other nodes, reading
+//! [`Manifest::tombstones_since`] from the replicated file, learn of every purge whose rows
+//! vanished. Tombstone ids only grow (`AUTOINCREMENT`), even after
+//! [`Manifest::expire_tombstones`] deleted the newest ones, so "every id above the last one I
+//! applied" is a sound cursor.
+//!
+//! # Schema
+//! Versioned by `PRAGMA user_version` with the append-only [`MIGRATIONS`] list; the file is
+//! marked with `PRAGMA application_id` = [`APPLICATION_ID`] so that a random SQLite file is never
+//! adopted (and silently modified) as a manifest.
+
+mod error;
+mod litefs;
+mod owner;
+mod row;
+mod schema;
+#[cfg(test)]
+mod test_support;
+mod tombstone;
+mod write;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+pub use self::error::{ManifestError, Op};
+pub use self::litefs::{LitefsMode, ManifestRole};
+pub use self::schema::{APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION};
+pub use self::tombstone::{Purge, PurgeOutcome, Tombstone, TombstoneKind};
+
+// The LiteFS glue is the only module that names litefs-rs; the others take its types from here.
+use self::litefs::{
+    halt_unless_primary, litefs_database, release_halt, Database, HaltGuard, LitefsError,
+};
+use self::owner::{Command, LogLimit, Owner, Reply};
+use self::row::{check_tag, encode_vary, Key, Record};
+use self::schema::open_connection;
+use self::tombstone::{check_tombstone, unix_now};
+use self::write::{Slot, WriteOp};
+
+/// The value recorded in [`PageRow::vary`] for a header that `Vary` names but the request lacks.
+///
+/// It differs from the empty string, which is a header sent with an empty value.
+pub const VARY_ABSENT: &str = "\0";
+
+/// How [`Manifest::open_with`] opens and writes the manifest. `Default` gives the values below.
+#[derive(Clone)]
+pub struct ManifestOptions {
+    /// LiteFS detection. Default [`LitefsMode::Auto`].
+    pub litefs: LitefsMode,
+    /// Longest a write waits for others to share its transaction. Default 100 ms. Zero writes as
+    /// soon as the owner thread is free, batching only what has already arrived.
+    pub flush_interval: Duration,
+    /// Most writes in one transaction; a full batch is flushed without waiting. Default 512
+    /// (at least 1).
+    pub max_batch: usize,
+    /// Most writes waiting (queued, or in a batch being written) before a new one fails with
+    /// [`ManifestError::QueueFull`]. Default 100,000 (at least 1).
+    pub max_queue: usize,
+    /// Longest wait for HALT before a flush counts as failed and is retried later. Default 10 s,
+    /// LiteFS's own acquisition limit. The owner thread (reads included) waits this long at
+    /// most per attempt.
+    pub halt_timeout: Duration,
+    /// Cap of the backoff between attempts of a failing flush (which starts at 100 ms and
+    /// doubles). Default 5 s.
+    pub retry_max_backoff: Duration,
+    /// Test hook, called inside every write transaction after its writes and before `COMMIT`
+    /// (on the owner thread, so it must not call the manifest).
+    #[doc(hidden)]
+    pub on_flush: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl Default for ManifestOptions {
+    fn default() -> Self {
+        ManifestOptions {
+            litefs: LitefsMode::Auto,
+            flush_interval: Duration::from_millis(100),
+            max_batch: 512,
+            max_queue: 100_000,
+            halt_timeout: Duration::from_secs(10),
+            retry_max_backoff: Duration::from_secs(5),
+            on_flush: None,
+        }
+    }
+}
+
+impl fmt::Debug for ManifestOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManifestOptions")
+            .field("litefs", &self.litefs)
+            .field("flush_interval", &self.flush_interval)
+            .field("max_batch", &self.max_batch)
+            .field("max_queue", &self.max_queue)
+            .field("halt_timeout", &self.halt_timeout)
+            .field("retry_max_backoff", &self.retry_max_backoff)
+            .field("on_flush", &self.on_flush.as_ref().map(|_| "Fn"))
+            .finish()
+    }
+}
+
+/// One cached page as recorded in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRow {
+    /// Lower-case `host[:port]` the client asked for.
+    pub host: String,
+    /// Request method, e.g. `"GET"`.
+    pub method: String,
+    /// Path and query as requested, e.g. `"/gen/a?x=1"`.
+    pub path: String,
+    /// Request headers named by the response's `Vary`, as `(lower-case name, value)` sorted by
+    /// name; [`VARY_ABSENT`] as the value of a header the request did not send. Empty without
+    /// `Vary`. See the module docs for how it is stored.
+    pub vary: Vec<(String, String)>,
+    /// Response status code.
+    pub status: u16,
+    /// When the response was stored, in unix seconds.
+    pub stored_at: i64,
+    /// When it stops being fresh (`stored_at` + freshness lifetime), in unix seconds.
+    pub expires_at: i64,
+    /// Body size in bytes.
+    pub size: u64,
+    /// The response's `ETag`, for revalidation.
+    pub etag: Option<String>,
+    /// The response's `Last-Modified`, for revalidation.
+    pub last_modified: Option<String>,
+    /// Purge tags from the response's `Surrogate-Key`: case-sensitive, non-empty, without
+    /// whitespace. Content, not identity: a changed set makes an upsert
+    /// [`Updated`](Upsert::Updated). Stored as a set, so [`Manifest::list`] returns them sorted
+    /// and deduplicated.
+    pub tags: Vec<String>,
+}
+
+/// What [`Manifest::upsert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    /// No row had this identity; one was added.
+    Inserted,
+    /// A row with this identity existed and at least one column changed.
+    Updated,
+    /// An identical row existed; nothing was written.
+    Unchanged,
+}
+
+impl Upsert {
+    /// Stable name for logs, metrics and test assertions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Upsert::Inserted => "inserted",
+            Upsert::Updated => "updated",
+            Upsert::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// Counters of one [`Manifest`]'s owner thread (shared by its clones, not by other handles).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ManifestStats {
+    /// Upsert requests received.
+    pub upserts: u64,
+    /// Write transactions committed.
+    pub write_transactions: u64,
+    /// Rows inserted, updated or deleted by committed transactions.
+    pub rows_written: u64,
+    /// Batches answered without a write transaction because every upsert in them was identical
+    /// to its stored row.
+    pub skipped_batches: u64,
+    /// Write operations waiting now: queued, or in a batch being written.
+    pub pending: u64,
+    /// Flushes that wrote their batch (committed, or answered a refused write with its error).
+    pub flushes: u64,
+    /// Flushes that failed as a whole and left their batch queued for a retry.
+    pub failed_flushes: u64,
+    /// HALT locks taken (LiteFS mode, on a replica or with no primary known), including one at
+    /// open for a migration.
+    pub halts: u64,
+    /// Writes refused with [`ManifestError::QueueFull`].
+    pub overflow: u64,
+    /// The most recent flush failure. Kept after the flushes recover; compare
+    /// [`failed_flushes`](Self::failed_flushes) and [`pending`](Self::pending) to tell.
+    pub last_error: Option<String>,
+}
+
+/// Handle to the manifest. Cloning is cheap; all clones talk to the same owner thread, which
+/// exits (closing the database) once the last clone is dropped and its queue is written.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Commands to the owner thread; the thread's only way to learn it should stop is this
+    /// channel closing. Unbounded: writes are bounded by [`Shared::pending`], and each reader
+    /// waits for its answer before sending again.
+    commands: mpsc::Sender<Command>,
+    /// Counters the handle itself keeps, so that a full queue is refused without waiting.
+    shared: Arc<Shared>,
+    /// The LiteFS database in LiteFS mode, for [`Manifest::role`] and [`Manifest::txid`], which
+    /// read its files without asking the owner thread (it may be waiting for HALT).
+    litefs: Option<Database>,
+}
+
+/// State shared by the handles and the owner thread.
+#[derive(Debug)]
+struct Shared {
+    /// Writes sent and not yet answered: incremented by the handle before sending, decremented by
+    /// the owner thread when it answers.
+    pending: AtomicUsize,
+    /// [`ManifestOptions::max_queue`].
+    max_queue: usize,
+    /// Writes refused because `pending` reached `max_queue`.
+    overflow: AtomicU64,
+    /// Rate limit of the "queue full" warning. A std mutex: never held across an `.await`.
+    overflow_log: Mutex<LogLimit>,
+}
+
+impl Manifest {
+    /// Opens (creating if needed) the database at `path` with the default
+    /// [`ManifestOptions`]: [`LitefsMode::Auto`], so plain SQLite unless `path` is on a real
+    /// LiteFS mount. See [`Manifest::open_with`].
+    ///
+    /// # Examples
+    ///
+    /// Opening blocks (it may create or migrate the file), so an async caller runs it on a
+    /// blocking thread; the handle's methods are async.
+    ///
+    /// ```
+    /// use caje::manifest::{Manifest, PageRow, Upsert};
+    ///
+    /// #[tokio::main(flavor = "current_thread")]
+    /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     let dir = tempfile::tempdir()?;
+    ///     let path = dir.path().join("manifest.db");
+    ///     let manifest = tokio::task::spawn_blocking(move || Manifest::open(&path)).await??;
+    ///
+    ///     let page = PageRow {
+    ///         host: "example.com".to_owned(),
+    ///         method: "GET".to_owned(),
+    ///         path: "/index.html".to_owned(),
+    ///         vary: Vec::new(),
+    ///         status: 200,
+    ///         stored_at: 1_700_000_000,
+    ///         expires_at: 1_700_000_060,
+    ///         size: 1234,
+    ///         etag: None,
+    ///         last_modified: None,
+    ///         tags: vec!["home".to_owned()],
+    ///     };
+    ///     assert_eq!(manifest.upsert(page.clone()).await?, Upsert::Inserted);
+    ///     // The same page again is not written.
+    ///     assert_eq!(manifest.upsert(page.clone()).await?, Upsert::Unchanged);
+    ///     assert_eq!(manifest.list().await?, vec![page]);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn open(path: &Path) -> Result<Manifest, ManifestError> {
+        Manifest::open_with(path, ManifestOptions::default())
+    }
+
+    /// Opens (creating if needed) the database at `path`, applies migrations (under HALT on a
+    /// LiteFS replica), spawns the owner thread.
+    ///
+    /// Blocking: call from startup or `spawn_blocking`. Fails with
+    /// [`ManifestError::NotAManifest`] for a foreign SQLite file, [`ManifestError::TooNew`] for a
+    /// manifest from a newer caje, [`ManifestError::Open`] for anything that is not a database,
+    /// [`ManifestError::Litefs`] / [`ManifestError::Halt`] when LiteFS mode cannot be set up or
+    /// a needed migration cannot take HALT.
+    pub fn open_with(path: &Path, mut options: ManifestOptions) -> Result<Manifest, ManifestError> {
+        options.max_batch = options.max_batch.max(1);
+        let litefs = litefs_database(path, options.litefs)?;
+        if let Some(db) = &litefs {
+            tracing::info!(
+                path = %path.display(),
+                mode = options.litefs.as_str(),
+                fuse = db.mount().is_fuse_mount(),
+                "manifest in LiteFS mode: writes from a replica take HALT"
+            );
+        }
+        let (conn, halted) = open_connection(path, litefs.as_ref(), options.halt_timeout)?;
+        let shared = Arc::new(Shared {
+            pending: AtomicUsize::new(0),
+            max_queue: options.max_queue.max(1),
+            overflow: AtomicU64::new(0),
+            overflow_log: Mutex::new(LogLimit::default()),
+        });
+        let (commands, rx) = mpsc::channel();
+        let owner = Owner {
+            conn,
+            rx,
+            litefs: litefs.clone(),
+            options,
+            shared: Arc::clone(&shared),
+            stats: ManifestStats {
+                halts: u64::from(halted),
+                ..ManifestStats::default()
+            },
+            pending: VecDeque::new(),
+            retry: None,
+            failure_log: LogLimit::default(),
+        };
+        std::thread::Builder::new()
+            .name("caje-manifest".into())
+            .spawn(move || owner.run())
+            .map_err(ManifestError::Spawn)?;
+        Ok(Manifest {
+            commands,
+            shared,
+            litefs,
+        })
+    }
+
+    /// Inserts the row or updates it when any column differs; a row that is identical is not
+    /// written (no write per hit).
+    ///
+    /// Once this returns `Inserted` or `Updated` the change is committed. If the caller is
+    /// cancelled after sending, the write still happens: the page is on disk either way.
+    pub async fn upsert(&self, row: PageRow) -> Result<Upsert, ManifestError> {
+        let record = Record::encode(row)?;
+        self.write(|reply| WriteOp::Upsert(Slot::new(record, reply)))
+            .await
+    }
+
+    /// Every row, ordered by host, path, vary (then method). Vary orders by its stored JSON text,
+    /// so it is deterministic but not meant to be meaningful.
+    pub async fn list(&self) -> Result<Vec<PageRow>, ManifestError> {
+        self.call(Command::List).await
+    }
+
+    /// Deletes one page (all identity columns must match). Returns whether a row was removed.
+    pub async fn remove(
+        &self,
+        host: &str,
+        method: &str,
+        path: &str,
+        vary: &[(String, String)],
+    ) -> Result<bool, ManifestError> {
+        let key = Key {
+            host: host.to_owned(),
+            method: method.to_owned(),
+            path: path.to_owned(),
+            vary: encode_vary(vary),
+        };
+        self.write(|reply| WriteOp::Remove(Slot::new(key, reply)))
+            .await
+    }
+
+    /// Deletes every row; returns how many.
+    pub async fn clear(&self) -> Result<u64, ManifestError> {
+        self.write(|reply| WriteOp::Clear(Slot::new((), reply)))
+            .await
+    }
+
+    /// Deletes every row of one page (all methods and `Vary` variants of `host` + `path`, both
+    /// compared exactly) and returns them, in [`list`](Manifest::list) order. Records no
+    /// tombstone: see [`purge`](Manifest::purge) for that.
+    pub async fn remove_page(&self, host: &str, path: &str) -> Result<Vec<PageRow>, ManifestError> {
+        let target = Purge::Url {
+            host: host.to_owned(),
+            path: path.to_owned(),
+        };
+        self.write(|reply| WriteOp::RemoveRows(Slot::new(target, reply)))
+            .await
+    }
+
+    /// Deletes every row carrying exactly `tag` (`a` does not match `ab`; case matters) and
+    /// returns them, in [`list`](Manifest::list) order. Records no tombstone: see
+    /// [`purge`](Manifest::purge) for that. Fails with [`ManifestError::InvalidTag`] for a tag
+    /// that is empty or contains whitespace.
+    pub async fn remove_tag(&self, tag: &str) -> Result<Vec<PageRow>, ManifestError> {
+        check_tag(tag)?;
+        let target = Purge::Tag(tag.to_owned());
+        self.write(|reply| WriteOp::RemoveRows(Slot::new(target, reply)))
+            .await
+    }
+
+    /// Purges `what` and records its tombstone (created now, expiring `tombstone_ttl_secs`
+    /// later) in one transaction: either both happen or neither.
+    ///
+    /// A hard purge deletes the matching rows; a soft one (`soft`) leaves them, since the nodes
+    /// only mark their copies stale. Either way the matching rows are returned, for the caller
+    /// to invalidate its own copies. Fails with [`ManifestError::InvalidTag`] for a
+    /// [`Purge::Tag`] that is empty or contains whitespace.
+    pub async fn purge(
+        &self,
+        what: Purge,
+        soft: bool,
+        tombstone_ttl_secs: i64,
+    ) -> Result<PurgeOutcome, ManifestError> {
+        let created_at = unix_now();
+        let tombstone = Tombstone {
+            kind: what,
+            soft,
+            created_at,
+            expires_at: created_at.saturating_add(tombstone_ttl_secs),
+        };
+        check_tombstone(&tombstone)?;
+        self.write(|reply| WriteOp::Purge(Slot::new(tombstone, reply)))
+            .await
+    }
+
+    /// Records a tombstone without touching any page (e.g. one learned from elsewhere); returns
+    /// its id. Fails with [`ManifestError::InvalidTag`] for a [`Purge::Tag`] that is empty or
+    /// contains whitespace.
+    pub async fn add_tombstone(&self, t: Tombstone) -> Result<i64, ManifestError> {
+        check_tombstone(&t)?;
+        self.write(|reply| WriteOp::AddTombstone(Slot::new(t, reply)))
+            .await
+    }
+
+    /// Every stored tombstone with an id above `after_id` (0 for all), by increasing id, which
+    /// is the order they were committed in. Expired tombstones are included until
+    /// [`expire_tombstones`](Manifest::expire_tombstones) deletes them.
+    pub async fn tombstones_since(
+        &self,
+        after_id: i64,
+    ) -> Result<Vec<(i64, Tombstone)>, ManifestError> {
+        self.call(|reply| Command::Tombstones(after_id, reply))
+            .await
+    }
+
+    /// Deletes the tombstones that expired by `now` (`expires_at <= now`, unix seconds);
+    /// returns how many.
+    pub async fn expire_tombstones(&self, now: i64) -> Result<u64, ManifestError> {
+        self.write(|reply| WriteOp::ExpireTombstones(Slot::new(now, reply)))
+            .await
+    }
+
+    /// SQLite `PRAGMA data_version` of the owner connection: it changes when ANOTHER connection
+    /// (another process, or another `Manifest` opened on the same file, or LiteFS applying a
+    /// replicated transaction) commits, and not for this handle's own commits. For change
+    /// detection.
+    pub async fn data_version(&self) -> Result<i64, ManifestError> {
+        self.call(Command::DataVersion).await
+    }
+
+    /// Number of rows.
+    pub async fn count(&self) -> Result<u64, ManifestError> {
+        self.call(Command::Count).await
+    }
+
+    /// Counters of this handle's owner thread, e.g. to check that writes are batched.
+    pub async fn stats(&self) -> Result<ManifestStats, ManifestError> {
+        self.call(Command::Stats).await
+    }
+
+    /// This node's role as a writer, read now from the LiteFS files (`.primary`, `.lag`);
+    /// [`ManifestRole::Standalone`] outside LiteFS mode, [`ManifestRole::Unknown`] if the files
+    /// cannot be read. Answered without the owner thread.
+    pub async fn role(&self) -> ManifestRole {
+        let Some(db) = self.litefs.clone() else {
+            return ManifestRole::Standalone;
+        };
+        match tokio::task::spawn_blocking(move || db.mount().role()).await {
+            Ok(Ok(role)) => role.into(),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot read the LiteFS role");
+                ManifestRole::Unknown
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the LiteFS role panicked");
+                ManifestRole::Unknown
+            }
+        }
+    }
+
+    /// The TXID LiteFS reports in `<db>-pos`: how far this node's copy has been replicated.
+    /// `None` outside LiteFS mode or without a readable `-pos` file.
+    pub async fn txid(&self) -> Option<u64> {
+        let db = self.litefs.clone()?;
+        match tokio::task::spawn_blocking(move || db.txid()).await {
+            Ok(Ok(txid)) => Some(txid.into()),
+            Ok(Err(_)) | Err(_) => None,
+        }
+    }
+
+    /// Queues a write unless [`ManifestOptions::max_queue`] writes already wait, and awaits its
+    /// answer.
+    async fn write<T>(&self, op: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T, ManifestError> {
+        let shared = &self.shared;
+        if shared.pending.fetch_add(1, Ordering::SeqCst) >= shared.max_queue {
+            shared.pending.fetch_sub(1, Ordering::SeqCst);
+            let overflow = shared.overflow.fetch_add(1, Ordering::Relaxed) + 1;
+            let allowed = shared
+                .overflow_log
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .allow();
+            if let Some(suppressed) = allowed {
+                tracing::warn!(
+                    max_queue = shared.max_queue,
+                    overflow,
+                    suppressed,
+                    "manifest write queue full: refusing writes until queued ones are written"
+                );
+            }
+            return Err(ManifestError::QueueFull);
+        }
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Write(Box::new(op(reply))))
+            .is_err()
+        {
+            shared.pending.fetch_sub(1, Ordering::SeqCst);
+            return Err(ManifestError::Closed);
+        }
+        // A dropped reply sender means the thread died mid-command (a panic).
+        answer.await.map_err(|_| ManifestError::Closed)?
+    }
+
+    async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, ManifestError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .map_err(|_| ManifestError::Closed)?;
+        answer.await.map_err(|_| ManifestError::Closed)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::test_support::*;
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde::Deserialize;
+
+    #[tokio::test]
+    async fn upsert_reports_inserted_unchanged_updated_without_rewriting() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("manifest.db");
+            let m = Manifest::open(&path).unwrap();
+            let raw = observer(&path);
+            let row = page("a.example", "/gen/a?x=1");
+
+            assert_eq!(m.upsert(row.clone()).await.unwrap(), Upsert::Inserted);
+            let before = data_version_of(&raw);
+            let stats_before = m.stats().await.unwrap();
+
+            assert_eq!(m.upsert(row.clone()).await.unwrap(), Upsert::Unchanged);
+            assert_eq!(
+                data_version_of(&raw),
+                before,
+                "an identical upsert must not write"
+            );
+            let stats = m.stats().await.unwrap();
+            assert_eq!(stats.write_transactions, stats_before.write_transactions);
+            assert_eq!(stats.skipped_batches, stats_before.skipped_batches + 1);
+
+            let later = PageRow {
+                expires_at: row.expires_at + 60,
+                ..row.clone()
+            };
+            assert_eq!(m.upsert(later.clone()).await.unwrap(), Upsert::Updated);
+            assert_ne!(data_version_of(&raw), before);
+            assert_eq!(m.list().await.unwrap(), vec![later.clone()]);
+
+            // A None <-> Some change is a change too (the WHERE uses IS NOT, not !=).
+            let no_etag = PageRow {
+                etag: None,
+                ..later
+            };
+            assert_eq!(m.upsert(no_etag.clone()).await.unwrap(), Upsert::Updated);
+            assert_eq!(m.upsert(no_etag).await.unwrap(), Upsert::Unchanged);
+            assert_eq!(m.count().await.unwrap(), 1);
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn vary_absent_empty_and_values_are_distinct_rows() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            let with = |v: Vec<(String, String)>| PageRow {
+                vary: v,
+                ..page("a.example", "/v")
+            };
+
+            let variants = [
+                vary(&[("accept-encoding", VARY_ABSENT)]),
+                vary(&[("accept-encoding", "")]),
+                vary(&[("accept-encoding", "gzip")]),
+                vary(&[("accept-encoding", "br")]),
+                Vec::new(),
+            ];
+            for v in &variants {
+                assert_eq!(
+                    m.upsert(with(v.clone())).await.unwrap(),
+                    Upsert::Inserted,
+                    "{v:?}"
+                );
+            }
+            assert_eq!(m.count().await.unwrap(), variants.len() as u64);
+            let listed: Vec<_> = m
+                .list()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.vary)
+                .collect();
+            for v in &variants {
+                assert!(listed.contains(v), "{v:?} lost its identity: {listed:?}");
+            }
+
+            // Identity is canonical: name case and pair order do not make a new row.
+            let two = vary(&[("accept-encoding", "gzip"), ("accept-language", "en")]);
+            assert_eq!(m.upsert(with(two.clone())).await.unwrap(), Upsert::Inserted);
+            let shuffled = vary(&[("Accept-Language", "en"), ("accept-encoding", "gzip")]);
+            assert_eq!(
+                m.upsert(with(shuffled.clone())).await.unwrap(),
+                Upsert::Unchanged
+            );
+            assert!(m.remove("a.example", "GET", "/v", &shuffled).await.unwrap());
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn remove_and_clear_return_counts() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            for i in 0..5 {
+                m.upsert(page("a.example", &format!("/{i}"))).await.unwrap();
+            }
+            let gzip = vary(&[("accept-encoding", "gzip")]);
+            m.upsert(PageRow {
+                vary: gzip.clone(),
+                ..page("a.example", "/0")
+            })
+            .await
+            .unwrap();
+
+            // Every identity column must match.
+            assert!(!m.remove("a.example", "HEAD", "/0", &[]).await.unwrap());
+            assert!(!m.remove("b.example", "GET", "/0", &[]).await.unwrap());
+            assert!(!m
+                .remove(
+                    "a.example",
+                    "GET",
+                    "/0",
+                    &vary(&[("accept-encoding", "br")])
+                )
+                .await
+                .unwrap());
+            assert!(m.remove("a.example", "GET", "/0", &gzip).await.unwrap());
+            assert!(!m.remove("a.example", "GET", "/0", &gzip).await.unwrap());
+            assert!(m.remove("a.example", "GET", "/0", &[]).await.unwrap());
+
+            assert_eq!(m.count().await.unwrap(), 4);
+            assert_eq!(m.clear().await.unwrap(), 4);
+            assert_eq!(m.clear().await.unwrap(), 0);
+            assert_eq!(m.count().await.unwrap(), 0);
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn list_is_ordered_by_host_path_vary() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            let rows = [
+                page("b.example", "/a"),
+                PageRow {
+                    vary: vary(&[("accept", "x")]),
+                    ..page("a.example", "/b")
+                },
+                page("a.example", "/b"),
+                page("a.example", "/a"),
+            ];
+            for r in &rows {
+                m.upsert(r.clone()).await.unwrap();
+            }
+            let listed: Vec<_> = m
+                .list()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.host, r.path, r.vary))
+                .collect();
+            assert_eq!(
+                listed,
+                vec![
+                    ("a.example".into(), "/a".into(), vec![]),
+                    // vary sorts by its stored JSON text, where `[["…` comes before `[]`.
+                    ("a.example".into(), "/b".into(), vary(&[("accept", "x")])),
+                    ("a.example".into(), "/b".into(), vec![]),
+                    ("b.example".into(), "/a".into(), vec![]),
+                ]
+            );
+        })
+        .await
+    }
+
+    /// Two handles on one file are two owner threads with their own connections, like two caje
+    /// processes on one machine: both write at once and busy_timeout absorbs the lock waits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_handles_on_one_file_write_concurrently() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("manifest.db");
+            // Open both at once on a file that does not exist yet: both race to create/migrate.
+            let (a, b) = {
+                let (pa, pb) = (path.clone(), path.clone());
+                let ta = std::thread::spawn(move || Manifest::open(&pa));
+                let tb = std::thread::spawn(move || Manifest::open(&pb));
+                (ta.join().unwrap().unwrap(), tb.join().unwrap().unwrap())
+            };
+
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..500 {
+                for (name, m) in [("a", a.clone()), ("b", b.clone())] {
+                    tasks.spawn(async move {
+                        m.upsert(page(&format!("{name}.example"), &format!("/{i}")))
+                            .await
+                    });
+                }
+            }
+            while let Some(result) = tasks.join_next().await {
+                assert_eq!(result.unwrap().unwrap(), Upsert::Inserted);
+            }
+
+            for m in [&a, &b] {
+                let rows = m.list().await.unwrap();
+                assert_eq!(rows.len(), 1000);
+                assert_eq!(rows.iter().filter(|r| r.host == "a.example").count(), 500);
+                assert_eq!(rows.iter().filter(|r| r.host == "b.example").count(), 500);
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn data_version_changes_only_on_other_connections_commits() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("manifest.db");
+            let a = Manifest::open(&path).unwrap();
+            let b = Manifest::open(&path).unwrap();
+            let v0 = a.data_version().await.unwrap();
+            a.upsert(page("a.example", "/own")).await.unwrap();
+            assert_eq!(
+                a.data_version().await.unwrap(),
+                v0,
+                "own commits do not count"
+            );
+            b.upsert(page("a.example", "/other")).await.unwrap();
+            assert_ne!(a.data_version().await.unwrap(), v0);
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn dropping_the_last_handle_closes_the_database() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("manifest.db");
+            let m = Manifest::open(&path).unwrap();
+            let clone = m.clone();
+            m.upsert(page("a.example", "/x")).await.unwrap();
+            drop(m);
+            // A surviving clone keeps the thread alive.
+            assert_eq!(clone.count().await.unwrap(), 1);
+            drop(clone);
+            // SQLite removes the WAL when its last connection closes: proof the thread exited
+            // and dropped its connection.
+            let wal = dir.path().join("manifest.db-wal");
+            while wal.exists() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn oversized_page_is_refused_before_the_database() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            let err = m
+                .upsert(PageRow {
+                    size: u64::MAX,
+                    ..page("a.example", "/x")
+                })
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, ManifestError::SizeOutOfRange { size: u64::MAX }),
+                "{err:?}"
+            );
+            assert_eq!(m.count().await.unwrap(), 0);
+        })
+        .await
+    }
+
+    #[test]
+    fn options_default_and_litefs_mode_parses_from_config() {
+        #[derive(Deserialize)]
+        struct Config {
+            litefs: LitefsMode,
+        }
+        for (text, mode) in [
+            ("off", LitefsMode::Off),
+            ("auto", LitefsMode::Auto),
+            ("on", LitefsMode::On),
+        ] {
+            let parsed: Config = toml::from_str(&format!("litefs = {text:?}")).unwrap();
+            assert_eq!(parsed.litefs, mode);
+            assert_eq!(mode.as_str(), text);
+        }
+        assert!(toml::from_str::<Config>("litefs = \"yes\"").is_err());
+
+        let o = ManifestOptions::default();
+        assert_eq!(o.litefs, LitefsMode::Auto);
+        assert_eq!(o.flush_interval, Duration::from_millis(100));
+        assert_eq!((o.max_batch, o.max_queue), (512, 100_000));
+        assert_eq!(o.halt_timeout, Duration::from_secs(10));
+        assert_eq!(o.retry_max_backoff, Duration::from_secs(5));
+        let hooked = ManifestOptions {
+            on_flush: Some(Arc::new(|| {})),
+            ..o
+        };
+        assert!(format!("{hooked:?}").contains("on_flush: Some"));
+    }
+}

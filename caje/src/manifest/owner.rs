@@ -1,0 +1,777 @@
+//! The owner thread: the one connection, the write queue, batching, retries with backoff.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use super::row::{page_from_row, Record, IDENTICAL_SQL, PAGE_COLUMNS, PAGE_ORDER};
+use super::tombstone::{tombstone_from_row, TOMBSTONES_SINCE_SQL};
+use super::write::{is_retryable, Step, WriteOp};
+// Only named by doc links.
+use super::{
+    halt_unless_primary, release_halt, Database, HaltGuard, LitefsError, ManifestError,
+    ManifestOptions, ManifestStats, Op, PageRow, Shared, Tombstone, Upsert,
+};
+#[cfg(doc)]
+use super::{write::Slot, Manifest};
+
+/// First pause before a failed flush is retried; it doubles up to
+/// [`ManifestOptions::retry_max_backoff`].
+const RETRY_FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A failing flush or a full queue is logged at most this often (with the number of events not
+/// logged), so that an outage of the primary does not flood the log.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// While a batch is replayed one write at a time under a remote HALT, the replay stops when
+/// less than this is left of the HALT's lifetime; the rest waits for the next flush and HALT.
+const HALT_MARGIN: Duration = Duration::from_secs(5);
+
+/// Lets an event be logged at most once per [`LOG_EVERY`].
+#[derive(Debug, Default)]
+pub(super) struct LogLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// `Some(events not logged since the last time)` when this one may be logged.
+    pub(super) fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < LOG_EVERY)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, ManifestError>>;
+
+pub(super) enum Command {
+    /// Boxed: a write is much larger than a read's reply, and it waits in the queue.
+    Write(Box<WriteOp>),
+    List(Reply<Vec<PageRow>>),
+    Count(Reply<u64>),
+    DataVersion(Reply<i64>),
+    Stats(Reply<ManifestStats>),
+    /// [`Manifest::tombstones_since`]: ids above the first field.
+    Tombstones(i64, Reply<Vec<(i64, Tombstone)>>),
+}
+
+/// The thread that owns the connection.
+pub(super) struct Owner {
+    pub(super) conn: Connection,
+    pub(super) rx: mpsc::Receiver<Command>,
+    /// The LiteFS database in LiteFS mode: its role is read before every flush.
+    pub(super) litefs: Option<Database>,
+    pub(super) options: ManifestOptions,
+    pub(super) shared: Arc<Shared>,
+    /// Counters; `pending` and `overflow` live in `shared` and are filled in by `stats`.
+    pub(super) stats: ManifestStats,
+    /// Writes not yet answered, oldest first. A flush takes its batch from the front and pops
+    /// each write only when answering it.
+    pub(super) pending: VecDeque<Queued>,
+    /// Set while flushes fail: the next attempt waits until then.
+    pub(super) retry: Option<Retry>,
+    /// Rate limit of the "flush failed" warning.
+    pub(super) failure_log: LogLimit,
+}
+
+pub(super) struct Queued {
+    op: Box<WriteOp>,
+    /// When it was queued: the batch it starts is due `flush_interval` later.
+    since: Instant,
+}
+
+/// A failing flush's backoff.
+pub(super) struct Retry {
+    /// Consecutive failed attempts.
+    failures: u32,
+    /// When to try again.
+    at: Instant,
+}
+
+/// Why a flush failed as a whole; its batch stays queued.
+#[derive(Debug)]
+enum FlushError {
+    Halt(LitefsError),
+    Sqlite { op: Op, source: rusqlite::Error },
+}
+
+impl fmt::Display for FlushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlushError::Halt(e) => write!(f, "LiteFS {e}"),
+            FlushError::Sqlite { op, source } => write!(f, "manifest {op} failed: {source}"),
+        }
+    }
+}
+
+/// How one write transaction ended.
+enum Batch {
+    /// Committed: every write has its outcome.
+    Committed,
+    /// Rolled back for a reason that is not one write's: retry the batch later.
+    Retry(FlushError),
+    /// Rolled back because of one write (its error rolled back the whole transaction, or the
+    /// commit refused a constraint): find it by writing the batch one write at a time.
+    OneWrite(Op, Arc<rusqlite::Error>),
+}
+
+impl Batch {
+    fn from_error(op: Op, source: rusqlite::Error) -> Batch {
+        if is_retryable(&source) {
+            Batch::Retry(FlushError::Sqlite { op, source })
+        } else {
+            Batch::OneWrite(op, Arc::new(source))
+        }
+    }
+}
+
+/// The pause before retry number `failures` (1-based): 100 ms doubling, capped at `max`.
+fn backoff(failures: u32, max: Duration) -> Duration {
+    let factor = 1u32
+        .checked_shl(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    RETRY_FIRST_BACKOFF.saturating_mul(factor).min(max)
+}
+
+impl Owner {
+    pub(super) fn run(mut self) {
+        // Set once every handle is gone: the queue is then written without waiting, and the
+        // thread exits when it is empty.
+        let mut closing = false;
+        // Commands taken while a flush was already due; bounded so a flood cannot postpone it.
+        let mut drained = 0;
+        loop {
+            let due = self.flush_due_at(closing);
+            let now = Instant::now();
+            let received = match due {
+                None if closing => break,
+                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(at) if at > now && closing => {
+                    std::thread::sleep(at - now);
+                    Err(RecvTimeoutError::Timeout)
+                }
+                Some(at) if at > now => self.rx.recv_timeout(at - now),
+                // Due: what has already arrived joins first, so even a zero interval batches a
+                // burst, and reads that arrived are not kept waiting behind the flush.
+                Some(_) if !closing && drained < self.options.max_batch => {
+                    self.rx.try_recv().map_err(|e| match e {
+                        TryRecvError::Empty => RecvTimeoutError::Timeout,
+                        TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                    })
+                }
+                Some(_) => Err(RecvTimeoutError::Timeout),
+            };
+            match received {
+                Ok(command) => {
+                    if due.is_some_and(|at| at <= now) {
+                        drained += 1;
+                    }
+                    self.handle(command);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    drained = 0;
+                    self.flush();
+                }
+                Err(RecvTimeoutError::Disconnected) => closing = true,
+            }
+        }
+        tracing::debug!("manifest owner thread exiting");
+        // Dropping `self.conn` closes the database (and checkpoints the WAL if it was the last
+        // connection).
+    }
+
+    /// When the next flush is due: `None` with nothing queued.
+    fn flush_due_at(&self, closing: bool) -> Option<Instant> {
+        let oldest = self.pending.front()?;
+        if let Some(retry) = &self.retry {
+            return Some(retry.at);
+        }
+        if closing || self.pending.len() >= self.options.max_batch {
+            return Some(Instant::now());
+        }
+        // An interval too large for `Instant` means "only when full".
+        Some(
+            oldest
+                .since
+                .checked_add(self.options.flush_interval)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
+        )
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Write(op) => self.enqueue(op),
+            Command::List(reply) => drop(reply.send(self.list())),
+            Command::Count(reply) => drop(reply.send(self.count())),
+            Command::DataVersion(reply) => drop(reply.send(self.data_version())),
+            Command::Stats(reply) => drop(reply.send(Ok(self.stats()))),
+            Command::Tombstones(after_id, reply) => {
+                drop(reply.send(self.tombstones_since(after_id)))
+            }
+        }
+    }
+
+    fn enqueue(&mut self, mut op: Box<WriteOp>) {
+        if let WriteOp::Upsert(slot) = &mut *op {
+            self.stats.upserts += 1;
+            // Repeated fills of an unchanged page must not write (nor take the write lock or
+            // HALT, a round trip to the primary). With nothing queued before it, answering now
+            // cannot reorder it against an earlier write of the same key.
+            if self.pending.is_empty() && self.is_identical(&slot.input) {
+                slot.outcome = Some(Ok(Upsert::Unchanged));
+                self.stats.skipped_batches += 1;
+                self.answer(op, None);
+                return;
+            }
+        }
+        self.pending.push_back(Queued {
+            op,
+            since: Instant::now(),
+        });
+    }
+
+    /// Sends a write's answer and stops counting it as pending.
+    fn answer(&self, op: Box<WriteOp>, error: Option<ManifestError>) {
+        op.finish(error);
+        self.shared.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Answers the oldest queued write; see [`Slot::finish`].
+    fn answer_front(&mut self, error: Option<ManifestError>) {
+        if let Some(queued) = self.pending.pop_front() {
+            self.answer(queued.op, error);
+        }
+    }
+
+    /// Writes the oldest batch. On failure the batch stays queued and the next attempt is
+    /// scheduled with backoff.
+    fn flush(&mut self) {
+        let n = self.pending.len().min(self.options.max_batch);
+        if n == 0 {
+            return;
+        }
+        // A batch made only of no-op upserts needs no transaction. Only a whole batch is
+        // answered here: answering part of one early could reorder it against a later write of
+        // the same key.
+        if self.all_identical(n) {
+            self.stats.skipped_batches += 1;
+            for queued in self.pending.iter_mut().take(n) {
+                if let WriteOp::Upsert(slot) = &mut *queued.op {
+                    slot.outcome = Some(Ok(Upsert::Unchanged));
+                }
+            }
+            for _ in 0..n {
+                self.answer_front(None);
+            }
+            self.recovered();
+            return;
+        }
+        let started = Instant::now();
+        match self.flush_batch(n) {
+            Ok(()) => {
+                self.stats.flushes += 1;
+                tracing::debug!(writes = n, elapsed = ?started.elapsed(), "manifest batch written");
+                self.recovered();
+            }
+            Err(e) => self.failed(e),
+        }
+    }
+
+    /// HALT when needed, then the batch's transaction(s), then the release.
+    fn flush_batch(&mut self, n: usize) -> Result<(), FlushError> {
+        // The role is re-read every time: `.primary` appears and disappears with failovers.
+        let halt = halt_unless_primary(self.litefs.as_ref(), self.options.halt_timeout)
+            .map_err(FlushError::Halt)?;
+        if halt.is_some() {
+            self.stats.halts += 1;
+        }
+        let result = match self.transaction(n) {
+            Batch::Committed => {
+                for _ in 0..n {
+                    self.answer_front(None);
+                }
+                Ok(())
+            }
+            Batch::Retry(e) => Err(e),
+            Batch::OneWrite(op, source) => self.write_one_by_one(n, halt.as_ref(), op, &source),
+        };
+        // After the transaction ended: holding HALT across COMMIT/ROLLBACK is the point.
+        release_halt(halt);
+        result
+    }
+
+    /// Replays a batch that one write aborted as one transaction per write, so that only that
+    /// write fails. Rare (a write's error normally undoes only its own statement).
+    fn write_one_by_one(
+        &mut self,
+        n: usize,
+        halt: Option<&HaltGuard>,
+        op: Op,
+        cause: &rusqlite::Error,
+    ) -> Result<(), FlushError> {
+        tracing::warn!(%op, error = %cause, writes = n, "a manifest write aborted its batch; writing the batch one write at a time");
+        for _ in 0..n {
+            if halt
+                .and_then(HaltGuard::remaining_lifetime)
+                .is_some_and(|left| left < HALT_MARGIN)
+            {
+                // The rest stays queued, already due, and gets a fresh HALT.
+                return Ok(());
+            }
+            match self.transaction(1) {
+                Batch::Committed => self.answer_front(None),
+                Batch::OneWrite(op, source) => {
+                    tracing::warn!(%op, error = %source, "manifest write refused");
+                    self.answer_front(Some(ManifestError::Sqlite { op, source }));
+                }
+                Batch::Retry(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the oldest `n` queued writes in one `BEGIN IMMEDIATE` transaction: after `open`,
+    /// the only place that writes. HALT, if needed, is already held. Outcomes are kept in the
+    /// queued writes and answered by the caller after a commit; any other end forgets them.
+    fn transaction(&mut self, n: usize) -> Batch {
+        let Owner {
+            conn,
+            pending,
+            options,
+            stats,
+            ..
+        } = self;
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            // Not being able to begin is never one write's fault.
+            Err(source) => {
+                return Batch::Retry(FlushError::Sqlite {
+                    op: Op::Begin,
+                    source,
+                })
+            }
+        };
+        let mut rows = 0;
+        let mut aborted = None;
+        for queued in pending.iter_mut().take(n) {
+            match queued.op.run(&mut tx) {
+                Step::Done(changed) => rows += changed,
+                // SQLite undid the whole transaction, not just the statement.
+                Step::Failed(op, source) if tx.is_autocommit() => {
+                    aborted = Some(Batch::OneWrite(op, source));
+                    break;
+                }
+                // The write answers with its own error; the others go on.
+                Step::Failed(..) => {}
+                Step::Retry(op, source) => {
+                    aborted = Some(Batch::Retry(FlushError::Sqlite { op, source }));
+                    break;
+                }
+            }
+        }
+        let ended = match aborted {
+            Some(batch) => batch, // dropping `tx` rolls back
+            None => {
+                if let Some(hook) = &options.on_flush {
+                    hook();
+                }
+                match tx.commit() {
+                    Ok(()) => {
+                        stats.write_transactions += 1;
+                        stats.rows_written += rows;
+                        return Batch::Committed;
+                    }
+                    // A failed commit was rolled back when `commit` dropped the transaction.
+                    Err(source) => Batch::from_error(Op::Commit, source),
+                }
+            }
+        };
+        for queued in pending.iter_mut().take(n) {
+            queued.op.reset();
+        }
+        ended
+    }
+
+    fn failed(&mut self, e: FlushError) {
+        let failures = self.retry.as_ref().map_or(0, |r| r.failures) + 1;
+        let delay = backoff(failures, self.options.retry_max_backoff);
+        self.retry = Some(Retry {
+            failures,
+            at: Instant::now() + delay,
+        });
+        self.stats.failed_flushes += 1;
+        let message = e.to_string();
+        if let Some(suppressed) = self.failure_log.allow() {
+            tracing::warn!(
+                error = %message,
+                pending = self.pending.len(),
+                failures,
+                suppressed,
+                retry_in = ?delay,
+                "manifest flush failed; its writes stay queued and will be retried"
+            );
+        }
+        self.stats.last_error = Some(message);
+    }
+
+    fn recovered(&mut self) {
+        if let Some(retry) = self.retry.take() {
+            tracing::info!(
+                failures = retry.failures,
+                "manifest flushes work again after failing"
+            );
+            // The next outage's first failure is logged at once.
+            self.failure_log = LogLimit::default();
+        }
+    }
+
+    fn stats(&self) -> ManifestStats {
+        ManifestStats {
+            pending: self.shared.pending.load(Ordering::SeqCst) as u64,
+            overflow: self.shared.overflow.load(Ordering::Relaxed),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Whether the oldest `n` queued writes are all upserts identical to their stored rows.
+    fn all_identical(&self, n: usize) -> bool {
+        self.pending.iter().take(n).all(|queued| match &*queued.op {
+            WriteOp::Upsert(slot) => self.is_identical(&slot.input),
+            _ => false,
+        })
+    }
+
+    /// Whether the upsert matches its stored row exactly. Each check is its own short implicit
+    /// read transaction. A failed check just means "not known identical": the write
+    /// transaction will run and report any real error.
+    fn is_identical(&self, r: &Record) -> bool {
+        self.conn
+            .prepare_cached(IDENTICAL_SQL)
+            .and_then(|mut stmt| {
+                stmt.query_row(
+                    params![
+                        r.key.host,
+                        r.key.method,
+                        r.key.path,
+                        r.key.vary,
+                        r.status,
+                        r.stored_at,
+                        r.expires_at,
+                        r.size,
+                        r.etag,
+                        r.last_modified,
+                        r.tags
+                    ],
+                    |row| row.get::<_, bool>(0),
+                )
+            })
+            .inspect_err(|e| tracing::debug!(error = %e, op = %Op::Check, "manifest check failed"))
+            .unwrap_or(false)
+    }
+
+    fn list(&self) -> Result<Vec<PageRow>, ManifestError> {
+        let sql = format!("SELECT {PAGE_COLUMNS} FROM pages {PAGE_ORDER}");
+        let err = |e| ManifestError::sqlite(Op::List, e);
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(err)?;
+        let rows = stmt.query_map([], page_from_row).map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+
+    fn tombstones_since(&self, after_id: i64) -> Result<Vec<(i64, Tombstone)>, ManifestError> {
+        let err = |e| ManifestError::sqlite(Op::Tombstones, e);
+        let mut stmt = self
+            .conn
+            .prepare_cached(TOMBSTONES_SINCE_SQL)
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([after_id], tombstone_from_row)
+            .map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+
+    fn count(&self) -> Result<u64, ManifestError> {
+        self.conn
+            .query_row("SELECT count(*) FROM pages", [], |row| row.get::<_, i64>(0))
+            // count(*) is never negative.
+            .map(|n| n.unsigned_abs())
+            .map_err(|e| ManifestError::sqlite(Op::Count, e))
+    }
+
+    fn data_version(&self) -> Result<i64, ManifestError> {
+        self.conn
+            .pragma_query_value(None, "data_version", |row| row.get(0))
+            .map_err(|e| ManifestError::sqlite(Op::DataVersion, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::litefs::tests::hold_halt;
+    use crate::manifest::test_support::*;
+    use crate::manifest::*;
+
+    use std::time::{Duration, Instant};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_upserts_are_batched() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..1000 {
+                let m = m.clone();
+                tasks.spawn(async move { m.upsert(page("a.example", &format!("/{i}"))).await });
+            }
+            while let Some(result) = tasks.join_next().await {
+                assert_eq!(result.unwrap().unwrap(), Upsert::Inserted);
+            }
+            let stats = m.stats().await.unwrap();
+            assert_eq!((stats.upserts, stats.rows_written), (1000, 1000));
+            assert!(stats.write_transactions < 1000, "not batched: {stats:?}");
+            assert_eq!(m.count().await.unwrap(), 1000);
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_queue_refuses_new_writes_and_keeps_the_queued_ones() {
+        bounded(async {
+            let dir = replica_dir();
+            let path = dir.path().join("manifest.db");
+            let m = Manifest::open_with(
+                &path,
+                ManifestOptions {
+                    max_queue: 10,
+                    ..quick(LitefsMode::On)
+                },
+            )
+            .unwrap();
+            let lock = hold_halt(&path);
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..10 {
+                let m = m.clone();
+                tasks.spawn(async move { m.upsert(page("a.example", &format!("/{i}"))).await });
+            }
+            stats_until(&m, |s| s.pending == 10).await;
+
+            for i in 10..12 {
+                let err = m
+                    .upsert(page("a.example", &format!("/{i}")))
+                    .await
+                    .unwrap_err();
+                assert!(matches!(err, ManifestError::QueueFull), "{err:?}");
+            }
+            let err = m.clear().await.unwrap_err();
+            assert!(matches!(err, ManifestError::QueueFull), "{err:?}");
+            assert_eq!(m.count().await.unwrap(), 0, "reads are still answered");
+            let stats = m.stats().await.unwrap();
+            assert_eq!((stats.pending, stats.overflow), (10, 3), "{stats:?}");
+
+            drop(lock);
+            while let Some(result) = tasks.join_next().await {
+                assert_eq!(result.unwrap().unwrap(), Upsert::Inserted);
+            }
+            assert_eq!(m.count().await.unwrap(), 10);
+            assert_eq!(m.stats().await.unwrap().pending, 0);
+            assert_eq!(
+                m.upsert(page("a.example", "/10")).await.unwrap(),
+                Upsert::Inserted
+            );
+        })
+        .await
+    }
+
+    /// One HALT serves many fills: writes arriving within the interval share its transaction.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_within_the_flush_interval_share_one_transaction_and_halt() {
+        bounded(async {
+            let dir = replica_dir();
+            let m = Manifest::open_with(
+                &dir.path().join("manifest.db"),
+                ManifestOptions {
+                    flush_interval: Duration::from_millis(100),
+                    ..quick(LitefsMode::On)
+                },
+            )
+            .unwrap();
+            let before = m.stats().await.unwrap();
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..200 {
+                let m = m.clone();
+                tasks.spawn(async move { m.upsert(page("a.example", &format!("/{i}"))).await });
+            }
+            while let Some(result) = tasks.join_next().await {
+                assert_eq!(result.unwrap().unwrap(), Upsert::Inserted);
+            }
+            let stats = m.stats().await.unwrap();
+            assert_eq!(stats.rows_written, 200);
+            assert!(stats.write_transactions <= 3, "not batched: {stats:?}");
+            assert!(stats.halts - before.halts <= 3, "{stats:?}");
+            assert!(stats.halts > before.halts, "{stats:?}");
+        })
+        .await
+    }
+
+    /// `RAISE(ROLLBACK)` undoes the whole transaction, not just the statement: the batch is
+    /// replayed one write at a time and only the guilty write fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_that_aborts_its_batch_fails_alone() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("manifest.db");
+            let m = Manifest::open_with(
+                &path,
+                ManifestOptions {
+                    flush_interval: Duration::from_millis(200),
+                    ..quick(LitefsMode::Off)
+                },
+            )
+            .unwrap();
+            observer(&path)
+                .execute_batch(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON tombstones
+                     WHEN NEW.host = 'bad.example' BEGIN SELECT RAISE(ROLLBACK, 'refused'); END",
+                )
+                .unwrap();
+            let url = |host: &str| Purge::Url {
+                host: host.into(),
+                path: "/".into(),
+            };
+            let mut upserts = tokio::task::JoinSet::new();
+            for i in 0..5 {
+                let m = m.clone();
+                upserts.spawn(async move { m.upsert(page("a.example", &format!("/{i}"))).await });
+            }
+            let (bad, good) = tokio::join!(
+                m.add_tombstone(tombstone(url("bad.example"), 1000, 2000)),
+                m.add_tombstone(tombstone(url("good.example"), 1000, 2000)),
+            );
+            let err = bad.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ManifestError::Sqlite {
+                        op: Op::AddTombstone,
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            let good = good.unwrap();
+            while let Some(result) = upserts.join_next().await {
+                assert_eq!(result.unwrap().unwrap(), Upsert::Inserted);
+            }
+            assert_eq!(m.count().await.unwrap(), 5);
+            let tombstones = m.tombstones_since(0).await.unwrap();
+            assert_eq!(tombstones.len(), 1);
+            assert_eq!(tombstones[0].0, good);
+            let stats = m.stats().await.unwrap();
+            assert_eq!((stats.failed_flushes, stats.pending), (0, 0), "{stats:?}");
+            // One batch, replayed as one transaction per write; the refused one commits nothing.
+            assert!(stats.write_transactions >= 6, "not replayed: {stats:?}");
+        })
+        .await
+    }
+
+    /// A write whose caller went away, on a manifest whose last handle is dropped before its
+    /// batch was due, is still written.
+    #[tokio::test]
+    async fn queued_writes_outlive_their_callers_and_the_last_handle() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("manifest.db");
+            let m = Manifest::open_with(
+                &path,
+                ManifestOptions {
+                    flush_interval: Duration::from_secs(3600),
+                    ..quick(LitefsMode::Off)
+                },
+            )
+            .unwrap();
+            let writer = {
+                let m = m.clone();
+                tokio::spawn(async move { m.upsert(page("a.example", "/orphan")).await })
+            };
+            stats_until(&m, |s| s.pending == 1).await;
+            writer.abort();
+            assert!(writer.await.unwrap_err().is_cancelled());
+            assert_eq!(m.count().await.unwrap(), 0, "written before its interval");
+            drop(m);
+
+            let raw = observer(&path);
+            while raw
+                .query_row("SELECT count(*) FROM pages", [], |r| r.get::<_, i64>(0))
+                .unwrap()
+                == 0
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+
+    #[test]
+    fn retry_backoff_doubles_from_100ms_up_to_its_cap() {
+        let cap = Duration::from_secs(5);
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(backoff(1, cap), ms(100));
+        assert_eq!(backoff(2, cap), ms(200));
+        assert_eq!(backoff(6, cap), ms(3200));
+        assert_eq!(backoff(7, cap), cap);
+        assert_eq!(backoff(u32::MAX, cap), cap);
+    }
+
+    /// Rows/s for 10,000 upserts, batched (concurrent callers) vs one transaction per row
+    /// (sequential callers). `cargo test -- --ignored --nocapture bench_` to run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "benchmark"]
+    async fn bench_batched_vs_per_row_upserts() {
+        const N: usize = 10_000;
+        let dir = tempfile::tempdir().unwrap();
+
+        let m = Manifest::open(&dir.path().join("serial.db")).unwrap();
+        let started = Instant::now();
+        for i in 0..N {
+            m.upsert(page("a.example", &format!("/{i}"))).await.unwrap();
+        }
+        let serial = started.elapsed();
+        let serial_stats = m.stats().await.unwrap();
+
+        let m = Manifest::open(&dir.path().join("batched.db")).unwrap();
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..N {
+            let m = m.clone();
+            tasks.spawn(async move { m.upsert(page("a.example", &format!("/{i}"))).await });
+        }
+        while let Some(result) = tasks.join_next().await {
+            result.unwrap().unwrap();
+        }
+        let batched = started.elapsed();
+        let batched_stats = m.stats().await.unwrap();
+
+        let rate = |d: Duration| N as f64 / d.as_secs_f64();
+        println!(
+            "per-row: {:.0} rows/s ({} transactions); batched: {:.0} rows/s ({} transactions)",
+            rate(serial),
+            serial_stats.write_transactions,
+            rate(batched),
+            batched_stats.write_transactions
+        );
+    }
+}
