@@ -222,6 +222,7 @@ fn stats(app: &App) -> Response<Body> {
     let s = &app.stats;
     let (entries, bytes) = app.store.usage();
     let (memory_entries, memory_bytes) = app.store.hot().usage();
+    let (disk_bytes, max_disk_bytes) = app.store.disk_usage();
     json_response(
         StatusCode::OK,
         &json!({
@@ -240,6 +241,9 @@ fn stats(app: &App) -> Response<Body> {
             "stale_served": S::get(&s.stale_served),
             "background_revalidations": S::get(&s.background_revalidations),
             "purged": S::get(&s.purged),
+            "evictions": S::get(&s.evictions),
+            "disk_bytes": disk_bytes,
+            "max_disk_bytes": max_disk_bytes,
             "entries": entries,
             "bytes": bytes,
             "uptime_secs": SystemTime::now()
@@ -286,6 +290,8 @@ async fn status(app: &App) -> Response<Body> {
     let data_version = app.manifest.data_version().await.ok();
     let manifest_stats = app.manifest.stats().await.ok();
     let (entries, bytes) = app.store.usage();
+    let (disk_bytes, max_disk_bytes) = app.store.disk_usage();
+    let evictions = crate::stats::Stats::get(&app.stats.evictions);
     json_response(
         StatusCode::OK,
         &json!({
@@ -306,7 +312,14 @@ async fn status(app: &App) -> Response<Body> {
                     "last_error": s.last_error,
                 })),
             },
-            "cache": { "entries": entries, "bytes": bytes, "flights": app.flights.len() },
+            "cache": {
+                "entries": entries,
+                "bytes": bytes,
+                "disk_bytes": disk_bytes,
+                "max_disk_bytes": max_disk_bytes,
+                "evictions": evictions,
+                "flights": app.flights.len(),
+            },
             "populate": app.populate.status(),
         }),
     )

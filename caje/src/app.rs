@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use crate::cache::flight::Flights;
 use crate::cache::key::{CacheKey, Variant};
 use crate::cache::policy::{self, PolicyOptions};
-use crate::cache::store::{Entry, Store, StoreError, StoreEvent};
+use crate::cache::store::{DiskLimits, Entry, Store, StoreError, StoreEvent};
 use crate::config::{Config, IpNet};
 use crate::manifest::{Manifest, ManifestError, ManifestOptions, PageRow, VARY_ABSENT};
 use crate::origin::{OriginClient, Origins};
@@ -113,6 +113,16 @@ impl App {
         let store_stats = stats.clone();
         let max_variants = config.cache.max_variants;
         let memory_bytes = usize::try_from(config.cache.memory_bytes).unwrap_or(usize::MAX);
+        let limits = DiskLimits {
+            max_bytes: config.cache.max_disk_bytes,
+            max_entries: config.cache.max_entries,
+        };
+        tracing::info!(
+            max_disk_bytes = limits.max_bytes,
+            max_entries = ?limits.max_entries,
+            memory_bytes,
+            "cache limits"
+        );
         let m = &config.manifest;
         let manifest_options = ManifestOptions {
             litefs: m.litefs,
@@ -127,6 +137,7 @@ impl App {
                 &cache_dir,
                 max_variants,
                 memory_bytes,
+                limits,
                 store_stats,
                 events_tx,
             )?;

@@ -203,6 +203,11 @@ pub struct CacheConfig {
     /// Memory for the hot tier: bodies up to 256 KiB served recently are kept in RAM (least
     /// recently used evicted first). 0 disables it; every hit then reads the disk.
     pub memory_bytes: u64,
+    /// Disk cap: bodies plus metadata as they occupy the disk (4 KiB blocks). Beyond it, the
+    /// scan-resistant eviction policy (S3-FIFO) removes entries in the background.
+    pub max_disk_bytes: u64,
+    /// Most entries on disk, if set (the byte cap applies either way).
+    pub max_entries: Option<usize>,
 }
 
 impl Default for CacheConfig {
@@ -218,6 +223,9 @@ impl Default for CacheConfig {
             targeted_cache_control: "Caje-Cache-Control".into(),
             tombstone_ttl_secs: 86_400,
             memory_bytes: 64 * 1024 * 1024,
+            // 10 GiB: safe on the small volumes nodes usually get; raise it to use more.
+            max_disk_bytes: 10 << 30,
+            max_entries: None,
         }
     }
 }

@@ -1,6 +1,5 @@
 //! Purges and their tombstones: the purge target, selecting its rows, the tombstone rows.
 
-
 use rusqlite::{params, params_from_iter, Connection};
 
 use super::row::{check_tag, page_from_row, PAGE_COLUMNS, PAGE_ORDER};

@@ -157,7 +157,7 @@ impl Store {
     ) -> io::Result<Arc<Entry>> {
         let tmp_meta = self.write_temp_meta(dir, name, &meta)?;
         let entry = Arc::new(Entry::new(meta, name.to_owned(), dir.to_owned()));
-        let evicted = {
+        let (gone, evicted) = {
             let _commit = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
             fs::rename(tmp_body, entry.body_path())?;
             if let Err(e) = fs::rename(&tmp_meta, entry.meta_path()) {
@@ -171,7 +171,11 @@ impl Store {
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
-        for old in evicted {
+        for e in &evicted {
+            self.inner.hot.remove(&e.meta.body_file);
+        }
+        self.inner.evictor.evict(evicted);
+        for old in gone {
             self.inner.hot.remove(&old.meta.body_file);
             if old.name != entry.name {
                 let _ = fs::remove_file(old.meta_path());

@@ -1,4 +1,8 @@
 //! The in-memory index: which variants of which pages this node holds, and the lookups on it.
+//!
+//! The eviction policy ([`crate::cache::evict`]) lives inside the index, behind the same lock,
+//! so what the index serves and what the policy counts against `cache.max_disk_bytes` never
+//! disagree: an entry leaves both in one critical section, before its files are unlinked.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -6,27 +10,90 @@ use std::sync::Arc;
 use http::HeaderMap;
 
 use super::{Entry, Lookup, Store};
+use crate::cache::evict::Policy;
 use crate::cache::key::{CacheKey, Variant};
 
-#[derive(Default)]
+/// Disk usage is counted in blocks of this size, as a filesystem allocates them.
+pub const BLOCK: u64 = 4096;
+
+/// Blocks an entry occupies on disk: its body rounded up to whole blocks, plus one block for
+/// its metadata file (metadata is a few hundred bytes to a few KiB; this is not `st_blocks`).
+pub(super) fn disk_blocks(entry: &Entry) -> u64 {
+    entry.meta.body_len.div_ceil(BLOCK) + 1
+}
+
+/// The limits of the disk tier.
+#[derive(Debug, Clone, Copy)]
+pub struct DiskLimits {
+    /// Bodies plus metadata, in bytes, as they occupy the disk.
+    pub max_bytes: u64,
+    /// Most entries, if bounded.
+    pub max_entries: Option<usize>,
+}
+
+impl DiskLimits {
+    /// No limit (tests and tools).
+    pub const UNLIMITED: DiskLimits = DiskLimits {
+        max_bytes: u64::MAX,
+        max_entries: None,
+    };
+
+    fn policy(self) -> Policy {
+        Policy::new(self.max_bytes / BLOCK, self.max_entries)
+    }
+}
+
 pub(super) struct Index {
     pub(super) pages: HashMap<CacheKey, Vec<Arc<Entry>>>,
     pub(super) entries: u64,
     pub(super) bytes: u64,
+    /// Entries by policy key, to turn the victims the policy names into entries.
+    by_id: HashMap<u128, Arc<Entry>>,
+    policy: Policy,
+    limits: DiskLimits,
 }
 
 impl Index {
+    pub(super) fn new(limits: DiskLimits) -> Index {
+        Index {
+            pages: HashMap::new(),
+            entries: 0,
+            bytes: 0,
+            by_id: HashMap::new(),
+            policy: limits.policy(),
+            limits,
+        }
+    }
+
+    /// Empties the index (and the policy); returns every entry it held.
+    pub(super) fn take_all(&mut self) -> Vec<Arc<Entry>> {
+        let all = std::mem::take(&mut self.pages);
+        *self = Index::new(self.limits);
+        all.into_values().flatten().collect()
+    }
+
+    /// Disk blocks the policy counts and the capacity in blocks.
+    pub(super) fn disk_usage(&self) -> (u64, u64) {
+        let u = self.policy.usage();
+        (u.used * BLOCK, u.capacity.saturating_mul(BLOCK))
+    }
+
     /// Inserts or replaces the entry with the same name. When the page then has more than
-    /// `max_variants` variants, the oldest are evicted. Returns the replaced and evicted
-    /// entries, whose files the caller removes.
-    pub(super) fn insert(&mut self, entry: Arc<Entry>, max_variants: usize) -> Vec<Arc<Entry>> {
+    /// `max_variants` variants, the oldest are dropped. Returns the replaced and dropped
+    /// entries, whose files the caller removes, and the entries evicted to stay within the
+    /// disk limits (already out of the index; their files are still on disk).
+    pub(super) fn insert(
+        &mut self,
+        entry: Arc<Entry>,
+        max_variants: usize,
+    ) -> (Vec<Arc<Entry>>, Vec<Arc<Entry>>) {
         let variants = self.pages.entry(entry.meta.key()).or_default();
         self.entries += 1;
         self.bytes += entry.meta.body_len;
         let mut gone = Vec::new();
         match variants.iter().position(|e| e.name == entry.name) {
-            Some(i) => gone.push(std::mem::replace(&mut variants[i], entry)),
-            None => variants.push(entry),
+            Some(i) => gone.push(std::mem::replace(&mut variants[i], entry.clone())),
+            None => variants.push(entry.clone()),
         }
         while variants.len() > max_variants.max(1) {
             let oldest = variants
@@ -39,8 +106,32 @@ impl Index {
         for old in &gone {
             self.entries -= 1;
             self.bytes -= old.meta.body_len;
+            if old.id != entry.id && self.by_id.remove(&old.id).is_some() {
+                self.policy.remove(old.id);
+            }
         }
-        gone
+        if !variants.iter().any(|e| Arc::ptr_eq(e, &entry)) {
+            // The new entry was itself the oldest variant: nothing under its name is left.
+            if self.by_id.remove(&entry.id).is_some() {
+                self.policy.remove(entry.id);
+            }
+            return (gone, Vec::new());
+        }
+        self.by_id.insert(entry.id, entry.clone());
+        let mut evicted = Vec::new();
+        for victim in self.policy.admit(entry.id, disk_blocks(&entry)) {
+            if let Some(e) = self.by_id.get(&victim).cloned() {
+                if self.remove(&e) {
+                    evicted.push(e);
+                }
+            }
+        }
+        (gone, evicted)
+    }
+
+    /// Records a client's use of an entry for the eviction policy.
+    pub(super) fn touch(&mut self, entry: &Entry) {
+        self.policy.touch(entry.id);
     }
 
     /// Swaps `old` for `new` (same page and name) if `old` is still current.
@@ -52,6 +143,7 @@ impl Index {
             return false;
         };
         self.bytes = self.bytes - old.meta.body_len + new.meta.body_len;
+        self.by_id.insert(new.id, new.clone());
         *slot = new;
         true
     }
@@ -71,6 +163,8 @@ impl Index {
         }
         self.entries -= 1;
         self.bytes -= entry.meta.body_len;
+        self.by_id.remove(&entry.id);
+        self.policy.remove(entry.id);
         true
     }
 
@@ -80,6 +174,8 @@ impl Index {
         for e in &removed {
             self.entries -= 1;
             self.bytes -= e.meta.body_len;
+            self.by_id.remove(&e.id);
+            self.policy.remove(e.id);
         }
         removed
     }
@@ -92,15 +188,28 @@ impl Store {
         (idx.entries, idx.bytes)
     }
 
+    /// Bytes the entries occupy on disk as the eviction policy counts them (bodies in whole
+    /// 4 KiB blocks plus one block of metadata each), and the cap (`cache.max_disk_bytes`).
+    pub fn disk_usage(&self) -> (u64, u64) {
+        self.index().disk_usage()
+    }
+
     /// Finds the entry that may answer a request for `key` with these headers.
     pub fn lookup(&self, key: &CacheKey, headers: &HeaderMap) -> Lookup {
-        let idx = self.index();
-        match idx.pages.get(key) {
-            None => Lookup::Miss,
+        let mut idx = self.index();
+        let found = match idx.pages.get(key) {
+            None => return Lookup::Miss,
             Some(variants) => variants
                 .iter()
                 .find(|e| e.meta.variant.matches(headers))
-                .map_or(Lookup::VaryMiss, |e| Lookup::Found(e.clone())),
+                .cloned(),
+        };
+        match found {
+            Some(e) => {
+                idx.touch(&e);
+                Lookup::Found(e)
+            }
+            None => Lookup::VaryMiss,
         }
     }
 

@@ -28,6 +28,7 @@
 //! Serving a hit (reading and checking a body against its length and CRC) is in
 //! [`crate::body`], which calls back into [`Store::remove_corrupt`].
 
+mod evictor;
 mod files;
 mod fill;
 mod index;
@@ -49,6 +50,7 @@ use crate::stats::Stats;
 use index::Index;
 
 pub use fill::{Fill, FillProgress};
+pub use index::{DiskLimits, BLOCK};
 
 /// Top-level directory of the current layout inside `cache_dir`.
 const LAYOUT_DIR: &str = "v1";
@@ -79,6 +81,8 @@ pub struct Entry {
     pub meta: EntryMeta,
     /// 64-hex name (hash of page + variant).
     pub name: String,
+    /// The name's first 128 bits: the entry's key in the eviction policy.
+    pub(crate) id: u128,
     /// Directory holding the meta and body files.
     dir: PathBuf,
     /// The response head decoded once, so a hit does not rebuild it from bytes.
@@ -92,9 +96,20 @@ impl Entry {
         head.1.remove("surrogate-key");
         head.1.remove("surrogate-control");
         crate::headers::append_via(&mut head.1);
+        // Names are 64 hex digits made by `entry_name`; a name that is not (never in
+        // practice) still gets a stable id from its bytes.
+        let id = name
+            .get(..32)
+            .and_then(|h| u128::from_str_radix(h, 16).ok())
+            .unwrap_or_else(|| {
+                name.bytes().fold(0u128, |h, b| {
+                    h.wrapping_mul(0x100_0000_01B3) ^ u128::from(b)
+                })
+            });
         Entry {
             meta,
             name,
+            id,
             dir,
             head,
         }
@@ -136,7 +151,8 @@ pub enum StoreEvent {
         /// Whether the manifest should learn about it.
         announce: bool,
     },
-    /// An entry was removed locally (evicted as an old variant, or purged).
+    /// An entry was removed locally (evicted as an old variant or to stay within the disk
+    /// cap, or purged).
     Removed(Arc<Entry>),
 }
 
@@ -152,6 +168,8 @@ struct Inner {
     max_variants: usize,
     /// Small bodies served recently, in memory.
     hot: HotTier,
+    /// Hands evicted entries to the thread that unlinks their files.
+    evictor: evictor::Evictor,
     /// Makes body and temp file names unique within this process.
     counter: AtomicU64,
     /// Keeps the exclusive lock on `cache_dir/.lock` for the life of the store.
@@ -171,6 +189,7 @@ impl Store {
         dir: &Path,
         max_variants: usize,
         memory_bytes: usize,
+        limits: DiskLimits,
         stats: Arc<Stats>,
         events: mpsc::UnboundedSender<StoreEvent>,
     ) -> Result<Store, StoreError> {
@@ -189,9 +208,12 @@ impl Store {
             .map_err(io_err(&lock_path))?;
         let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
             .map_err(|_| StoreError::Locked(dir.to_owned()))?;
+        let evictor =
+            evictor::Evictor::spawn(stats.clone(), events.clone()).map_err(io_err(dir))?;
         let inner = Arc::new(Inner {
             root,
-            index: Mutex::new(Index::default()),
+            index: Mutex::new(Index::new(limits)),
+            evictor,
             commit: Mutex::new(()),
             max_variants,
             hot: HotTier::new(memory_bytes),
@@ -229,7 +251,14 @@ mod tests {
         // directory lock) for a moment after its last event.
         for _ in 0..100 {
             let (tx, rx) = mpsc::unbounded_channel();
-            match Store::open(dir, 8, 1 << 20, Arc::new(Stats::default()), tx) {
+            match Store::open(
+                dir,
+                8,
+                1 << 20,
+                DiskLimits::UNLIMITED,
+                Arc::new(Stats::default()),
+                tx,
+            ) {
                 Ok(store) => return (store, rx),
                 Err(StoreError::Locked(_)) => {
                     std::thread::sleep(std::time::Duration::from_millis(10))
@@ -261,9 +290,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_store, _rx) = open(dir.path());
         let (tx, _rx2) = mpsc::unbounded_channel();
-        let err = Store::open(dir.path(), 8, 1 << 20, Arc::new(Stats::default()), tx)
-            .err()
-            .unwrap();
+        let err = Store::open(
+            dir.path(),
+            8,
+            1 << 20,
+            DiskLimits::UNLIMITED,
+            Arc::new(Stats::default()),
+            tx,
+        )
+        .err()
+        .unwrap();
         assert!(matches!(err, StoreError::Locked(_)));
     }
 }

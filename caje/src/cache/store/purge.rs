@@ -10,13 +10,7 @@ use crate::cache::key::CacheKey;
 impl Store {
     /// Removes every entry; returns (entries, bytes) removed. Blocking.
     pub fn clear(&self) -> (u64, u64) {
-        let removed: Vec<Arc<Entry>> = {
-            let mut idx = self.index();
-            let all = std::mem::take(&mut idx.pages);
-            idx.entries = 0;
-            idx.bytes = 0;
-            all.into_values().flatten().collect()
-        };
+        let removed: Vec<Arc<Entry>> = self.index().take_all();
         self.inner.hot.clear();
         let bytes = removed.iter().map(|e| e.meta.body_len).sum();
         for e in &removed {
