@@ -258,41 +258,26 @@ fn follow(
     handle: &tokio::runtime::Handle,
     tx: mpsc::Sender<Result<Bytes, BodyError>>,
 ) {
-    let mut file: Option<std::fs::File> = None;
     let mut sent = 0u64;
     loop {
         let state = progress.borrow_and_update().clone();
-        let (available, done, path) = match &state {
+        // The writer's own descriptor: no path is opened, so neither the commit's rename nor
+        // an eviction's unlink can make the body disappear mid-stream.
+        let (available, done, file) = match &state {
             FillProgress::Starting => (0, false, None),
-            FillProgress::Writing { path, written } => (*written, false, Some(path.to_path_buf())),
-            FillProgress::Committed(entry) => (entry.meta.body_len, true, Some(entry.body_path())),
+            FillProgress::Writing { file, written, .. } => (*written, false, Some(file)),
+            FillProgress::Committed(entry, file) => (entry.meta.body_len, true, Some(file)),
             FillProgress::Failed => {
                 let _ = tx.blocking_send(Err("the coalesced origin fetch failed".into()));
                 return;
             }
         };
-        if file.is_none() {
-            if let Some(p) = &path {
-                match std::fs::File::open(p) {
-                    Ok(f) => file = Some(f),
-                    // Renamed between the two reads of the state: look again.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && !done => {}
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(StreamError::Io(e).into()));
-                        return;
-                    }
-                }
-            }
-        }
-        if let Some(f) = file.as_mut() {
-            use std::io::{Seek, SeekFrom};
+        if let Some(f) = file {
+            use std::os::unix::fs::FileExt;
             while sent < available {
                 let want = (available - sent).min(CHUNK as u64) as usize;
                 let mut buf = BytesMut::zeroed(want);
-                if let Err(e) = f
-                    .seek(SeekFrom::Start(sent))
-                    .and_then(|_| f.read_exact(&mut buf))
-                {
+                if let Err(e) = f.read_exact_at(&mut buf, sent) {
                     let _ = tx.blocking_send(Err(StreamError::Io(e).into()));
                     return;
                 }
@@ -302,7 +287,7 @@ fn follow(
                 }
             }
         }
-        if done && file.is_some() {
+        if done {
             return;
         }
         if handle.block_on(progress.changed()).is_err() {

@@ -129,9 +129,9 @@ pub async fn fill_page(
         return FillResult::Failed("no fill".into());
     };
     let committed = progress
-        .wait_for(|p| matches!(p, FillProgress::Committed(_) | FillProgress::Failed))
+        .wait_for(|p| matches!(p, FillProgress::Committed(..) | FillProgress::Failed))
         .await
-        .map(|p| matches!(*p, FillProgress::Committed(_)))
+        .map(|p| matches!(*p, FillProgress::Committed(..)))
         .unwrap_or(false);
     if committed {
         FillResult::Stored

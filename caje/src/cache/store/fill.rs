@@ -30,11 +30,15 @@ pub enum FillProgress {
     Writing {
         /// The temp file.
         path: Arc<PathBuf>,
+        /// The writer's descriptor of it, readable: followers read through it (positional
+        /// reads), so a rename or an eviction's unlink cannot pull the body from under them.
+        file: Arc<File>,
         /// Bytes written so far.
         written: u64,
     },
-    /// The entry is committed; its body is complete at `entry.body_path()`.
-    Committed(Arc<Entry>),
+    /// The entry is committed; its body is complete at `entry.body_path()`, and readable
+    /// through the descriptor even once an eviction has unlinked that path.
+    Committed(Arc<Entry>, Arc<File>),
     /// The fill was abandoned or failed; the body will not be completed.
     Failed,
 }
@@ -57,7 +61,9 @@ impl Store {
                 store.write_entry(meta, rx, &writer_inflight, &writer_progress, announce);
             advance(
                 &writer_progress,
-                committed.map_or(FillProgress::Failed, FillProgress::Committed),
+                committed.map_or(FillProgress::Failed, |(entry, file)| {
+                    FillProgress::Committed(entry, file)
+                }),
             );
         });
         Fill {
@@ -79,21 +85,28 @@ impl Store {
         inflight: &Inflight,
         progress: &watch::Sender<FillProgress>,
         announce: bool,
-    ) -> Option<Arc<Entry>> {
+    ) -> Option<(Arc<Entry>, Arc<File>)> {
         let name = entry_name(&meta.key(), &meta.variant);
         let dir = self.shard_dir(&name);
         let tmp_body = dir.join(format!(".{name}.{:016x}.tmp", self.unique()));
-        let result = (|| -> io::Result<Option<(u64, u32)>> {
+        let result = (|| -> io::Result<Option<(u64, u32, Arc<File>)>> {
             fs::create_dir_all(&dir)?;
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp_body)?;
+            // Readable too: requests coalesced onto this fill read the body through this
+            // descriptor, which stays valid after the rename and after an eviction unlinks
+            // the committed body.
+            let file = Arc::new(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp_body)?,
+            );
             let path = Arc::new(tmp_body.clone());
             advance(
                 progress,
                 FillProgress::Writing {
                     path: path.clone(),
+                    file: file.clone(),
                     written: 0,
                 },
             );
@@ -103,13 +116,14 @@ impl Store {
                 match rx.blocking_recv() {
                     Some(FillMsg::Chunk(data)) => {
                         inflight.written(data.len());
-                        file.write_all(&data)?;
+                        (&*file).write_all(&data)?;
                         crc.update(&data);
                         len += data.len() as u64;
                         advance(
                             progress,
                             FillProgress::Writing {
                                 path: path.clone(),
+                                file: file.clone(),
                                 written: len,
                             },
                         );
@@ -120,9 +134,9 @@ impl Store {
                 }
             }
             file.sync_all()?;
-            Ok(Some((len, crc.finalize())))
+            Ok(Some((len, crc.finalize(), file)))
         })();
-        let (len, crc) = match result {
+        let (len, crc, file) = match result {
             Ok(Some(done)) => done,
             Ok(None) => {
                 let _ = fs::remove_file(&tmp_body);
@@ -138,7 +152,7 @@ impl Store {
         meta.body_len = len;
         meta.body_crc32 = crc;
         match self.commit(&dir, &name, &tmp_body, meta, announce) {
-            Ok(entry) => Some(entry),
+            Ok(entry) => Some((entry, file)),
             Err(e) => {
                 let _ = fs::remove_file(&tmp_body);
                 self.inner.stats.store_failed("committing entry", &e);
