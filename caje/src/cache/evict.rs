@@ -563,7 +563,7 @@ mod tests {
                 0 => {
                     assert_eq!(p.remove(k), model.remove(&k));
                 }
-                1 | 2 | 3 => {
+                1..=3 => {
                     assert_eq!(p.touch(k), model.contains_key(&k));
                 }
                 _ => {
