@@ -23,6 +23,7 @@ use crate::app::App;
 use crate::body::{self, Body};
 use crate::cache::key::CacheKey;
 use crate::cache_status::Outcome;
+use crate::host::Host;
 use crate::manifest::Purge;
 use crate::time::unix_now;
 
@@ -114,13 +115,65 @@ fn authorize<B>(app: &App, req: &Request<B>, peer: SocketAddr) -> Result<(), Box
         };
     }
     if app.admin_allow.iter().any(|n| n.contains(peer.ip())) {
-        Ok(())
+        forgeable_by_browser(req).map_or(Ok(()), |why| {
+            Err(Box::new(json_response(
+                StatusCode::FORBIDDEN,
+                &json!({"error": format!("{why}: without an admin token, state-changing admin requests must not come from a web page; set admin.token (or CAJE_ADMIN_TOKEN) and send Authorization: Bearer <token>")}),
+            )))
+        })
     } else {
         Err(Box::new(json_response(
             StatusCode::FORBIDDEN,
             &json!({"error": format!("admin endpoints are only open to {:?} when no admin token is set; set admin.token (or CAJE_ADMIN_TOKEN) to use them remotely", app.config.admin.allow_from)}),
         )))
     }
+}
+
+/// Why a state-changing admin request could have been sent by a web page the operator's
+/// browser loaded (cross-site request forgery), if it could.
+///
+/// Without a token, admin access rests on the peer address alone, and a browser on the
+/// operator's machine is a loopback peer: any site it visits can make it POST a form to
+/// `http://127.0.0.1:8080/_caje/clear`. A form cannot set `Authorization`, so token requests
+/// are safe; for the rest caje refuses what only a browser sends: an `Origin` or
+/// `Sec-Fetch-Site` that is not this same site, and the three content types a form (or a
+/// "simple" cross-site `fetch`) may use. curl and scripts send none of these.
+fn forgeable_by_browser<B>(req: &Request<B>) -> Option<&'static str> {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return None;
+    }
+    let h = req.headers();
+    let text = |name: header::HeaderName| h.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site")) {
+        if !matches!(site.trim(), "same-origin" | "none") {
+            return Some("the request comes from another site (Sec-Fetch-Site)");
+        }
+    }
+    if let Some(origin) = text(header::ORIGIN) {
+        let origin_host = origin
+            .trim()
+            .split_once("://")
+            .map(|(_, rest)| rest.trim_end_matches('/'));
+        let host = text(header::HOST).map(str::trim);
+        if origin_host.is_none() || origin_host != host {
+            return Some("the request comes from another site (Origin)");
+        }
+    }
+    if let Some(ct) = text(header::CONTENT_TYPE) {
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if matches!(
+            essence.as_str(),
+            "application/x-www-form-urlencoded" | "multipart/form-data" | "text/plain"
+        ) {
+            return Some("the request has a form content type");
+        }
+    }
+    None
 }
 
 /// Compares secrets without leaking where they differ: both sides are hashed first, so the
@@ -321,6 +374,11 @@ async fn status(app: &App) -> Response<Body> {
                 "flights": app.flights.len(),
             },
             "populate": app.populate.status(),
+            "tombstones": {
+                "cursor": app.tombstones.cursor(),
+                "applied": app.tombstones.counts().0,
+                "gaps": app.tombstones.counts().1,
+            },
         }),
     )
 }
@@ -437,15 +495,17 @@ fn purge_target<B>(url: &str, req: &Request<B>) -> Result<CacheKey, String> {
     if !path.starts_with('/') {
         return Err(format!("url {url:?} must be absolute or start with /"));
     }
-    let host = match uri.authority() {
-        Some(a) => a.as_str().to_owned(),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .ok_or("a path-only url needs the request's Host header")?
-            .to_owned(),
+    let (raw, scheme) = match uri.authority() {
+        Some(a) => (a.as_str(), uri.scheme_str().unwrap_or("http")),
+        None => (
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .ok_or("a path-only url needs the request's Host header")?,
+            "http",
+        ),
     };
+    let host = Host::parse(raw, scheme).map_err(|e| format!("host {raw:?} is not valid: {e}"))?;
     Ok(CacheKey::new(&host, &path))
 }
 
@@ -479,7 +539,14 @@ async fn purge(app: &App, what: Purge, soft: bool) -> Response<Body> {
         .fetch_add(local as u64, std::sync::atomic::Ordering::Relaxed);
     let ttl = app.config.cache.tombstone_ttl_secs as i64;
     let (rows, tombstone) = match app.manifest.purge(what.clone(), soft, ttl).await {
-        Ok(out) => (out.rows.len(), Some(out.tombstone_id)),
+        Ok(out) => {
+            // Applied above, before its tombstone existed: not to be applied again here.
+            app.tombstones.purged_here(out.tombstone_id);
+            // This node's own commit does not move its `data_version`: wake the background
+            // task so its cursor (saved on disk) moves past this tombstone now.
+            app.populate.wake();
+            (out.rows.len(), Some(out.tombstone_id))
+        }
         Err(e) => {
             tracing::warn!("purge: manifest update failed: {e}");
             return json_response(

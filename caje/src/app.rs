@@ -6,15 +6,16 @@ use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 
-use crate::cache::flight::Flights;
-use crate::cache::key::{CacheKey, Variant};
+use crate::cache::key::CacheKey;
 use crate::cache::policy::{self, PolicyOptions};
 use crate::cache::store::{DiskLimits, Entry, Store, StoreError, StoreEvent};
 use crate::config::{Config, IpNet};
-use crate::manifest::{Manifest, ManifestError, ManifestOptions, PageRow, VARY_ABSENT};
+use crate::flight::Flights;
+use crate::manifest::{Manifest, ManifestError, ManifestOptions, PageRow, Upsert, VARY_ABSENT};
 use crate::origin::{OriginClient, Origins};
 use crate::populate_state::Populate;
 use crate::stats::Stats;
+use crate::tombstones::Tombstones;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,13 +58,19 @@ pub struct App {
     pub flights: Flights,
     /// Edge-warming state.
     pub populate: Populate,
+    /// `server.strip_request_headers`, parsed once.
+    pub strip_request_headers: Vec<http::HeaderName>,
+    /// How far this node has applied the manifest's purge tombstones.
+    pub tombstones: Arc<Tombstones>,
 }
 
 impl App {
-    /// Opens the store and the manifest and starts the task that records stored pages in the
-    /// manifest. Must be called inside a tokio runtime; blocking work runs on the blocking pool.
+    /// Opens the store and the manifest, applies the purges other nodes recorded since this
+    /// cache directory last did (see [`crate::tombstones`]), and starts the task that records
+    /// stored pages in the manifest. Nothing is served or announced before those purges are
+    /// applied. Must be called inside a tokio runtime; blocking work runs on the blocking pool.
     ///
-    /// Background work (reconcile, tombstones, edge warming) is not started here: call
+    /// Background work (reconcile, later tombstones, edge warming) is not started here: call
     /// [`crate::populate::spawn`] for it. To serve, hand the `App` to [`crate::server::run`].
     ///
     /// # Example
@@ -132,7 +139,7 @@ impl App {
             halt_timeout: std::time::Duration::from_millis(m.halt_timeout_ms),
             ..ManifestOptions::default()
         };
-        let (store, manifest) = tokio::task::spawn_blocking(move || {
+        let (store, manifest, tombstones) = tokio::task::spawn_blocking(move || {
             let store = Store::open(
                 &cache_dir,
                 max_variants,
@@ -148,11 +155,24 @@ impl App {
                 let _ = std::fs::create_dir_all(parent);
             }
             let manifest = Manifest::open_with(&db, manifest_options)?;
-            Ok::<_, StartError>((store, manifest))
+            let tombstones = Tombstones::load(&cache_dir);
+            Ok::<_, StartError>((store, manifest, tombstones))
         })
         .await
         .map_err(|e| StartError::Config(format!("start-up task failed: {e}")))??;
         let admin_token = Some(config.admin.token.clone()).filter(|t| !t.is_empty());
+        let strip_request_headers = config
+            .server
+            .strip_request_headers
+            .iter()
+            .map(|n| {
+                http::HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
+                    StartError::Config(format!(
+                        "server.strip_request_headers entry {n:?} is not a header name"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let app = Arc::new(App {
             policy: PolicyOptions {
                 heuristic_freshness: config.cache.heuristic_freshness,
@@ -169,9 +189,30 @@ impl App {
             started: SystemTime::now(),
             flights: Flights::default(),
             populate: Populate::default(),
+            strip_request_headers,
+            tombstones: Arc::new(tombstones),
             config,
         });
-        tokio::spawn(record_stored(app.manifest.clone(), events_rx));
+        // Before anything can be served, announced or warmed.
+        let caught_up = app.tombstones.catch_up(&app.store, &app.manifest).await?;
+        app.stats.purged.fetch_add(
+            caught_up.affected as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        tracing::info!(
+            applied = caught_up.applied,
+            affected = caught_up.affected,
+            gap = caught_up.gap,
+            dropped = caught_up.dropped,
+            cursor = caught_up.cursor,
+            "purges recorded while this node was away are applied"
+        );
+        tokio::spawn(record_stored(
+            app.manifest.clone(),
+            app.store.clone(),
+            app.tombstones.clone(),
+            events_rx,
+        ));
         Ok(app)
     }
 }
@@ -220,20 +261,21 @@ pub fn page_row(entry: &Entry) -> PageRow {
     }
 }
 
-/// The store variant a manifest row describes (the inverse of the encoding in [`page_row`]).
-pub fn variant_of(row: &PageRow) -> Variant {
-    Variant(
-        row.vary
-            .iter()
-            .map(|(n, v)| (n.clone(), (v != VARY_ABSENT).then(|| v.clone())))
-            .collect(),
-    )
-}
+pub use crate::tombstones::variant_of;
 
 /// Records every committed entry in the manifest. Failures are logged, never propagated to a
 /// client: the manifest describes the cache, it does not gate it. Events that arrive together
 /// are submitted together, so the manifest's owner thread commits them in one transaction.
-async fn record_stored(manifest: Manifest, mut events: mpsc::UnboundedReceiver<StoreEvent>) {
+///
+/// An entry is announced only if it is still held after the tombstones this node has applied
+/// were read, and with those tombstones as its guard: a copy a purge removed in the meantime,
+/// or one a purge this node has not applied yet covers, does not put its row back.
+async fn record_stored(
+    manifest: Manifest,
+    store: Store,
+    tombstones: Arc<Tombstones>,
+    mut events: mpsc::UnboundedReceiver<StoreEvent>,
+) {
     while let Some(first) = events.recv().await {
         let mut batch = vec![first];
         while batch.len() < 512 {
@@ -254,6 +296,11 @@ async fn record_stored(manifest: Manifest, mut events: mpsc::UnboundedReceiver<S
             else {
                 continue;
             };
+            // The guard first: a tombstone applied after it was read removed the entry first.
+            let guard = tombstones.guard();
+            if !store.is_current(&entry) {
+                continue;
+            }
             let row = page_row(&entry);
             let manifest = manifest.clone();
             pending.spawn(async move {
@@ -261,8 +308,14 @@ async fn record_stored(manifest: Manifest, mut events: mpsc::UnboundedReceiver<S
                     host: row.host.clone(),
                     path: row.path.clone(),
                 };
-                if let Err(e) = manifest.upsert(row).await {
-                    tracing::warn!(host = %key.host, path = %key.path, "manifest upsert failed: {e}");
+                match manifest.announce(row, guard).await {
+                    Ok(Upsert::Purged) => {
+                        tracing::debug!(host = %key.host, path = %key.path, "not announced: a purge this node has not applied covers it");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(host = %key.host, path = %key.path, "manifest upsert failed: {e}");
+                    }
                 }
             });
         }

@@ -330,6 +330,12 @@ pub struct ServerConfig {
     /// Trust `X-Forwarded-For` / `X-Forwarded-Proto` sent by the client (set this only behind
     /// a proxy you control, such as Fly's edge).
     pub trust_forwarded: bool,
+    /// A client that reads nothing of a response for this long is disconnected (nginx's
+    /// `send_timeout`), so a stalled reader cannot hold a connection and what feeds it.
+    pub send_timeout_ms: u64,
+    /// Request fields removed before anything else looks at the request: fields with which
+    /// some frameworks rewrite the method or URL after the cache has keyed the request.
+    pub strip_request_headers: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -337,6 +343,11 @@ impl Default for ServerConfig {
         ServerConfig {
             shutdown_grace_ms: 10_000,
             trust_forwarded: false,
+            send_timeout_ms: 60_000,
+            strip_request_headers: crate::headers::REWRITE_DEFAULT
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }
@@ -400,6 +411,26 @@ impl Config {
                     o.url
                 )));
             }
+        }
+        for o in self.origins.iter().filter(|o| o.host != "*") {
+            crate::host::Host::parse(&o.host, "http").map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "origin host {:?} is not a valid host ({e}); use a name such as \"www.example.com\" or \"*\"",
+                    o.host
+                ))
+            })?;
+        }
+        for name in &self.server.strip_request_headers {
+            http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "server.strip_request_headers entry {name:?} is not a header name"
+                ))
+            })?;
+        }
+        if self.server.send_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "server.send_timeout_ms must be at least 1 (milliseconds)".into(),
+            ));
         }
         for net in &self.admin.allow_from {
             IpNet::parse(net).ok_or_else(|| {

@@ -15,13 +15,15 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::body::{self, Body, Tee};
 use crate::cache::entry::EntryMeta;
-use crate::cache::flight::{Join, Leader, SharedHead};
-use crate::cache::key::{self, normalize_host, CacheKey, Variant};
+use crate::cache::key::{self, CacheKey, Variant};
 use crate::cache::policy::{self, Freshness, NotStorable};
 use crate::cache::store::{Entry, Fill, FillProgress, Lookup};
 use crate::cache_status::{Forward, Outcome};
+use crate::flight::{Join, Leader, SharedHead};
 use crate::headers;
+use crate::host::Host;
 use crate::origin::Origin;
+use crate::spool::Spool;
 use crate::stats::Stats;
 use crate::time::unix_now;
 
@@ -36,6 +38,50 @@ pub(crate) struct Ctx {
     /// Record what this request stores in the manifest (false for populate fetches of pages
     /// the manifest already lists).
     pub(crate) announce: bool,
+    /// [`crate::cache::store::Store::purge_epoch`] when this request arrived, before anything
+    /// was sent to the origin: a purge after it drops what this request would store.
+    pub(crate) purge_epoch: u64,
+}
+
+impl Ctx {
+    /// A request ready for the cache and the origin. Its headers become exactly what the
+    /// origin will see ([`headers::prepare_for_origin`]: hop-by-hop and `Connection`-named
+    /// fields out, rewrite fields out, forwarding fields set; `Accept-Encoding` normalised;
+    /// `Host` the canonical host), so that the key's `Vary` values are the ones the origin
+    /// answered to, and the key's host is the one routing used.
+    pub(crate) fn new(
+        app: &Arc<App>,
+        origin: Arc<Origin>,
+        host: Host,
+        mut parts: request::Parts,
+        peer: SocketAddr,
+        announce: bool,
+    ) -> Ctx {
+        headers::prepare_for_origin(
+            &mut parts.headers,
+            peer.ip(),
+            host.as_str(),
+            app.config.server.trust_forwarded,
+            &app.strip_request_headers,
+        );
+        if parts.method == Method::GET || parts.method == Method::HEAD {
+            key::normalize_accept_encoding(&mut parts.headers);
+        }
+        if let Ok(v) = HeaderValue::from_str(host.as_str()) {
+            parts.headers.insert(header::HOST, v);
+        }
+        let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        Ctx {
+            app: app.clone(),
+            origin,
+            key: CacheKey::new(&host, path),
+            host: host.into_string(),
+            parts,
+            peer,
+            announce,
+            purge_epoch: app.store.purge_epoch(),
+        }
+    }
 }
 
 /// What a fill without a client ([`fill_page`]) did.
@@ -62,8 +108,11 @@ pub async fn fill_page(
     path: &str,
     headers: http::HeaderMap,
 ) -> FillResult {
-    let host = normalize_host(host);
-    let Some(origin) = app.origins.route(&host).cloned() else {
+    let host = match Host::parse(host, "http") {
+        Ok(h) => h,
+        Err(e) => return FillResult::Failed(format!("the host {host:?} is not valid: {e}")),
+    };
+    let Some(origin) = app.origins.route(host.as_str()).cloned() else {
         return FillResult::Failed(format!("no origin is configured for host {host:?}"));
     };
     let (mut parts, ()) = Request::new(()).into_parts();
@@ -73,19 +122,8 @@ pub async fn fill_page(
         Err(e) => return FillResult::Failed(format!("bad path {path:?}: {e}")),
     };
     parts.headers = headers;
-    if let Ok(v) = HeaderValue::from_str(&host) {
-        parts.headers.insert(header::HOST, v);
-    }
-    key::normalize_accept_encoding(&mut parts.headers);
-    let ctx = Ctx {
-        app: app.clone(),
-        origin,
-        key: CacheKey::new(&host, path),
-        host,
-        parts,
-        peer: SocketAddr::from(([127, 0, 0, 1], 0)),
-        announce: false,
-    };
+    let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+    let ctx = Ctx::new(app, origin, host, parts, peer, false);
     if let Lookup::Found(entry) = app.store.lookup(&ctx.key, &ctx.parts.headers) {
         let fresh = !entry.meta.invalidated
             && matches!(
@@ -120,7 +158,8 @@ pub async fn fill_page(
         stored,
         progress,
     } = respond_from_origin(&ctx, rparts, rbody, Forward::UriMiss, Some(leader));
-    drain(response).await;
+    // The spool's pump stores the body without a reader.
+    drop(response);
     if let Err(why) = stored {
         return FillResult::NotStored(why.as_str());
     }
@@ -156,23 +195,11 @@ pub(crate) fn origin_request(
         .origin
         .uri_for(pq)
         .map_err(|e| format!("caje: cannot build origin URL for {pq:?}: {e}\n"))?;
+    // Already what the origin may see (`Ctx::new`); only `Host` and validators change here.
     let mut headers = parts.headers.clone();
-    headers::strip_hop_by_hop(&mut headers);
-    let client_host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or(&ctx.host)
-        .to_owned();
-    headers::set_forwarded(
-        &mut headers,
-        ctx.peer.ip(),
-        &client_host,
-        ctx.app.config.server.trust_forwarded,
-    );
     let host_value = match ctx.origin.host_header {
         crate::config::HostHeader::Origin => ctx.origin.authority.as_str().to_owned(),
-        crate::config::HostHeader::Client => client_host,
+        crate::config::HostHeader::Client => ctx.host.clone(),
     };
     if let Ok(v) = HeaderValue::from_str(&host_value) {
         headers.insert(header::HOST, v);
@@ -256,7 +283,7 @@ pub(crate) fn respond_from_origin(
     let stored = decision.as_ref().map(|_| ()).map_err(|e| *e);
     let outcome = Outcome::forwarded(fwd, status, stored);
     let tags = surrogate_keys(&rparts.headers);
-    let fill = match decision {
+    let (fill, spool) = match decision {
         Ok(storable) => {
             let variant = Variant::from_request(&storable.vary_names, &ctx.parts.headers);
             let meta = EntryMeta {
@@ -273,9 +300,13 @@ pub(crate) fn respond_from_origin(
                 tags,
                 invalidated: false,
             };
-            let fill = app
-                .store
-                .begin_fill(meta, app.config.cache.max_object_bytes, ctx.announce);
+            let fill = app.store.begin_fill(
+                meta,
+                app.config.cache.max_object_bytes,
+                ctx.announce,
+                ctx.purge_epoch,
+            );
+            let spool = Spool::new(content_length);
             if let Some(leader) = leader {
                 let mut shared = rparts.headers.clone();
                 shared.remove("surrogate-key");
@@ -288,11 +319,12 @@ pub(crate) fn respond_from_origin(
                         variant,
                         content_length,
                         body_complete: fill.finished_flag(),
+                        spool: spool.clone(),
                     },
                     fill.progress(),
                 );
             }
-            Some(fill)
+            (Some(fill), Some(spool))
         }
         Err(why) => {
             Stats::incr(&app.stats.not_stored);
@@ -300,7 +332,7 @@ pub(crate) fn respond_from_origin(
             if let Some(leader) = leader {
                 leader.uncacheable(Duration::from_secs(app.config.cache.hit_for_miss_secs));
             }
-            None
+            (None, None)
         }
     };
     rparts.headers.remove("surrogate-key");
@@ -317,8 +349,15 @@ pub(crate) fn respond_from_origin(
         app.config.origin_timeouts.body_idle(),
         app.stats.clone(),
     );
+    // A storable body is read from the origin at the origin's pace by the spool's pump, and
+    // this client reads it from the spool like any coalesced one; anything else streams
+    // straight through.
+    let body = match (spool, &progress) {
+        (Some(spool), Some(progress)) => spool.start(tee, progress.clone()).boxed(),
+        _ => tee.boxed(),
+    };
     Answer {
-        response: Response::from_parts(rparts, tee.boxed()),
+        response: Response::from_parts(rparts, body),
         stored,
         progress,
     }
@@ -350,17 +389,6 @@ pub(crate) fn pass_through(
         app.stats.clone(),
     );
     Response::from_parts(rparts, tee.boxed())
-}
-
-/// Reads a response body to its end without a client (background fills).
-pub(crate) async fn drain(response: Response<Body>) -> bool {
-    let mut body = response.into_body();
-    while let Some(frame) = body.frame().await {
-        if frame.is_err() {
-            return false;
-        }
-    }
-    true
 }
 
 /// A client request body, bounded by `limits.max_request_body_bytes`.

@@ -35,19 +35,88 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Request fields through which a client could claim another address, host, port or scheme
+/// (or that other proxies use for that). Unless `server.trust_forwarded` is set, caje removes
+/// them all and sets its own `X-Forwarded-For`/`-Proto`/`-Host`, `X-Real-IP` and `Forwarded`.
+pub const FORWARDING: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-original-forwarded-for",
+];
+
+/// Request fields that make some frameworks rewrite the method or the URL after the cache
+/// has keyed the request (`X-HTTP-Method-Override: DELETE` on a GET, `X-Original-URL:
+/// /admin` on `/`): the default of `server.strip_request_headers`.
+pub const REWRITE_DEFAULT: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// Turns a client's request headers into exactly what the origin will see, before the cache
+/// looks at them: hop-by-hop and `Connection`-named fields out, the configured rewrite
+/// fields out, forwarding fields replaced (or extended when `trust`). The cache key's `Vary`
+/// values are then read from this same map, so a variant is always keyed by what the origin
+/// answered to.
+pub fn prepare_for_origin(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    host: &str,
+    trust: bool,
+    strip: &[HeaderName],
+) {
+    strip_hop_by_hop(headers);
+    for name in strip {
+        headers.remove(name);
+    }
+    set_forwarded(headers, client, host, trust);
+}
+
 /// The `Via` value caje adds.
 pub const VIA: &str = "1.1 caje";
 
-/// Sets `X-Forwarded-For`/`-Proto`/`-Host` and appends to `Via` on a request to the origin.
+/// Sets `X-Forwarded-For`/`-Proto`/`-Host`, `X-Real-IP` and `Forwarded`, and appends to `Via`
+/// on a request to the origin.
 ///
-/// With `trust` false, any client-sent `X-Forwarded-For`/`-Proto` is replaced: a client must not
-/// be able to claim another address. With `trust` true (behind a proxy the operator runs),
-/// caje appends to the chain instead.
+/// With `trust` false, every client-sent forwarding field ([`FORWARDING`]) is removed first: a
+/// client must not be able to claim another address, host or scheme. With `trust` true
+/// (behind a proxy the operator runs), caje appends to the chains instead and keeps the rest.
 pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, client_host: &str, trust: bool) {
-    let client = client.to_canonical().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if trust => format!("{prev}, {client}"),
-        _ => client,
+    let prev_xff = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let prev_fwd = headers
+        .get("forwarded")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if !trust {
+        for name in FORWARDING {
+            headers.remove(*name);
+        }
+    }
+    let client = client.to_canonical();
+    let ip = client.to_string();
+    let xff = match prev_xff {
+        Some(prev) if trust => format!("{prev}, {ip}"),
+        _ => ip.clone(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", v);
@@ -55,8 +124,27 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, client_host: &str,
     if !(trust && headers.contains_key("x-forwarded-proto")) {
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     }
+    if !(trust && headers.contains_key("x-real-ip")) {
+        if let Ok(v) = HeaderValue::from_str(&ip) {
+            headers.insert("x-real-ip", v);
+        }
+    }
     if let Ok(v) = HeaderValue::from_str(client_host) {
         headers.insert("x-forwarded-host", v);
+    }
+    // RFC 7239: IPv6 nodes are quoted and bracketed.
+    let node = if client.is_ipv6() {
+        format!("\"[{ip}]\"")
+    } else {
+        ip
+    };
+    let element = format!("for={node};host={client_host};proto=http");
+    let forwarded = match prev_fwd {
+        Some(prev) if trust => format!("{prev}, {element}"),
+        _ => element,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert("forwarded", v);
     }
     append_via(headers);
 }
@@ -102,5 +190,55 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["via"], "1.1 caje");
+    }
+
+    #[test]
+    fn untrusted_forwarding_claims_are_replaced() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "forwarded",
+            HeaderValue::from_static("for=6.6.6.6;host=evil.example;proto=https"),
+        );
+        h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-port", HeaderValue::from_static("443"));
+        h.insert("true-client-ip", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        set_forwarded(&mut h, ip, "a.example", false);
+        assert_eq!(h["forwarded"], "for=127.0.0.1;host=a.example;proto=http");
+        assert_eq!(h["x-real-ip"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("x-forwarded-port"));
+        assert!(!h.contains_key("true-client-ip"));
+        let v6: IpAddr = "::2".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("forwarded", HeaderValue::from_static("for=10.0.0.1"));
+        set_forwarded(&mut h, v6, "a.example", true);
+        assert_eq!(
+            h["forwarded"],
+            "for=10.0.0.1, for=\"[::2]\";host=a.example;proto=http"
+        );
+    }
+
+    #[test]
+    fn prepared_headers_are_what_the_origin_sees() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, accept-language"),
+        );
+        h.insert("accept-language", HeaderValue::from_static("fr"));
+        h.insert("x-http-method-override", HeaderValue::from_static("DELETE"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        let strip: Vec<HeaderName> = REWRITE_DEFAULT
+            .iter()
+            .map(|n| HeaderName::from_static(n))
+            .collect();
+        prepare_for_origin(&mut h, ip, "a.example", false, &strip);
+        assert!(!h.contains_key("accept-language"));
+        assert!(!h.contains_key("x-http-method-override"));
+        assert_eq!(h["x-keep"], "1");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     }
 }

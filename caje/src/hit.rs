@@ -4,9 +4,10 @@
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{request, Method, Response, StatusCode};
 
-use crate::body::{self, Body, HitError};
+use crate::body::{self, Body};
 use crate::cache::store::{Entry, Store};
 use crate::cache_status::Outcome;
+use crate::file_body::{self, HitError};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -199,7 +200,7 @@ pub async fn respond(
             let body = if head_only {
                 body::empty()
             } else {
-                body::hit_body(store, entry).await?
+                file_body::hit_body(store, entry).await?
             };
             (status, body, len)
         }
@@ -213,7 +214,7 @@ pub async fn respond(
             let body = if head_only {
                 body::empty()
             } else {
-                body::hit_range_body(store, entry, start, n).await?
+                file_body::hit_range_body(store, entry, start, n).await?
             };
             (StatusCode::PARTIAL_CONTENT, body, n)
         }

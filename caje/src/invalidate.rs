@@ -6,10 +6,11 @@ use http::{Method, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::Body;
-use crate::cache::key::{normalize_host, CacheKey};
+use crate::cache::key::CacheKey;
 use crate::cache_status::Forward;
 use crate::fill::{limited, origin_request, pass_through, Ctx};
 use crate::headers;
+use crate::host::Host;
 use crate::request::local;
 use crate::stale::origin_failed;
 use crate::stats::Stats;
@@ -68,9 +69,13 @@ pub(crate) async fn forward_unsafe(ctx: Ctx, body: Incoming) -> Response<Body> {
 fn same_host_key(host: &str, value: &str) -> Option<CacheKey> {
     let uri: http::Uri = value.trim().parse().ok()?;
     let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    match uri.authority() {
-        Some(a) if normalize_host(a.as_str()) != host => None,
-        _ if !path.starts_with('/') => None,
-        _ => Some(CacheKey::new(host, path)),
+    if !path.starts_with('/') {
+        return None;
     }
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let named = match uri.authority() {
+        Some(a) => Host::parse(a.as_str(), scheme).ok()?,
+        None => Host::parse(host, "http").ok()?,
+    };
+    (named.as_str() == host).then(|| CacheKey::new(&named, path))
 }

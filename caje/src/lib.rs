@@ -11,8 +11,10 @@
 //! # Layout
 //! The request path, in the order a request meets it:
 //! - [`server`]: accepts connections, HTTP/1.1 via hyper, graceful shutdown; [`framing`]
-//!   watches each connection for ambiguous request framing that hyper would accept.
-//! - [`request`]: what a client may send (limits, framing, host) and caje's own answers.
+//!   watches each connection for ambiguous request framing that hyper would accept, and
+//!   [`send_timeout`] disconnects clients that stop reading.
+//! - [`request`]: what a client may send (limits, framing, host) and caje's own answers;
+//!   [`host`] computes the one canonical host that routing, the key and the origin share.
 //! - [`proxy`]: the only module that knows the order of steps (validate → admin → route →
 //!   lookup → fresh hit, stale, or the flight's leader/waiters → fill).
 //! - [`admin`]: the `/_caje/` JSON API and its authentication.
@@ -25,7 +27,7 @@
 //! - [`origin`]: host → origin routing and the pooled HTTP(S) client; 502/504 classification.
 //! - [`cache`]: keys ([`cache::key`]), the RFC 9111 policy ([`cache::policy`], the only user
 //!   of `http-cache-semantics`), entry metadata ([`cache::entry`]), request coalescing
-//!   ([`cache::flight`]), the memory tier ([`cache::hot`]) and the disk store
+//!   ([`flight`]), the memory tier ([`cache::hot`]) and the disk store
 //!   ([`cache::store`]).
 //! - [`body`]: the tee that streams a miss to the client while filling the cache, and the
 //!   verified reader that serves hits.
@@ -33,6 +35,8 @@
 //!   on replicas).
 //! - [`populate`]: edge warming from the manifest, purge tombstones, start-up reconcile; its
 //!   shared state ([`populate_state`]) is what [`app::App`] holds.
+//! - [`tombstones`]: applying other nodes' purges in order (before serving at start, then as
+//!   they come), the per-node cursor, and the guard that keeps purged rows from coming back.
 //! - [`headers`], [`cache_status`], [`stats`], [`config`], [`time`], [`app`]: supporting
 //!   pieces.
 //!
@@ -45,10 +49,13 @@ pub mod body;
 pub mod cache;
 pub mod cache_status;
 pub mod config;
+pub mod file_body;
 pub mod fill;
+pub mod flight;
 pub mod framing;
 pub mod headers;
 pub mod hit;
+pub mod host;
 pub mod invalidate;
 pub mod manifest;
 pub mod origin;
@@ -56,7 +63,10 @@ pub mod populate;
 pub mod populate_state;
 pub mod proxy;
 pub mod request;
+pub mod send_timeout;
 pub mod server;
+pub mod spool;
 pub mod stale;
 pub mod stats;
 pub mod time;
+pub mod tombstones;

@@ -17,8 +17,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::Body;
-use crate::cache::key::normalize_host;
 use crate::config::{HostHeader, OriginConfig, OriginTimeouts};
+use crate::host::Host;
 
 /// One configured origin.
 #[derive(Debug, Clone)]
@@ -74,7 +74,12 @@ impl Origins {
                 .ok_or_else(|| format!("origin url {:?} has no host", c.url))?;
             let prefix = uri.path().trim_end_matches('/').to_owned();
             list.push(Arc::new(Origin {
-                host: (c.host != "*").then(|| normalize_host(&c.host)),
+                // Validated at load (`Config::validate`); the canonical form is what requests
+                // are routed by.
+                host: (c.host != "*").then(|| {
+                    Host::parse(&c.host, "http")
+                        .map_or_else(|_| c.host.to_ascii_lowercase(), Host::into_string)
+                }),
                 scheme,
                 authority,
                 prefix,

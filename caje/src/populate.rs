@@ -9,6 +9,7 @@
 //! is coalesced with client misses. Fetches are bounded by a concurrency limit and a
 //! per-origin rate, and retried. The same task applies purge tombstones other nodes recorded.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,9 +20,10 @@ use tokio::sync::Semaphore;
 use crate::app::{page_row, variant_of, App};
 use crate::cache::key::CacheKey;
 use crate::fill::{fill_page, FillResult};
-use crate::manifest::{PageRow, Purge};
-pub use crate::populate_state::{PassReport, Populate, PopulateStatus};
+use crate::manifest::{PageRow, Upsert};
+pub use crate::populate_state::{PassReport, Populate, PopulateStatus, ReconcileReport};
 use crate::time::unix_now;
+use crate::tombstones::same_version;
 
 /// The request headers a manifest row recorded (its Vary values), for refetching it.
 fn row_headers(row: &PageRow) -> HeaderMap {
@@ -134,74 +136,103 @@ async fn fetch_with_retries(app: &Arc<App>, row: &PageRow) -> FillResult {
     }
 }
 
-/// Applies the tombstones recorded after `cursor` to this node's disk; returns the new cursor.
-async fn apply_tombstones(app: &Arc<App>, cursor: i64) -> i64 {
-    let tombstones = match app.manifest.tombstones_since(cursor).await {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!("populate: cannot read tombstones: {e}");
-            return cursor;
-        }
-    };
-    let mut next = cursor;
-    for (id, t) in tombstones {
-        next = next.max(id);
-        let store = app.store.clone();
-        let before = t.created_at.max(0) as u64;
-        let soft = t.soft;
-        let affected = tokio::task::spawn_blocking(move || match &t.kind {
-            Purge::Url { host, path } => store.apply_purge(
-                Some(&CacheKey {
-                    host: host.clone(),
-                    path: path.clone(),
-                }),
-                None,
-                soft,
-                before,
-            ),
-            Purge::Tag(tag) => store.apply_purge(None, Some(tag), soft, before),
-            Purge::All => store.apply_purge(None, None, soft, before),
-        })
-        .await
-        .unwrap_or(0);
-        if affected > 0 {
-            app.populate
-                .tombstones_applied
-                .fetch_add(1, Ordering::Relaxed);
+/// Applies the tombstones this node has not applied yet (see [`crate::tombstones`]).
+async fn apply_tombstones(app: &Arc<App>) {
+    match app.tombstones.catch_up(&app.store, &app.manifest).await {
+        Ok(done) => {
             app.stats
                 .purged
-                .fetch_add(affected as u64, Ordering::Relaxed);
-            tracing::info!(id, affected, "applied a purge from the manifest");
+                .fetch_add(done.affected as u64, Ordering::Relaxed);
+            app.populate
+                .tombstones_applied
+                .store(app.tombstones.counts().0, Ordering::Relaxed);
         }
+        Err(e) => tracing::warn!("populate: cannot read tombstones: {e}"),
     }
-    next
 }
 
-/// Re-announces every entry on this node's disk to the manifest, so rows lost (a LiteFS
-/// primary that died before replicating, a cleared manifest) come back. Rows that are
-/// already right are not rewritten.
-pub async fn reconcile(app: &Arc<App>) -> usize {
+/// Announces the entries on this node's disk that the manifest lacks, or lists in an older
+/// version, so rows lost (a LiteFS primary that died before replicating, a cleared manifest)
+/// come back. A row for the same version is left alone, however this node got its copy (it
+/// fetched it itself at another time, or warmed it): otherwise every restart would move rows
+/// between nodes. Announcements are guarded by the tombstones this node has applied, so a
+/// purged copy never comes back. Returns its report.
+pub async fn reconcile(app: &Arc<App>) -> ReconcileReport {
+    let started = Instant::now();
+    let mut report = ReconcileReport::default();
+    let rows = match app.manifest.list().await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!("reconcile: cannot read the manifest: {e}");
+            return report;
+        }
+    };
+    let mut listed: HashMap<CacheKey, Vec<PageRow>> = HashMap::new();
+    for row in rows.into_iter().filter(|r| r.method == "GET") {
+        listed
+            .entry(CacheKey {
+                host: row.host.clone(),
+                path: row.path.clone(),
+            })
+            .or_default()
+            .push(row);
+    }
+    // The guard before the entries: a tombstone applied after it was read removed its
+    // entries first.
+    let guard = app.tombstones.guard();
     let entries = app.store.entries();
+    report.entries = entries.len();
     let mut tasks = tokio::task::JoinSet::new();
     for entry in &entries {
+        if entry.meta.invalidated {
+            continue;
+        }
+        let row = listed
+            .get(&entry.meta.key())
+            .and_then(|rows| rows.iter().find(|r| variant_of(r) == entry.meta.variant));
+        let newer = match row {
+            None => true,
+            Some(row) => {
+                !same_version(row, &entry.meta) && entry.meta.stored_at as i64 > row.stored_at
+            }
+        };
+        if !newer {
+            continue;
+        }
+        report.announced += 1;
         let manifest = app.manifest.clone();
         let row = page_row(entry);
-        tasks.spawn(async move { manifest.upsert(row).await });
+        let guard = guard.clone();
+        tasks.spawn(async move { manifest.announce(row, guard).await });
     }
-    let mut failed = 0;
     while let Some(r) = tasks.join_next().await {
-        if !matches!(r, Ok(Ok(_))) {
-            failed += 1;
+        match r {
+            Ok(Ok(Upsert::Inserted | Upsert::Updated)) => report.written += 1,
+            Ok(Ok(Upsert::Purged)) => report.purged += 1,
+            Ok(Ok(Upsert::Unchanged)) => {}
+            Ok(Err(_)) | Err(_) => report.failed += 1,
         }
     }
-    if failed > 0 {
-        tracing::warn!(failed, "reconcile: some rows could not be re-announced");
+    if report.failed > 0 {
+        tracing::warn!(
+            failed = report.failed,
+            "reconcile: some rows could not be re-announced"
+        );
     }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    report.finished_at = unix_now();
     tracing::info!(
-        entries = entries.len(),
+        entries = report.entries,
+        announced = report.announced,
+        written = report.written,
+        purged = report.purged,
         "reconciled this node's cache with the manifest"
     );
-    entries.len()
+    *app.populate
+        .last_reconcile
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
+    report
 }
 
 /// Starts the node's background work: reconciling its disk with the manifest, applying
@@ -214,8 +245,10 @@ pub fn spawn(app: &Arc<App>) {
 
 /// The background task: reconcile once (and again when the manifest's role changes, and every
 /// 10 minutes), then apply tombstones and run a pass whenever the manifest changes, when
-/// woken, and at least every `populate.interval_secs`.
+/// woken, and at least every `populate.interval_secs`. [`App::start`] has already applied the
+/// tombstones recorded before it.
 pub async fn run(app: Arc<App>) {
+    apply_tombstones(&app).await;
     reconcile(&app).await;
     let cfg = app.config.populate.clone();
     let poll = Duration::from_millis(cfg.poll_ms.max(50));
@@ -223,8 +256,11 @@ pub async fn run(app: Arc<App>) {
     let mut last_version = None;
     let mut last_txid = None;
     let mut last_pass = Instant::now() - full_every;
-    let mut cursor = 0i64;
     let mut last_expiry = Instant::now();
+    let mut last_reconcile = Instant::now();
+    // Tombstones are deleted once expired; with a short TTL that must happen sooner than every
+    // 10 minutes, or the table keeps what it should not.
+    let expiry_every = Duration::from_secs(app.config.cache.tombstone_ttl_secs.clamp(1, 600));
     let mut last_role = app.manifest.role().await;
     loop {
         // A new primary may have lost the last transactions of the old one (asynchronous
@@ -245,17 +281,20 @@ pub async fn run(app: Arc<App>) {
         last_version = version;
         last_txid = txid;
         if changed || last_pass.elapsed() >= full_every {
-            cursor = apply_tombstones(&app, cursor).await;
+            apply_tombstones(&app).await;
             if cfg.enabled {
                 pass(&app, &|_, _| {}).await;
             }
             last_pass = Instant::now();
         }
-        if last_expiry.elapsed() >= Duration::from_secs(600) {
-            last_expiry = Instant::now();
+        if last_reconcile.elapsed() >= Duration::from_secs(600) {
+            last_reconcile = Instant::now();
             // Rows lost anywhere (a failover, a manual clear/db) come back within minutes;
             // rows that are right cost no write.
             reconcile(&app).await;
+        }
+        if last_expiry.elapsed() >= expiry_every {
+            last_expiry = Instant::now();
             if let Err(e) = app.manifest.expire_tombstones(unix_now() as i64).await {
                 tracing::debug!("expiring tombstones: {e}");
             }

@@ -32,6 +32,25 @@ pub struct PassReport {
     pub finished_at: u64,
 }
 
+/// What one reconcile did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReconcileReport {
+    /// Entries on this node's disk.
+    pub entries: usize,
+    /// Entries announced: the manifest lacked them, or listed an older version.
+    pub announced: usize,
+    /// Rows those announcements inserted or updated.
+    pub written: usize,
+    /// Announcements refused because a purge this node had not applied covers them.
+    pub purged: usize,
+    /// Announcements that failed.
+    pub failed: usize,
+    /// How long it took.
+    pub duration_ms: u64,
+    /// When it finished, unix seconds.
+    pub finished_at: u64,
+}
+
 /// Live state of the populate task, for `/_caje/status`.
 #[derive(Default)]
 pub struct Populate {
@@ -44,6 +63,7 @@ pub struct Populate {
     pub(crate) in_progress_total: AtomicUsize,
     pub(crate) tombstones_applied: AtomicU64,
     pub(crate) last: Mutex<Option<PassReport>>,
+    pub(crate) last_reconcile: Mutex<Option<ReconcileReport>>,
     /// Next time each origin may be sent a populate request (per-origin rate limit).
     pub(crate) next_slot: Mutex<HashMap<String, Instant>>,
 }
@@ -59,6 +79,8 @@ pub struct PopulateStatus {
     pub tombstones_applied: u64,
     /// The last completed pass.
     pub last_pass: Option<PassReport>,
+    /// The last reconcile.
+    pub last_reconcile: Option<ReconcileReport>,
 }
 
 impl Populate {
@@ -76,6 +98,11 @@ impl Populate {
                 .then(|| [self.in_progress_done.load(Ordering::Relaxed), total]),
             tombstones_applied: self.tombstones_applied.load(Ordering::Relaxed),
             last_pass: self.last.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            last_reconcile: self
+                .last_reconcile
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 

@@ -7,7 +7,7 @@
 //! 4. for GET/HEAD, look the page up: a fresh entry is served from disk ([`crate::hit`]);
 //!    a stale one within `stale-while-revalidate` is served while one background request
 //!    refreshes it ([`crate::stale`]);
-//! 5. otherwise join the URL's flight ([`crate::cache::flight`]): the leader goes to the
+//! 5. otherwise join the URL's flight ([`crate::flight`]): the leader goes to the
 //!    origin (conditionally when it holds a stale entry with validators) and streams the
 //!    answer back, teeing it into the cache ([`crate::fill`]); waiters stream the leader's
 //!    fill;
@@ -22,17 +22,17 @@ use std::time::{Duration, SystemTime};
 
 use http::header;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::admin;
 use crate::app::App;
 use crate::body::{self, Body};
-use crate::cache::flight::{FlightState, Join, Leader, SharedHead};
-use crate::cache::key::{self, CacheKey};
 use crate::cache::policy::{self, Freshness};
 use crate::cache::store::{Entry, FillProgress, Lookup};
 use crate::cache_status::{Forward, Outcome};
 use crate::fill::{limited, origin_request, pass_through, respond_from_origin, Ctx};
+use crate::flight::{FlightState, Join, Leader, SharedHead};
 use crate::headers;
 use crate::hit;
 use crate::invalidate::forward_unsafe;
@@ -59,41 +59,29 @@ pub async fn handle(
         return admin::handle(&app, req, peer).await;
     }
     Stats::incr(&app.stats.requests);
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let (host, absolute) = match request_host(&parts) {
         Ok(h) => h,
         Err(msg) => return local(StatusCode::BAD_REQUEST, msg),
     };
-    if absolute && !app.origins.is_explicit(&host) {
+    if absolute && !app.origins.is_explicit(host.as_str()) {
         return local(
             StatusCode::MISDIRECTED_REQUEST,
             format!("caje: refusing absolute-form request for {host}: caje is a reverse proxy, not a forward proxy\n"),
         );
     }
-    let Some(origin) = app.origins.route(&host).cloned() else {
+    let Some(origin) = app.origins.route(host.as_str()).cloned() else {
         return local(
             StatusCode::MISDIRECTED_REQUEST,
             format!("caje: no origin is configured for host {host:?}; add an [[origins]] entry for it or a \"*\" origin\n"),
         );
     };
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
     let cacheable = parts.method == Method::GET || parts.method == Method::HEAD;
-    if cacheable {
-        key::normalize_accept_encoding(&mut parts.headers);
+    let has_body = request_has_body(&parts);
+    let ctx = Ctx::new(&app, origin, host, parts, peer, true);
+    if cacheable && has_body {
+        return forward_with_body(&ctx, body).await;
     }
-    let ctx = Ctx {
-        app: app.clone(),
-        origin,
-        key: CacheKey::new(&host, &path),
-        host,
-        parts,
-        peer,
-        announce: true,
-    };
     if cacheable {
         serve_cacheable(ctx, body).await
     } else {
@@ -186,7 +174,7 @@ async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
                         }
                     }
                     Stats::incr(&app.stats.collapsed);
-                    collapsed_response(&head, progress, fwd)
+                    collapsed_response(&head, fwd)
                 }
                 FlightState::Refreshed(entry) if entry.meta.variant.matches(&ctx.parts.headers) => {
                     let outcome = Outcome {
@@ -248,18 +236,14 @@ async fn serve_entry(
 }
 
 /// The response for a request collapsed onto another's fill.
-fn collapsed_response(
-    head: &SharedHead,
-    progress: tokio::sync::watch::Receiver<FillProgress>,
-    fwd: Forward,
-) -> Response<Body> {
+fn collapsed_response(head: &SharedHead, fwd: Forward) -> Response<Body> {
     let mut headers = head.headers.clone();
     let outcome = Outcome {
         collapsed: true,
         ..Outcome::forwarded(fwd, head.status.as_u16(), Ok(()))
     };
     headers.insert("cache-status", outcome.header_value());
-    let mut res = Response::new(body::follow_fill(progress, head.content_length));
+    let mut res = Response::new(head.spool.reader().boxed());
     *res.status_mut() = head.status;
     *res.headers_mut() = headers;
     res
@@ -328,7 +312,8 @@ async fn forward(
         Some(b) => limited(app, b),
         None => body::empty(),
     };
-    let for_cache = ctx.parts.method == Method::GET && fwd != Forward::Request;
+    let for_cache =
+        ctx.parts.method == Method::GET && !matches!(fwd, Forward::Request | Forward::Bypass);
     let oreq = match origin_request(ctx, req_body, for_cache, None) {
         Ok(r) => r,
         Err(msg) => return local(StatusCode::BAD_REQUEST, msg),
@@ -349,7 +334,35 @@ async fn forward(
         }
     }
     if !for_cache {
-        return pass_through(app, rparts, rbody, fwd);
+        let mut res = pass_through(app, rparts, rbody, fwd);
+        if fwd == Forward::Bypass {
+            let outcome = Outcome {
+                fwd: Some(fwd),
+                fwd_status: Some(res.status().as_u16()),
+                detail: Some("request-body"),
+                ..Outcome::default()
+            };
+            res.headers_mut()
+                .insert("cache-status", outcome.header_value());
+        }
+        return res;
     }
     respond_from_origin(ctx, rparts, rbody, fwd, None).response
+}
+
+/// Whether a request carries a body (a `Content-Length` other than 0, or chunked).
+fn request_has_body(parts: &http::request::Parts) -> bool {
+    parts.headers.contains_key(header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// A GET or HEAD with a body: passed through to the origin, never stored and never answered
+/// from the cache. The body is not part of the cache key, and the origin may answer it
+/// differently, so any copy could be the wrong one (`Cache-Status: fwd=bypass;
+/// detail=request-body`).
+async fn forward_with_body(ctx: &Ctx, body: Incoming) -> Response<Body> {
+    forward(ctx, Some(body), Forward::Bypass, None).await
 }

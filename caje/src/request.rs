@@ -6,23 +6,37 @@ use http::header::{self, HeaderValue};
 use http::{request, Method, Request, Response, StatusCode};
 
 use crate::body::{self, Body};
-use crate::cache::key::normalize_host;
 use crate::cache_status::Outcome;
 use crate::config::Limits;
+use crate::host::Host;
 
-/// The host a request is for, and whether it came from an absolute-form target.
-pub fn request_host(parts: &request::Parts) -> Result<(String, bool), String> {
+/// The canonical host a request is for, and whether it came from an absolute-form target.
+///
+/// An absolute-form target's authority wins over `Host` (RFC 9112 §3.2.2); otherwise there
+/// must be exactly one `Host`. Either is parsed strictly ([`Host::parse`]): a malformed host
+/// is refused here, before routing, so nothing downstream ever sees a raw host.
+pub fn request_host(parts: &request::Parts) -> Result<(Host, bool), String> {
     if let Some(auth) = parts.uri.authority() {
-        return Ok((normalize_host(auth.as_str()), true));
+        let scheme = parts.uri.scheme_str().unwrap_or("http");
+        return Host::parse(auth.as_str(), scheme)
+            .map(|h| (h, true))
+            .map_err(|e| {
+                format!(
+                    "caje: the request target's host {:?} is not valid: {e}\n",
+                    auth.as_str()
+                )
+            });
     }
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
-        (Some(h), None) => h
-            .to_str()
-            .ok()
-            .filter(|h| !h.is_empty())
-            .map(|h| (normalize_host(h), false))
-            .ok_or_else(|| "caje: the Host header is empty or not valid text\n".to_owned()),
+        (Some(h), None) => {
+            let text = h
+                .to_str()
+                .map_err(|_| "caje: the Host header is not valid text\n".to_owned())?;
+            Host::parse(text, "http")
+                .map(|h| (h, false))
+                .map_err(|e| format!("caje: the Host header {text:?} is not valid: {e}\n"))
+        }
         (None, _) => Err("caje: the request has no Host header\n".to_owned()),
         (Some(_), Some(_)) => Err("caje: the request has more than one Host header\n".to_owned()),
     }

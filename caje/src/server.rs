@@ -18,6 +18,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::app::App;
 use crate::framing::{Scanner, Verdict, Watched};
 use crate::proxy;
+use crate::send_timeout::SendTimeout;
+
+/// Runs a request handler, turning a panic inside it into `None`, so that a bug reached by
+/// some input costs that request a 500 and a log line, never an empty reply or the
+/// connection's other requests.
+struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Some(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(None),
+        }
+    }
+}
 
 /// Connections the kernel queues before caje accepts them. tokio's default (128) overflows
 /// under a burst of new connections (a thundering herd on one cold URL), and each dropped SYN
@@ -109,6 +131,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let app_send_timeout_ms = app.config.server.send_timeout_ms;
         let app = app.clone();
         let verdict = Arc::new(Verdict::default());
         let scanner = Scanner::new(
@@ -124,10 +147,22 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
             let n = served.fetch_add(1, Ordering::Relaxed) + 1;
             let ambiguous = verdict.rejects(n);
             async move {
-                Ok::<_, std::convert::Infallible>(proxy::handle(app, req, peer, ambiguous).await)
+                let handled = CatchPanic(Box::pin(proxy::handle(app, req, peer, ambiguous)));
+                let res = handled.await.unwrap_or_else(|| {
+                    tracing::error!(%peer, "a request handler panicked; answered 500");
+                    crate::request::local(
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "caje: internal error while handling this request (logged)\n".into(),
+                    )
+                });
+                Ok::<_, std::convert::Infallible>(res)
             }
         });
-        let io = TokioIo::new(Watched::new(stream, scanner));
+        let send_timeout = Duration::from_millis(app_send_timeout_ms);
+        let io = TokioIo::new(SendTimeout::new(
+            Watched::new(stream, scanner),
+            send_timeout,
+        ));
         let conn = builder.serve_connection(io, service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -9,11 +9,11 @@ use http::{request, Request, Response, StatusCode};
 
 use crate::body::{self, Body};
 use crate::cache::entry::EntryMeta;
-use crate::cache::flight::Leader;
 use crate::cache::policy;
 use crate::cache::store::Entry;
 use crate::cache_status::{Forward, Outcome};
-use crate::fill::{drain, origin_request, respond_from_origin, Ctx};
+use crate::fill::{origin_request, respond_from_origin, Ctx};
+use crate::flight::Leader;
 use crate::headers;
 use crate::hit;
 use crate::origin::OriginError;
@@ -58,6 +58,7 @@ pub(crate) async fn stale_while_revalidate(
             parts: clone_parts(&ctx.parts),
             peer: ctx.peer,
             announce: true,
+            purge_epoch: ctx.app.store.purge_epoch(),
         };
         let entry = entry.clone();
         tokio::spawn(async move { revalidate_in_background(&bg, entry, leader).await });
@@ -93,8 +94,14 @@ async fn revalidate_in_background(ctx: &Ctx, entry: Arc<Entry>, leader: Leader) 
         }
         return;
     }
-    let answer = respond_from_origin(ctx, rparts, rbody, Forward::Stale, Some(leader));
-    drain(answer.response).await;
+    // A storable body is pumped into the cache by its spool whether or not anyone reads it.
+    drop(respond_from_origin(
+        ctx,
+        rparts,
+        rbody,
+        Forward::Stale,
+        Some(leader),
+    ));
 }
 
 /// Applies a 304 to a stored entry; returns the refreshed entry.

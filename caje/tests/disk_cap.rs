@@ -1,12 +1,16 @@
 //! `cache.max_disk_bytes`: the cap holds under many fills (files are really deleted, evictions
-//! counted), and eviction racing hits and fills never serves a torn body.
+//! counted), eviction racing hits and fills never serves a torn body, and a slow client of a
+//! fill whose body is evicted before it has read it still gets all of it.
 
 mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{eventually, gen, get, within, Caje, Origin};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+
+use support::{assert_same_body, eventually, gen, get, within, Caje, Origin};
 
 /// Blocks the cap counts: bodies and metas in whole 4 KiB blocks, as caje counts them.
 fn files_on_disk(dir: &Path) -> (usize, u64) {
@@ -143,6 +147,79 @@ async fn eviction_racing_hits_and_fills_never_tears_a_body() {
         );
         assert!(stats["evictions"].as_u64().unwrap() >= 20, "{stats}");
         assert!(stats["disk_bytes"].as_u64().unwrap() <= 524_288, "{stats}");
+    })
+    .await
+}
+
+/// A client of a large fill reads nothing until the fill has committed and its body has been
+/// evicted (its files unlinked); then it reads everything. The spool serves what left its
+/// memory window through the fill writer's own descriptor, never by reopening a path, so the
+/// client gets the whole body.
+#[tokio::test]
+async fn a_slow_client_of_a_fill_gets_the_whole_body_after_its_eviction() {
+    within(90, async {
+        let origin = Origin::start();
+        // 12 MiB cap, memory tier off: two 8 MiB pages do not fit, so the second evicts the
+        // first (new pages wait in S3-FIFO's small queue and leave first).
+        let caje = Caje::start(
+            &origin,
+            "[cache]\nmax_disk_bytes = 12582912\nmemory_bytes = 0\n",
+        );
+        const BODY: usize = 8 << 20;
+        let big = gen("evicted-big", &format!("cc=max-age%3D600&bytes={BODY}"));
+        let want = get(&origin.url(&big), &[]).await.body;
+        assert_eq!(want.len(), BODY);
+
+        // A tiny receive window: the client holds a few KiB; the rest waits in the spool
+        // (1 MiB in memory, the rest in the fill's file).
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let mut slow = socket.connect(caje.addr()).await.expect("connect");
+        let req = format!("GET {big} HTTP/1.1\r\nHost: {}\r\n\r\n", caje.addr());
+        slow.write_all(req.as_bytes()).await.expect("send");
+
+        eventually(30, "the big fill committed", || async {
+            caje.stat("stored").await == 1
+        })
+        .await;
+        let other = gen("evicted-other", &format!("cc=max-age%3D600&bytes={BODY}"));
+        let r = caje.get(&other).await;
+        assert_eq!(r.status, 200);
+        eventually(10, "the first page evicted and unlinked", || async {
+            caje.stat("evictions").await >= 1
+        })
+        .await;
+        let (metas, _) = files_on_disk(&caje.cache_dir());
+        assert_eq!(metas, 1, "only the second page is left on disk");
+
+        // Now read it all.
+        let mut got = Vec::with_capacity(BODY + 1024);
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut need = usize::MAX;
+        while got.len() < need {
+            let n = slow.read(&mut buf).await.expect("read");
+            assert!(
+                n > 0,
+                "caje closed the connection after {} bytes",
+                got.len()
+            );
+            got.extend_from_slice(&buf[..n]);
+            if need == usize::MAX {
+                if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                    assert!(head.starts_with("http/1.1 200"), "{head}");
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse::<usize>().expect("content-length"))
+                        .expect("a fill of a known length is sent with content-length");
+                    need = end + 4 + len;
+                    got.drain(..end + 4);
+                    need -= end + 4;
+                }
+            }
+        }
+        assert_same_body(&got, &want, "the slow client's body");
     })
     .await
 }

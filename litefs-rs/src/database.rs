@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::halt::{self, HaltGuard, RetryPolicy};
+use crate::halt::{self, HaltGuard};
+use crate::lease::{Clock, LeaseConfig};
 use crate::mount::Mount;
 use crate::pos::{Pos, Txid};
+use crate::retry::RetryPolicy;
 
 /// First and last pause between two reads of `-pos` while waiting for a TXID: short at first
 /// because replication usually lands within milliseconds, capped so a long wait stays cheap.
@@ -73,6 +75,8 @@ pub struct Database {
     name: String,
     path: PathBuf,
     lock_path: PathBuf,
+    /// The lease (and its clock) given to the HALT guards of this handle.
+    lease: LeaseConfig,
 }
 
 impl Database {
@@ -84,7 +88,60 @@ impl Database {
             name,
             path,
             lock_path,
+            lease: LeaseConfig::default(),
         }
+    }
+
+    /// This handle with another HALT lease: how long its guards trust themselves before
+    /// [`HaltGuard::is_held`] says `false` and writes through them are refused
+    /// ([`crate::Error::HaltExpired`]). Default [`crate::DEFAULT_HALT_LEASE`] (25 s).
+    ///
+    /// A lease longer than LiteFS's [`crate::HALT_LIFETIME`] (30 s) defeats its purpose; a
+    /// shorter one suits jobs that want more margin (a slow link to the primary).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let db = litefs::Mount::open(dir.path()).unwrap().database("x.db").unwrap();
+    /// let db = db.with_halt_lease(Duration::from_secs(5));
+    /// assert_eq!(db.halt_lease(), Duration::from_secs(5));
+    /// ```
+    pub fn with_halt_lease(mut self, lease: Duration) -> Database {
+        self.lease.duration = lease;
+        self
+    }
+
+    /// This handle with another clock for HALT leases (default [`crate::MonotonicClock`]).
+    /// Tests pass a [`crate::ManualClock`] to expire guards without waiting.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = litefs::Mount::open(dir.path()).unwrap().database("x.db").unwrap();
+    /// # std::fs::write(db.path(), b"").unwrap();
+    /// let clock = litefs::ManualClock::new();
+    /// let guard = db.with_clock(clock.clone()).halt().unwrap();
+    /// clock.advance(Duration::from_secs(60));
+    /// assert!(guard.is_expired());
+    /// ```
+    pub fn with_clock(mut self, clock: impl Clock + 'static) -> Database {
+        self.lease.clock = std::sync::Arc::new(clock);
+        self
+    }
+
+    /// The lease given to this handle's HALT guards.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let db = litefs::Mount::open(dir.path()).unwrap().database("x.db").unwrap();
+    /// assert_eq!(db.halt_lease(), litefs::DEFAULT_HALT_LEASE);
+    /// ```
+    pub fn halt_lease(&self) -> Duration {
+        self.lease.duration
+    }
+
+    pub(crate) fn lease_config(&self) -> &LeaseConfig {
+        &self.lease
     }
 
     /// The database's file name inside the mount.

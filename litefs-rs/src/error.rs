@@ -71,6 +71,19 @@ pub enum Error {
         #[source]
         source: LockError,
     },
+    /// A write was refused because the [`crate::HaltGuard`] outlived its lease
+    /// ([`crate::DEFAULT_HALT_LEASE`] unless configured): LiteFS may already have expired the
+    /// HALT without telling this node, so a commit could land while the primary writes too.
+    /// Drop the guard, take a new HALT and redo the transaction.
+    #[error("HALT on {} held for {held_for:?}, past its lease of {lease:?}: LiteFS may have expired it; take a new HALT", path.display())]
+    HaltExpired {
+        /// The `<db>-lock` file.
+        path: PathBuf,
+        /// How long the guard had been held (since the lock was requested).
+        held_for: Duration,
+        /// The lease it outlived.
+        lease: Duration,
+    },
     /// A wait exceeded its deadline.
     #[error("timed out after {after:?} {phase}")]
     Timeout {
@@ -120,6 +133,8 @@ impl Error {
         match self {
             Error::Lock { source, .. } => source.is_retryable(),
             Error::Timeout { .. } | Error::TxidTimeout { .. } => true,
+            // With a fresh HALT the same write can succeed.
+            Error::HaltExpired { .. } => true,
             Error::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock

@@ -12,6 +12,15 @@
 //!   lock as conflicting with the open file description that holds it, so the same query
 //!   cannot tell anything. Such a node is its own primary and the lock is a real OFD lock that
 //!   serialises every process on this host using the same file ([`HaltKind::Local`]).
+//!
+//! # The lease
+//!
+//! LiteFS expires a remote HALT after 30–35 s without telling the replica, so the guard keeps
+//! its own lease (see `lease.rs`): [`DEFAULT_HALT_LEASE`] unless configured, counted on an
+//! injectable clock from just before the lock request. Once it has run out, `is_held` answers
+//! `false` without asking LiteFS, `check_lease` and `write` refuse with
+//! [`Error::HaltExpired`], and dropping the guard releases it from a background thread (see
+//! [`HaltGuard`] for why).
 
 use std::fmt;
 use std::fs::File;
@@ -21,12 +30,16 @@ use std::time::{Duration, Instant};
 use crate::coordinator::{self, SlotPermit};
 use crate::database::Database;
 use crate::error::{Error, Result, WaitPhase};
+#[cfg(doc)]
+use crate::lease::DEFAULT_HALT_LEASE;
+use crate::lease::{Lease, LeaseConfig};
 use crate::mount::Mount;
 #[cfg(target_os = "linux")]
 use crate::ofd::{self, LockKind, LockRange};
 
 /// How long LiteFS keeps a remote HALT before expiring it (checked every 5 s, so expiry
-/// happens between 30 and 35 s after acquisition). Not configurable.
+/// happens between 30 and 35 s after acquisition). Not configurable in LiteFS; a guard trusts
+/// itself for a shorter lease ([`DEFAULT_HALT_LEASE`]).
 pub const HALT_LIFETIME: Duration = Duration::from_secs(30);
 
 /// How long LiteFS lets a HALT acquisition wait before failing with `EIO`. Not configurable.
@@ -73,6 +86,29 @@ impl HaltKind {
 /// child processes while holding a guard all the same. The guard is `Send`, so it may move into
 /// a `spawn_blocking` closure or a database thread.
 ///
+/// # Lease
+///
+/// LiteFS expires a remote HALT 30–35 s after granting it without telling this node
+/// (`F_OFD_GETLK` still reports the lock), so the guard keeps its own lease,
+/// [`DEFAULT_HALT_LEASE`] (25 s) unless set with [`Database::with_halt_lease`], counted from
+/// just before the lock request. Remote and local guards have a lease; a [`HaltKind::Primary`]
+/// guard holds nothing at LiteFS and never expires. Once the lease has run out:
+///
+/// - [`HaltGuard::is_held`] answers `false` without asking LiteFS;
+/// - [`HaltGuard::check_lease`] and [`HaltGuard::write`] refuse with [`Error::HaltExpired`];
+/// - [`HaltGuard::release`] reports [`Error::HaltExpired`] (after releasing);
+/// - dropping or releasing an expired **remote** guard sends the release from a detached
+///   thread instead of the caller's. The release itself is safe and is what clears the halt
+///   on this node; what wedges LiteFS v0.5.14 is a replica that still holds a halt when the
+///   primary writes after expiring it (it deadlocks applying that transaction, and a release
+///   sent afterwards blocks until that LiteFS restarts). Holding the descriptor open instead
+///   would only make that wedge certain, so the guard releases as soon as it can but never
+///   lets the release block its caller. Other HALTs of the database in this process wait
+///   until that release returned.
+/// - an expired local guard is unlocked and closed at once: a plain OFD lock cannot wedge.
+///
+/// Keep halts in milliseconds and far below the lease: batch rows into one transaction.
+///
 /// ```
 /// let dir = tempfile::tempdir().unwrap();
 /// let db = litefs::Mount::open(dir.path()).unwrap().database("x.db").unwrap();
@@ -90,10 +126,11 @@ pub struct HaltGuard {
     lock_path: PathBuf,
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // read by `is_held` on Linux
     mount: Mount,
-    acquired_at: Instant,
+    lease: Lease,
     /// Keeps other HALTs of this database in this process waiting; dropped after the file
-    /// (field order), so the next one starts only once this lock is gone.
-    _permit: SlotPermit,
+    /// (field order), so the next one starts only once this lock is gone. `None` only once
+    /// handed to a background release with the file.
+    permit: Option<SlotPermit>,
 }
 
 impl fmt::Debug for HaltGuard {
@@ -102,7 +139,8 @@ impl fmt::Debug for HaltGuard {
         f.debug_struct("HaltGuard")
             .field("kind", &self.kind)
             .field("lock_path", &self.lock_path)
-            .field("held_for", &self.acquired_at.elapsed())
+            .field("held_for", &self.lease.elapsed())
+            .field("lease", &self.lease.duration())
             .finish()
     }
 }
@@ -133,7 +171,8 @@ impl HaltGuard {
         &self.lock_path
     }
 
-    /// How long the guard has been held.
+    /// How long the guard has been held, on its lease's clock, counted from just before the
+    /// lock was requested (so it includes the acquisition itself).
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
@@ -142,41 +181,153 @@ impl HaltGuard {
     /// assert!(db.halt().unwrap().held_for() < std::time::Duration::from_secs(5));
     /// ```
     pub fn held_for(&self) -> Duration {
-        self.acquired_at.elapsed()
+        self.lease.elapsed()
     }
 
-    /// For a remote HALT, the time left before LiteFS may expire it (a lower bound, see
-    /// [`HALT_LIFETIME`]); `None` for kinds that do not expire.
+    /// The lease this guard was given ([`DEFAULT_HALT_LEASE`] unless set with
+    /// [`Database::with_halt_lease`]); `None` for a [`HaltKind::Primary`] guard, which never
+    /// expires.
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let db = litefs::Mount::open(dir.path()).unwrap().database("x.db").unwrap();
     /// # std::fs::write(db.path(), b"").unwrap();
-    /// assert_eq!(db.halt().unwrap().remaining_lifetime(), None);
+    /// assert_eq!(db.halt().unwrap().lease(), Some(litefs::DEFAULT_HALT_LEASE));
+    /// ```
+    pub fn lease(&self) -> Option<Duration> {
+        self.expires().then(|| self.lease.duration())
+    }
+
+    /// The time left on the lease (zero once expired); `None` for a [`HaltKind::Primary`]
+    /// guard, which never expires. Stop starting transactions well before it reaches zero.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = litefs::Mount::open(dir.path()).unwrap().database("x.db").unwrap();
+    /// # std::fs::write(db.path(), b"").unwrap();
+    /// let clock = litefs::ManualClock::new();
+    /// let guard = db.with_clock(clock.clone()).halt().unwrap();
+    /// clock.advance(Duration::from_secs(20));
+    /// assert_eq!(guard.remaining_lifetime(), Some(Duration::from_secs(5)));
     /// ```
     pub fn remaining_lifetime(&self) -> Option<Duration> {
-        self.kind
-            .is_remote()
-            .then(|| HALT_LIFETIME.saturating_sub(self.held_for()))
+        self.expires().then(|| self.lease.remaining())
+    }
+
+    /// Whether the lease has run out (never for a [`HaltKind::Primary`] guard). Pure clock
+    /// arithmetic: no call to LiteFS.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = litefs::Mount::open(dir.path()).unwrap().database("x.db").unwrap();
+    /// # std::fs::write(db.path(), b"").unwrap();
+    /// let clock = litefs::ManualClock::new();
+    /// let guard = db.with_clock(clock.clone()).halt().unwrap();
+    /// assert!(!guard.is_expired());
+    /// clock.advance(litefs::DEFAULT_HALT_LEASE);
+    /// assert!(guard.is_expired());
+    /// ```
+    pub fn is_expired(&self) -> bool {
+        self.expires() && self.lease.is_expired()
+    }
+
+    /// `Ok(())` while the lease lasts, [`Error::HaltExpired`] once it has run out. Call it
+    /// before each transaction (or `COMMIT`) made under this guard; [`HaltGuard::write`] does.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = litefs::Mount::open(dir.path()).unwrap().database("x.db").unwrap();
+    /// # std::fs::write(db.path(), b"").unwrap();
+    /// let clock = litefs::ManualClock::new();
+    /// let guard = db.with_clock(clock.clone()).halt().unwrap();
+    /// assert!(guard.check_lease().is_ok());
+    /// clock.advance(Duration::from_secs(30));
+    /// assert!(matches!(guard.check_lease(), Err(litefs::Error::HaltExpired { .. })));
+    /// ```
+    pub fn check_lease(&self) -> Result<()> {
+        if self.is_expired() {
+            return Err(self.expired_error());
+        }
+        Ok(())
+    }
+
+    /// Runs a write under this guard if its lease still lasts, else refuses with
+    /// [`Error::HaltExpired`] without running it. Wrap each transaction (or at least its
+    /// `COMMIT`) in it.
+    ///
+    /// Only the lease is checked (no call to LiteFS); [`HaltGuard::is_held`] also asks LiteFS
+    /// and re-reads the role.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// let db = litefs::Mount::open(dir.path())?.database("x.db")?;
+    /// let mut conn = rusqlite::Connection::open(db.path())?;
+    /// conn.execute_batch("CREATE TABLE t (a)")?;
+    ///
+    /// let clock = litefs::ManualClock::new();
+    /// let guard = db.with_clock(clock.clone()).halt()?;
+    /// let tx = conn.transaction()?;
+    /// tx.execute("INSERT INTO t VALUES (1)", [])?;
+    /// guard.write(|| tx.commit())??; // lease checked, then COMMIT
+    ///
+    /// clock.advance(Duration::from_secs(40)); // a stalled job
+    /// let refused = guard.write(|| conn.execute("INSERT INTO t VALUES (2)", []));
+    /// assert!(matches!(refused, Err(litefs::Error::HaltExpired { .. })));
+    /// let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?;
+    /// assert_eq!(n, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn write<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        self.check_lease()?;
+        Ok(f())
+    }
+
+    /// Whether this kind of guard has a lease at all: a primary's no-op HALT holds nothing.
+    fn expires(&self) -> bool {
+        self.kind != HaltKind::Primary
+    }
+
+    fn expired_error(&self) -> Error {
+        Error::HaltExpired {
+            path: self.lock_path.clone(),
+            held_for: self.lease.elapsed(),
+            lease: self.lease.duration(),
+        }
     }
 
     /// Checks that writes are still allowed.
     ///
-    /// - [`HaltKind::Remote`]: `F_OFD_GETLK` on the halting handle; LiteFS stops reporting
-    ///   `F_WRLCK` once the HALT expired or the primary changed.
+    /// First the lease: `false` once it has run out ([`HaltGuard::is_expired`]), whatever
+    /// LiteFS reports, because LiteFS keeps reporting an expired remote HALT as held. Then:
+    ///
+    /// - [`HaltKind::Remote`]: `F_OFD_GETLK` on the halting handle, which reports whether this
+    ///   node holds a HALT of the database right now. It says `false` after a release or a
+    ///   transaction from another writer reached this node, but it does **not** see expiry.
     /// - [`HaltKind::Primary`]: re-reads the role; `false` once this node is no longer primary.
     /// - [`HaltKind::Local`]: queries the lock through a *separate* open file description of the
     ///   lock file, which sees this guard's lock (pid `-1`) if it is still in place; `false` if
     ///   the lock file was deleted or replaced.
     ///
     /// ```
+    /// # use std::time::Duration;
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let db = litefs::Mount::open(dir.path()).unwrap().database("x.db").unwrap();
     /// # std::fs::write(db.path(), b"").unwrap();
-    /// let guard = db.halt().unwrap();
+    /// let clock = litefs::ManualClock::new();
+    /// let guard = db.with_clock(clock.clone()).halt().unwrap();
     /// assert!(guard.is_held().unwrap());
+    /// clock.advance(Duration::from_secs(26));
+    /// assert!(!guard.is_held().unwrap()); // the lock is still in place; the lease is not
     /// ```
     pub fn is_held(&self) -> Result<bool> {
+        if self.is_expired() {
+            return Ok(false);
+        }
         #[cfg(target_os = "linux")]
         {
             let lock_err = |source| Error::Lock {
@@ -217,6 +368,10 @@ impl HaltGuard {
     /// unlock, or a failed close (on LiteFS, the close is when the release reaches the
     /// primary).
     ///
+    /// If the lease had run out, the halt is released all the same (an expired remote guard
+    /// from a background thread, see [`HaltGuard`]) and the result is [`Error::HaltExpired`],
+    /// so that an overlong halt is noticed.
+    ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let db = litefs::Mount::open(dir.path()).unwrap().database("x.db").unwrap();
@@ -224,6 +379,11 @@ impl HaltGuard {
     /// db.halt().unwrap().release().unwrap();
     /// ```
     pub fn release(mut self) -> Result<()> {
+        if self.is_expired() {
+            let error = self.expired_error();
+            self.release_expired();
+            return Err(error);
+        }
         let Some(file) = self.file.take() else {
             return Ok(());
         };
@@ -254,123 +414,30 @@ impl HaltGuard {
             Ok(())
         }
     }
+
+    /// Releases an expired guard without blocking the caller. A remote release goes to a
+    /// detached thread together with the process-queue permit: if LiteFS has wedged (the
+    /// primary wrote after expiring the halt), that unlock blocks until LiteFS restarts, and
+    /// only that thread waits. A local lock is released here; it cannot block.
+    fn release_expired(&mut self) {
+        let Some(file) = self.file.take() else {
+            return;
+        };
+        if self.kind != HaltKind::Remote {
+            crate::lease::unlock_and_close(file);
+            return;
+        }
+        crate::lease::release_in_background(file, self.permit.take());
+    }
 }
 
 impl Drop for HaltGuard {
     fn drop(&mut self) {
-        if let Some(file) = self.file.take() {
-            // Unlock explicitly before closing so the release does not depend on close
-            // semantics; errors cannot be reported from drop, and the close releases anyway.
-            #[cfg(target_os = "linux")]
-            let _ = ofd::unlock(&file, LockRange::HALT);
-            drop(file);
+        if self.is_expired() {
+            self.release_expired();
+        } else if let Some(file) = self.file.take() {
+            crate::lease::unlock_and_close(file);
         }
-    }
-}
-
-/// When and how often [`Database::halt_with_retry`] retries.
-///
-/// Default: 4 attempts, backoff 200 ms doubling to at most 2 s, each attempt bounded to 12 s
-/// (LiteFS itself gives up after 10 s, so its `EIO` normally arrives first).
-///
-/// ```
-/// use std::time::Duration;
-/// let p = litefs::RetryPolicy::new(3).with_backoff(Duration::from_millis(100), Duration::from_millis(250));
-/// assert_eq!(p.backoff(1), Duration::from_millis(100));
-/// assert_eq!(p.backoff(2), Duration::from_millis(200));
-/// assert_eq!(p.backoff(3), Duration::from_millis(250));
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
-    max_attempts: u32,
-    initial_backoff: Duration,
-    max_backoff: Duration,
-    attempt_timeout: Option<Duration>,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: 4,
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(2),
-            attempt_timeout: Some(HALT_ACQUIRE_LIMIT + Duration::from_secs(2)),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The default policy with `max_attempts` attempts in total (at least 1).
-    ///
-    /// ```
-    /// assert_eq!(litefs::RetryPolicy::new(0).max_attempts(), 1);
-    /// ```
-    pub fn new(max_attempts: u32) -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: max_attempts.max(1),
-            ..RetryPolicy::default()
-        }
-    }
-
-    /// Sets the first pause and the cap of the doubling backoff.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// let p = litefs::RetryPolicy::new(2).with_backoff(Duration::ZERO, Duration::ZERO);
-    /// assert_eq!(p.backoff(5), Duration::ZERO);
-    /// ```
-    pub fn with_backoff(mut self, initial: Duration, max: Duration) -> RetryPolicy {
-        self.initial_backoff = initial;
-        self.max_backoff = max.max(initial);
-        self
-    }
-
-    /// Bounds each attempt (`None`: wait as long as LiteFS does).
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// let p = litefs::RetryPolicy::new(2).with_attempt_timeout(Some(Duration::from_secs(1)));
-    /// assert_eq!(p.attempt_timeout(), Some(Duration::from_secs(1)));
-    /// ```
-    pub fn with_attempt_timeout(mut self, timeout: Option<Duration>) -> RetryPolicy {
-        self.attempt_timeout = timeout;
-        self
-    }
-
-    /// Total number of attempts.
-    ///
-    /// ```
-    /// assert_eq!(litefs::RetryPolicy::default().max_attempts(), 4);
-    /// ```
-    pub fn max_attempts(&self) -> u32 {
-        self.max_attempts
-    }
-
-    /// The per-attempt timeout.
-    ///
-    /// ```
-    /// assert!(litefs::RetryPolicy::default().attempt_timeout().is_some());
-    /// ```
-    pub fn attempt_timeout(&self) -> Option<Duration> {
-        self.attempt_timeout
-    }
-
-    /// The pause before retry number `retry` (1-based): `initial × 2^(retry−1)`, capped.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// let p = litefs::RetryPolicy::default();
-    /// assert_eq!(p.backoff(1), Duration::from_millis(200));
-    /// assert_eq!(p.backoff(30), Duration::from_secs(2));
-    /// ```
-    pub fn backoff(&self, retry: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(retry.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        self.initial_backoff
-            .checked_mul(factor)
-            .unwrap_or(self.max_backoff)
-            .min(self.max_backoff)
     }
 }
 
@@ -380,6 +447,7 @@ pub(crate) struct Request {
     mount: Mount,
     db_path: PathBuf,
     lock_path: PathBuf,
+    lease: LeaseConfig,
 }
 
 impl Request {
@@ -388,6 +456,7 @@ impl Request {
             mount: db.mount().clone(),
             db_path: db.path().to_owned(),
             lock_path: db.lock_path().to_owned(),
+            lease: db.lease_config().clone(),
         }
     }
 
@@ -397,6 +466,8 @@ impl Request {
         #[cfg(target_os = "linux")]
         {
             let file = self.open_lock_file()?;
+            // Before the request: the primary's 30 s start when it grants the halt, later.
+            let lease = self.lease.start();
             ofd::lock_wait(&file, LockKind::Write, LockRange::HALT).map_err(
                 |source| match source {
                     ofd::LockError::NotFound => Error::DatabaseNotFound {
@@ -429,8 +500,8 @@ impl Request {
                 kind,
                 lock_path: self.lock_path,
                 mount: self.mount,
-                acquired_at: Instant::now(),
-                _permit: permit,
+                lease,
+                permit: Some(permit),
             })
         }
         #[cfg(not(target_os = "linux"))]

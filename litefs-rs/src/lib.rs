@@ -45,8 +45,11 @@
 //! # What you need to know about HALT
 //!
 //! - The database must already exist on the node (create it on the primary).
-//! - LiteFS gives up an acquisition after 10 s (`EIO`) and expires a held HALT after 30 s:
-//!   keep halts short and check [`HaltGuard::is_held`] in long jobs.
+//! - LiteFS gives up an acquisition after 10 s (`EIO`) and expires a held HALT after 30 s
+//!   without telling the replica. A guard therefore trusts itself for a shorter lease
+//!   ([`DEFAULT_HALT_LEASE`], on an injectable [`Clock`]): afterwards [`HaltGuard::is_held`]
+//!   is `false` and [`HaltGuard::write`] refuses with [`Error::HaltExpired`]. Keep halts in
+//!   milliseconds.
 //! - One HALT per database at a time in a process: this crate queues them
 //!   ([`WaitPhase::ProcessQueue`]), because LiteFS makes a second handle fail after 10 s.
 //! - Closing any copy of the lock descriptor releases HALT; the guard never exposes it. Do not
@@ -81,7 +84,8 @@
 //!
 //! - [`ofd`]: raw OFD lock calls over any descriptor.
 //! - `mount` / `database`: [`Mount`], [`Role`], [`Database`], paths, `-pos`, `.lag`, `.primary`.
-//! - `halt`: [`HaltGuard`], [`HaltKind`], [`RetryPolicy`]; `coordinator` queues HALTs in-process.
+//! - `halt`: [`HaltGuard`], [`HaltKind`]; `lease`: [`Clock`], [`ManualClock`], the lease
+//!   constants; `retry`: [`RetryPolicy`]; `coordinator` queues HALTs in-process.
 //! - `nonblocking`: the async entry points (feature `tokio`).
 //! - `consistency`: cookies, `fly-replay`, [`check_consistency`].
 //! - `http`: the HTTP API client (feature `http`).
@@ -93,12 +97,14 @@ mod database;
 mod error;
 mod halt;
 mod lag;
+mod lease;
 mod mount;
 mod mountinfo;
 #[cfg(feature = "tokio")]
 mod nonblocking;
 pub mod ofd;
 mod pos;
+mod retry;
 
 #[cfg(feature = "http")]
 pub mod http;
@@ -111,9 +117,11 @@ pub use consistency::{
 };
 pub use database::Database;
 pub use error::{Error, ParseError, Result, WaitPhase};
-pub use halt::{HaltGuard, HaltKind, RetryPolicy, HALT_ACQUIRE_LIMIT, HALT_LIFETIME};
+pub use halt::{HaltGuard, HaltKind, HALT_ACQUIRE_LIMIT, HALT_LIFETIME};
 #[cfg(feature = "http")]
 pub use http::PrimaryMonitor;
 pub use lag::Lag;
+pub use lease::{Clock, ManualClock, MonotonicClock, DEFAULT_HALT_LEASE, HALT_SAFETY_MARGIN};
 pub use mount::{Mount, Role, DEFAULT_DIR, DIR_ENV};
 pub use pos::{Pos, Txid};
+pub use retry::RetryPolicy;

@@ -14,8 +14,9 @@ use tokio::time::Instant;
 use crate::coordinator;
 use crate::database::{Database, TxidWait};
 use crate::error::{Error, Result, WaitPhase};
-use crate::halt::{self, HaltGuard, RetryPolicy};
+use crate::halt::{self, HaltGuard};
 use crate::pos::{Pos, Txid};
+use crate::retry::RetryPolicy;
 
 impl Database {
     /// Acquires HALT without blocking the runtime, giving up with [`Error::Timeout`] after

@@ -260,3 +260,18 @@ async fn check_consistency_async_replays_on_a_replica() {
         .unwrap();
     assert!(c.is_current());
 }
+
+#[tokio::test]
+async fn an_async_guard_carries_the_lease_of_its_database() {
+    let (_dir, db) = setup();
+    let clock = litefs::ManualClock::new();
+    let db = db
+        .with_clock(clock.clone())
+        .with_halt_lease(Duration::from_secs(3));
+    let guard = db.halt_async(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(guard.lease(), Some(Duration::from_secs(3)));
+    clock.advance(Duration::from_secs(3));
+    assert!(matches!(guard.write(|| ()), Err(Error::HaltExpired { .. })));
+    drop(guard);
+    assert!(!is_locked(db.lock_path()));
+}

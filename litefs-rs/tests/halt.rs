@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use litefs::ofd::{self, LockError, LockKind, LockRange};
-use litefs::{Database, Error, HaltKind, Mount, RetryPolicy, WaitPhase};
+use litefs::{
+    Database, Error, HaltKind, ManualClock, Mount, RetryPolicy, WaitPhase, DEFAULT_HALT_LEASE,
+};
 
 fn setup() -> (tempfile::TempDir, Database) {
     let dir = tempfile::tempdir().unwrap();
@@ -69,7 +71,12 @@ fn guard_holds_a_real_lock_and_releases_it_on_drop() {
     let (_dir, db) = setup();
     let guard = db.halt().unwrap();
     assert_eq!(guard.kind(), HaltKind::Local);
-    assert_eq!(guard.remaining_lifetime(), None);
+    // A local lock stands in for a replica's HALT, lease included.
+    let left = guard.remaining_lifetime().unwrap();
+    assert!(
+        left <= litefs::DEFAULT_HALT_LEASE && left > Duration::from_secs(20),
+        "{left:?}"
+    );
     assert!(guard.is_held().unwrap());
 
     let other = open_rw(db.lock_path());
@@ -326,4 +333,157 @@ fn debug_output_does_not_expose_the_descriptor() {
         "{text}"
     );
     assert!(!text.contains("fd"), "{text}");
+}
+
+// The lease, on an injected clock: no test waits for it.
+
+#[test]
+fn an_expired_guard_is_not_held_and_refuses_writes_although_the_lock_is_in_place() {
+    let (_dir, db) = setup();
+    let clock = ManualClock::new();
+    let guard = db.clone().with_clock(clock.clone()).halt().unwrap();
+    assert_eq!(guard.lease(), Some(DEFAULT_HALT_LEASE));
+    assert_eq!(guard.write(|| 1).unwrap(), 1);
+
+    clock.advance(DEFAULT_HALT_LEASE - Duration::from_millis(1));
+    assert!(guard.is_held().unwrap());
+    assert!(!guard.is_expired());
+    assert_eq!(guard.remaining_lifetime(), Some(Duration::from_millis(1)));
+
+    clock.advance(Duration::from_millis(1));
+    assert!(guard.is_expired());
+    assert!(
+        is_locked(db.lock_path()),
+        "the OFD lock itself is still there"
+    );
+    assert!(
+        !guard.is_held().unwrap(),
+        "but the guard no longer trusts it"
+    );
+    assert_eq!(guard.remaining_lifetime(), Some(Duration::ZERO));
+    let mut ran = false;
+    match guard.write(|| ran = true) {
+        Err(e @ Error::HaltExpired { .. }) => {
+            assert!(e.is_retryable());
+            assert!(e.to_string().contains("past its lease of 25s"), "{e}");
+        }
+        other => panic!("expected HaltExpired, got {other:?}"),
+    }
+    assert!(!ran, "a refused write must not run");
+    match guard.check_lease() {
+        Err(Error::HaltExpired {
+            path,
+            held_for,
+            lease,
+        }) => {
+            assert_eq!(path, db.lock_path());
+            assert_eq!(lease, DEFAULT_HALT_LEASE);
+            assert!(held_for >= DEFAULT_HALT_LEASE);
+        }
+        other => panic!("expected HaltExpired, got {other:?}"),
+    }
+}
+
+#[test]
+fn releasing_an_expired_local_guard_reports_it_and_still_frees_the_lock() {
+    let (_dir, db) = setup();
+    let clock = ManualClock::new();
+    let guard = db.clone().with_clock(clock.clone()).halt().unwrap();
+    clock.advance(Duration::from_secs(31));
+    assert!(matches!(guard.release(), Err(Error::HaltExpired { .. })));
+    // A local OFD lock cannot wedge anything: it is released at once, on this thread.
+    assert!(!is_locked(db.lock_path()));
+    db.halt_timeout(Duration::from_millis(500)).unwrap();
+}
+
+#[test]
+fn dropping_an_expired_local_guard_frees_the_lock_and_the_queue() {
+    let (_dir, db) = setup();
+    let clock = ManualClock::new();
+    let guard = db.clone().with_clock(clock.clone()).halt().unwrap();
+    clock.advance(Duration::from_secs(60));
+    drop(guard);
+    assert!(!is_locked(db.lock_path()));
+    let next = db.halt_timeout(Duration::from_millis(500)).unwrap();
+    assert!(!next.is_expired(), "a new guard gets a new lease");
+}
+
+#[test]
+fn the_lease_is_configurable_per_database() {
+    let (_dir, db) = setup();
+    let clock = ManualClock::new();
+    let db = db
+        .with_clock(clock.clone())
+        .with_halt_lease(Duration::from_secs(2));
+    assert_eq!(db.halt_lease(), Duration::from_secs(2));
+    let guard = db.halt().unwrap();
+    assert_eq!(guard.lease(), Some(Duration::from_secs(2)));
+    clock.advance(Duration::from_millis(1_999));
+    assert!(guard.check_lease().is_ok());
+    clock.advance(Duration::from_millis(1));
+    assert!(guard.check_lease().is_err());
+    // Clones keep the settings; a fresh handle has the default.
+    assert_eq!(db.clone().halt_lease(), Duration::from_secs(2));
+    let fresh = db.mount().database(db.name()).unwrap();
+    assert_eq!(fresh.halt_lease(), DEFAULT_HALT_LEASE);
+}
+
+/// Whether this process's `litefs-halt` thread is blocked in `fcntl` (syscall 72 on x86_64,
+/// 25 on aarch64), read from `/proc`: the lock request has been made.
+fn lock_thread_is_in_fcntl() -> bool {
+    let fcntl = if cfg!(target_arch = "aarch64") {
+        "25 "
+    } else {
+        "72 "
+    };
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let syscall = std::fs::read_to_string(task.path().join("syscall")).unwrap_or_default();
+        comm.trim() == "litefs-halt" && syscall.starts_with(fcntl)
+    })
+}
+
+#[test]
+fn the_lease_counts_from_the_lock_request_not_from_the_grant() {
+    // The primary starts its 30 s when it grants the halt, before the replica has caught up
+    // and the call returns: a lease counted from the return would run late.
+    let (_dir, db) = setup();
+    let clock = ManualClock::new();
+    let blocker = open_rw(db.lock_path());
+    ofd::try_lock(&blocker, LockKind::Write, LockRange::HALT).unwrap();
+    let waiting = {
+        let db = db.clone().with_clock(clock.clone());
+        std::thread::spawn(move || db.halt_timeout(Duration::from_secs(10)))
+    };
+    assert!(
+        eventually(Duration::from_secs(5), lock_thread_is_in_fcntl),
+        "the lock request never started"
+    );
+    clock.advance(Duration::from_secs(7)); // while the request waits
+    ofd::unlock(&blocker, LockRange::HALT).unwrap();
+    let guard = waiting.join().unwrap().unwrap();
+    assert!(guard.held_for() >= Duration::from_secs(7), "{guard:?}");
+    assert_eq!(
+        guard.remaining_lifetime(),
+        Some(DEFAULT_HALT_LEASE - guard.held_for())
+    );
+}
+
+#[test]
+fn with_halt_hands_out_a_guard_whose_write_checks_the_lease() {
+    let (_dir, db) = setup();
+    let clock = ManualClock::new();
+    let db = db.with_clock(clock.clone());
+    let result = db
+        .with_halt(|guard| {
+            guard.write(|| ()).unwrap();
+            clock.advance(Duration::from_secs(25));
+            guard.write(|| ())
+        })
+        .unwrap();
+    assert!(matches!(result, Err(Error::HaltExpired { .. })));
+    assert!(!is_locked(db.lock_path()));
 }

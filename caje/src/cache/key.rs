@@ -8,6 +8,8 @@
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
+use crate::host::Host;
+
 /// The URL part of a cache key: normalised host and the raw path+query.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CacheKey {
@@ -18,20 +20,14 @@ pub struct CacheKey {
 }
 
 impl CacheKey {
-    /// Builds a key from a client host (any case, maybe with port) and path+query.
-    pub fn new(host: &str, path: &str) -> CacheKey {
+    /// Builds a key from the request's canonical host and its path+query. The host is
+    /// taken as it is: it was canonicalised once, for routing and the key alike.
+    pub fn new(host: &Host, path: &str) -> CacheKey {
         CacheKey {
-            host: normalize_host(host),
+            host: host.as_str().to_owned(),
             path: path.to_owned(),
         }
     }
-}
-
-/// Lower-cases a host and drops the default HTTP port.
-pub fn normalize_host(host: &str) -> String {
-    let host = host.trim().trim_end_matches('.');
-    let host = host.strip_suffix(":80").unwrap_or(host);
-    host.to_ascii_lowercase()
 }
 
 /// The request header values a response's `Vary` names, in a canonical form: names lower-case
@@ -173,10 +169,8 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
-    #[test]
-    fn host_is_normalised() {
-        assert_eq!(normalize_host("Example.COM:80"), "example.com");
-        assert_eq!(normalize_host("example.com:8080"), "example.com:8080");
+    fn key(host: &str, path: &str) -> CacheKey {
+        CacheKey::new(&Host::parse(host, "http").unwrap(), path)
     }
 
     #[test]
@@ -188,7 +182,7 @@ mod tests {
         let empty = Variant::from_request(&names, &h);
         h.insert("accept-encoding", HeaderValue::from_static("gzip"));
         let gzip = Variant::from_request(&names, &h);
-        let key = CacheKey::new("a", "/");
+        let key = key("a", "/");
         let n = [&absent, &empty, &gzip].map(|v| entry_name(&key, v));
         assert_ne!(n[0], n[1]);
         assert_ne!(n[1], n[2]);
@@ -205,7 +199,7 @@ mod tests {
             "/\u{0}",
             &"a".repeat(10_000),
         ] {
-            let name = entry_name(&CacheKey::new("h", path), &Variant::default());
+            let name = entry_name(&key("h", path), &Variant::default());
             assert_eq!(name.len(), 64);
             assert!(name.bytes().all(|b| b.is_ascii_hexdigit()));
         }

@@ -1,9 +1,9 @@
 //! The cache: keys, the RFC 9111 policy, entry metadata, the disk store, its memory tier
 //! and request coalescing.
 
+pub mod clamp;
 pub mod entry;
 pub mod evict;
-pub mod flight;
 pub mod hot;
 pub mod key;
 pub mod policy;

@@ -176,7 +176,10 @@ pub fn detach(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-fn with_headers(res: &response::Parts, headers: HeaderMap) -> response::Parts {
+/// The response head `http-cache-semantics` sees: `res`'s status with `headers`, whose
+/// delta-seconds are clamped (an unchecked huge `Age` made it panic).
+fn with_headers(res: &response::Parts, mut headers: HeaderMap) -> response::Parts {
+    super::clamp::clamp_delta_seconds(&mut headers, None);
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = res.status;
     parts.version = res.version;
@@ -275,6 +278,8 @@ fn lookup_request(req: &request::Parts, host: &str, opts: &PolicyOptions) -> req
         }
         parts.headers.append(name.clone(), value.clone());
     }
+    // A client's `max-stale=99999999999` must not overflow the freshness arithmetic either.
+    super::clamp::clamp_delta_seconds(&mut parts.headers, None);
     parts
 }
 

@@ -104,8 +104,9 @@ use tokio::sync::oneshot;
 
 pub use self::error::{ManifestError, Op};
 pub use self::litefs::{LitefsMode, ManifestRole};
+pub use self::row::PurgeGuard;
 pub use self::schema::{APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION};
-pub use self::tombstone::{Purge, PurgeOutcome, Tombstone, TombstoneKind};
+pub use self::tombstone::{Purge, PurgeOutcome, Tombstone, TombstoneKind, TombstoneLog};
 
 // The LiteFS glue is the only module that names litefs-rs; the others take its types from here.
 use self::litefs::{
@@ -218,6 +219,9 @@ pub enum Upsert {
     Updated,
     /// An identical row existed; nothing was written.
     Unchanged,
+    /// [`Manifest::announce`] only: a tombstone the announcing node had not applied covers the
+    /// page, so the copy may predate that purge; nothing was written.
+    Purged,
 }
 
 impl Upsert {
@@ -227,6 +231,7 @@ impl Upsert {
             Upsert::Inserted => "inserted",
             Upsert::Updated => "updated",
             Upsert::Unchanged => "unchanged",
+            Upsert::Purged => "purged",
         }
     }
 }
@@ -395,6 +400,19 @@ impl Manifest {
             .await
     }
 
+    /// Like [`upsert`](Manifest::upsert), for a node announcing a copy it holds: the row is
+    /// not written, and [`Upsert::Purged`] is answered, when a tombstone that `guard` does not
+    /// name as applied covers the page (its URL, one of its tags, or everything). The check
+    /// runs in the write transaction, so a purge and an announcement of the same page are
+    /// ordered: either the purge comes first and refuses the row, or it comes after and
+    /// deletes it. A copy that predates a purge never puts its row back.
+    pub async fn announce(&self, row: PageRow, guard: PurgeGuard) -> Result<Upsert, ManifestError> {
+        let mut record = Record::encode(row)?;
+        record.guard = Some(guard);
+        self.write(|reply| WriteOp::Upsert(Slot::new(record, reply)))
+            .await
+    }
+
     /// Every row, ordered by host, path, vary (then method). Vary orders by its stored JSON text,
     /// so it is deterministic but not meant to be meaningful.
     pub async fn list(&self) -> Result<Vec<PageRow>, ManifestError> {
@@ -490,6 +508,14 @@ impl Manifest {
         after_id: i64,
     ) -> Result<Vec<(i64, Tombstone)>, ManifestError> {
         self.call(|reply| Command::Tombstones(after_id, reply))
+            .await
+    }
+
+    /// The tombstones above `after_id`, with what a node needs to know whether it missed any:
+    /// the last id ever issued, and whether some id above `after_id` was deleted (expired)
+    /// before this read, or `after_id` is beyond the last id (a cursor from another manifest).
+    pub async fn tombstone_log(&self, after_id: i64) -> Result<TombstoneLog, ManifestError> {
+        self.call(|reply| Command::TombstoneLog(after_id, reply))
             .await
     }
 

@@ -11,7 +11,9 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::row::{page_from_row, Record, IDENTICAL_SQL, PAGE_COLUMNS, PAGE_ORDER};
-use super::tombstone::{tombstone_from_row, TOMBSTONES_SINCE_SQL};
+use super::tombstone::{
+    tombstone_from_row, TombstoneLog, TOMBSTONES_SINCE_SQL, TOMBSTONE_SPAN_SQL,
+};
 use super::write::{is_retryable, Step, WriteOp};
 // Only named by doc links.
 use super::{
@@ -67,6 +69,8 @@ pub(super) enum Command {
     Stats(Reply<ManifestStats>),
     /// [`Manifest::tombstones_since`]: ids above the first field.
     Tombstones(i64, Reply<Vec<(i64, Tombstone)>>),
+    /// [`Manifest::tombstone_log`]: ids above the first field, and whether any is missing.
+    TombstoneLog(i64, Reply<TombstoneLog>),
 }
 
 /// The thread that owns the connection.
@@ -221,6 +225,9 @@ impl Owner {
             Command::Stats(reply) => drop(reply.send(Ok(self.stats()))),
             Command::Tombstones(after_id, reply) => {
                 drop(reply.send(self.tombstones_since(after_id)))
+            }
+            Command::TombstoneLog(after_id, reply) => {
+                drop(reply.send(self.tombstone_log(after_id)))
             }
         }
     }
@@ -501,6 +508,24 @@ impl Owner {
             .query_map([after_id], tombstone_from_row)
             .map_err(err)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+
+    fn tombstone_log(&self, after_id: i64) -> Result<TombstoneLog, ManifestError> {
+        let err = |e| ManifestError::sqlite(Op::Tombstones, e);
+        // The span first: a tombstone committed between the two reads is listed and counted
+        // in neither, or listed only, which cannot make `missed` true by itself.
+        let (last_id, kept): (i64, i64) = self
+            .conn
+            .prepare_cached(TOMBSTONE_SPAN_SQL)
+            .and_then(|mut stmt| stmt.query_row([after_id], |r| Ok((r.get(0)?, r.get(1)?))))
+            .map_err(err)?;
+        let tombstones = self.tombstones_since(after_id)?;
+        let missed = last_id < after_id || kept < last_id - after_id;
+        Ok(TombstoneLog {
+            tombstones,
+            last_id,
+            missed,
+        })
     }
 
     fn count(&self) -> Result<u64, ManifestError> {

@@ -27,6 +27,19 @@ pub(super) struct Record {
     pub(super) last_modified: Option<String>,
     /// Canonical tag set; see the module docs.
     pub(super) tags: String,
+    /// Set by [`Manifest::announce`]: the write is refused when a tombstone this record's
+    /// writer had not applied covers the page.
+    pub(super) guard: Option<PurgeGuard>,
+}
+
+/// Which tombstones an announced copy has already been through: every id up to `applied`,
+/// and the ids in `also` (purges its node made itself, applied when they were made).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgeGuard {
+    /// The node's tombstone cursor: every tombstone with an id up to this one was applied.
+    pub applied: i64,
+    /// Ids above `applied` that the node applied anyway (its own purges).
+    pub also: Vec<i64>,
 }
 
 impl Record {
@@ -48,6 +61,7 @@ impl Record {
             etag: row.etag,
             last_modified: row.last_modified,
             tags,
+            guard: None,
         })
     }
 }
@@ -169,9 +183,40 @@ pub(super) fn page_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PageRow
     })
 }
 
+/// The tombstones above `?1` that cover a page (`?2` host, `?3` path, `?4` canonical tags).
+const COVERING_TOMBSTONES_SQL: &str = "
+    SELECT id FROM tombstones
+    WHERE id > ?1
+      AND (kind = 'all'
+           OR (kind = 'url' AND host = ?2 AND path = ?3)
+           OR (kind = 'tag' AND instr(?4, ' ' || tag || ' ') > 0))";
+
+/// Whether a tombstone the record's writer has not applied covers its page. Read inside the
+/// write transaction, so a purge commits either before it (and refuses the row) or after it
+/// (and deletes the row).
+fn purged_since(conn: &Connection, r: &Record, guard: &PurgeGuard) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare_cached(COVERING_TOMBSTONES_SQL)?;
+    let ids = stmt.query_map(
+        params![guard.applied, r.key.host, r.key.path, r.tags],
+        |row| row.get::<_, i64>(0),
+    )?;
+    for id in ids {
+        if !guard.also.contains(&id?) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// One upsert inside the batch transaction. The prior SELECT tells an insert from an update;
 /// `changes()` tells an update from a no-op (the `WHERE` of `DO UPDATE` skips identical rows).
+/// A guarded record ([`Manifest::announce`]) covered by a newer tombstone is not written.
 pub(super) fn upsert_one(conn: &Connection, r: &Record) -> rusqlite::Result<Upsert> {
+    if let Some(guard) = &r.guard {
+        if purged_since(conn, r, guard)? {
+            return Ok(Upsert::Purged);
+        }
+    }
     let existed: bool = conn.prepare_cached(EXISTS_SQL)?.query_row(
         params![r.key.host, r.key.method, r.key.path, r.key.vary],
         |row| row.get(0),

@@ -43,6 +43,19 @@ pub struct Tombstone {
     pub expires_at: i64,
 }
 
+/// What [`Manifest::tombstone_log`] read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TombstoneLog {
+    /// The stored tombstones above the id asked for, by increasing id.
+    pub tombstones: Vec<(i64, Tombstone)>,
+    /// The highest id ever issued (0 if none was): ids only grow, even across expiry.
+    pub last_id: i64,
+    /// Some tombstone above the id asked for is gone (expired and deleted before it was read),
+    /// or that id is above `last_id` (it was not issued by this manifest). Either way, the
+    /// reader cannot know every purge it has not applied.
+    pub missed: bool,
+}
+
 /// What [`Manifest::purge`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurgeOutcome {
@@ -72,6 +85,14 @@ const INSERT_TOMBSTONE_SQL: &str = "
 pub(super) const TOMBSTONES_SINCE_SQL: &str = "
     SELECT id, kind, host, path, tag, soft, created_at, expires_at
     FROM tombstones WHERE id > ?1 ORDER BY id";
+
+/// The last id issued (AUTOINCREMENT keeps it in `sqlite_sequence`, even once that tombstone
+/// is deleted) and how many tombstones above `?1` are still stored. Ids are issued without
+/// gaps (a rolled-back insert does not advance the sequence), so fewer stored than issued
+/// means some expired.
+pub(super) const TOMBSTONE_SPAN_SQL: &str = "
+    SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'tombstones'), 0),
+           (SELECT count(*) FROM tombstones WHERE id > ?1)";
 
 pub(super) const EXPIRE_TOMBSTONES_SQL: &str = "DELETE FROM tombstones WHERE expires_at <= ?1";
 
@@ -480,6 +501,117 @@ mod tests {
             assert!(next > cursor, "{next} reuses an id at or below {cursor}");
             let seen = m.tombstones_since(cursor).await.unwrap();
             assert_eq!(seen.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [next]);
+        })
+        .await
+    }
+
+    /// A copy announced by a node that has not applied a purge of its page does not put the
+    /// row back; once the node has applied it (cursor, or its own purge), it does.
+    #[tokio::test]
+    async fn announce_is_refused_under_a_tombstone_the_node_has_not_applied() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            let url = m
+                .purge(
+                    Purge::Url {
+                        host: "a.example".into(),
+                        path: "/p".into(),
+                    },
+                    false,
+                    600,
+                )
+                .await
+                .unwrap()
+                .tombstone_id;
+            let tag = m
+                .purge(Purge::Tag("t".into()), false, 600)
+                .await
+                .unwrap()
+                .tombstone_id;
+            let before = m.stats().await.unwrap().rows_written;
+            let guard = |applied, also: &[i64]| PurgeGuard {
+                applied,
+                also: also.to_vec(),
+            };
+            let p = page("a.example", "/p");
+            let q = tagged("a.example", "/q", &["s", "t"]);
+            let r = tagged("a.example", "/r", &["tt"]);
+            assert_eq!(
+                m.announce(p.clone(), guard(0, &[])).await.unwrap(),
+                Upsert::Purged
+            );
+            assert_eq!(
+                m.announce(q.clone(), guard(url, &[])).await.unwrap(),
+                Upsert::Purged
+            );
+            assert_eq!(m.stats().await.unwrap().rows_written, before);
+            assert_eq!(m.count().await.unwrap(), 0);
+            // A tag that only contains the purged one is not covered.
+            assert_eq!(
+                m.announce(r, guard(0, &[])).await.unwrap(),
+                Upsert::Inserted
+            );
+            // Applied: by the cursor, or as the node's own purge.
+            assert_eq!(
+                m.announce(p, guard(url, &[])).await.unwrap(),
+                Upsert::Inserted
+            );
+            assert_eq!(
+                m.announce(q, guard(0, &[url, tag])).await.unwrap(),
+                Upsert::Inserted
+            );
+            let all = m.purge(Purge::All, true, 600).await.unwrap().tombstone_id;
+            let s = page("b.example", "/s");
+            assert_eq!(
+                m.announce(s.clone(), guard(tag, &[])).await.unwrap(),
+                Upsert::Purged
+            );
+            assert_eq!(
+                m.announce(s, guard(all, &[])).await.unwrap(),
+                Upsert::Inserted
+            );
+        })
+        .await
+    }
+
+    /// A reader learns when tombstones it never read were deleted, and when its cursor did not
+    /// come from this manifest.
+    #[tokio::test]
+    async fn tombstone_log_reports_expired_unread_tombstones() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            assert_eq!(m.tombstone_log(0).await.unwrap(), TombstoneLog::default());
+            let add = |created_at, expires_at| Tombstone {
+                kind: Purge::Tag("t".into()),
+                soft: false,
+                created_at,
+                expires_at,
+            };
+            let first = m.add_tombstone(add(10, 20)).await.unwrap();
+            let second = m.add_tombstone(add(10, 100)).await.unwrap();
+            let log = m.tombstone_log(0).await.unwrap();
+            assert_eq!(
+                (log.tombstones.len(), log.last_id, log.missed),
+                (2, second, false)
+            );
+            assert_eq!(m.expire_tombstones(50).await.unwrap(), 1);
+            // A reader at 0 never saw the first one: missed. One past it did not miss anything.
+            let log = m.tombstone_log(0).await.unwrap();
+            assert_eq!((log.tombstones.len(), log.missed), (1, true));
+            let log = m.tombstone_log(first).await.unwrap();
+            assert_eq!((log.tombstones.len(), log.missed), (1, false));
+            // The newest expired too: ids stay issued, so a reader behind it still knows.
+            assert_eq!(m.expire_tombstones(200).await.unwrap(), 1);
+            let log = m.tombstone_log(first).await.unwrap();
+            assert_eq!(
+                (log.tombstones.len(), log.last_id, log.missed),
+                (0, second, true)
+            );
+            assert!(!m.tombstone_log(second).await.unwrap().missed);
+            // A cursor beyond every issued id belongs to another manifest.
+            assert!(m.tombstone_log(second + 5).await.unwrap().missed);
         })
         .await
     }

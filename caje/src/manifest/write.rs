@@ -116,7 +116,7 @@ impl WriteOp {
             WriteOp::Upsert(slot) => slot.run(
                 Op::Upsert,
                 |record| upsert_one(tx, record),
-                |_, outcome| u64::from(*outcome != Upsert::Unchanged),
+                |_, outcome| u64::from(matches!(outcome, Upsert::Inserted | Upsert::Updated)),
             ),
             WriteOp::Remove(slot) => slot.run(
                 Op::Remove,

@@ -48,7 +48,11 @@ impl Store {
     /// fields, which the writer fills in. The returned [`Fill`] receives the body as it
     /// streams; nothing is visible to readers until [`Fill::finish`] is called and the write
     /// is committed.
-    pub fn begin_fill(&self, meta: EntryMeta, max_bytes: u64, announce: bool) -> Fill {
+    ///
+    /// `since` is [`Store::purge_epoch`] read before the origin request was sent: a purge of
+    /// this page logged after it (the response may predate the purge) makes the commit drop
+    /// the entry instead of storing it.
+    pub fn begin_fill(&self, meta: EntryMeta, max_bytes: u64, announce: bool, since: u64) -> Fill {
         let (tx, rx) = mpsc::unbounded_channel();
         let inflight = Arc::new(Inflight::default());
         let store = self.clone();
@@ -57,8 +61,14 @@ impl Store {
         let progress = Arc::new(progress);
         let writer_progress = progress.clone();
         tokio::task::spawn_blocking(move || {
-            let committed =
-                store.write_entry(meta, rx, &writer_inflight, &writer_progress, announce);
+            let committed = store.write_entry(
+                meta,
+                rx,
+                &writer_inflight,
+                &writer_progress,
+                announce,
+                since,
+            );
             advance(
                 &writer_progress,
                 committed.map_or(FillProgress::Failed, |(entry, file)| {
@@ -85,6 +95,7 @@ impl Store {
         inflight: &Inflight,
         progress: &watch::Sender<FillProgress>,
         announce: bool,
+        since: u64,
     ) -> Option<(Arc<Entry>, Arc<File>)> {
         let name = entry_name(&meta.key(), &meta.variant);
         let dir = self.shard_dir(&name);
@@ -151,8 +162,13 @@ impl Store {
         meta.body_file = format!("{name}.{:016x}.body", self.unique());
         meta.body_len = len;
         meta.body_crc32 = crc;
-        match self.commit(&dir, &name, &tmp_body, meta, announce) {
-            Ok(entry) => Some((entry, file)),
+        match self.commit(&dir, &name, &tmp_body, meta, announce, since) {
+            Ok(Some(entry)) => Some((entry, file)),
+            Ok(None) => {
+                let _ = fs::remove_file(&tmp_body);
+                tracing::debug!(name, "a purge came while this fill was running: not stored");
+                None
+            }
             Err(e) => {
                 let _ = fs::remove_file(&tmp_body);
                 self.inner.stats.store_failed("committing entry", &e);
@@ -168,11 +184,18 @@ impl Store {
         tmp_body: &Path,
         meta: EntryMeta,
         announce: bool,
-    ) -> io::Result<Arc<Entry>> {
+        since: u64,
+    ) -> io::Result<Option<Arc<Entry>>> {
         let tmp_meta = self.write_temp_meta(dir, name, &meta)?;
         let entry = Arc::new(Entry::new(meta, name.to_owned(), dir.to_owned()));
         let (gone, evicted) = {
-            let _commit = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
+            let log = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
+            // Checked and inserted in one critical section with the purges' logging, so a
+            // purge either sees this entry in the index or this check sees the purge.
+            if log.covers(since, &entry.meta) {
+                let _ = fs::remove_file(&tmp_meta);
+                return Ok(None);
+            }
             fs::rename(tmp_body, entry.body_path())?;
             if let Err(e) = fs::rename(&tmp_meta, entry.meta_path()) {
                 let _ = fs::remove_file(entry.body_path());
@@ -206,7 +229,7 @@ impl Store {
             entry: entry.clone(),
             announce,
         });
-        Ok(entry)
+        Ok(Some(entry))
     }
 }
 
@@ -387,7 +410,7 @@ mod tests {
     async fn dropped_fill_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _rx) = open(dir.path());
-        let mut f = store.begin_fill(sample(), u64::MAX, true);
+        let mut f = store.begin_fill(sample(), u64::MAX, true, store.purge_epoch());
         f.push(&Bytes::from_static(b"partial"));
         drop(f);
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

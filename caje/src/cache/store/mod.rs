@@ -23,7 +23,8 @@
 //!   commit that renames it into place;
 //! - `files.rs`: unique file names, shard directories, atomic metadata writes;
 //! - `verify.rs`: the start-up scan and the removal of entries found corrupt;
-//! - `purge.rs`: purges (by page or tag, hard or soft, local or replicated) and clearing.
+//! - `purge.rs`: purges (by page or tag, hard or soft, local or replicated) and clearing, and
+//!   the log of recent purges that fills still being written are checked against.
 //!
 //! Serving a hit (reading and checking a body against its length and CRC) is in
 //! [`crate::body`], which calls back into [`Store::remove_corrupt`].
@@ -160,8 +161,9 @@ struct Inner {
     root: PathBuf,
     index: Mutex<Index>,
     /// Serialises the rename + index update of commits, so the index and the meta files on
-    /// disk agree on which fill of a name won.
-    commit: Mutex<()>,
+    /// disk agree on which fill of a name won. Also guards the purge log: a commit checks it
+    /// and updates the index in one critical section, and a purge is logged in one.
+    commit: Mutex<purge::PurgeLog>,
     stats: Arc<Stats>,
     events: mpsc::UnboundedSender<StoreEvent>,
     /// Most variants kept per page (`cache.max_variants`).
@@ -214,7 +216,7 @@ impl Store {
             root,
             index: Mutex::new(Index::new(limits)),
             evictor,
-            commit: Mutex::new(()),
+            commit: Mutex::new(purge::PurgeLog::default()),
             max_variants,
             hot: HotTier::new(memory_bytes),
             stats,
@@ -274,7 +276,7 @@ mod tests {
         rx: &mut mpsc::UnboundedReceiver<StoreEvent>,
         body: &[u8],
     ) {
-        let mut f = store.begin_fill(sample(), u64::MAX, true);
+        let mut f = store.begin_fill(sample(), u64::MAX, true, store.purge_epoch());
         f.push(&Bytes::copy_from_slice(body));
         f.finish();
         match rx.recv().await.unwrap() {

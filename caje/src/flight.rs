@@ -3,7 +3,7 @@
 //! The first request for a URL becomes the *leader* and goes to the origin; requests that
 //! arrive while it is in flight become *waiters*. When the leader's response turns out to be
 //! storable, the leader publishes its head and the fill's progress, and each waiter whose
-//! `Vary` variant matches streams the body from the file being written, as it arrives. When
+//! `Vary` variant matches reads the body from the fill's spool ([`crate::spool`]), as it arrives. When
 //! it is not storable (or the leader fails or is dropped), waiters are released to fetch on
 //! their own and the URL is remembered as uncacheable for a short time (hit-for-miss), so the
 //! next burst is not serialised behind one request.
@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, StatusCode};
 use tokio::sync::watch;
 
-use super::key::{CacheKey, Variant};
-use super::store::{Entry, FillProgress};
+use crate::cache::key::{CacheKey, Variant};
+use crate::cache::store::{Entry, FillProgress};
 
 /// What a waiter can use of the leader's response.
 #[derive(Debug)]
@@ -35,6 +35,8 @@ pub struct SharedHead {
     pub content_length: Option<u64>,
     /// True once the leader handed the whole body to the cache writer.
     pub body_complete: Arc<std::sync::atomic::AtomicBool>,
+    /// The fill's body, which every client of the flight reads at its own pace.
+    pub spool: Arc<crate::spool::Spool>,
 }
 
 /// The state of one flight, as waiters see it.
@@ -224,7 +226,7 @@ mod tests {
     use super::*;
 
     fn key() -> CacheKey {
-        CacheKey::new("h", "/a")
+        CacheKey::new(&crate::host::Host::parse("h", "http").unwrap(), "/a")
     }
 
     #[tokio::test]
@@ -253,7 +255,10 @@ mod tests {
         leader.uncacheable(Duration::from_secs(60));
         assert!(matches!(flights.join(&key()), Join::Bypass));
         assert!(matches!(
-            flights.join(&CacheKey::new("h", "/b")),
+            flights.join(&CacheKey::new(
+                &crate::host::Host::parse("h", "http").unwrap(),
+                "/b"
+            )),
             Join::Leader(_)
         ));
     }

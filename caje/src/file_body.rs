@@ -1,0 +1,274 @@
+//! A pull-based body over a file: each frame is one bounded positional read on the blocking
+//! pool, started only when hyper asks for the next frame.
+//!
+//! Between frames no thread is held, so a client that stops reading costs a socket and a
+//! file descriptor, never one of the blocking threads that every disk hit and fill needs
+//! (the model of Varnish's and nginx's event-driven senders). A stalled client is then cut
+//! off by `server.send_timeout_ms` ([`crate::send_timeout`]).
+
+use std::fs::File;
+use std::future::Future;
+use std::io::Read as _;
+use std::os::unix::fs::FileExt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use tokio::task::JoinHandle;
+
+use crate::body::{empty, full, Body, BodyError, StreamError, SMALL_BODY};
+use crate::cache::store::{Entry, Store};
+
+/// Largest single read.
+pub const CHUNK: usize = 256 * 1024;
+
+/// Reads `len` bytes at `pos` from `file` (blocking). A file shorter than that is an
+/// `UnexpectedEof` error: the caller never sends a short chunk as if it were whole.
+pub fn pread(file: &File, pos: u64, len: usize) -> std::io::Result<Bytes> {
+    let mut buf = BytesMut::zeroed(len);
+    file.read_exact_at(&mut buf, pos)?;
+    Ok(buf.freeze())
+}
+
+/// The whole-body checksum of a stored entry, carried from read to read.
+struct Check {
+    crc: crc32fast::Hasher,
+    store: Store,
+    entry: Arc<Entry>,
+}
+
+type Read = JoinHandle<(Result<Bytes, StreamError>, Option<Check>)>;
+
+/// Streams bytes `pos..end` of a file, one read per frame.
+pub struct FileBody {
+    file: Arc<File>,
+    pos: u64,
+    end: u64,
+    /// Set for a whole stored body: its CRC is checked as it streams.
+    check: Option<Check>,
+    pending: Option<Read>,
+    failed: bool,
+}
+
+impl FileBody {
+    /// A whole stored body, verified against the entry's checksum as it streams: the last
+    /// chunk is withheld on a mismatch (the client connection is aborted, never handed a
+    /// complete-looking corrupt body), and the entry is removed and counted as corrupt.
+    pub fn verified(file: File, store: Store, entry: Arc<Entry>) -> Self {
+        let end = entry.meta.body_len;
+        FileBody {
+            file: Arc::new(file),
+            pos: 0,
+            end,
+            check: Some(Check {
+                crc: crc32fast::Hasher::new(),
+                store,
+                entry,
+            }),
+            pending: None,
+            failed: false,
+        }
+    }
+
+    /// Bytes `start..start + len` of a file, unverified (a range of a stored body: the
+    /// checksum covers the whole body only).
+    pub fn range(file: File, start: u64, len: u64) -> Self {
+        FileBody {
+            file: Arc::new(file),
+            pos: start,
+            end: start.saturating_add(len),
+            check: None,
+            pending: None,
+            failed: false,
+        }
+    }
+
+    fn start_read(&mut self) -> Read {
+        let file = self.file.clone();
+        let pos = self.pos;
+        let len = (self.end - pos).min(CHUNK as u64) as usize;
+        let last = pos + len as u64 == self.end;
+        let check = self.check.take();
+        tokio::task::spawn_blocking(move || read_chunk(&file, pos, len, last, check))
+    }
+}
+
+/// One read, with the checksum update (and, for the last chunk, its verdict).
+fn read_chunk(
+    file: &File,
+    pos: u64,
+    len: usize,
+    last: bool,
+    mut check: Option<Check>,
+) -> (Result<Bytes, StreamError>, Option<Check>) {
+    let data = match pread(file, pos, len) {
+        Ok(d) => d,
+        Err(e) => {
+            if let Some(c) = &check {
+                let why = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    "body shorter than its metadata".to_owned()
+                } else {
+                    format!("reading body: {e}")
+                };
+                c.store.remove_corrupt(&c.entry, &why);
+                return (Err(StreamError::Corrupt), None);
+            }
+            return (Err(StreamError::Io(e)), None);
+        }
+    };
+    if let Some(c) = &mut check {
+        c.crc.update(&data);
+        if last && c.crc.clone().finalize() != c.entry.meta.body_crc32 {
+            // Withhold the last chunk so the client never receives a complete-looking body.
+            c.store
+                .remove_corrupt(&c.entry, &"body checksum mismatch while serving");
+            return (Err(StreamError::Corrupt), None);
+        }
+    }
+    (Ok(data), check)
+}
+
+impl HttpBody for FileBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if this.failed || (this.pos >= this.end && this.pending.is_none()) {
+            return Poll::Ready(None);
+        }
+        if this.pending.is_none() {
+            this.pending = Some(this.start_read());
+        }
+        let Some(read) = this.pending.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let joined = ready!(Pin::new(read).poll(cx));
+        this.pending = None;
+        let (result, check) = match joined {
+            Ok(r) => r,
+            Err(e) => (Err(StreamError::Io(std::io::Error::other(e))), None),
+        };
+        this.check = check;
+        match result {
+            Ok(data) => {
+                this.pos += data.len() as u64;
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Err(e) => {
+                this.failed = true;
+                Poll::Ready(Some(Err(e.into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pos >= self.end && self.pending.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.end.saturating_sub(self.pos))
+    }
+}
+
+/// Why a stored entry could not be served.
+#[derive(Debug)]
+pub enum HitError {
+    /// The entry was replaced or removed after the lookup; treat as a miss.
+    Gone,
+    /// The entry is corrupt; it has been removed and counted.
+    Corrupt,
+}
+
+/// Opens a stored body for serving. Small bodies are read and verified now; large ones are
+/// verified as they stream, and a mismatch aborts the client connection and removes the entry.
+pub async fn hit_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitError> {
+    // The memory tier answers without a trip to the blocking pool.
+    if let Some(body) = store.hot().get(&entry.meta.body_file) {
+        return Ok(full(body));
+    }
+    let store = store.clone();
+    let entry = entry.clone();
+    let opened = tokio::task::spawn_blocking(move || open_body(&store, &entry))
+        .await
+        .map_err(|_| HitError::Gone)??;
+    Ok(opened)
+}
+
+/// Opens a stored body and checks its length against the metadata. A body that is missing
+/// because the entry was just replaced is `Gone`; any other mismatch removes the entry.
+fn open_checked(store: &Store, entry: &Arc<Entry>) -> Result<std::fs::File, HitError> {
+    let file = match std::fs::File::open(entry.body_path()) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !store.is_current(entry) => {
+            return Err(HitError::Gone)
+        }
+        Err(e) => {
+            store.remove_corrupt(entry, &format_args!("cannot open body: {e}"));
+            return Err(HitError::Corrupt);
+        }
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+    if len != entry.meta.body_len {
+        store.remove_corrupt(
+            entry,
+            &format_args!("body is {len} bytes, metadata says {}", entry.meta.body_len),
+        );
+        return Err(HitError::Corrupt);
+    }
+    Ok(file)
+}
+
+fn open_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitError> {
+    let mut file = open_checked(store, entry)?;
+    let len = entry.meta.body_len;
+    if len <= SMALL_BODY {
+        let mut buf = Vec::with_capacity(len as usize);
+        if let Err(e) = file.read_to_end(&mut buf) {
+            store.remove_corrupt(entry, &format_args!("reading body: {e}"));
+            return Err(HitError::Corrupt);
+        }
+        if buf.len() as u64 != len || crc32fast::hash(&buf) != entry.meta.body_crc32 {
+            store.remove_corrupt(entry, &"body checksum mismatch");
+            return Err(HitError::Corrupt);
+        }
+        if buf.is_empty() {
+            return Ok(empty());
+        }
+        let body = Bytes::from(buf);
+        store.hot().insert(&entry.meta.body_file, body.clone());
+        return Ok(full(body));
+    }
+    Ok(BoxBody::new(FileBody::verified(
+        file,
+        store.clone(),
+        entry.clone(),
+    )))
+}
+
+/// Opens `len` bytes of a stored body from `start`, for a 206. The checksum covers the whole
+/// body, so a range is checked only against the stored length.
+pub async fn hit_range_body(
+    store: &Store,
+    entry: &Arc<Entry>,
+    start: u64,
+    len: u64,
+) -> Result<Body, HitError> {
+    if let Some(body) = store.hot().get(&entry.meta.body_file) {
+        let end = start.saturating_add(len).min(body.len() as u64);
+        return Ok(full(body.slice(start as usize..end as usize)));
+    }
+    let store = store.clone();
+    let entry = entry.clone();
+    // Only the open and its length check happen here; the reads happen as the client pulls.
+    let file = tokio::task::spawn_blocking(move || open_checked(&store, &entry))
+        .await
+        .map_err(|_| HitError::Gone)??;
+    Ok(BoxBody::new(FileBody::range(file, start, len)))
+}
