@@ -276,6 +276,7 @@ fn stats(app: &App) -> Response<Body> {
     let (entries, bytes) = app.store.usage();
     let (memory_entries, memory_bytes) = app.store.hot().usage();
     let (disk_bytes, max_disk_bytes) = app.store.disk_usage();
+    let (warm_bytes, max_warm_bytes) = app.store.warm_usage();
     json_response(
         StatusCode::OK,
         &json!({
@@ -297,6 +298,9 @@ fn stats(app: &App) -> Response<Body> {
             "evictions": S::get(&s.evictions),
             "disk_bytes": disk_bytes,
             "max_disk_bytes": max_disk_bytes,
+            "warm_bytes": warm_bytes,
+            "max_warm_bytes": max_warm_bytes,
+            "warm_refused": S::get(&s.warm_refused),
             "entries": entries,
             "bytes": bytes,
             "uptime_secs": SystemTime::now()

@@ -123,10 +123,14 @@ impl App {
         let limits = DiskLimits {
             max_bytes: config.cache.max_disk_bytes,
             max_entries: config.cache.max_entries,
+            // Validated to 0.0..=1.0; the product is at most the cap.
+            max_warm_bytes: (config.cache.max_disk_bytes as f64 * config.populate.max_fraction)
+                as u64,
         };
         tracing::info!(
             max_disk_bytes = limits.max_bytes,
             max_entries = ?limits.max_entries,
+            max_warm_bytes = limits.max_warm_bytes,
             memory_bytes,
             "cache limits"
         );

@@ -101,6 +101,10 @@ pub struct PopulateConfig {
     pub poll_ms: u64,
     /// A full pass runs at least this often even without changes.
     pub interval_secs: u64,
+    /// Most of `cache.max_disk_bytes` that pages brought in by warming and not yet asked for
+    /// by a client of this node may occupy (0.0 to 1.0). Warming never evicts anything; it
+    /// only uses free room within this share.
+    pub max_fraction: f64,
 }
 
 impl Default for PopulateConfig {
@@ -112,6 +116,7 @@ impl Default for PopulateConfig {
             retries: 2,
             poll_ms: 250,
             interval_secs: 60,
+            max_fraction: 0.5,
         }
     }
 }
@@ -426,6 +431,12 @@ impl Config {
                     "server.strip_request_headers entry {name:?} is not a header name"
                 ))
             })?;
+        }
+        let f = self.populate.max_fraction;
+        if !(0.0..=1.0).contains(&f) {
+            return Err(ConfigError::Invalid(format!(
+                "populate.max_fraction must be between 0.0 and 1.0, not {f}"
+            )));
         }
         if self.server.send_timeout_ms == 0 {
             return Err(ConfigError::Invalid(

@@ -38,6 +38,9 @@ pub struct Stats {
     /// Entries evicted to stay within `cache.max_disk_bytes` / `cache.max_entries` (counted
     /// once their files are deleted).
     pub evictions: AtomicU64,
+    /// Fills from edge warming dropped at commit: no free room, or the warming share
+    /// (`populate.max_fraction`) was used up. Warming never evicts.
+    pub warm_refused: AtomicU64,
     /// Last time a store failure was logged, for rate limiting.
     last_store_failure_log: Mutex<Option<Instant>>,
 }

@@ -277,21 +277,49 @@ impl Policy {
 
     /// Admits `key` for edge warming, at the lowest priority: only into free room (it never
     /// evicts), only while warmed entries untouched by clients weigh at most `share` units,
-    /// and first in line for eviction until a client touches it. A resident key is left as it
-    /// is (warming is not a use).
+    /// and first in line for eviction until a client touches it. A resident key (a warmed
+    /// refresh of a stale copy) keeps its place and its use count (warming is not a use); its
+    /// weight is updated if the difference fits in the free room.
     pub fn admit_warm(&mut self, key: Key, weight: u64, share: u64) -> Result<(), WarmRefused> {
+        self.warm_check(key, weight, share)?;
         let k = K::new(key);
-        if self.map.contains_key(&k) {
-            return Ok(());
-        }
+        // `warm_check` refused weights over `u32::MAX`.
         let w = u32::try_from(weight).map_err(|_| WarmRefused::NoRoom)?;
-        if self.over(weight, 1) {
+        let Some(m) = self.map.get_mut(&k) else {
+            self.insert(k, w, Queue::Warm);
+            return Ok(());
+        };
+        let old = u64::from(m.weight);
+        m.weight = w;
+        self.used = self.used - old + weight;
+        match m.queue {
+            Queue::Small => self.small_used = self.small_used - old + weight,
+            Queue::Warm if m.freq == 0 => self.warm_used = self.warm_used - old + weight,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Whether [`Policy::admit_warm`] would admit `key` with `weight` now (changes nothing).
+    pub fn warm_check(&self, key: Key, weight: u64, share: u64) -> Result<(), WarmRefused> {
+        if u32::try_from(weight).is_err() {
             return Err(WarmRefused::NoRoom);
         }
-        if self.warm_used + weight > share {
+        let (old, untouched_warm, entries) = match self.map.get(&K::new(key)) {
+            Some(m) => (
+                u64::from(m.weight),
+                m.queue == Queue::Warm && m.freq == 0,
+                0,
+            ),
+            None => (0, true, 1),
+        };
+        let grows = weight.saturating_sub(old);
+        if (grows > 0 || entries > 0) && self.over(grows, entries) {
+            return Err(WarmRefused::NoRoom);
+        }
+        if untouched_warm && grows > 0 && self.warm_used + grows > share {
             return Err(WarmRefused::ShareUsed);
         }
-        self.insert(k, w, Queue::Warm);
         Ok(())
     }
 
@@ -655,5 +683,38 @@ mod tests {
         assert_eq!(std::mem::size_of::<(K, Meta)>(), 28);
         assert_eq!(std::mem::size_of::<Slot>(), 20);
         assert_eq!(std::mem::size_of::<(Fp, u32)>(), 12);
+    }
+
+    #[test]
+    fn a_warm_refresh_keeps_its_place_and_only_grows_into_free_room() {
+        let mut p = Policy::new(100, None);
+        assert_eq!(p.admit(key(1), 50), Vec::<Key>::new());
+        assert!(p.touch(key(1)));
+        // A warmed refresh of a client page: not a use, weight updated.
+        assert_eq!(p.admit_warm(key(1), 60, 10), Ok(()));
+        assert_eq!(p.usage().used, 60);
+        assert_eq!(p.usage().warm, 0, "a client page does not count as warmed");
+        // Growth past the free room is refused and changes nothing.
+        assert_eq!(p.warm_check(key(1), 120, 10), Err(WarmRefused::NoRoom));
+        assert_eq!(p.admit_warm(key(1), 120, 10), Err(WarmRefused::NoRoom));
+        assert_eq!(p.usage().used, 60);
+        // A new warmed page: share and room checked, as admit_warm would.
+        assert_eq!(p.warm_check(key(2), 11, 10), Err(WarmRefused::ShareUsed));
+        assert_eq!(p.warm_check(key(2), 41, 100), Err(WarmRefused::NoRoom));
+        assert_eq!(p.warm_check(key(2), 10, 10), Ok(()));
+        assert_eq!(p.admit_warm(key(2), 10, 10), Ok(()));
+        assert_eq!(p.usage().warm, 10);
+        // Its refresh may not grow past the share either.
+        assert_eq!(p.admit_warm(key(2), 12, 10), Err(WarmRefused::ShareUsed));
+        assert_eq!(p.admit_warm(key(2), 8, 10), Ok(()));
+        assert_eq!(
+            p.usage(),
+            Usage {
+                entries: 2,
+                used: 68,
+                warm: 8,
+                capacity: 100
+            }
+        );
     }
 }

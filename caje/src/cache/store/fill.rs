@@ -52,6 +52,10 @@ impl Store {
     /// `since` is [`Store::purge_epoch`] read before the origin request was sent: a purge of
     /// this page logged after it (the response may predate the purge) makes the commit drop
     /// the entry instead of storing it.
+    ///
+    /// `announce` is false only for edge warming (populate fetches of pages the manifest
+    /// already lists): such a fill is admitted at the lowest priority, only into free room
+    /// within `populate.max_fraction` of the cap, and dropped at commit if it does not fit.
     pub fn begin_fill(&self, meta: EntryMeta, max_bytes: u64, announce: bool, since: u64) -> Fill {
         let (tx, rx) = mpsc::unbounded_channel();
         let inflight = Arc::new(Inflight::default());
@@ -166,7 +170,7 @@ impl Store {
             Ok(Some(entry)) => Some((entry, file)),
             Ok(None) => {
                 let _ = fs::remove_file(&tmp_body);
-                tracing::debug!(name, "a purge came while this fill was running: not stored");
+                tracing::debug!(name, "purged while filling, or no room to warm: not stored");
                 None
             }
             Err(e) => {
@@ -196,13 +200,38 @@ impl Store {
                 let _ = fs::remove_file(&tmp_meta);
                 return Ok(None);
             }
+            // Edge warming's fills (the only ones not announced) only use free room within
+            // the warming share. Checked before the renames, so a refusal leaves an older
+            // copy's files alone; nothing else adds weight while the commit lock is held, so
+            // the insert below admits it.
+            if !announce {
+                if let Err(why) = self.index().warm_check(entry.id, entry.meta.body_len) {
+                    let _ = fs::remove_file(&tmp_meta);
+                    tracing::debug!(name, "warming not stored: {why}");
+                    Stats::incr(&self.inner.stats.warm_refused);
+                    return Ok(None);
+                }
+            }
             fs::rename(tmp_body, entry.body_path())?;
             if let Err(e) = fs::rename(&tmp_meta, entry.meta_path()) {
                 let _ = fs::remove_file(entry.body_path());
                 let _ = fs::remove_file(&tmp_meta);
                 return Err(e);
             }
-            self.index().insert(entry.clone(), self.inner.max_variants)
+            match self
+                .index()
+                .insert(entry.clone(), self.inner.max_variants, !announce)
+            {
+                Ok(changed) => changed,
+                Err(why) => {
+                    // Not reached (checked above under the same lock); if it were, the index
+                    // is unchanged and the new files go.
+                    let _ = fs::remove_file(entry.meta_path());
+                    let _ = fs::remove_file(entry.body_path());
+                    tracing::warn!(name, "warming not stored after the check: {why}");
+                    return Ok(None);
+                }
+            }
         };
         // Make the renames durable; a failure here only risks losing the entry in a crash.
         if let Ok(d) = File::open(dir) {

@@ -4,13 +4,13 @@
 //! so what the index serves and what the policy counts against `cache.max_disk_bytes` never
 //! disagree: an entry leaves both in one critical section, before its files are unlinked.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use http::HeaderMap;
 
 use super::{Entry, Lookup, Store};
-use crate::cache::evict::Policy;
+use crate::cache::evict::{Policy, WarmRefused};
 use crate::cache::key::{CacheKey, Variant};
 
 /// Disk usage is counted in blocks of this size, as a filesystem allocates them.
@@ -29,6 +29,9 @@ pub struct DiskLimits {
     pub max_bytes: u64,
     /// Most entries, if bounded.
     pub max_entries: Option<usize>,
+    /// Most bytes (as blocks on disk) that pages brought in by edge warming and not yet asked
+    /// for by a client may occupy (`populate.max_fraction` of `max_bytes`).
+    pub max_warm_bytes: u64,
 }
 
 impl DiskLimits {
@@ -36,10 +39,40 @@ impl DiskLimits {
     pub const UNLIMITED: DiskLimits = DiskLimits {
         max_bytes: u64::MAX,
         max_entries: None,
+        max_warm_bytes: u64::MAX,
     };
 
     fn policy(self) -> Policy {
         Policy::new(self.max_bytes / BLOCK, self.max_entries)
+    }
+}
+
+/// What [`Index::insert`] took out: (replaced or dropped variants, entries evicted to stay
+/// within the disk limits).
+pub(super) type Inserted = (Vec<Arc<Entry>>, Vec<Arc<Entry>>);
+
+/// How many evicted page versions are remembered (about 40 bytes each).
+const EVICTED_REMEMBERED: usize = 16_384;
+
+/// Pages evicted to stay within the cap, with the `stored_at` of the copy that was evicted, so
+/// edge warming does not bring a page back until its manifest row changes. Bounded: the oldest
+/// are forgotten first.
+#[derive(Default)]
+struct Evicted {
+    stored_at: HashMap<u128, i64>,
+    order: VecDeque<u128>,
+}
+
+impl Evicted {
+    fn record(&mut self, id: u128, stored_at: i64) {
+        if self.stored_at.insert(id, stored_at).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > EVICTED_REMEMBERED {
+            if let Some(old) = self.order.pop_front() {
+                self.stored_at.remove(&old);
+            }
+        }
     }
 }
 
@@ -51,6 +84,7 @@ pub(super) struct Index {
     by_id: HashMap<u128, Arc<Entry>>,
     policy: Policy,
     limits: DiskLimits,
+    evicted: Evicted,
 }
 
 impl Index {
@@ -62,13 +96,17 @@ impl Index {
             by_id: HashMap::new(),
             policy: limits.policy(),
             limits,
+            evicted: Evicted::default(),
         }
     }
 
     /// Empties the index (and the policy); returns every entry it held.
+    /// What was evicted is still remembered (warming keeps leaving those versions out).
     pub(super) fn take_all(&mut self) -> Vec<Arc<Entry>> {
         let all = std::mem::take(&mut self.pages);
+        let evicted = std::mem::take(&mut self.evicted);
         *self = Index::new(self.limits);
+        self.evicted = evicted;
         all.into_values().flatten().collect()
     }
 
@@ -78,15 +116,38 @@ impl Index {
         (u.used * BLOCK, u.capacity.saturating_mul(BLOCK))
     }
 
+    /// Bytes (as blocks on disk) of warmed pages no client has asked for yet.
+    pub(super) fn warm_bytes(&self) -> u64 {
+        self.policy.usage().warm * BLOCK
+    }
+
+    /// Whether a warmed page of `body_len` bytes would be admitted now under `id` (an `id`
+    /// already resident only needs room for its growth).
+    pub(super) fn warm_check(&self, id: u128, body_len: u64) -> Result<(), WarmRefused> {
+        let blocks = body_len.div_ceil(BLOCK) + 1;
+        self.policy
+            .warm_check(id, blocks, self.limits.max_warm_bytes / BLOCK)
+    }
+
     /// Inserts or replaces the entry with the same name. When the page then has more than
     /// `max_variants` variants, the oldest are dropped. Returns the replaced and dropped
     /// entries, whose files the caller removes, and the entries evicted to stay within the
     /// disk limits (already out of the index; their files are still on disk).
+    ///
+    /// `warm`: the entry comes from edge warming. It is admitted at the lowest priority and
+    /// only into free room within the warming share; if it does not fit, nothing changes
+    /// and the refusal is returned (the caller drops the fill).
     pub(super) fn insert(
         &mut self,
         entry: Arc<Entry>,
         max_variants: usize,
-    ) -> (Vec<Arc<Entry>>, Vec<Arc<Entry>>) {
+        warm: bool,
+    ) -> Result<Inserted, WarmRefused> {
+        if warm {
+            let share = self.limits.max_warm_bytes / BLOCK;
+            self.policy
+                .admit_warm(entry.id, disk_blocks(&entry), share)?;
+        }
         let variants = self.pages.entry(entry.meta.key()).or_default();
         self.entries += 1;
         self.bytes += entry.meta.body_len;
@@ -112,21 +173,28 @@ impl Index {
         }
         if !variants.iter().any(|e| Arc::ptr_eq(e, &entry)) {
             // The new entry was itself the oldest variant: nothing under its name is left.
-            if self.by_id.remove(&entry.id).is_some() {
+            if self.by_id.remove(&entry.id).is_some() || warm {
                 self.policy.remove(entry.id);
             }
-            return (gone, Vec::new());
+            return Ok((gone, Vec::new()));
         }
         self.by_id.insert(entry.id, entry.clone());
         let mut evicted = Vec::new();
-        for victim in self.policy.admit(entry.id, disk_blocks(&entry)) {
+        // A warmed entry is already admitted (and evicts nothing).
+        let victims = if warm {
+            Vec::new()
+        } else {
+            self.policy.admit(entry.id, disk_blocks(&entry))
+        };
+        for victim in victims {
             if let Some(e) = self.by_id.get(&victim).cloned() {
                 if self.remove(&e) {
+                    self.evicted.record(e.id, e.meta.stored_at as i64);
                     evicted.push(e);
                 }
             }
         }
-        (gone, evicted)
+        Ok((gone, evicted))
     }
 
     /// Records a client's use of an entry for the eviction policy.
@@ -194,6 +262,34 @@ impl Store {
         self.index().disk_usage()
     }
 
+    /// Bytes on disk (whole blocks, as the cap counts them) of pages edge warming brought in
+    /// that no client of this node has asked for yet, and the most they may take
+    /// (`populate.max_fraction` of the cap).
+    pub fn warm_usage(&self) -> (u64, u64) {
+        let idx = self.index();
+        (idx.warm_bytes(), idx.limits.max_warm_bytes)
+    }
+
+    /// Like [`Store::lookup`], but not a client's use: the eviction policy is not told (edge
+    /// warming looks before it fetches).
+    pub fn peek(&self, key: &CacheKey, headers: &HeaderMap) -> Lookup {
+        let idx = self.index();
+        match idx.pages.get(key) {
+            None => Lookup::Miss,
+            Some(variants) => variants
+                .iter()
+                .find(|e| e.meta.variant.matches(headers))
+                .map_or(Lookup::VaryMiss, |e| Lookup::Found(e.clone())),
+        }
+    }
+
+    /// Whether edge warming may bring in a page of `body_len` bytes now: it fits in the free
+    /// room and in the warming share (`populate.max_fraction`). Warming never evicts.
+    pub fn warm_fits(&self, body_len: u64) -> Result<(), WarmRefused> {
+        // A key no entry has: the check for a new page.
+        self.index().warm_check(u128::MAX, body_len)
+    }
+
     /// Finds the entry that may answer a request for `key` with these headers.
     pub fn lookup(&self, key: &CacheKey, headers: &HeaderMap) -> Lookup {
         let mut idx = self.index();
@@ -219,6 +315,18 @@ impl Store {
         idx.pages
             .get(&entry.meta.key())
             .is_some_and(|v| v.iter().any(|e| Arc::ptr_eq(e, entry)))
+    }
+
+    /// Whether this node evicted its copy of the page variant to stay within the cap, and the
+    /// manifest row has not changed since: the row was stored (`row_stored_at`, unix seconds)
+    /// no later than the copy that was evicted. Edge warming skips such rows.
+    pub fn evicted_unchanged(&self, key: &CacheKey, variant: &Variant, row_stored_at: i64) -> bool {
+        let id = super::policy_id(&crate::cache::key::entry_name(key, variant));
+        self.index()
+            .evicted
+            .stored_at
+            .get(&id)
+            .is_some_and(|&evicted| row_stored_at <= evicted)
     }
 
     /// Whether this node holds the given page variant.

@@ -90,6 +90,19 @@ pub struct Entry {
     head: (http::StatusCode, HeaderMap),
 }
 
+/// An entry name's key in the eviction policy: the name's first 128 bits. Names are 64 hex
+/// digits made by `entry_name`; a name that is not (never in practice) still gets a stable id
+/// from its bytes.
+fn policy_id(name: &str) -> u128 {
+    name.get(..32)
+        .and_then(|h| u128::from_str_radix(h, 16).ok())
+        .unwrap_or_else(|| {
+            name.bytes().fold(0u128, |h, b| {
+                h.wrapping_mul(0x100_0000_01B3) ^ u128::from(b)
+            })
+        })
+}
+
 impl Entry {
     fn new(meta: EntryMeta, name: String, dir: PathBuf) -> Entry {
         let mut head = meta.response_head();
@@ -97,16 +110,7 @@ impl Entry {
         head.1.remove("surrogate-key");
         head.1.remove("surrogate-control");
         crate::headers::append_via(&mut head.1);
-        // Names are 64 hex digits made by `entry_name`; a name that is not (never in
-        // practice) still gets a stable id from its bytes.
-        let id = name
-            .get(..32)
-            .and_then(|h| u128::from_str_radix(h, 16).ok())
-            .unwrap_or_else(|| {
-                name.bytes().fold(0u128, |h, b| {
-                    h.wrapping_mul(0x100_0000_01B3) ^ u128::from(b)
-                })
-            });
+        let id = policy_id(&name);
         Entry {
             meta,
             name,

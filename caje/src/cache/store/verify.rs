@@ -89,10 +89,14 @@ impl Store {
                         referenced.insert(meta.body_file.clone());
                         // Over the cap (lowered, or evictions interrupted by a stop): the
                         // policy names victims as the scan goes, and they are deleted.
-                        let (_, evicted) = self.index().insert(
-                            Arc::new(Entry::new(meta, name.to_owned(), dir.to_owned())),
-                            usize::MAX,
-                        );
+                        let (_, evicted) = self
+                            .index()
+                            .insert(
+                                Arc::new(Entry::new(meta, name.to_owned(), dir.to_owned())),
+                                usize::MAX,
+                                false,
+                            )
+                            .unwrap_or_default();
                         self.inner.evictor.evict(evicted);
                         loaded += 1;
                     }
