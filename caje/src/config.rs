@@ -205,8 +205,8 @@ pub struct CacheConfig {
     pub targeted_cache_control: String,
     /// How long a purge's tombstone stays in the manifest for other nodes to apply it.
     pub tombstone_ttl_secs: u64,
-    /// Memory for the hot tier: bodies up to 256 KiB served recently are kept in RAM (least
-    /// recently used evicted first). 0 disables it; every hit then reads the disk.
+    /// Memory for the hot tier: bodies up to 256 KiB served recently are kept in RAM (evicted
+    /// by S3-FIFO, like the disk). 0 disables it; every hit then reads the disk.
     pub memory_bytes: u64,
     /// Disk cap: bodies plus metadata as they occupy the disk (4 KiB blocks). Beyond it, the
     /// scan-resistant eviction policy (S3-FIFO) removes entries in the background.
