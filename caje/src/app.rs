@@ -289,6 +289,10 @@ async fn record_stored(
             }
         }
         let mut pending = tokio::task::JoinSet::new();
+        let stored = batch
+            .iter()
+            .filter(|e| matches!(e, StoreEvent::Stored { .. }))
+            .count() as u64;
         for event in batch {
             // Local removals (old variants, corrupt copies) leave the manifest alone: it
             // says which pages exist in the cluster, not what this node holds. Purges
@@ -324,5 +328,6 @@ async fn record_stored(
             });
         }
         while pending.join_next().await.is_some() {}
+        store.recorded(stored);
     }
 }

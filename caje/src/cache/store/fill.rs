@@ -73,6 +73,9 @@ impl Store {
                 announce,
                 since,
             );
+            if writer_inflight.counted.swap(false, Ordering::AcqRel) {
+                store.inner.finishing.fetch_sub(1, Ordering::AcqRel);
+            }
             advance(
                 &writer_progress,
                 committed.map_or(FillProgress::Failed, |(entry, file)| {
@@ -88,6 +91,7 @@ impl Store {
             bytes: 0,
             max_bytes,
             stats: self.inner.stats.clone(),
+            finishing: self.inner.finishing.clone(),
         }
     }
 
@@ -254,6 +258,9 @@ impl Store {
             }
         }
         Stats::incr(&self.inner.stats.stored);
+        self.inner
+            .stored_events
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let _ = self.inner.events.send(StoreEvent::Stored {
             entry: entry.clone(),
             announce,
@@ -270,6 +277,8 @@ struct Inflight {
     waker: Mutex<Option<std::task::Waker>>,
     /// Set when the whole body has been handed to the writer (before it is written).
     finished: Arc<std::sync::atomic::AtomicBool>,
+    /// This fill counts in the store's `finishing` (whoever clears it takes it out).
+    counted: std::sync::atomic::AtomicBool,
 }
 
 impl Inflight {
@@ -333,6 +342,8 @@ pub struct Fill {
     bytes: u64,
     max_bytes: u64,
     stats: Arc<Stats>,
+    /// The store's count of fills waiting for their commit ([`Store::settled`]).
+    finishing: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Fill {
@@ -384,8 +395,14 @@ impl Fill {
     /// Marks the body complete; the writer commits the entry.
     pub fn finish(mut self) {
         if let Some(tx) = self.tx.take() {
+            // Counted before the writer can see the end, so a listing that waits for
+            // `finishing` cannot miss this fill's commit.
+            self.inflight.counted.store(true, Ordering::Release);
+            self.finishing.fetch_add(1, Ordering::AcqRel);
             if tx.send(FillMsg::Finish).is_ok() {
                 self.inflight.finished.store(true, Ordering::Release);
+            } else if self.inflight.counted.swap(false, Ordering::AcqRel) {
+                self.finishing.fetch_sub(1, Ordering::AcqRel);
             }
         }
     }

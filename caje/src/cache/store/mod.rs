@@ -178,8 +178,44 @@ struct Inner {
     evictor: evictor::Evictor,
     /// Makes body and temp file names unique within this process.
     counter: AtomicU64,
+    /// Fills whose whole body was handed to the writer and that are not committed (or failed)
+    /// yet: a client may already have its whole response.
+    finishing: Arc<AtomicU64>,
+    /// `StoreEvent::Stored` events sent, and those the listener has fully handled (announced
+    /// in the manifest): together they give `/_caje/list` read-your-writes.
+    stored_events: AtomicU64,
+    recorded_events: AtomicU64,
     /// Keeps the exclusive lock on `cache_dir/.lock` for the life of the store.
     _lock: nix::fcntl::Flock<File>,
+}
+
+impl Store {
+    /// The listener of [`StoreEvent`]s has fully handled `n` more `Stored` events.
+    pub fn recorded(&self, n: u64) {
+        self.inner
+            .recorded_events
+            .fetch_add(n, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Waits (at most about `limit`) until every fill whose body was complete when this was
+    /// called is committed, and every entry committed by then has been handled by the events'
+    /// listener (announced in the manifest). Read-your-writes for listings: a page whose
+    /// response a client has received is listed after this.
+    pub async fn settled(&self, limit: std::time::Duration) {
+        use std::sync::atomic::Ordering::Acquire;
+        let deadline = tokio::time::Instant::now() + limit;
+        let step = std::time::Duration::from_millis(2);
+        // Fills that finish meanwhile only delay this up to the deadline.
+        while self.inner.finishing.load(Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(step).await;
+        }
+        let target = self.inner.stored_events.load(Acquire);
+        while self.inner.recorded_events.load(Acquire) < target
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(step).await;
+        }
+    }
 }
 
 /// Handle to the disk store; cheap to clone.
@@ -226,6 +262,9 @@ impl Store {
             stats,
             events,
             counter: AtomicU64::new(0),
+            finishing: Arc::new(AtomicU64::new(0)),
+            stored_events: AtomicU64::new(0),
+            recorded_events: AtomicU64::new(0),
             _lock: lock,
         });
         let store = Store { inner };
