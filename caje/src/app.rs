@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use crate::cache::key::CacheKey;
 use crate::cache::policy::{self, PolicyOptions};
-use crate::cache::store::{Entry, OpenOptions, Store, StoreError, StoreEvent};
+use crate::cache::store::{DiskLimits, Entry, OpenOptions, Store, StoreError, StoreEvent};
 use crate::config::{Config, IpNet};
 use crate::flight::Flights;
 use crate::manifest::{Manifest, ManifestError, ManifestOptions, PageRow, Upsert, VARY_ABSENT};
@@ -127,6 +127,20 @@ impl App {
         let store_stats = stats.clone();
         let max_variants = config.cache.max_variants;
         let memory_bytes = usize::try_from(config.cache.memory_bytes).unwrap_or(usize::MAX);
+        let limits = DiskLimits {
+            max_bytes: config.cache.max_disk_bytes,
+            max_entries: config.cache.max_entries,
+            // Validated to 0.0..=1.0; the product is at most the cap.
+            max_warm_bytes: (config.cache.max_disk_bytes as f64 * config.populate.max_fraction)
+                as u64,
+        };
+        tracing::info!(
+            max_disk_bytes = limits.max_bytes,
+            max_entries = ?limits.max_entries,
+            max_warm_bytes = limits.max_warm_bytes,
+            memory_bytes,
+            "cache limits"
+        );
         let m = &config.manifest;
         let manifest_options = ManifestOptions {
             litefs: m.litefs,
@@ -150,6 +164,7 @@ impl App {
                 &cache_dir,
                 max_variants,
                 memory_bytes,
+                limits,
                 store_stats,
                 events_tx,
                 open_options,
@@ -286,6 +301,10 @@ async fn record_stored(
             }
         }
         let mut pending = tokio::task::JoinSet::new();
+        let stored = batch
+            .iter()
+            .filter(|e| matches!(e, StoreEvent::Stored { .. }))
+            .count() as u64;
         for event in batch {
             // Local removals (old variants, corrupt copies) leave the manifest alone: it
             // says which pages exist in the cluster, not what this node holds. Purges
@@ -321,5 +340,6 @@ async fn record_stored(
             });
         }
         while pending.join_next().await.is_some() {}
+        store.recorded(stored);
     }
 }

@@ -101,6 +101,10 @@ pub struct PopulateConfig {
     pub poll_ms: u64,
     /// A full pass runs at least this often even without changes.
     pub interval_secs: u64,
+    /// Most of `cache.max_disk_bytes` that pages brought in by warming and not yet asked for
+    /// by a client of this node may occupy (0.0 to 1.0). Warming never evicts anything; it
+    /// only uses free room within this share.
+    pub max_fraction: f64,
 }
 
 impl Default for PopulateConfig {
@@ -112,6 +116,7 @@ impl Default for PopulateConfig {
             retries: 2,
             poll_ms: 250,
             interval_secs: 60,
+            max_fraction: 0.5,
         }
     }
 }
@@ -208,9 +213,14 @@ pub struct CacheConfig {
     pub targeted_cache_control: String,
     /// How long a purge's tombstone stays in the manifest for other nodes to apply it.
     pub tombstone_ttl_secs: u64,
-    /// Memory for the hot tier: bodies up to 256 KiB served recently are kept in RAM (least
-    /// recently used evicted first). 0 disables it; every hit then reads the disk.
+    /// Memory for the hot tier: bodies up to 256 KiB served recently are kept in RAM (evicted
+    /// by S3-FIFO, like the disk). 0 disables it; every hit then reads the disk.
     pub memory_bytes: u64,
+    /// Disk cap: bodies plus metadata as they occupy the disk (4 KiB blocks). Beyond it, the
+    /// scan-resistant eviction policy (S3-FIFO) removes entries in the background.
+    pub max_disk_bytes: u64,
+    /// Most entries on disk, if set (the byte cap applies either way).
+    pub max_entries: Option<usize>,
 }
 
 impl Default for CacheConfig {
@@ -228,6 +238,9 @@ impl Default for CacheConfig {
             targeted_cache_control: "Caje-Cache-Control".into(),
             tombstone_ttl_secs: 86_400,
             memory_bytes: 64 * 1024 * 1024,
+            // 10 GiB: safe on the small volumes nodes usually get; raise it to use more.
+            max_disk_bytes: 10 << 30,
+            max_entries: None,
         }
     }
 }
@@ -438,6 +451,12 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "server.upgrade_timeout_ms must be at least 1 (milliseconds)".into(),
             ));
+        }
+        let f = self.populate.max_fraction;
+        if !(0.0..=1.0).contains(&f) {
+            return Err(ConfigError::Invalid(format!(
+                "populate.max_fraction must be between 0.0 and 1.0, not {f}"
+            )));
         }
         if self.server.send_timeout_ms == 0 {
             return Err(ConfigError::Invalid(

@@ -126,7 +126,8 @@ pub async fn fill_page(
     parts.headers = headers;
     let peer = SocketAddr::from(([127, 0, 0, 1], 0));
     let ctx = Ctx::new(app, origin, host, parts, peer, false);
-    if let Lookup::Found(entry) = app.store.lookup(&ctx.key, &ctx.parts.headers) {
+    // A look, not a client's use: warming must not lift a page in the eviction policy.
+    if let Lookup::Found(entry) = app.store.peek(&ctx.key, &ctx.parts.headers) {
         let fresh = !entry.meta.invalidated
             && matches!(
                 policy::freshness(
@@ -170,9 +171,9 @@ pub async fn fill_page(
         return FillResult::Failed("no fill".into());
     };
     let committed = progress
-        .wait_for(|p| matches!(p, FillProgress::Committed(_) | FillProgress::Failed))
+        .wait_for(|p| matches!(p, FillProgress::Committed(..) | FillProgress::Failed))
         .await
-        .map(|p| matches!(*p, FillProgress::Committed(_)))
+        .map(|p| matches!(*p, FillProgress::Committed(..)))
         .unwrap_or(false);
     if committed {
         FillResult::Stored

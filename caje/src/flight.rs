@@ -182,9 +182,9 @@ impl Leader {
         tokio::spawn(async move {
             // Ends when the fill is committed or fails (or its sender is gone).
             let committed = progress
-                .wait_for(|p| matches!(p, FillProgress::Committed(_) | FillProgress::Failed))
+                .wait_for(|p| matches!(p, FillProgress::Committed(..) | FillProgress::Failed))
                 .await
-                .is_ok_and(|p| matches!(*p, FillProgress::Committed(_)));
+                .is_ok_and(|p| matches!(*p, FillProgress::Committed(..)));
             if !committed {
                 // Requests joining from now on fetch on their own.
                 flight.state.send_replace(FlightState::Released);

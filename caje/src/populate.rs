@@ -55,6 +55,7 @@ pub async fn pass(app: &Arc<App>, progress: &(dyn Fn(usize, usize) + Sync)) -> P
     };
     report.listed = rows.len();
     let now = unix_now() as i64;
+    let mut evicted = 0;
     let candidates: Vec<PageRow> = rows
         .into_iter()
         .filter(|row| {
@@ -62,12 +63,21 @@ pub async fn pass(app: &Arc<App>, progress: &(dyn Fn(usize, usize) + Sync)) -> P
                 host: row.host.clone(),
                 path: row.path.clone(),
             };
-            row.method == "GET"
+            let variant = variant_of(row);
+            let wanted = row.method == "GET"
                 && row.expires_at > now
-                && !app.store.holds(&key, &variant_of(row))
-                && app.origins.route(&row.host).is_some()
+                && !app.store.holds(&key, &variant)
+                && app.origins.route(&row.host).is_some();
+            // A page evicted here stays out until its row changes: warming it back would
+            // only evict it (or something warmer) again.
+            if wanted && app.store.evicted_unchanged(&key, &variant, row.stored_at) {
+                evicted += 1;
+                return false;
+            }
+            wanted
         })
         .collect();
+    report.evicted = evicted;
     report.candidates = candidates.len();
     let total = candidates.len();
     pop.in_progress_total.store(total, Ordering::Relaxed);
@@ -90,6 +100,7 @@ pub async fn pass(app: &Arc<App>, progress: &(dyn Fn(usize, usize) + Sync)) -> P
         progress(done, total);
         match result {
             Ok(FillResult::Stored) => report.fetched += 1,
+            Ok(FillResult::NotStored(NO_ROOM)) => report.no_room += 1,
             Ok(FillResult::Failed(_)) | Err(_) => report.failed += 1,
             Ok(_) => report.skipped += 1,
         }
@@ -111,6 +122,9 @@ pub async fn pass(app: &Arc<App>, progress: &(dyn Fn(usize, usize) + Sync)) -> P
     report
 }
 
+/// [`FillResult::NotStored`] reason for a page warming has no room for.
+const NO_ROOM: &str = "no room for warming";
+
 async fn fetch_with_retries(app: &Arc<App>, row: &PageRow) -> FillResult {
     let cfg = &app.config.populate;
     let origin = app
@@ -119,6 +133,12 @@ async fn fetch_with_retries(app: &Arc<App>, row: &PageRow) -> FillResult {
         .map_or_else(String::new, |o| o.url.clone());
     let mut attempt = 0;
     loop {
+        // The row says how big the page is: do not fetch what warming has no room for (a
+        // commit can still refuse it if other warmed pages took the room meanwhile, or the
+        // page grew; that comes back as a failure, and the retry stops here).
+        if app.store.warm_fits(row.size).is_err() {
+            return FillResult::NotStored(NO_ROOM);
+        }
         app.populate.rate_limit(&origin, cfg.rate_per_origin).await;
         let result = fill_page(app, &row.host, &row.path, row_headers(row)).await;
         match &result {

@@ -26,6 +26,12 @@ pub struct PassReport {
     pub skipped: usize,
     /// Pages whose fetch failed after retries.
     pub failed: usize,
+    /// Rows not fetched because this node evicted that version of the page to stay within
+    /// its cap (warmed again once the row changes).
+    pub evicted: usize,
+    /// Pages not fetched or not stored because warming had no free room or its share of the
+    /// cap (`populate.max_fraction`) was used up. Warming never evicts.
+    pub no_room: usize,
     /// How long the pass took.
     pub duration_ms: u64,
     /// When it finished, unix seconds.

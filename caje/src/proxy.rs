@@ -249,7 +249,7 @@ async fn committed_soon(
     deadline: tokio::time::Instant,
 ) -> Option<Arc<Entry>> {
     let complete = match &*progress.borrow() {
-        FillProgress::Committed(e) => return Some(e.clone()),
+        FillProgress::Committed(e, _) => return Some(e.clone()),
         FillProgress::Failed => false,
         _ => head
             .body_complete
@@ -260,10 +260,10 @@ async fn committed_soon(
     }
     let mut rx = progress.clone();
     let done = tokio::time::timeout_at(deadline, async {
-        rx.wait_for(|p| matches!(p, FillProgress::Committed(_) | FillProgress::Failed))
+        rx.wait_for(|p| matches!(p, FillProgress::Committed(..) | FillProgress::Failed))
             .await
             .map(|p| match &*p {
-                FillProgress::Committed(e) => Some(e.clone()),
+                FillProgress::Committed(e, _) => Some(e.clone()),
                 _ => None,
             })
     })

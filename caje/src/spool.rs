@@ -9,10 +9,14 @@
 //! the blocking pool (no thread is held while a client does not read). This is Varnish's
 //! streaming fetch: one slow reader never slows the fetch or another reader.
 //!
+//! Older chunks are read through the writer's own descriptor, never by opening a path: the
+//! commit renames the file, and an eviction may unlink the committed body while a slow
+//! client is still reading it; the descriptor keeps the bytes readable to the end.
+//!
 //! Memory stays bounded: a chunk leaves the window once it is on disk and the window holds
-//! more than [`WINDOW`] bytes (the file is opened only then), and the pump stops reading the
-//! origin while the window holds more than [`WINDOW_CAP`] (only possible while the file is
-//! not open yet; the fill's own backpressure already bounds what is not yet written).
+//! more than [`WINDOW`] bytes, and the pump stops reading the origin while the window holds
+//! more than [`WINDOW_CAP`] (only possible while the writer has no file yet; the fill's own
+//! backpressure already bounds what is not yet written).
 //!
 //! When the fill is abandoned mid-body (the object grew past `max_object_bytes`, or the disk
 //! failed or fell behind) the pump stops and parks the origin body; the first client reads
@@ -55,11 +59,10 @@ enum End {
 }
 
 enum DiskFile {
-    /// Not open yet: nothing may leave the window.
+    /// The writer has no file yet: nothing may leave the window.
     Pending,
+    /// The writer's descriptor (readable; it outlives a rename or an unlink of its path).
     Open(Arc<File>),
-    /// Could not be opened: the window evicts anyway, readers that fall behind it fail.
-    Lost,
 }
 
 struct State {
@@ -192,11 +195,6 @@ impl Spool {
         drop(parked);
     }
 
-    fn window_bytes(&self) -> u64 {
-        let s = self.lock();
-        s.received - s.window_start
-    }
-
     /// Whether the pump may read another chunk now.
     fn has_room(&self) -> bool {
         let s = self.lock();
@@ -217,24 +215,22 @@ impl Spool {
         self.room.notify_waiters();
     }
 
-    fn set_file(&self, file: Option<File>) {
+    fn set_file(&self, file: Arc<File>) {
         let mut s = self.lock();
-        s.file = file.map_or(DiskFile::Lost, |f| DiskFile::Open(Arc::new(f)));
+        s.file = DiskFile::Open(file);
         Self::evict(&mut s);
         drop(s);
         self.room.notify_waiters();
     }
 
     fn evict(s: &mut State) {
-        let lost = match s.file {
-            DiskFile::Pending => return,
-            DiskFile::Open(_) => false,
-            DiskFile::Lost => true,
-        };
+        if matches!(s.file, DiskFile::Pending) {
+            return;
+        }
         while let Some((at, front)) = s.chunks.front() {
             let end = at + front.len() as u64;
             let behind = s.received - end;
-            if behind < WINDOW || (!lost && end > s.on_disk) {
+            if behind < WINDOW || end > s.on_disk {
                 break;
             }
             s.window_start = end;
@@ -281,44 +277,28 @@ async fn pump(spool: Arc<Spool>, mut tee: Tee) {
     }
 }
 
-/// Follows the writer: once the window outgrows [`WINDOW`], opens the file being written (a
-/// small body never costs a second open or read) and lets written chunks leave the window.
+/// Follows the writer: hands the spool the writer's own descriptor of the file (so no path
+/// is ever opened: neither the commit's rename nor an eviction's unlink of the committed
+/// body can take the bytes from under a reader) and lets written chunks leave the window.
 async fn follow_disk(spool: Arc<Spool>, mut progress: watch::Receiver<FillProgress>) {
     let mut opened = false;
     loop {
-        let state = progress.borrow_and_update().clone();
-        let (path, written, last) = match state {
+        let (file, written, last) = match &*progress.borrow_and_update() {
             FillProgress::Starting => (None, 0, false),
-            FillProgress::Writing { path, written } => (Some((*path).clone()), written, false),
-            FillProgress::Committed(entry) => (Some(entry.body_path()), entry.meta.body_len, true),
+            FillProgress::Writing { file, written, .. } => (Some(file.clone()), *written, false),
+            FillProgress::Committed(entry, file) => (Some(file.clone()), entry.meta.body_len, true),
             FillProgress::Failed => (None, 0, true),
         };
-        let needed = spool.window_bytes() > WINDOW;
-        if let (false, true, Some(path)) = (opened, needed, path) {
-            let file = tokio::task::spawn_blocking(move || File::open(path))
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r);
-            match file {
-                Ok(f) => {
-                    opened = true;
-                    spool.set_file(Some(f));
-                }
-                // Renamed into place between the progress update and the open: the next
-                // state (committed) names the new path.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !last => {}
-                Err(_) => {
-                    opened = true;
-                    spool.set_file(None);
-                }
-            }
+        if let (false, Some(file)) = (opened, file) {
+            opened = true;
+            spool.set_file(file);
         }
         if opened {
             spool.on_disk(written);
         }
         if last || progress.changed().await.is_err() {
             if !opened {
-                // The writer is done without its file being opened: nothing will shrink the
+                // The writer is done without ever having a file: nothing will shrink the
                 // window any more, so the pump must not wait for that (the fill is over, so
                 // the pump stops or hands off at its next chunk).
                 spool.uncap();

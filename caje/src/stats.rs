@@ -35,6 +35,12 @@ pub struct Stats {
     pub background_revalidations: AtomicU64,
     /// Entries removed by purges and invalidations.
     pub purged: AtomicU64,
+    /// Entries evicted to stay within `cache.max_disk_bytes` / `cache.max_entries` (counted
+    /// once their files are deleted).
+    pub evictions: AtomicU64,
+    /// Fills from edge warming dropped at commit: no free room, or the warming share
+    /// (`populate.max_fraction`) was used up. Warming never evicts.
+    pub warm_refused: AtomicU64,
     /// Last time a store failure was logged, for rate limiting.
     last_store_failure_log: Mutex<Option<Instant>>,
 }

@@ -142,7 +142,10 @@ async fn populate_endpoint_and_status_report_counts() {
                 .get_site(&gen(&format!("p{i}"), "cc=max-age%3D300"))
                 .await;
         }
-        nodes[1].settle_listed("/gen/p4").await;
+        // Fills commit (and are announced) in any order: wait for every row.
+        for i in 0..5 {
+            nodes[1].settle_listed(&format!("/gen/p{i}?")).await;
+        }
         let pass = nodes[1].admin("POST", "/_caje/populate").await.json();
         assert_eq!(pass["fetched"], 5, "{pass}");
         assert_eq!(pass["failed"], 0, "{pass}");

@@ -1,33 +1,61 @@
-//! The memory tier: bodies of small, recently served entries kept in RAM, least recently used
-//! evicted first, bounded in bytes.
+//! The memory tier: bodies of small entries served recently, bounded in bytes, on the same
+//! scan-resistant policy as the disk tier (S3-FIFO, [`crate::cache::evict`]): a body enters a
+//! small probation queue and joins the main queue only if it is served again, so a one-time
+//! crawl of many small pages cannot push the pages clients keep asking for out of RAM (an LRU
+//! would).
 //!
 //! A body enters only after it was read from disk and passed its checksum, so the memory tier
 //! never serves bytes the disk tier would have refused. Keys are body file names, which are
 //! unique per fill: a replaced entry's old body can never be served for the new one, and the
 //! store drops the key when it removes the entry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use bytes::Bytes;
 
+use super::evict::{Key, Policy};
+
 /// Bodies larger than this stay on disk only.
 pub const MAX_HOT_BODY: u64 = 256 * 1024;
 
-#[derive(Default)]
-struct Lru {
-    /// body file → (body, last use tick)
-    bodies: HashMap<String, (Bytes, u64)>,
-    /// last use tick → body file, oldest first
-    order: BTreeMap<u64, String>,
-    bytes: usize,
-    tick: u64,
+/// The policy's key for a body file name: 128-bit FNV-1a. Names come from SHA-256 and a
+/// per-process counter, so nobody can aim at a collision; a collision would still only cost a
+/// miss, since the stored name is compared on every lookup.
+fn key_of(name: &str) -> Key {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    name.bytes()
+        .fold(OFFSET, |h, b| (h ^ u128::from(b)).wrapping_mul(PRIME))
 }
 
-/// A byte-bounded LRU of bodies.
+struct Bodies {
+    /// policy key → (body file name, body)
+    map: HashMap<Key, (Box<str>, Bytes)>,
+    policy: Policy,
+    bytes: usize,
+}
+
+impl Bodies {
+    fn new(budget: usize) -> Bodies {
+        Bodies {
+            map: HashMap::new(),
+            policy: Policy::new(budget as u64, None),
+            bytes: 0,
+        }
+    }
+
+    fn drop_key(&mut self, key: Key) {
+        if let Some((_, b)) = self.map.remove(&key) {
+            self.bytes -= b.len();
+        }
+    }
+}
+
+/// A byte-bounded, scan-resistant set of bodies.
 pub struct HotTier {
     budget: usize,
-    lru: Mutex<Lru>,
+    bodies: Mutex<Bodies>,
 }
 
 impl HotTier {
@@ -35,76 +63,75 @@ impl HotTier {
     pub fn new(budget: usize) -> HotTier {
         HotTier {
             budget,
-            lru: Mutex::new(Lru::default()),
+            bodies: Mutex::new(Bodies::new(budget)),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Bodies> {
         // Nothing panics while holding it; a poisoned map is still consistent enough to use.
-        self.lru.lock().unwrap_or_else(|e| e.into_inner())
+        self.bodies.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The body stored under `key`, marking it recently used.
+    /// The body stored under `key`, counted as a use.
     pub fn get(&self, key: &str) -> Option<Bytes> {
         if self.budget == 0 {
             return None;
         }
-        let mut lru = self.lock();
-        lru.tick += 1;
-        let tick = lru.tick;
-        let (body, old) = {
-            let (body, last) = lru.bodies.get_mut(key)?;
-            let old = std::mem::replace(last, tick);
-            (body.clone(), old)
+        let k = key_of(key);
+        let mut b = self.lock();
+        let body = match b.map.get(&k) {
+            Some((name, body)) if &**name == key => body.clone(),
+            _ => return None,
         };
-        if let Some(name) = lru.order.remove(&old) {
-            lru.order.insert(tick, name);
-        }
+        b.policy.touch(k);
         Some(body)
     }
 
-    /// Keeps `body` under `key`, evicting the least recently used bodies beyond the budget.
+    /// Keeps `body` under `key` (it was just read from disk: a use), evicting what the policy
+    /// names to stay within the budget.
     pub fn insert(&self, key: &str, body: Bytes) {
         if self.budget == 0 || body.len() as u64 > MAX_HOT_BODY || body.len() > self.budget {
             return;
         }
-        let mut lru = self.lock();
-        lru.tick += 1;
-        let tick = lru.tick;
-        if let Some((old, last)) = lru.bodies.insert(key.to_owned(), (body.clone(), tick)) {
-            lru.bytes -= old.len();
-            lru.order.remove(&last);
+        let k = key_of(key);
+        let mut b = self.lock();
+        if b.map.get(&k).is_some_and(|(name, _)| &**name != key) {
+            // Another name under the same key (never in practice): the newer one wins.
+            b.policy.remove(k);
+            b.drop_key(k);
         }
-        lru.order.insert(tick, key.to_owned());
-        lru.bytes += body.len();
-        while lru.bytes > self.budget {
-            let Some((_, victim)) = lru.order.pop_first() else {
-                break;
-            };
-            if let Some((b, _)) = lru.bodies.remove(&victim) {
-                lru.bytes -= b.len();
+        for victim in b.policy.admit(k, body.len() as u64) {
+            b.drop_key(victim);
+        }
+        if b.policy.contains(k) {
+            b.bytes += body.len();
+            if let Some((_, old)) = b.map.insert(k, (key.into(), body)) {
+                b.bytes -= old.len();
             }
+        } else {
+            b.drop_key(k);
         }
     }
 
     /// Forgets `key` (its entry was removed or replaced).
     pub fn remove(&self, key: &str) {
-        let mut lru = self.lock();
-        if let Some((b, last)) = lru.bodies.remove(key) {
-            lru.bytes -= b.len();
-            lru.order.remove(&last);
+        let k = key_of(key);
+        let mut b = self.lock();
+        if b.map.get(&k).is_some_and(|(name, _)| &**name == key) {
+            b.policy.remove(k);
+            b.drop_key(k);
         }
     }
 
     /// Forgets everything.
     pub fn clear(&self) {
-        *self.lock() = Lru::default();
+        *self.lock() = Bodies::new(self.budget);
     }
 
     /// Bodies held and their bytes.
     pub fn usage(&self) -> (usize, usize) {
-        let lru = self.lock();
-        (lru.bodies.len(), lru.bytes)
+        let b = self.lock();
+        (b.map.len(), b.bytes)
     }
 }
 
@@ -129,6 +156,34 @@ mod tests {
         assert!(hot.get("big").is_none(), "larger than the budget");
         hot.clear();
         assert_eq!(hot.usage(), (0, 0));
+    }
+
+    #[test]
+    fn a_one_time_scan_does_not_flush_the_bodies_served_again() {
+        // 100 KiB of RAM; ten 4 KiB bodies served over and over, then 1,000 served once.
+        let hot = HotTier::new(100 * 1024);
+        let body = Bytes::from(vec![7u8; 4096]);
+        for round in 0..3 {
+            for i in 0..10 {
+                let name = format!("hot{i}");
+                if hot.get(&name).is_none() {
+                    assert_eq!(round, 0, "{name} was lost before the scan");
+                    hot.insert(&name, body.clone());
+                }
+            }
+        }
+        for i in 0..1000 {
+            let name = format!("scan{i}");
+            if hot.get(&name).is_none() {
+                hot.insert(&name, body.clone());
+            }
+        }
+        let kept = (0..10)
+            .filter(|i| hot.get(&format!("hot{i}")).is_some())
+            .count();
+        assert_eq!(kept, 10, "the scan flushed the hot bodies");
+        let (_, bytes) = hot.usage();
+        assert!(bytes <= 100 * 1024, "{bytes} bytes over the budget");
     }
 
     #[test]

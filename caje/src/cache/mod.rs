@@ -3,6 +3,7 @@
 
 pub mod clamp;
 pub mod entry;
+pub mod evict;
 pub mod hot;
 pub mod key;
 pub mod policy;

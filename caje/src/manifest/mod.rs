@@ -87,6 +87,7 @@
 //! adopted (and silently modified) as a manifest.
 
 mod error;
+mod list;
 mod litefs;
 mod owner;
 mod row;
@@ -107,6 +108,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 pub use self::error::{ManifestError, Op};
+pub use self::list::{Cursor, ListPage, ListQuery};
 pub use self::litefs::{LitefsMode, ManifestRole};
 pub use self::row::PurgeGuard;
 pub use self::schema::{APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION};
@@ -444,6 +446,12 @@ impl Manifest {
     /// so it is deterministic but not meant to be meaningful.
     pub async fn list(&self) -> Result<Vec<PageRow>, ManifestError> {
         self.call(Command::List).await
+    }
+
+    /// One page of the listing (see [`ListQuery`]), in [`Manifest::list`]'s order.
+    pub async fn list_page(&self, query: ListQuery) -> Result<ListPage, ManifestError> {
+        self.call(|reply| Command::ListPage(Box::new(query), reply))
+            .await
     }
 
     /// Deletes one page (all identity columns must match). Returns whether a row was removed.

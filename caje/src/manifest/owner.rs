@@ -60,6 +60,7 @@ pub(super) enum Command {
     /// Boxed: a write is much larger than a read's reply, and it waits in the queue.
     Write(Box<WriteOp>),
     List(Reply<Vec<PageRow>>),
+    ListPage(Box<super::ListQuery>, Reply<super::ListPage>),
     Count(Reply<u64>),
     DataVersion(Reply<i64>),
     Stats(Reply<ManifestStats>),
@@ -216,6 +217,9 @@ impl Owner {
         match command {
             Command::Write(op) => self.enqueue(op),
             Command::List(reply) => drop(reply.send(self.list())),
+            Command::ListPage(query, reply) => {
+                drop(reply.send(super::list::page(&self.conn, &query)))
+            }
             Command::Count(reply) => drop(reply.send(self.count())),
             Command::DataVersion(reply) => drop(reply.send(self.data_version())),
             Command::Stats(reply) => drop(reply.send(Ok(self.stats()))),

@@ -623,11 +623,24 @@ impl Caje {
             .unwrap_or_else(|| panic!("/_caje/stats has no numeric `{name}`: {s}"))
     }
 
-    /// `GET /_caje/list` as JSON.
+    /// `GET /_caje/list` as JSON: every page of it (following `next`), merged into one
+    /// `{"count", "entries"}`.
     pub async fn list(&self) -> Value {
-        let r = self.admin("GET", "/_caje/list").await;
-        assert_eq!(r.status, 200, "/_caje/list: {}", r.text());
-        r.json()
+        let mut entries = Vec::new();
+        let mut path = "/_caje/list?limit=10000".to_owned();
+        loop {
+            let r = self.admin("GET", &path).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            let page = r.json();
+            if let Some(a) = page["entries"].as_array() {
+                entries.extend(a.iter().cloned());
+            }
+            match page["next"].as_str() {
+                Some(next) => path = format!("/_caje/list?limit=10000&after={next}"),
+                None => break,
+            }
+        }
+        serde_json::json!({ "count": entries.len(), "entries": entries })
     }
 
     /// Entries of `/_caje/list` whose path starts with `path_prefix`.

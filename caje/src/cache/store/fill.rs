@@ -30,11 +30,15 @@ pub enum FillProgress {
     Writing {
         /// The temp file.
         path: Arc<PathBuf>,
+        /// The writer's descriptor of it, readable: followers read through it (positional
+        /// reads), so a rename or an eviction's unlink cannot pull the body from under them.
+        file: Arc<File>,
         /// Bytes written so far.
         written: u64,
     },
-    /// The entry is committed; its body is complete at `entry.body_path()`.
-    Committed(Arc<Entry>),
+    /// The entry is committed; its body is complete at `entry.body_path()`, and readable
+    /// through the descriptor even once an eviction has unlinked that path.
+    Committed(Arc<Entry>, Arc<File>),
     /// The fill was abandoned or failed; the body will not be completed.
     Failed,
 }
@@ -48,6 +52,10 @@ impl Store {
     /// `since` is [`Store::purge_epoch`] read before the origin request was sent: a purge of
     /// this page logged after it (the response may predate the purge) makes the commit drop
     /// the entry instead of storing it.
+    ///
+    /// `announce` is false only for edge warming (populate fetches of pages the manifest
+    /// already lists): such a fill is admitted at the lowest priority, only into free room
+    /// within `populate.max_fraction` of the cap, and dropped at commit if it does not fit.
     pub fn begin_fill(&self, meta: EntryMeta, max_bytes: u64, announce: bool, since: u64) -> Fill {
         let (tx, rx) = mpsc::unbounded_channel();
         let inflight = Arc::new(Inflight::default());
@@ -65,9 +73,14 @@ impl Store {
                 announce,
                 since,
             );
+            if writer_inflight.counted.swap(false, Ordering::AcqRel) {
+                store.inner.finishing.fetch_sub(1, Ordering::AcqRel);
+            }
             advance(
                 &writer_progress,
-                committed.map_or(FillProgress::Failed, FillProgress::Committed),
+                committed.map_or(FillProgress::Failed, |(entry, file)| {
+                    FillProgress::Committed(entry, file)
+                }),
             );
         });
         Fill {
@@ -78,6 +91,7 @@ impl Store {
             bytes: 0,
             max_bytes,
             stats: self.inner.stats.clone(),
+            finishing: self.inner.finishing.clone(),
         }
     }
 
@@ -90,21 +104,28 @@ impl Store {
         progress: &watch::Sender<FillProgress>,
         announce: bool,
         since: u64,
-    ) -> Option<Arc<Entry>> {
+    ) -> Option<(Arc<Entry>, Arc<File>)> {
         let name = entry_name(&meta.key(), &meta.variant);
         let dir = self.shard_dir(&name);
         let tmp_body = dir.join(format!(".{name}.{:016x}.tmp", self.unique()));
-        let result = (|| -> io::Result<Option<(u64, u32)>> {
+        let result = (|| -> io::Result<Option<(u64, u32, Arc<File>)>> {
             fs::create_dir_all(&dir)?;
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp_body)?;
+            // Readable too: requests coalesced onto this fill read the body through this
+            // descriptor, which stays valid after the rename and after an eviction unlinks
+            // the committed body.
+            let file = Arc::new(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp_body)?,
+            );
             let path = Arc::new(tmp_body.clone());
             advance(
                 progress,
                 FillProgress::Writing {
                     path: path.clone(),
+                    file: file.clone(),
                     written: 0,
                 },
             );
@@ -114,13 +135,14 @@ impl Store {
                 match rx.blocking_recv() {
                     Some(FillMsg::Chunk(data)) => {
                         inflight.written(data.len());
-                        file.write_all(&data)?;
+                        (&*file).write_all(&data)?;
                         crc.update(&data);
                         len += data.len() as u64;
                         advance(
                             progress,
                             FillProgress::Writing {
                                 path: path.clone(),
+                                file: file.clone(),
                                 written: len,
                             },
                         );
@@ -131,9 +153,9 @@ impl Store {
                 }
             }
             file.sync_all()?;
-            Ok(Some((len, crc.finalize())))
+            Ok(Some((len, crc.finalize(), file)))
         })();
-        let (len, crc) = match result {
+        let (len, crc, file) = match result {
             Ok(Some(done)) => done,
             Ok(None) => {
                 let _ = fs::remove_file(&tmp_body);
@@ -149,10 +171,10 @@ impl Store {
         meta.body_len = len;
         meta.body_crc32 = crc;
         match self.commit(&dir, &name, &tmp_body, meta, announce, since) {
-            Ok(Some(entry)) => Some(entry),
+            Ok(Some(entry)) => Some((entry, file)),
             Ok(None) => {
                 let _ = fs::remove_file(&tmp_body);
-                tracing::debug!(name, "a purge came while this fill was running: not stored");
+                tracing::debug!(name, "purged while filling, or no room to warm: not stored");
                 None
             }
             Err(e) => {
@@ -174,7 +196,7 @@ impl Store {
     ) -> io::Result<Option<Arc<Entry>>> {
         let tmp_meta = self.write_temp_meta(dir, name, &meta)?;
         let entry = Arc::new(Entry::new(meta, name.to_owned(), dir.to_owned()));
-        let evicted = {
+        let (gone, evicted) = {
             let log = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
             // Checked and inserted in one critical section with the purges' logging, so a
             // purge either sees this entry in the index or this check sees the purge.
@@ -182,19 +204,48 @@ impl Store {
                 let _ = fs::remove_file(&tmp_meta);
                 return Ok(None);
             }
+            // Edge warming's fills (the only ones not announced) only use free room within
+            // the warming share. Checked before the renames, so a refusal leaves an older
+            // copy's files alone; nothing else adds weight while the commit lock is held, so
+            // the insert below admits it.
+            if !announce {
+                if let Err(why) = self.index().warm_check(entry.id, entry.meta.body_len) {
+                    let _ = fs::remove_file(&tmp_meta);
+                    tracing::debug!(name, "warming not stored: {why}");
+                    Stats::incr(&self.inner.stats.warm_refused);
+                    return Ok(None);
+                }
+            }
             fs::rename(tmp_body, entry.body_path())?;
             if let Err(e) = fs::rename(&tmp_meta, entry.meta_path()) {
                 let _ = fs::remove_file(entry.body_path());
                 let _ = fs::remove_file(&tmp_meta);
                 return Err(e);
             }
-            self.index().insert(entry.clone(), self.inner.max_variants)
+            match self
+                .index()
+                .insert(entry.clone(), self.inner.max_variants, !announce)
+            {
+                Ok(changed) => changed,
+                Err(why) => {
+                    // Not reached (checked above under the same lock); if it were, the index
+                    // is unchanged and the new files go.
+                    let _ = fs::remove_file(entry.meta_path());
+                    let _ = fs::remove_file(entry.body_path());
+                    tracing::warn!(name, "warming not stored after the check: {why}");
+                    return Ok(None);
+                }
+            }
         };
         // Make the renames durable; a failure here only risks losing the entry in a crash.
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
-        for old in evicted {
+        for e in &evicted {
+            self.inner.hot.remove(&e.meta.body_file);
+        }
+        self.inner.evictor.evict(evicted);
+        for old in gone {
             self.inner.hot.remove(&old.meta.body_file);
             if old.name != entry.name {
                 let _ = fs::remove_file(old.meta_path());
@@ -207,6 +258,9 @@ impl Store {
             }
         }
         Stats::incr(&self.inner.stats.stored);
+        self.inner
+            .stored_events
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let _ = self.inner.events.send(StoreEvent::Stored {
             entry: entry.clone(),
             announce,
@@ -223,6 +277,8 @@ struct Inflight {
     waker: Mutex<Option<std::task::Waker>>,
     /// Set when the whole body has been handed to the writer (before it is written).
     finished: Arc<std::sync::atomic::AtomicBool>,
+    /// This fill counts in the store's `finishing` (whoever clears it takes it out).
+    counted: std::sync::atomic::AtomicBool,
 }
 
 impl Inflight {
@@ -286,6 +342,8 @@ pub struct Fill {
     bytes: u64,
     max_bytes: u64,
     stats: Arc<Stats>,
+    /// The store's count of fills waiting for their commit ([`Store::settled`]).
+    finishing: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Fill {
@@ -337,8 +395,14 @@ impl Fill {
     /// Marks the body complete; the writer commits the entry.
     pub fn finish(mut self) {
         if let Some(tx) = self.tx.take() {
+            // Counted before the writer can see the end, so a listing that waits for
+            // `finishing` cannot miss this fill's commit.
+            self.inflight.counted.store(true, Ordering::Release);
+            self.finishing.fetch_add(1, Ordering::AcqRel);
             if tx.send(FillMsg::Finish).is_ok() {
                 self.inflight.finished.store(true, Ordering::Release);
+            } else if self.inflight.counted.swap(false, Ordering::AcqRel) {
+                self.finishing.fetch_sub(1, Ordering::AcqRel);
             }
         }
     }

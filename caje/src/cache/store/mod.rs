@@ -29,6 +29,7 @@
 //! Serving a hit (reading and checking a body against its length and CRC) is in
 //! [`crate::body`], which calls back into [`Store::remove_corrupt`].
 
+mod evictor;
 mod files;
 mod fill;
 mod index;
@@ -50,6 +51,7 @@ use crate::stats::Stats;
 use index::Index;
 
 pub use fill::{Fill, FillProgress};
+pub use index::{DiskLimits, BLOCK};
 
 /// Top-level directory of the current layout inside `cache_dir`.
 const LAYOUT_DIR: &str = "v1";
@@ -80,10 +82,25 @@ pub struct Entry {
     pub meta: EntryMeta,
     /// 64-hex name (hash of page + variant).
     pub name: String,
+    /// The name's first 128 bits: the entry's key in the eviction policy.
+    pub(crate) id: u128,
     /// Directory holding the meta and body files.
     dir: PathBuf,
     /// The response head decoded once, so a hit does not rebuild it from bytes.
     head: (http::StatusCode, HeaderMap),
+}
+
+/// An entry name's key in the eviction policy: the name's first 128 bits. Names are 64 hex
+/// digits made by `entry_name`; a name that is not (never in practice) still gets a stable id
+/// from its bytes.
+fn policy_id(name: &str) -> u128 {
+    name.get(..32)
+        .and_then(|h| u128::from_str_radix(h, 16).ok())
+        .unwrap_or_else(|| {
+            name.bytes().fold(0u128, |h, b| {
+                h.wrapping_mul(0x100_0000_01B3) ^ u128::from(b)
+            })
+        })
 }
 
 impl Entry {
@@ -93,9 +110,11 @@ impl Entry {
         head.1.remove("surrogate-key");
         head.1.remove("surrogate-control");
         crate::headers::append_via(&mut head.1);
+        let id = policy_id(&name);
         Entry {
             meta,
             name,
+            id,
             dir,
             head,
         }
@@ -137,7 +156,8 @@ pub enum StoreEvent {
         /// Whether the manifest should learn about it.
         announce: bool,
     },
-    /// An entry was removed locally (evicted as an old variant, or purged).
+    /// An entry was removed locally (evicted as an old variant or to stay within the disk
+    /// cap, or purged).
     Removed(Arc<Entry>),
 }
 
@@ -154,8 +174,17 @@ struct Inner {
     max_variants: usize,
     /// Small bodies served recently, in memory.
     hot: HotTier,
+    /// Hands evicted entries to the thread that unlinks their files.
+    evictor: evictor::Evictor,
     /// Makes body and temp file names unique within this process.
     counter: AtomicU64,
+    /// Fills whose whole body was handed to the writer and that are not committed (or failed)
+    /// yet: a client may already have its whole response.
+    finishing: Arc<AtomicU64>,
+    /// `StoreEvent::Stored` events sent, and those the listener has fully handled (announced
+    /// in the manifest): together they give `/_caje/list` read-your-writes.
+    stored_events: AtomicU64,
+    recorded_events: AtomicU64,
     /// The exclusive lock on `cache_dir/.lock`, held while this process owns the directory.
     /// A graceful upgrade releases it to the new process while this one drains.
     lock: Mutex<Option<nix::fcntl::Flock<File>>>,
@@ -184,6 +213,35 @@ pub struct Handover {
     pub ask: Box<dyn FnOnce() -> io::Result<()> + Send>,
 }
 
+impl Store {
+    /// The listener of [`StoreEvent`]s has fully handled `n` more `Stored` events.
+    pub fn recorded(&self, n: u64) {
+        self.inner
+            .recorded_events
+            .fetch_add(n, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Waits (at most about `limit`) until every fill whose body was complete when this was
+    /// called is committed, and every entry committed by then has been handled by the events'
+    /// listener (announced in the manifest). Read-your-writes for listings: a page whose
+    /// response a client has received is listed after this.
+    pub async fn settled(&self, limit: std::time::Duration) {
+        use std::sync::atomic::Ordering::Acquire;
+        let deadline = tokio::time::Instant::now() + limit;
+        let step = std::time::Duration::from_millis(2);
+        // Fills that finish meanwhile only delay this up to the deadline.
+        while self.inner.finishing.load(Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(step).await;
+        }
+        let target = self.inner.stored_events.load(Acquire);
+        while self.inner.recorded_events.load(Acquire) < target
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(step).await;
+        }
+    }
+}
+
 /// Handle to the disk store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -197,6 +255,7 @@ impl Store {
         dir: &Path,
         max_variants: usize,
         memory_bytes: usize,
+        limits: DiskLimits,
         stats: Arc<Stats>,
         events: mpsc::UnboundedSender<StoreEvent>,
     ) -> Result<Store, StoreError> {
@@ -204,6 +263,7 @@ impl Store {
             dir,
             max_variants,
             memory_bytes,
+            limits,
             stats,
             events,
             OpenOptions::default(),
@@ -215,6 +275,7 @@ impl Store {
         dir: &Path,
         max_variants: usize,
         memory_bytes: usize,
+        limits: DiskLimits,
         stats: Arc<Stats>,
         events: mpsc::UnboundedSender<StoreEvent>,
         options: OpenOptions,
@@ -233,15 +294,21 @@ impl Store {
                     .ok_or_else(|| StoreError::Locked(dir.to_owned()))?,
             ),
         };
+        let evictor =
+            evictor::Evictor::spawn(stats.clone(), events.clone()).map_err(io_err(dir))?;
         let inner = Arc::new(Inner {
             root,
-            index: Mutex::new(Index::default()),
+            index: Mutex::new(Index::new(limits)),
+            evictor,
             commit: Mutex::new(purge::PurgeLog::default()),
             max_variants,
             hot: HotTier::new(memory_bytes),
             stats,
             events,
             counter: AtomicU64::new(0),
+            finishing: Arc::new(AtomicU64::new(0)),
+            stored_events: AtomicU64::new(0),
+            recorded_events: AtomicU64::new(0),
             lock: Mutex::new(lock),
             lock_path,
         });
@@ -339,7 +406,14 @@ mod tests {
         // directory lock) for a moment after its last event.
         for _ in 0..100 {
             let (tx, rx) = mpsc::unbounded_channel();
-            match Store::open(dir, 8, 1 << 20, Arc::new(Stats::default()), tx) {
+            match Store::open(
+                dir,
+                8,
+                1 << 20,
+                DiskLimits::UNLIMITED,
+                Arc::new(Stats::default()),
+                tx,
+            ) {
                 Ok(store) => return (store, rx),
                 Err(StoreError::Locked(_)) => {
                     std::thread::sleep(std::time::Duration::from_millis(10))
@@ -371,9 +445,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_store, _rx) = open(dir.path());
         let (tx, _rx2) = mpsc::unbounded_channel();
-        let err = Store::open(dir.path(), 8, 1 << 20, Arc::new(Stats::default()), tx)
-            .err()
-            .unwrap();
+        let err = Store::open(
+            dir.path(),
+            8,
+            1 << 20,
+            DiskLimits::UNLIMITED,
+            Arc::new(Stats::default()),
+            tx,
+        )
+        .err()
+        .unwrap();
         assert!(matches!(err, StoreError::Locked(_)));
     }
 }

@@ -93,13 +93,7 @@ impl Store {
     /// Removes every entry; returns (entries, bytes) removed. Blocking.
     pub fn clear(&self) -> (u64, u64) {
         self.log_purge(None, None);
-        let removed: Vec<Arc<Entry>> = {
-            let mut idx = self.index();
-            let all = std::mem::take(&mut idx.pages);
-            idx.entries = 0;
-            idx.bytes = 0;
-            all.into_values().flatten().collect()
-        };
+        let removed: Vec<Arc<Entry>> = self.index().take_all();
         self.inner.hot.clear();
         let bytes = removed.iter().map(|e| e.meta.body_len).sum();
         for e in &removed {
@@ -269,15 +263,15 @@ mod tests {
         let (mut p_early, mut p_late) = (early.progress(), late.progress());
         early.finish();
         let early_stored = p_early
-            .wait_for(|p| matches!(p, FillProgress::Committed(_) | FillProgress::Failed))
+            .wait_for(|p| matches!(p, FillProgress::Committed(..) | FillProgress::Failed))
             .await
-            .map(|p| matches!(*p, FillProgress::Committed(_)))
+            .map(|p| matches!(*p, FillProgress::Committed(..)))
             .unwrap();
         late.finish();
         let late_stored = p_late
-            .wait_for(|p| matches!(p, FillProgress::Committed(_) | FillProgress::Failed))
+            .wait_for(|p| matches!(p, FillProgress::Committed(..) | FillProgress::Failed))
             .await
-            .map(|p| matches!(*p, FillProgress::Committed(_)))
+            .map(|p| matches!(*p, FillProgress::Committed(..)))
             .unwrap();
         (early_stored, late_stored)
     }
@@ -289,25 +283,15 @@ mod tests {
         let key = sample().key();
         let page = commit_after(|s| drop(s.remove_page(&key)), &[]).await;
         assert_eq!(page, (false, true));
-        let tag = commit_after(
-            |s| {
-                s.apply_purge(None, Some("t"), false);
-            },
-            &["t"],
-        )
-        .await;
+        let tag = commit_after(|s| _ = s.apply_purge(None, Some("t"), false), &["t"]).await;
         assert_eq!(tag, (false, true));
-        let all = commit_after(
-            |s| {
-                s.apply_purge(None, None, true);
-            },
-            &[],
-        )
-        .await;
+        let all = commit_after(|s| _ = s.apply_purge(None, None, true), &[]).await;
         assert_eq!(all, (false, true));
         // Purges of other pages and tags leave it alone.
-        let host = crate::host::Host::parse("example.com", "http").expect("a valid host");
-        let other = CacheKey::new(&host, "/other");
+        let other = CacheKey::new(
+            &crate::host::Host::parse("example.com", "http").expect("a valid host"),
+            "/other",
+        );
         assert_eq!(
             commit_after(|s| drop(s.remove_page(&other)), &["t"]).await,
             (true, true)

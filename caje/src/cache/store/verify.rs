@@ -167,10 +167,17 @@ impl Store {
                 {
                     Ok(meta) if entry_name(&meta.key(), &meta.variant) == name => {
                         referenced.insert(meta.body_file.clone());
-                        self.index().insert(
-                            Arc::new(Entry::new(meta, name.to_owned(), dir.to_owned())),
-                            usize::MAX,
-                        );
+                        // Over the cap (lowered, or evictions interrupted by a stop): the
+                        // policy names victims as the scan goes, and they are deleted.
+                        let (_, evicted) = self
+                            .index()
+                            .insert(
+                                Arc::new(Entry::new(meta, name.to_owned(), dir.to_owned())),
+                                usize::MAX,
+                                false,
+                            )
+                            .unwrap_or_default();
+                        self.inner.evictor.evict(evicted);
                         loaded += 1;
                     }
                     Ok(_) => {
@@ -215,7 +222,15 @@ mod tests {
             fs::write(e.meta_path(), bytes).unwrap();
         }
         let (tx, _rx) = mpsc::unbounded_channel();
-        let store = Store::open(dir.path(), 8, 1 << 20, stats.clone(), tx).unwrap();
+        let store = Store::open(
+            dir.path(),
+            8,
+            1 << 20,
+            crate::cache::store::DiskLimits::UNLIMITED,
+            stats.clone(),
+            tx,
+        )
+        .unwrap();
         assert_eq!(store.usage(), (0, 0));
         assert_eq!(Stats::get(&stats.corrupt_entries), 1);
     }

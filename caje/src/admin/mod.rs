@@ -8,6 +8,8 @@
 //! collapsed, `.` and `..` resolved), so `/%5Fcaje/clear` or `/x/../_caje/clear` cannot reach
 //! the origin or slip past authentication.
 
+mod list;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -18,14 +20,12 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::app::variant_of;
 use crate::app::App;
 use crate::body::{self, Body};
 use crate::cache::key::CacheKey;
 use crate::cache_status::Outcome;
 use crate::host::Host;
 use crate::manifest::Purge;
-use crate::time::unix_now;
 
 /// The admin prefix.
 pub const PREFIX: &str = "/_caje";
@@ -84,7 +84,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) ->
         ("/populate", _) => method_not_allowed("POST"),
         ("/status", &Method::GET) => status(app).await,
         ("/status", _) => method_not_allowed("GET"),
-        ("/list", &Method::GET) => list(app).await,
+        ("/list", &Method::GET) => list::list(app, req.uri().query()).await,
         ("/stats", &Method::GET) => stats(app),
         ("/clear", &Method::POST) => clear(app, true, true).await,
         ("/clear/fs", &Method::POST) => clear(app, true, false).await,
@@ -228,53 +228,13 @@ fn internal(what: &str, err: &dyn std::fmt::Display) -> Response<Body> {
     )
 }
 
-async fn list(app: &App) -> Response<Body> {
-    let rows = match app.manifest.list().await {
-        Ok(r) => r,
-        Err(e) => return internal("reading the manifest", &e),
-    };
-    let now = unix_now() as i64;
-    let entries: Vec<Value> = rows
-        .iter()
-        .map(|row| {
-            let key = CacheKey {
-                host: row.host.clone(),
-                path: row.path.clone(),
-            };
-            let variant = variant_of(row);
-            let vary: serde_json::Map<String, Value> = variant
-                .0
-                .iter()
-                .map(|(n, v)| (n.clone(), v.clone().map_or(Value::Null, Value::String)))
-                .collect();
-            json!({
-                "host": row.host,
-                "method": row.method,
-                "path": row.path,
-                "vary": vary,
-                "status": row.status,
-                "stored_at": row.stored_at,
-                "expires_at": row.expires_at,
-                "ttl": (row.expires_at - now).max(0),
-                "size": row.size,
-                "etag": row.etag,
-                "last_modified": row.last_modified,
-                "on_disk": app.store.holds(&key, &variant),
-                "fresh": row.expires_at > now,
-            })
-        })
-        .collect();
-    json_response(
-        StatusCode::OK,
-        &json!({ "count": entries.len(), "entries": entries }),
-    )
-}
-
 fn stats(app: &App) -> Response<Body> {
     use crate::stats::Stats as S;
     let s = &app.stats;
     let (entries, bytes) = app.store.usage();
     let (memory_entries, memory_bytes) = app.store.hot().usage();
+    let (disk_bytes, max_disk_bytes) = app.store.disk_usage();
+    let (warm_bytes, max_warm_bytes) = app.store.warm_usage();
     json_response(
         StatusCode::OK,
         &json!({
@@ -293,6 +253,12 @@ fn stats(app: &App) -> Response<Body> {
             "stale_served": S::get(&s.stale_served),
             "background_revalidations": S::get(&s.background_revalidations),
             "purged": S::get(&s.purged),
+            "evictions": S::get(&s.evictions),
+            "disk_bytes": disk_bytes,
+            "max_disk_bytes": max_disk_bytes,
+            "warm_bytes": warm_bytes,
+            "max_warm_bytes": max_warm_bytes,
+            "warm_refused": S::get(&s.warm_refused),
             "entries": entries,
             "bytes": bytes,
             "uptime_secs": SystemTime::now()
@@ -339,6 +305,8 @@ async fn status(app: &App) -> Response<Body> {
     let data_version = app.manifest.data_version().await.ok();
     let manifest_stats = app.manifest.stats().await.ok();
     let (entries, bytes) = app.store.usage();
+    let (disk_bytes, max_disk_bytes) = app.store.disk_usage();
+    let evictions = crate::stats::Stats::get(&app.stats.evictions);
     json_response(
         StatusCode::OK,
         &json!({
@@ -360,7 +328,14 @@ async fn status(app: &App) -> Response<Body> {
                     "last_error": s.last_error,
                 })),
             },
-            "cache": { "entries": entries, "bytes": bytes, "flights": app.flights.len() },
+            "cache": {
+                "entries": entries,
+                "bytes": bytes,
+                "disk_bytes": disk_bytes,
+                "max_disk_bytes": max_disk_bytes,
+                "evictions": evictions,
+                "flights": app.flights.len(),
+            },
             "populate": app.populate.status(),
             "tombstones": {
                 "cursor": app.tombstones.cursor(),
