@@ -16,7 +16,6 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::app::variant_of;
 use crate::app::App;
@@ -107,7 +106,7 @@ fn authorize<B>(app: &App, req: &Request<B>, peer: SocketAddr) -> Result<(), Box
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         return match given {
-            Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(g) if crate::secret::constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
             Some(_) => Err(Box::new(unauthorized("the admin token is wrong"))),
             None => Err(Box::new(unauthorized(
                 "admin endpoints need an Authorization: Bearer <token> header",
@@ -174,16 +173,6 @@ fn forgeable_by_browser<B>(req: &Request<B>) -> Option<&'static str> {
         }
     }
     None
-}
-
-/// Compares secrets without leaking where they differ: both sides are hashed first, so the
-/// time does not depend on the length or content of the guess.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let (ha, hb) = (Sha256::digest(a), Sha256::digest(b));
-    ha.iter()
-        .zip(hb.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
 }
 
 fn unauthorized(why: &str) -> Response<Body> {
@@ -259,6 +248,7 @@ async fn list(app: &App) -> Response<Body> {
                 "size": row.size,
                 "etag": row.etag,
                 "last_modified": row.last_modified,
+                "node": row.node,
                 "on_disk": app.store.holds(&key, &variant),
                 "fresh": row.expires_at > now,
             })
@@ -293,6 +283,10 @@ fn stats(app: &App) -> Response<Body> {
             "stale_served": S::get(&s.stale_served),
             "background_revalidations": S::get(&s.background_revalidations),
             "purged": S::get(&s.purged),
+            "peer_served": S::get(&s.peer_served),
+            "peer_misses": S::get(&s.peer_misses),
+            "peer_fills": S::get(&s.peer_fills),
+            "peer_fallbacks": S::get(&s.peer_fallbacks),
             "entries": entries,
             "bytes": bytes,
             "uptime_secs": SystemTime::now()
@@ -577,12 +571,5 @@ mod tests {
         for p in ["/", "/_cajex", "/x/_caje/list", "/_caj", "/%5"] {
             assert!(!is_admin_path(p), "{p} should not be admin");
         }
-    }
-
-    #[test]
-    fn constant_time_compare() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 }

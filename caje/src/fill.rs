@@ -41,6 +41,8 @@ pub(crate) struct Ctx {
     /// [`crate::cache::store::Store::purge_epoch`] when this request arrived, before anything
     /// was sent to the origin: a purge after it drops what this request would store.
     pub(crate) purge_epoch: u64,
+    /// The length and CRC-32 the body must have (a peer's answer, [`crate::peer`]).
+    pub(crate) expect_body: Option<(u64, u32)>,
 }
 
 impl Ctx {
@@ -80,6 +82,7 @@ impl Ctx {
             peer,
             announce,
             purge_epoch: app.store.purge_epoch(),
+            expect_body: None,
         }
     }
 }
@@ -99,14 +102,27 @@ pub enum FillResult {
     Failed(String),
 }
 
+/// Where [`fill_page`] may get a page before asking the origin: the node that stored the
+/// version a manifest row describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FromPeer {
+    /// The node's `cluster.advertise_url`.
+    pub url: String,
+    /// The row's `stored_at`: an older copy is not an answer.
+    pub stored_at: i64,
+}
+
 /// Fetches one page into the cache without a client (edge warming), through the same path
 /// as a miss: the same origin request, policy and tee, coalesced with client misses for the
 /// same URL. `headers` are the request headers to send (the values a Vary variant recorded).
+/// With `peer`, the page is asked from that node first ([`crate::peer::ask`]), and from the
+/// origin only when it has no usable answer in time.
 pub async fn fill_page(
     app: &Arc<App>,
     host: &str,
     path: &str,
     headers: http::HeaderMap,
+    peer: Option<&FromPeer>,
 ) -> FillResult {
     let host = match Host::parse(host, "http") {
         Ok(h) => h,
@@ -122,8 +138,8 @@ pub async fn fill_page(
         Err(e) => return FillResult::Failed(format!("bad path {path:?}: {e}")),
     };
     parts.headers = headers;
-    let peer = SocketAddr::from(([127, 0, 0, 1], 0));
-    let ctx = Ctx::new(app, origin, host, parts, peer, false);
+    let client = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut ctx = Ctx::new(app, origin, host, parts, client, false);
     if let Lookup::Found(entry) = app.store.lookup(&ctx.key, &ctx.parts.headers) {
         let fresh = !entry.meta.invalidated
             && matches!(
@@ -143,13 +159,43 @@ pub async fn fill_page(
     let Join::Leader(leader) = app.flights.join(&ctx.key) else {
         return FillResult::InFlight;
     };
-    let oreq = match origin_request(&ctx, body::empty(), true, None) {
-        Ok(r) => r,
-        Err(msg) => return FillResult::Failed(msg),
+    // After `Ctx::new` read the purge epoch: `ask` sends the tombstones applied by now, and a
+    // purge applied later drops this fill at its commit.
+    let answer = match peer {
+        Some(p) => {
+            let path = ctx.key.path.clone();
+            let answer = crate::peer::ask(
+                app,
+                &p.url,
+                &ctx.host,
+                &path,
+                &ctx.parts.headers,
+                p.stored_at,
+            )
+            .await;
+            if answer.is_none() {
+                Stats::incr(&app.stats.peer_fallbacks);
+            }
+            answer
+        }
+        None => None,
     };
-    let res = match app.client.send(&ctx.origin, oreq).await {
-        Ok(r) => r,
-        Err(e) => return FillResult::Failed(e.to_string()),
+    let res = match answer {
+        Some(answer) => {
+            Stats::incr(&app.stats.peer_fills);
+            ctx.expect_body = Some((answer.len, answer.crc32));
+            answer.response
+        }
+        None => {
+            let oreq = match origin_request(&ctx, body::empty(), true, None) {
+                Ok(r) => r,
+                Err(msg) => return FillResult::Failed(msg),
+            };
+            match app.client.send(&ctx.origin, oreq).await {
+                Ok(r) => r,
+                Err(e) => return FillResult::Failed(e.to_string()),
+            }
+        }
     };
     let (mut rparts, rbody) = res.into_parts();
     headers::strip_hop_by_hop(&mut rparts.headers);
@@ -306,6 +352,9 @@ pub(crate) fn respond_from_origin(
                 ctx.announce,
                 ctx.purge_epoch,
             );
+            if let Some((len, crc32)) = ctx.expect_body {
+                fill.expect(len, crc32);
+            }
             let spool = Spool::new(content_length);
             if let Some(leader) = leader {
                 let mut shared = rparts.headers.clone();

@@ -23,6 +23,8 @@
 //!   applying a 304.
 //! - [`fill`]: one origin request streamed to its client while it is stored; also used by
 //!   [`populate`] without a client ([`fill::fill_page`]).
+//! - [`peer`]: the origin shield: other nodes' `GET /_caje/peer`, and asking a peer before
+//!   the origin ([`secret`] compares the tokens).
 //! - [`invalidate`]: unsafe methods, and the URLs a success invalidates.
 //! - [`origin`]: host → origin routing and the pooled HTTP(S) client; 502/504 classification.
 //! - [`cache`]: keys ([`cache::key`]), the RFC 9111 policy ([`cache::policy`], the only user
@@ -59,10 +61,12 @@ pub mod host;
 pub mod invalidate;
 pub mod manifest;
 pub mod origin;
+pub mod peer;
 pub mod populate;
 pub mod populate_state;
 pub mod proxy;
 pub mod request;
+pub mod secret;
 pub mod send_timeout;
 pub mod server;
 pub mod spool;

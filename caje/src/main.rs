@@ -148,16 +148,30 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     if let Some(token) = &args.admin_token {
         config.admin.token = token.clone();
     }
+    // A secret: from the environment rather than a file when it is not in the file.
+    if config.cluster.token.is_empty() {
+        if let Ok(token) = std::env::var("CAJE_CLUSTER_TOKEN") {
+            config.cluster.token = token;
+        }
+    }
     config.validate()?;
     Ok(config)
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// `cluster.advertise_url` once the listen port is known (`{port}`, Fly's private address).
+fn advertise(config: &mut Config, port: u16) {
+    let fly = std::env::var("FLY_PRIVATE_IP").ok();
+    config.cluster.advertise_url = config.cluster.resolve_advertise_url(port, fly.as_deref());
+}
+
+async fn serve(mut config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
-    let app = App::start(config).await.context("starting caje")?;
+    // Bound before the node starts, so that the rows it writes can name its real port.
     let listener = caje::server::bind(listen)
         .with_context(|| format!("cannot listen on {listen} (is another process using it?)"))?;
     let local = listener.local_addr().context("reading the bound address")?;
+    advertise(&mut config, local.port());
+    let app = App::start(config).await.context("starting caje")?;
     // Tests and scripts read this line to find the port; print it only once serving.
     println!("caje listening on http://{local}");
     tracing::info!(addr = %local, cache_dir = %app.config.cache_dir.display(), db = %app.config.db.display(), "caje ready");
@@ -166,7 +180,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn populate_once(config: Config) -> anyhow::Result<()> {
+async fn populate_once(mut config: Config) -> anyhow::Result<()> {
+    let port = config.listen.port();
+    advertise(&mut config, port);
     let app = App::start(config).await.context("starting caje")?;
     caje::populate::reconcile(&app).await;
     let progress = |done: usize, total: usize| {

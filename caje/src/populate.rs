@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::app::{page_row, variant_of, App};
 use crate::cache::key::CacheKey;
-use crate::fill::{fill_page, FillResult};
+use crate::fill::{fill_page, FillResult, FromPeer};
 use crate::manifest::{PageRow, Upsert};
 pub use crate::populate_state::{PassReport, Populate, PopulateStatus, ReconcileReport};
 use crate::time::unix_now;
@@ -117,10 +117,23 @@ async fn fetch_with_retries(app: &Arc<App>, row: &PageRow) -> FillResult {
         .origins
         .route(&row.host)
         .map_or_else(String::new, |o| o.url.clone());
+    // The node that stored this version, unless that is this node (its copy is gone).
+    let peer = (app.config.fills_from_peers()
+        && !row.node.is_empty()
+        && row.node != app.config.cluster.advertise_url)
+        .then(|| FromPeer {
+            url: row.node.clone(),
+            stored_at: row.stored_at,
+        });
     let mut attempt = 0;
     loop {
-        app.populate.rate_limit(&origin, cfg.rate_per_origin).await;
-        let result = fill_page(app, &row.host, &row.path, row_headers(row)).await;
+        // The peer on the first attempt only: a retry goes to the origin.
+        let peer = peer.as_ref().filter(|_| attempt == 0);
+        if peer.is_none() {
+            // The rate protects the origin; a peer's answer costs it nothing.
+            app.populate.rate_limit(&origin, cfg.rate_per_origin).await;
+        }
+        let result = fill_page(app, &row.host, &row.path, row_headers(row), peer).await;
         match &result {
             FillResult::Failed(why) if attempt < cfg.retries => {
                 attempt += 1;
@@ -201,7 +214,7 @@ pub async fn reconcile(app: &Arc<App>) -> ReconcileReport {
         }
         report.announced += 1;
         let manifest = app.manifest.clone();
-        let row = page_row(entry);
+        let row = page_row(entry, &app.config.cluster.advertise_url);
         let guard = guard.clone();
         tasks.spawn(async move { manifest.announce(row, guard).await });
     }

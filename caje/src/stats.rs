@@ -35,6 +35,14 @@ pub struct Stats {
     pub background_revalidations: AtomicU64,
     /// Entries removed by purges and invalidations.
     pub purged: AtomicU64,
+    /// Peer requests this node answered from its cache.
+    pub peer_served: AtomicU64,
+    /// Peer requests this node refused or could not answer (miss, behind on purges, token).
+    pub peer_misses: AtomicU64,
+    /// Pages this node filled from a peer's answer.
+    pub peer_fills: AtomicU64,
+    /// Peer fills that went to the origin instead (no answer in time, a miss, a bad answer).
+    pub peer_fallbacks: AtomicU64,
     /// Last time a store failure was logged, for rate limiting.
     last_store_failure_log: Mutex<Option<Instant>>,
 }
