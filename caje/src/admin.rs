@@ -490,8 +490,18 @@ fn purge_target<B>(url: &str, req: &Request<B>) -> Result<CacheKey, String> {
     Ok(CacheKey::new(&host, &path))
 }
 
-/// Applies a purge locally and in the manifest (rows + tombstone, one transaction).
+/// Applies a purge in the manifest (rows + tombstone, one transaction), then locally.
+///
+/// The manifest first: while the row exists, this node's populate may fetch the page again
+/// (from a peer that still holds the old copy, or from the origin without a client asking),
+/// and a copy stored after a local removal would survive it, since this node does not apply
+/// its own tombstone again. Once the row is gone nothing lists the page; a fill from an
+/// older listing is dropped at its commit by the local removal below (populate fills carry
+/// the purge epoch of their listing). Only after the local removal does this node count the
+/// tombstone as applied, so nothing it announces in between can put the row back.
 async fn purge(app: &App, what: Purge, soft: bool) -> Response<Body> {
+    let ttl = app.config.cache.tombstone_ttl_secs as i64;
+    let manifest = app.manifest.purge(what.clone(), soft, ttl).await;
     let store = app.store.clone();
     let local_what = what.clone();
     let local = tokio::task::spawn_blocking(move || match (&local_what, soft) {
@@ -518,10 +528,9 @@ async fn purge(app: &App, what: Purge, soft: bool) -> Response<Body> {
     app.stats
         .purged
         .fetch_add(local as u64, std::sync::atomic::Ordering::Relaxed);
-    let ttl = app.config.cache.tombstone_ttl_secs as i64;
-    let (rows, tombstone) = match app.manifest.purge(what.clone(), soft, ttl).await {
+    let (rows, tombstone) = match manifest {
         Ok(out) => {
-            // Applied above, before its tombstone existed: not to be applied again here.
+            // Applied above: not to be applied again here.
             app.tombstones.purged_here(out.tombstone_id);
             // This node's own commit does not move its `data_version`: wake the background
             // task so its cursor (saved on disk) moves past this tombstone now.

@@ -117,12 +117,17 @@ pub struct FromPeer {
 /// same URL. `headers` are the request headers to send (the values a Vary variant recorded).
 /// With `peer`, the page is asked from that node first ([`crate::peer::ask`]), and from the
 /// origin only when it has no usable answer in time.
+///
+/// `listed_at` is [`crate::cache::store::Store::purge_epoch`] read before the manifest was
+/// listed: a purge applied here since then (the row may be gone already) drops the copy at
+/// its commit, so a page is never stored again from a listing older than its purge.
 pub async fn fill_page(
     app: &Arc<App>,
     host: &str,
     path: &str,
     headers: http::HeaderMap,
     peer: Option<&FromPeer>,
+    listed_at: u64,
 ) -> FillResult {
     let host = match Host::parse(host, "http") {
         Ok(h) => h,
@@ -140,6 +145,7 @@ pub async fn fill_page(
     parts.headers = headers;
     let client = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut ctx = Ctx::new(app, origin, host, parts, client, false);
+    ctx.purge_epoch = ctx.purge_epoch.min(listed_at);
     if let Lookup::Found(entry) = app.store.lookup(&ctx.key, &ctx.parts.headers) {
         let fresh = !entry.meta.invalidated
             && matches!(

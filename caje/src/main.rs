@@ -171,12 +171,13 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen} (is another process using it?)"))?;
     let local = listener.local_addr().context("reading the bound address")?;
     advertise(&mut config, local.port());
+    let shutdown = shutdown_signal();
     let app = App::start(config).await.context("starting caje")?;
     // Tests and scripts read this line to find the port; print it only once serving.
     println!("caje listening on http://{local}");
     tracing::info!(addr = %local, cache_dir = %app.config.cache_dir.display(), db = %app.config.db.display(), "caje ready");
     caje::populate::spawn(&app);
-    caje::server::run(listener, app, shutdown_signal()).await;
+    caje::server::run(listener, app, shutdown).await;
     Ok(())
 }
 
@@ -216,17 +217,24 @@ async fn populate_once(mut config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// The SIGTERM/SIGINT handlers, installed when called (not when the future is first polled):
+/// a signal that arrives once the node has said it listens must shut it down gracefully,
+/// not kill it with the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot install SIGTERM handler: {e}");
-            return std::future::pending().await;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let (mut term, mut int) = match (term, int) {
+            (Ok(t), Ok(i)) => (t, i),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!("cannot install the SIGTERM/SIGINT handlers: {e}");
+                return std::future::pending().await;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }

@@ -107,11 +107,13 @@ pub async fn serve(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         return answer(StatusCode::NOT_FOUND, "peer-miss");
     };
     Stats::incr(&app.stats.peer_served);
-    let (status, stored) = entry.head();
+    // The head as stored, not as served to clients: `Surrogate-Key` (the purge tags) and
+    // `Surrogate-Control` (the freshness caje obeys) must reach the asker's copy too.
+    let (status, stored) = entry.meta.response_head();
     let mut res = Response::new(body);
-    *res.status_mut() = *status;
+    *res.status_mut() = status;
     let h = res.headers_mut();
-    *h = stored.clone();
+    *h = stored;
     h.insert(header::AGE, HeaderValue::from(age.as_secs()));
     h.insert(
         header::CONTENT_LENGTH,

@@ -46,6 +46,8 @@ pub async fn pass(app: &Arc<App>, progress: &(dyn Fn(usize, usize) + Sync)) -> P
     let _running = pop.running.lock().await;
     let started = Instant::now();
     let mut report = PassReport::default();
+    // Before the listing: a purge applied after it drops what this pass stores for it.
+    let listed_at = app.store.purge_epoch();
     let rows = match app.manifest.list().await {
         Ok(rows) => rows,
         Err(e) => {
@@ -80,7 +82,7 @@ pub async fn pass(app: &Arc<App>, progress: &(dyn Fn(usize, usize) + Sync)) -> P
         let limit = limit.clone();
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            fetch_with_retries(&app, &row).await
+            fetch_with_retries(&app, &row, listed_at).await
         });
     }
     let mut done = 0;
@@ -111,7 +113,7 @@ pub async fn pass(app: &Arc<App>, progress: &(dyn Fn(usize, usize) + Sync)) -> P
     report
 }
 
-async fn fetch_with_retries(app: &Arc<App>, row: &PageRow) -> FillResult {
+async fn fetch_with_retries(app: &Arc<App>, row: &PageRow, listed_at: u64) -> FillResult {
     let cfg = &app.config.populate;
     let origin = app
         .origins
@@ -133,7 +135,7 @@ async fn fetch_with_retries(app: &Arc<App>, row: &PageRow) -> FillResult {
             // The rate protects the origin; a peer's answer costs it nothing.
             app.populate.rate_limit(&origin, cfg.rate_per_origin).await;
         }
-        let result = fill_page(app, &row.host, &row.path, row_headers(row), peer).await;
+        let result = fill_page(app, &row.host, &row.path, row_headers(row), peer, listed_at).await;
         match &result {
             FillResult::Failed(why) if attempt < cfg.retries => {
                 attempt += 1;

@@ -178,3 +178,32 @@ async fn with_source_origin_no_peer_is_asked() {
     })
     .await
 }
+
+/// Regression (found by the convergence test): a peer answered with the head it serves to
+/// clients, without `Surrogate-Key`, so the copy the asker stored had no tags and a tag purge
+/// left it behind.
+#[tokio::test]
+async fn a_peer_copy_keeps_its_tags_and_a_tag_purge_removes_it() {
+    within(60, async {
+        let origin = Origin::start();
+        let (a, b) = pair(&origin, "poll_ms = 50");
+        let page = gen(
+            "tagged",
+            "cc=max-age%3D300&header=Surrogate-Key:%20news%20sport",
+        );
+        a.get_site(&page).await;
+        eventually(15, "B holds the page", || async {
+            b.stat("entries").await == 1
+        })
+        .await;
+        assert_eq!(b.stat("peer_fills").await, 1);
+        let r = a.admin("POST", "/_caje/purge?tag=sport").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        eventually(10, "B dropped its peer copy", || async {
+            b.stat("entries").await == 0
+        })
+        .await;
+        assert!(b.get_site(&page).await.header("surrogate-key").is_none());
+    })
+    .await
+}
