@@ -141,7 +141,7 @@ async fn run(seed: u64, secs: u64) {
         .collect();
     let mut purges: Vec<PurgeDone> = Vec::new();
     let mut latest: Vec<Option<u64>> = vec![None; PAGES];
-    let mut read_since_purge = vec![true; PAGES];
+    let mut read_since_purge = [true; PAGES];
     let mut findings = Findings::default();
     let (mut reads, mut bumps, mut kills, mut terms, mut purges_while_down) = (0, 0, 0, 0, 0);
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -292,7 +292,7 @@ async fn run(seed: u64, secs: u64) {
     let quiet_total = after["total"].as_u64().unwrap_or(0) - before["total"].as_u64().unwrap_or(0);
 
     // Every page from every node: the latest version everywhere.
-    for p in 0..PAGES {
+    for (p, latest) in latest.iter().enumerate() {
         let mut seen = Vec::new();
         for (n, node) in nodes.iter().enumerate() {
             let node = node.caje.as_ref().unwrap();
@@ -305,7 +305,7 @@ async fn run(seed: u64, secs: u64) {
             }
             seen.push(r.origin_version().unwrap_or(0));
         }
-        let want = latest[p].unwrap_or_else(|| seen.iter().copied().max().unwrap_or(0));
+        let want = latest.unwrap_or_else(|| seen.iter().copied().max().unwrap_or(0));
         if seen.iter().any(|&v| v != want) {
             findings
                 .not_latest
