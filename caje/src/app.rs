@@ -224,6 +224,7 @@ impl App {
             "purges recorded while this node was away are applied"
         );
         tokio::spawn(record_stored(
+            app.config.cluster.advertise_url.clone(),
             app.manifest.clone(),
             app.store.clone(),
             app.tombstones.clone(),
@@ -246,8 +247,9 @@ fn targeted_field(name: &str) -> Result<Option<http::HeaderName>, StartError> {
         })
 }
 
-/// The manifest row describing a stored entry.
-pub fn page_row(entry: &Entry) -> PageRow {
+/// The manifest row describing a stored entry, stored by the node at `node` (its
+/// `cluster.advertise_url`, '' when it has none).
+pub fn page_row(entry: &Entry, node: &str) -> PageRow {
     let meta = &entry.meta;
     let stored_at = meta.stored_at as i64;
     let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(meta.stored_at);
@@ -274,6 +276,7 @@ pub fn page_row(entry: &Entry) -> PageRow {
         etag: meta.etag(),
         last_modified: meta.last_modified(),
         tags: meta.tags.clone(),
+        node: node.to_owned(),
     }
 }
 
@@ -287,6 +290,7 @@ pub use crate::tombstones::variant_of;
 /// were read, and with those tombstones as its guard: a copy a purge removed in the meantime,
 /// or one a purge this node has not applied yet covers, does not put its row back.
 async fn record_stored(
+    node: String,
     manifest: Manifest,
     store: Store,
     tombstones: Arc<Tombstones>,
@@ -321,7 +325,7 @@ async fn record_stored(
             if !store.is_current(&entry) {
                 continue;
             }
-            let row = page_row(&entry);
+            let row = page_row(&entry, &node);
             let manifest = manifest.clone();
             pending.spawn(async move {
                 let key = CacheKey {

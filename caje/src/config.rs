@@ -65,6 +65,8 @@ pub struct Config {
     pub populate: PopulateConfig,
     /// The manifest database and LiteFS.
     pub manifest: ManifestConfig,
+    /// This node's place in a cluster: its address and the peers' shared secret.
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -81,8 +83,60 @@ impl Default for Config {
             server: ServerConfig::default(),
             populate: PopulateConfig::default(),
             manifest: ManifestConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
+}
+
+/// `[cluster]`: how nodes reach each other to fill pages from one another.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The URL other nodes reach this node's listener at, recorded in the manifest rows this
+    /// node stores (e.g. `http://[fdaa::3]:8080`). `{port}` is replaced by the port the node
+    /// listens on. Empty: on Fly (`FLY_PRIVATE_IP` set) the machine's private address with
+    /// the listen port; elsewhere none, and no node fills from this one.
+    pub advertise_url: String,
+    /// The secret peers present (`Caje-Peer-Token`) to fill from this node; also read from
+    /// `CAJE_CLUSTER_TOKEN`. Empty: this node answers no peer and asks none.
+    pub token: String,
+    /// Longest wait for a peer's response head before populate asks the origin instead.
+    pub peer_timeout_ms: u64,
+}
+
+impl ClusterConfig {
+    /// The advertised URL once the node listens on `port`: the configured one with `{port}`
+    /// replaced, else the Fly private address `fly_private_ip` (IPv6 on Fly) if given.
+    pub fn resolve_advertise_url(&self, port: u16, fly_private_ip: Option<&str>) -> String {
+        if !self.advertise_url.is_empty() {
+            return self.advertise_url.replace("{port}", &port.to_string());
+        }
+        match fly_private_ip.map(str::trim).filter(|ip| !ip.is_empty()) {
+            Some(ip) if ip.contains(':') => format!("http://[{ip}]:{port}"),
+            Some(ip) => format!("http://{ip}:{port}"),
+            None => String::new(),
+        }
+    }
+
+    /// The peer timeout (1 s when unset).
+    pub fn peer_timeout(&self) -> Duration {
+        Duration::from_millis(if self.peer_timeout_ms == 0 {
+            1000
+        } else {
+            self.peer_timeout_ms
+        })
+    }
+}
+
+/// Where populate fetches a page from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PopulateSource {
+    /// From the node the manifest row names (`cluster.advertise_url`), answered only from
+    /// its cache; the origin when that node does not answer, misses or is this node.
+    Peer,
+    /// Always from the origin.
+    Origin,
 }
 
 /// `[populate]`: fetching pages other nodes cached.
@@ -105,6 +159,9 @@ pub struct PopulateConfig {
     /// by a client of this node may occupy (0.0 to 1.0). Warming never evicts anything; it
     /// only uses free room within this share.
     pub max_fraction: f64,
+    /// `peer` or `origin`; unset means `peer` when `cluster.advertise_url` and
+    /// `cluster.token` are set, else `origin`.
+    pub source: Option<PopulateSource>,
 }
 
 impl Default for PopulateConfig {
@@ -117,6 +174,7 @@ impl Default for PopulateConfig {
             poll_ms: 250,
             interval_secs: 60,
             max_fraction: 0.5,
+            source: None,
         }
     }
 }
@@ -399,8 +457,24 @@ impl Config {
         })
     }
 
+    /// Whether populate asks peers first (see [`PopulateConfig::source`]): never without a
+    /// cluster token, since no peer would answer.
+    pub fn fills_from_peers(&self) -> bool {
+        let cluster = &self.cluster;
+        !cluster.token.is_empty()
+            && match self.populate.source {
+                Some(source) => source == PopulateSource::Peer,
+                None => !cluster.advertise_url.is_empty(),
+            }
+    }
+
     /// Checks the values that serde cannot: origins present and well-formed, networks parse.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.populate.source == Some(PopulateSource::Peer) && self.cluster.token.is_empty() {
+            return Err(ConfigError::Invalid(
+                "populate.source = \"peer\" needs cluster.token (or CAJE_CLUSTER_TOKEN): peers answer only a node that presents it".into(),
+            ));
+        }
         if self.origins.is_empty() {
             return Err(ConfigError::Invalid(
                 "no origin configured: add an [[origins]] table or pass --origin URL".into(),
@@ -574,5 +648,41 @@ mod tests {
             .contains("8.8.8.8".parse().unwrap()));
         assert!(IpNet::parse("1.2.3.4/33").is_none());
         assert!(IpNet::parse("nonsense").is_none());
+    }
+
+    #[test]
+    fn advertise_url_takes_the_port_and_defaults_to_the_fly_private_address() {
+        let mut c = ClusterConfig::default();
+        assert_eq!(c.resolve_advertise_url(8080, None), "");
+        assert_eq!(
+            c.resolve_advertise_url(8080, Some("fdaa:0:1::3")),
+            "http://[fdaa:0:1::3]:8080"
+        );
+        assert_eq!(
+            c.resolve_advertise_url(81, Some("10.0.0.3")),
+            "http://10.0.0.3:81"
+        );
+        c.advertise_url = "http://127.0.0.1:{port}".into();
+        assert_eq!(
+            c.resolve_advertise_url(4000, Some("fdaa::3")),
+            "http://127.0.0.1:4000"
+        );
+    }
+
+    #[test]
+    fn peer_source_needs_a_token_and_defaults_to_peer_with_an_address() {
+        let base = "[[origins]]\nhost = \"*\"\nurl = \"http://127.0.0.1:9\"\n";
+        let parse = |extra: &str| Config::from_toml(&format!("{base}{extra}"), Path::new("c.toml"));
+        let c = parse("[populate]\nsource = \"peer\"\n").unwrap();
+        assert!(c.validate().is_err());
+        let c = parse("[cluster]\ntoken = \"t\"\nadvertise_url = \"http://h:{port}\"\n").unwrap();
+        assert!(c.fills_from_peers());
+        let c = parse("[cluster]\ntoken = \"t\"\n").unwrap();
+        assert!(!c.fills_from_peers());
+        let c = parse(
+            "[populate]\nsource = \"origin\"\n[cluster]\ntoken = \"t\"\nadvertise_url = \"http://h\"\n",
+        )
+        .unwrap();
+        assert!(!c.fills_from_peers());
     }
 }

@@ -43,6 +43,8 @@ pub(crate) struct Ctx {
     /// [`crate::cache::store::Store::purge_epoch`] when this request arrived, before anything
     /// was sent to the origin: a purge after it drops what this request would store.
     pub(crate) purge_epoch: u64,
+    /// The length and CRC-32 the body must have (a peer's answer, [`crate::peer`]).
+    pub(crate) expect_body: Option<(u64, u32)>,
 }
 
 impl Ctx {
@@ -82,6 +84,7 @@ impl Ctx {
             peer,
             announce,
             purge_epoch: app.store.purge_epoch(),
+            expect_body: None,
         }
     }
 }
@@ -101,14 +104,32 @@ pub enum FillResult {
     Failed(String),
 }
 
+/// Where [`fill_page`] may get a page before asking the origin: the node that stored the
+/// version a manifest row describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FromPeer {
+    /// The node's `cluster.advertise_url`.
+    pub url: String,
+    /// The row's `stored_at`: an older copy is not an answer.
+    pub stored_at: i64,
+}
+
 /// Fetches one page into the cache without a client (edge warming), through the same path
 /// as a miss: the same origin request, policy and tee, coalesced with client misses for the
 /// same URL. `headers` are the request headers to send (the values a Vary variant recorded).
+/// With `peer`, the page is asked from that node first ([`crate::peer::ask`]), and from the
+/// origin only when it has no usable answer in time.
+///
+/// `listed_at` is [`crate::cache::store::Store::purge_epoch`] read before the manifest was
+/// listed: a purge applied here since then (the row may be gone already) drops the copy at
+/// its commit, so a page is never stored again from a listing older than its purge.
 pub async fn fill_page(
     app: &Arc<App>,
     host: &str,
     path: &str,
     headers: http::HeaderMap,
+    peer: Option<&FromPeer>,
+    listed_at: u64,
 ) -> FillResult {
     let host = match Host::parse(host, "http") {
         Ok(h) => h,
@@ -124,8 +145,9 @@ pub async fn fill_page(
         Err(e) => return FillResult::Failed(format!("bad path {path:?}: {e}")),
     };
     parts.headers = headers;
-    let peer = SocketAddr::from(([127, 0, 0, 1], 0));
-    let ctx = Ctx::new(app, origin, host, parts, peer, false);
+    let client = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut ctx = Ctx::new(app, origin, host, parts, client, false);
+    ctx.purge_epoch = ctx.purge_epoch.min(listed_at);
     // A look, not a client's use: warming must not lift a page in the eviction policy.
     if let Lookup::Found(entry) = app.store.peek(&ctx.key, &ctx.parts.headers) {
         let fresh = !entry.meta.invalidated
@@ -146,13 +168,43 @@ pub async fn fill_page(
     let Join::Leader(leader) = app.flights.join(&ctx.key) else {
         return FillResult::InFlight;
     };
-    let oreq = match origin_request(&ctx, body::empty(), true, None) {
-        Ok(r) => r,
-        Err(msg) => return FillResult::Failed(msg),
+    // After `Ctx::new` read the purge epoch: `ask` sends the tombstones applied by now, and a
+    // purge applied later drops this fill at its commit.
+    let answer = match peer {
+        Some(p) => {
+            let path = ctx.key.path.clone();
+            let answer = crate::peer::ask(
+                app,
+                &p.url,
+                &ctx.host,
+                &path,
+                &ctx.parts.headers,
+                p.stored_at,
+            )
+            .await;
+            if answer.is_none() {
+                Stats::incr(&app.stats.peer_fallbacks);
+            }
+            answer
+        }
+        None => None,
     };
-    let res = match app.client.send(&ctx.origin, oreq).await {
-        Ok(r) => r,
-        Err(e) => return FillResult::Failed(e.to_string()),
+    let res = match answer {
+        Some(answer) => {
+            Stats::incr(&app.stats.peer_fills);
+            ctx.expect_body = Some((answer.len, answer.crc32));
+            answer.response
+        }
+        None => {
+            let oreq = match origin_request(&ctx, body::empty(), true, None) {
+                Ok(r) => r,
+                Err(msg) => return FillResult::Failed(msg),
+            };
+            match app.client.send(&ctx.origin, oreq).await {
+                Ok(r) => r,
+                Err(e) => return FillResult::Failed(e.to_string()),
+            }
+        }
     };
     let (mut rparts, rbody) = res.into_parts();
     headers::strip_hop_by_hop(&mut rparts.headers);
@@ -317,6 +369,9 @@ pub(crate) fn respond_from_origin(
                 ctx.announce,
                 ctx.purge_epoch,
             );
+            if let Some((len, crc32)) = ctx.expect_body {
+                fill.expect(len, crc32);
+            }
             let spool = Spool::new(content_length);
             if let Some(leader) = leader {
                 let mut shared = rparts.headers.clone();

@@ -24,6 +24,8 @@
 //!   applying a 304.
 //! - [`fill`]: one origin request streamed to its client while it is stored; also used by
 //!   [`populate`] without a client ([`fill::fill_page`]).
+//! - [`peer`]: the origin shield: other nodes' `GET /_caje/peer`, and asking a peer before
+//!   the origin ([`secret`] compares the tokens).
 //! - [`invalidate`]: unsafe methods, and the URLs a success invalidates.
 //! - [`client_body`]: a client's request body on its way to the origin; a failure of it is
 //!   the client's fault (400/413), not the origin's.
@@ -68,10 +70,12 @@ pub mod invalidate;
 pub mod listen;
 pub mod manifest;
 pub mod origin;
+pub mod peer;
 pub mod populate;
 pub mod populate_state;
 pub mod proxy;
 pub mod request;
+pub mod secret;
 pub mod send_timeout;
 pub mod server;
 pub mod spool;

@@ -168,26 +168,43 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
     if let Some(token) = &args.admin_token {
         config.admin.token = token.clone();
     }
+    // A secret: from the environment rather than a file when it is not in the file.
+    if config.cluster.token.is_empty() {
+        if let Ok(token) = std::env::var("CAJE_CLUSTER_TOKEN") {
+            config.cluster.token = token;
+        }
+    }
     config.validate()?;
     Ok(config)
 }
 
+/// `cluster.advertise_url` once the listen port is known (`{port}`, Fly's private address).
+fn advertise(config: &mut Config, port: u16) {
+    let fly = std::env::var("FLY_PRIVATE_IP").ok();
+    config.cluster.advertise_url = config.cluster.resolve_advertise_url(port, fly.as_deref());
+}
+
 async fn serve(
-    config: Config,
+    mut config: Config,
     inherited: Option<(std::net::TcpListener, Source)>,
     predecessor: Option<Predecessor>,
 ) -> anyhow::Result<()> {
     // First, so that an early SIGUSR2 or SIGTERM is not fatal.
     let mut signals = Signals::new().context("installing signal handlers")?;
     let listen = config.listen;
-    let inherited = match inherited {
+    // Bound (or inherited) before the node starts: connections queue meanwhile instead of
+    // being refused, and the rows the node writes can name its real port.
+    let listener = match inherited {
         Some((l, source)) => {
             let l = TcpListener::from_std(l).context("using the inherited listening socket")?;
             tracing::info!(from = %source, "serving on an inherited socket; `listen` is not used");
-            Some(l)
+            l
         }
-        None => None,
+        None => caje::server::bind(listen)
+            .with_context(|| format!("cannot listen on {listen} (is another process using it?)"))?,
     };
+    let local = listener.local_addr().context("reading the bound address")?;
+    advertise(&mut config, local.port());
     let mut store = OpenOptions::default();
     if let Some(p) = &predecessor {
         let mut ask = p.try_clone().context("using the upgrade pipe")?;
@@ -201,12 +218,6 @@ async fn serve(
     let app = App::start_with(config, store)
         .await
         .context("starting caje")?;
-    let listener = match inherited {
-        Some(l) => l,
-        None => caje::server::bind(listen)
-            .with_context(|| format!("cannot listen on {listen} (is another process using it?)"))?,
-    };
-    let local = listener.local_addr().context("reading the bound address")?;
     if let Some(p) = predecessor {
         p.ready().context("reporting to the previous process")?;
     }
@@ -327,7 +338,9 @@ impl Signals {
     }
 }
 
-async fn populate_once(config: Config) -> anyhow::Result<()> {
+async fn populate_once(mut config: Config) -> anyhow::Result<()> {
+    let port = config.listen.port();
+    advertise(&mut config, port);
     let app = App::start(config).await.context("starting caje")?;
     caje::populate::reconcile(&app).await;
     let progress = |done: usize, total: usize| {

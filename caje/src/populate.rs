@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::app::{page_row, variant_of, App};
 use crate::cache::key::CacheKey;
-use crate::fill::{fill_page, FillResult};
+use crate::fill::{fill_page, FillResult, FromPeer};
 use crate::manifest::{PageRow, Upsert};
 pub use crate::populate_state::{PassReport, Populate, PopulateStatus, ReconcileReport};
 use crate::time::unix_now;
@@ -46,6 +46,8 @@ pub async fn pass(app: &Arc<App>, progress: &(dyn Fn(usize, usize) + Sync)) -> P
     let _running = pop.running.lock().await;
     let started = Instant::now();
     let mut report = PassReport::default();
+    // Before the listing: a purge applied after it drops what this pass stores for it.
+    let listed_at = app.store.purge_epoch();
     let rows = match app.manifest.list().await {
         Ok(rows) => rows,
         Err(e) => {
@@ -90,7 +92,7 @@ pub async fn pass(app: &Arc<App>, progress: &(dyn Fn(usize, usize) + Sync)) -> P
         let limit = limit.clone();
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            fetch_with_retries(&app, &row).await
+            fetch_with_retries(&app, &row, listed_at).await
         });
     }
     let mut done = 0;
@@ -125,12 +127,20 @@ pub async fn pass(app: &Arc<App>, progress: &(dyn Fn(usize, usize) + Sync)) -> P
 /// [`FillResult::NotStored`] reason for a page warming has no room for.
 const NO_ROOM: &str = "no room for warming";
 
-async fn fetch_with_retries(app: &Arc<App>, row: &PageRow) -> FillResult {
+async fn fetch_with_retries(app: &Arc<App>, row: &PageRow, listed_at: u64) -> FillResult {
     let cfg = &app.config.populate;
     let origin = app
         .origins
         .route(&row.host)
         .map_or_else(String::new, |o| o.url.clone());
+    // The node that stored this version, unless that is this node (its copy is gone).
+    let peer = (app.config.fills_from_peers()
+        && !row.node.is_empty()
+        && row.node != app.config.cluster.advertise_url)
+        .then(|| FromPeer {
+            url: row.node.clone(),
+            stored_at: row.stored_at,
+        });
     let mut attempt = 0;
     loop {
         // The row says how big the page is: do not fetch what warming has no room for (a
@@ -139,8 +149,13 @@ async fn fetch_with_retries(app: &Arc<App>, row: &PageRow) -> FillResult {
         if app.store.warm_fits(row.size).is_err() {
             return FillResult::NotStored(NO_ROOM);
         }
-        app.populate.rate_limit(&origin, cfg.rate_per_origin).await;
-        let result = fill_page(app, &row.host, &row.path, row_headers(row)).await;
+        // The peer on the first attempt only: a retry goes to the origin.
+        let peer = peer.as_ref().filter(|_| attempt == 0);
+        if peer.is_none() {
+            // The rate protects the origin; a peer's answer costs it nothing.
+            app.populate.rate_limit(&origin, cfg.rate_per_origin).await;
+        }
+        let result = fill_page(app, &row.host, &row.path, row_headers(row), peer, listed_at).await;
         match &result {
             FillResult::Failed(why) if attempt < cfg.retries => {
                 attempt += 1;
@@ -221,7 +236,7 @@ pub async fn reconcile(app: &Arc<App>) -> ReconcileReport {
         }
         report.announced += 1;
         let manifest = app.manifest.clone();
-        let row = page_row(entry);
+        let row = page_row(entry, &app.config.cluster.advertise_url);
         let guard = guard.clone();
         tasks.spawn(async move { manifest.announce(row, guard).await });
     }

@@ -55,6 +55,12 @@ pub async fn handle(
     if let Some(rejection) = check_request(&app.config.limits, &req, ambiguous_framing) {
         return rejection;
     }
+    // Other nodes' page requests: authenticated by the cluster token, not the admin's.
+    if admin::is_admin_path(req.uri().path())
+        && admin::normalize_path(req.uri().path()) == crate::peer::ROUTE
+    {
+        return crate::peer::serve(&app, req).await;
+    }
     if admin::is_admin_path(req.uri().path()) || req.method().as_str() == "PURGE" {
         return admin::handle(&app, req, peer).await;
     }

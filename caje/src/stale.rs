@@ -59,6 +59,7 @@ pub(crate) async fn stale_while_revalidate(
             peer: ctx.peer,
             announce: true,
             purge_epoch: ctx.app.store.purge_epoch(),
+            expect_body: None,
         };
         let entry = entry.clone();
         tokio::spawn(async move { revalidate_in_background(&bg, entry, leader).await });

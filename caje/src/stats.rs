@@ -41,6 +41,14 @@ pub struct Stats {
     /// Fills from edge warming dropped at commit: no free room, or the warming share
     /// (`populate.max_fraction`) was used up. Warming never evicts.
     pub warm_refused: AtomicU64,
+    /// Peer requests this node answered from its cache.
+    pub peer_served: AtomicU64,
+    /// Peer requests this node refused or could not answer (miss, behind on purges, token).
+    pub peer_misses: AtomicU64,
+    /// Pages this node filled from a peer's answer.
+    pub peer_fills: AtomicU64,
+    /// Peer fills that went to the origin instead (no answer in time, a miss, a bad answer).
+    pub peer_fallbacks: AtomicU64,
     /// Last time a store failure was logged, for rate limiting.
     last_store_failure_log: Mutex<Option<Instant>>,
 }

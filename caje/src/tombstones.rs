@@ -357,7 +357,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("cache");
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let store = Store::open(&cache, 8, 1 << 20, Arc::default(), tx).unwrap();
+        let store = Store::open(
+            &cache,
+            8,
+            1 << 20,
+            crate::cache::store::DiskLimits::UNLIMITED,
+            Arc::default(),
+            tx,
+        )
+        .unwrap();
         let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
         let t = Tombstones::load(&cache);
         // A new node holds nothing: no gap, whatever the manifest's past.

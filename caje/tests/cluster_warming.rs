@@ -1,6 +1,7 @@
 //! Edge warming: three caje nodes on loopback share one manifest file (separate cache dirs).
 //! A miss on node A makes nodes B and C hold the page within a bounded time without any client
-//! asking them, each fetching it from the origin once (there is no node-to-node fetching).
+//! asking them: from the origin (`populate.source = "origin"`, or no cluster configured), or
+//! from the node that stored it (the origin shield, `populate.source = "peer"`).
 
 mod support;
 
@@ -164,6 +165,92 @@ async fn populate_endpoint_and_status_report_counts() {
             0,
             "node 2 warmed with populate disabled"
         );
+    })
+    .await
+}
+
+/// The `[cluster]` table of a node on loopback: its own port, a shared token.
+const CLUSTER: &str =
+    "[cluster]\nadvertise_url = \"http://127.0.0.1:{port}\"\ntoken = \"cluster-secret-1\"\n";
+
+/// 100 pages, each asked by a client on one of three nodes (round robin), until every node
+/// holds all of them. Returns the origin's request count and the time to warm.
+async fn warm_100_pages_through_three_nodes(source: &str) -> (u64, Duration, Vec<u64>) {
+    let origin = Origin::start();
+    let extra = format!(
+        "[populate]\npoll_ms = 50\nsource = {source:?}\n[manifest]\nflush_interval_ms = 20\n{CLUSTER}"
+    );
+    let nodes = cluster(&origin, &extra);
+    let n = 100u64;
+    let paths: Vec<String> = (0..n)
+        .map(|i| gen(&format!("s{i:03}"), "cc=max-age%3D300&bytes=4096"))
+        .collect();
+    let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for (i, path) in paths.iter().enumerate() {
+        let url = nodes[i % 3].url(path);
+        clients.spawn(async move { get(&url, &[("host", SITE_HOST)]).await });
+    }
+    while let Some(r) = clients.join_next().await {
+        let r = r.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        eventually(60, &format!("node {i} holds all {n} pages"), || async {
+            node.stat("entries").await >= n
+        })
+        .await;
+    }
+    let took = started.elapsed();
+    let served = origin.total().await;
+    // Every page is now a hit on every node, with the same body.
+    for path in &paths {
+        let first = nodes[0].get_site(path).await;
+        first.cache_status().assert_hit();
+        for node in &nodes[1..] {
+            let r = node.get_site(path).await;
+            r.cache_status().assert_hit();
+            assert_eq!(r.body, first.body, "{path}");
+        }
+    }
+    assert_eq!(
+        origin.total().await,
+        served,
+        "reading the warm pages reached the origin"
+    );
+    let mut peer_fills = Vec::new();
+    for node in &nodes {
+        peer_fills.push(node.stat("peer_fills").await);
+    }
+    println!(
+        "populate.source = {source}: {n} pages through 3 nodes warm everywhere in {:.2} s; \
+         the origin served {served} requests; peer fills per node {peer_fills:?}",
+        took.as_secs_f64()
+    );
+    (served, took, peer_fills)
+}
+
+/// The goal of the origin shield: 100 pages through A, B and C cost the origin 100 requests.
+#[tokio::test]
+async fn peer_fill_warms_three_nodes_with_one_origin_request_per_page() {
+    within(120, async {
+        let (served, _, peer_fills) = warm_100_pages_through_three_nodes("peer").await;
+        assert_eq!(
+            served, 100,
+            "the origin served more than one request per page"
+        );
+        assert_eq!(peer_fills.iter().sum::<u64>(), 200, "{peer_fills:?}");
+    })
+    .await
+}
+
+/// The same cluster filling from the origin: 300 requests (the figure the shield saves).
+#[tokio::test]
+async fn origin_fill_costs_one_origin_request_per_page_and_node() {
+    within(120, async {
+        let (served, _, peer_fills) = warm_100_pages_through_three_nodes("origin").await;
+        assert_eq!(served, 300);
+        assert_eq!(peer_fills, [0, 0, 0]);
     })
     .await
 }

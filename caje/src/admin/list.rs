@@ -86,6 +86,7 @@ pub(super) async fn list(app: &App, query: Option<&str>) -> Response<Body> {
                 .collect();
             json!({
                 "host": row.host,
+                "node": row.node,
                 "method": row.method,
                 "path": row.path,
                 "vary": vary,

@@ -18,7 +18,6 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::app::App;
 use crate::body::{self, Body};
@@ -107,7 +106,7 @@ fn authorize<B>(app: &App, req: &Request<B>, peer: SocketAddr) -> Result<(), Box
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         return match given {
-            Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+            Some(g) if crate::secret::constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
             Some(_) => Err(Box::new(unauthorized("the admin token is wrong"))),
             None => Err(Box::new(unauthorized(
                 "admin endpoints need an Authorization: Bearer <token> header",
@@ -174,16 +173,6 @@ fn forgeable_by_browser<B>(req: &Request<B>) -> Option<&'static str> {
         }
     }
     None
-}
-
-/// Compares secrets without leaking where they differ: both sides are hashed first, so the
-/// time does not depend on the length or content of the guess.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let (ha, hb) = (Sha256::digest(a), Sha256::digest(b));
-    ha.iter()
-        .zip(hb.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
 }
 
 fn unauthorized(why: &str) -> Response<Body> {
@@ -259,6 +248,10 @@ fn stats(app: &App) -> Response<Body> {
             "warm_bytes": warm_bytes,
             "max_warm_bytes": max_warm_bytes,
             "warm_refused": S::get(&s.warm_refused),
+            "peer_served": S::get(&s.peer_served),
+            "peer_misses": S::get(&s.peer_misses),
+            "peer_fills": S::get(&s.peer_fills),
+            "peer_fallbacks": S::get(&s.peer_fallbacks),
             "entries": entries,
             "bytes": bytes,
             "uptime_secs": SystemTime::now()
@@ -472,8 +465,18 @@ fn purge_target<B>(url: &str, req: &Request<B>) -> Result<CacheKey, String> {
     Ok(CacheKey::new(&host, &path))
 }
 
-/// Applies a purge locally and in the manifest (rows + tombstone, one transaction).
+/// Applies a purge in the manifest (rows + tombstone, one transaction), then locally.
+///
+/// The manifest first: while the row exists, this node's populate may fetch the page again
+/// (from a peer that still holds the old copy, or from the origin without a client asking),
+/// and a copy stored after a local removal would survive it, since this node does not apply
+/// its own tombstone again. Once the row is gone nothing lists the page; a fill from an
+/// older listing is dropped at its commit by the local removal below (populate fills carry
+/// the purge epoch of their listing). Only after the local removal does this node count the
+/// tombstone as applied, so nothing it announces in between can put the row back.
 async fn purge(app: &App, what: Purge, soft: bool) -> Response<Body> {
+    let ttl = app.config.cache.tombstone_ttl_secs as i64;
+    let manifest = app.manifest.purge(what.clone(), soft, ttl).await;
     let store = app.store.clone();
     let local_what = what.clone();
     let local = tokio::task::spawn_blocking(move || match (&local_what, soft) {
@@ -500,10 +503,9 @@ async fn purge(app: &App, what: Purge, soft: bool) -> Response<Body> {
     app.stats
         .purged
         .fetch_add(local as u64, std::sync::atomic::Ordering::Relaxed);
-    let ttl = app.config.cache.tombstone_ttl_secs as i64;
-    let (rows, tombstone) = match app.manifest.purge(what.clone(), soft, ttl).await {
+    let (rows, tombstone) = match manifest {
         Ok(out) => {
-            // Applied above, before its tombstone existed: not to be applied again here.
+            // Applied above: not to be applied again here.
             app.tombstones.purged_here(out.tombstone_id);
             // This node's own commit does not move its `data_version`: wake the background
             // task so its cursor (saved on disk) moves past this tombstone now.
@@ -553,12 +555,5 @@ mod tests {
         for p in ["/", "/_cajex", "/x/_caje/list", "/_caj", "/%5"] {
             assert!(!is_admin_path(p), "{p} should not be admin");
         }
-    }
-
-    #[test]
-    fn constant_time_compare() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 }

@@ -226,6 +226,11 @@ pub struct PageRow {
     /// [`Updated`](Upsert::Updated). Stored as a set, so [`Manifest::list`] returns them sorted
     /// and deduplicated.
     pub tags: Vec<String>,
+    /// The `cluster.advertise_url` of the node that stored this version ('' when unknown), so
+    /// another node can fetch the page from it. Not content: an upsert that changes only this
+    /// is [`Unchanged`](Upsert::Unchanged) (rows do not move between nodes holding the same
+    /// version); it is written along with any other change.
+    pub node: String,
 }
 
 /// What [`Manifest::upsert`] did.
@@ -348,6 +353,7 @@ impl Manifest {
     ///         etag: None,
     ///         last_modified: None,
     ///         tags: vec!["home".to_owned()],
+    ///         node: "http://10.0.0.1:8080".to_owned(),
     ///     };
     ///     assert_eq!(manifest.upsert(page.clone()).await?, Upsert::Inserted);
     ///     // The same page again is not written.

@@ -27,6 +27,8 @@ pub(super) struct Record {
     pub(super) last_modified: Option<String>,
     /// Canonical tag set; see the module docs.
     pub(super) tags: String,
+    /// The storing node's URL (not compared: see [`PageRow::node`]).
+    pub(super) node: String,
     /// Set by [`Manifest::announce`]: the write is refused when a tombstone this record's
     /// writer had not applied covers the page.
     pub(super) guard: Option<PurgeGuard>,
@@ -61,6 +63,7 @@ impl Record {
             etag: row.etag,
             last_modified: row.last_modified,
             tags,
+            node: row.node,
             guard: None,
         })
     }
@@ -124,12 +127,13 @@ fn decode_vary(text: &str) -> Result<Vec<(String, String)>, serde_json::Error> {
 
 const UPSERT_SQL: &str = "
     INSERT INTO pages
-        (host, method, path, vary, status, stored_at, expires_at, size, etag, last_modified, tags)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+        (host, method, path, vary, status, stored_at, expires_at, size, etag, last_modified, tags,
+         node_url)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
     ON CONFLICT (host, method, path, vary) DO UPDATE SET
         status = excluded.status, stored_at = excluded.stored_at, expires_at = excluded.expires_at,
         size = excluded.size, etag = excluded.etag, last_modified = excluded.last_modified,
-        tags = excluded.tags
+        tags = excluded.tags, node_url = excluded.node_url
     WHERE pages.status IS NOT excluded.status
        OR pages.stored_at IS NOT excluded.stored_at
        OR pages.expires_at IS NOT excluded.expires_at
@@ -152,7 +156,8 @@ pub(super) const REMOVE_SQL: &str =
 
 /// The columns [`page_from_row`] reads, in its order.
 pub(super) const PAGE_COLUMNS: &str =
-    "host, method, path, vary, status, stored_at, expires_at, size, etag, last_modified, tags";
+    "host, method, path, vary, status, stored_at, expires_at, size, etag, last_modified, tags, \
+     node_url";
 
 /// The order of [`Manifest::list`] and of every other answer made of rows.
 pub(super) const PAGE_ORDER: &str = "ORDER BY host, path, vary, method";
@@ -180,6 +185,7 @@ pub(super) fn page_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PageRow
         etag: row.get(8)?,
         last_modified: row.get(9)?,
         tags: decode_tags(&tags),
+        node: row.get(11)?,
     })
 }
 
@@ -232,7 +238,8 @@ pub(super) fn upsert_one(conn: &Connection, r: &Record) -> rusqlite::Result<Upse
         r.size,
         r.etag,
         r.last_modified,
-        r.tags
+        r.tags,
+        r.node
     ])?;
     Ok(match (changed, existed) {
         (0, _) => Upsert::Unchanged,
@@ -362,6 +369,34 @@ mod tests {
             assert_eq!(m.count().await.unwrap(), 0);
             assert!(m.tombstones_since(0).await.unwrap().is_empty());
             assert_eq!(m.stats().await.unwrap().write_transactions, 0);
+        })
+        .await
+    }
+
+    /// The storing node is recorded, but a row that differs only in it stays as it is: two
+    /// nodes holding the same version do not move the row between them.
+    #[tokio::test]
+    async fn the_storing_node_is_recorded_but_moving_it_alone_writes_nothing() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            let from_a = PageRow {
+                node: "http://10.0.0.1:8080".into(),
+                ..page("a.example", "/n")
+            };
+            assert_eq!(m.upsert(from_a.clone()).await.unwrap(), Upsert::Inserted);
+            let from_b = PageRow {
+                node: "http://10.0.0.2:8080".into(),
+                ..from_a.clone()
+            };
+            assert_eq!(m.upsert(from_b.clone()).await.unwrap(), Upsert::Unchanged);
+            assert_eq!(m.list().await.unwrap(), vec![from_a]);
+            let newer = PageRow {
+                stored_at: from_b.stored_at + 1,
+                ..from_b
+            };
+            assert_eq!(m.upsert(newer.clone()).await.unwrap(), Upsert::Updated);
+            assert_eq!(m.list().await.unwrap(), vec![newer]);
         })
         .await
     }

@@ -48,6 +48,9 @@ pub const MIGRATIONS: &[&str] = &[
         expires_at INTEGER NOT NULL
     ) STRICT;
     CREATE INDEX tombstones_created_at ON tombstones (created_at);",
+    // 3: which node stored the page (its `cluster.advertise_url`; '' when unknown), so
+    // populate can fetch the page from that node instead of from the origin.
+    "ALTER TABLE pages ADD COLUMN node_url TEXT NOT NULL DEFAULT '';",
 ];
 
 /// Other processes hold the write lock only for one short batch, and a primary's writers wait

@@ -31,6 +31,7 @@ pub(super) fn page(host: &str, path: &str) -> PageRow {
         etag: Some("\"abc\"".to_owned()),
         last_modified: None,
         tags: Vec::new(),
+        node: String::new(),
     }
 }
 

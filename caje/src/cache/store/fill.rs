@@ -167,6 +167,21 @@ impl Store {
                 return None;
             }
         };
+        let expected = *inflight.expected.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((want_len, want_crc)) = expected.filter(|&want| want != (len, crc)) {
+            // A body that arrived whole but is not the one its sender described (a peer's
+            // copy damaged on the way): never committed.
+            let _ = fs::remove_file(&tmp_body);
+            tracing::warn!(
+                name,
+                len,
+                crc,
+                want_len,
+                want_crc,
+                "a filled body does not match its announced length and checksum: not stored"
+            );
+            return None;
+        }
         meta.body_file = format!("{name}.{:016x}.body", self.unique());
         meta.body_len = len;
         meta.body_crc32 = crc;
@@ -279,6 +294,8 @@ struct Inflight {
     finished: Arc<std::sync::atomic::AtomicBool>,
     /// This fill counts in the store's `finishing` (whoever clears it takes it out).
     counted: std::sync::atomic::AtomicBool,
+    /// The body's length and CRC-32 as its sender announced them ([`Fill::expect`]).
+    expected: Mutex<Option<(u64, u32)>>,
 }
 
 impl Inflight {
@@ -414,6 +431,16 @@ impl Fill {
         self.inflight.finished.clone()
     }
 
+    /// The body must be exactly `len` bytes with CRC-32 `crc32` (as a peer announced it), or
+    /// the writer discards it instead of committing it.
+    pub fn expect(&self, len: u64, crc32: u32) {
+        *self
+            .inflight
+            .expected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((len, crc32));
+    }
+
     /// Gives up on storing this response.
     pub fn abandon(&mut self) {
         if self.tx.take().is_some() {
@@ -464,5 +491,28 @@ mod tests {
         drop(store);
         let (store, _rx) = open(dir.path());
         assert_eq!(store.usage(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_body_unlike_its_announced_length_or_crc_is_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _rx) = open(dir.path());
+        let body = Bytes::from_static(b"peer body");
+        let crc = crc32fast::hash(&body);
+        for (len, crc, stored) in [(9, crc ^ 1, false), (8, crc, false), (9, crc, true)] {
+            let f = store.begin_fill(sample(), u64::MAX, false, store.purge_epoch());
+            f.expect(len, crc);
+            let mut progress = f.progress();
+            let mut f = f;
+            f.push(&body);
+            f.finish();
+            let done = progress
+                .wait_for(|p| matches!(p, FillProgress::Committed(_) | FillProgress::Failed))
+                .await
+                .map(|p| matches!(*p, FillProgress::Committed(_)))
+                .unwrap();
+            assert_eq!(done, stored, "len {len}");
+            assert_eq!(store.usage().0, u64::from(stored));
+        }
     }
 }
