@@ -507,9 +507,9 @@ mod tests {
             f.push(&body);
             f.finish();
             let done = progress
-                .wait_for(|p| matches!(p, FillProgress::Committed(_) | FillProgress::Failed))
+                .wait_for(|p| matches!(p, FillProgress::Committed(..) | FillProgress::Failed))
                 .await
-                .map(|p| matches!(*p, FillProgress::Committed(_)))
+                .map(|p| matches!(*p, FillProgress::Committed(..)))
                 .unwrap();
             assert_eq!(done, stored, "len {len}");
             assert_eq!(store.usage().0, u64::from(stored));
