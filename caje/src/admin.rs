@@ -295,6 +295,7 @@ fn stats(app: &App) -> Response<Body> {
             "purged": S::get(&s.purged),
             "entries": entries,
             "bytes": bytes,
+            "live": app.telemetry.live_json(&app.client.latency, S::get(&s.origin_body_bytes)),
             "uptime_secs": SystemTime::now()
                 .duration_since(app.started)
                 .map_or(0, |d| d.as_secs()),

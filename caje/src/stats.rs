@@ -35,6 +35,8 @@ pub struct Stats {
     pub background_revalidations: AtomicU64,
     /// Entries removed by purges and invalidations.
     pub purged: AtomicU64,
+    /// Origin response body bytes received (client fetches, revalidations and populate).
+    pub origin_body_bytes: AtomicU64,
     /// Last time a store failure was logged, for rate limiting.
     last_store_failure_log: Mutex<Option<Instant>>,
 }
