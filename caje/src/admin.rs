@@ -68,6 +68,9 @@ pub fn is_admin_path(raw: &str) -> bool {
 
 /// Handles an admin request (the path is known to be an admin path).
 pub async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if normalize_path(req.uri().path()) == PREFIX && *req.method() == Method::GET {
+        return dashboard_page(app, &req, peer);
+    }
     if let Err(res) = authorize(app, &req, peer) {
         return *res;
     }
@@ -127,6 +130,62 @@ fn authorize<B>(app: &App, req: &Request<B>, peer: SocketAddr) -> Result<(), Box
             &json!({"error": format!("admin endpoints are only open to {:?} when no admin token is set; set admin.token (or CAJE_ADMIN_TOKEN) to use them remotely", app.config.admin.allow_from)}),
         )))
     }
+}
+
+/// `GET /_caje/`: the dashboard, to whoever may use the admin API. With a token, a browser
+/// cannot set `Authorization: Bearer` on a navigation, so the page alone also accepts the
+/// token as a Basic password (the browser asks for it). Basic credentials open nothing else:
+/// every other endpoint wants Bearer, which the page's own requests send.
+fn dashboard_page<B>(app: &App, req: &Request<B>, peer: SocketAddr) -> Response<Body> {
+    let denied = match authorize(app, req, peer) {
+        Ok(()) => return crate::dashboard::page(),
+        Err(res) => res,
+    };
+    let Some(token) = &app.admin_token else {
+        return *denied;
+    };
+    let password = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b64| base64_decode(b64.trim()))
+        .and_then(|creds| {
+            let creds = String::from_utf8(creds).ok()?;
+            creds.split_once(':').map(|(_, p)| p.to_owned())
+        });
+    if password.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+        return crate::dashboard::page();
+    }
+    let mut res = *denied;
+    res.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(
+            "Basic realm=\"caje dashboard: any user, the admin token as password\"",
+        ),
+    );
+    res
+}
+
+/// Standard base64 with padding; `None` if malformed.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let s = s.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        let v: Vec<u8> = chunk.iter().map(|&c| val(c)).collect::<Option<_>>()?;
+        let n = v.iter().fold(0u32, |acc, &x| acc << 6 | u32::from(x)) << (6 * (4 - v.len()));
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..v.len()]);
+    }
+    Some(out)
 }
 
 /// Why a state-changing admin request could have been sent by a web page the operator's
@@ -295,6 +354,7 @@ fn stats(app: &App) -> Response<Body> {
             "purged": S::get(&s.purged),
             "entries": entries,
             "bytes": bytes,
+            "memory_cap_bytes": app.config.cache.memory_bytes,
             "live": app.telemetry.live_json(&app.client.latency, S::get(&s.origin_body_bytes)),
             "uptime_secs": SystemTime::now()
                 .duration_since(app.started)
@@ -345,6 +405,8 @@ async fn status(app: &App) -> Response<Body> {
         &json!({
             "role": role.as_str(),
             "primary": role.primary(),
+            "lag_ms": app.manifest.lag().await.map(|d| d.as_millis() as u64),
+            "recent_purges": crate::dashboard::recent_purges(&app.manifest, 10).await,
             "manifest": {
                 "path": app.config.db.display().to_string(),
                 "txid": txid,
@@ -579,6 +641,16 @@ mod tests {
         for p in ["/", "/_cajex", "/x/_caje/list", "/_caj", "/%5"] {
             assert!(!is_admin_path(p), "{p} should not be admin");
         }
+    }
+
+    #[test]
+    fn base64() {
+        assert_eq!(base64_decode("dTpzZWNyZXQ=").unwrap(), b"u:secret");
+        assert_eq!(base64_decode("YQ==").unwrap(), b"a");
+        assert_eq!(base64_decode("YWI=").unwrap(), b"ab");
+        assert_eq!(base64_decode("YWJj").unwrap(), b"abc");
+        assert_eq!(base64_decode("").unwrap(), b"");
+        assert!(base64_decode("a b").is_none());
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub mod cache;
 pub mod cache_status;
 pub mod client_body;
 pub mod config;
+pub mod dashboard;
 pub mod file_body;
 pub mod fill;
 pub mod flight;
