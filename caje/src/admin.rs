@@ -149,7 +149,7 @@ fn dashboard_page<B>(app: &App, req: &Request<B>, peer: SocketAddr) -> Response<
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b64| base64_decode(b64.trim()))
+        .and_then(|b64| crate::dashboard::base64_decode(b64.trim()))
         .and_then(|creds| {
             let creds = String::from_utf8(creds).ok()?;
             creds.split_once(':').map(|(_, p)| p.to_owned())
@@ -165,27 +165,6 @@ fn dashboard_page<B>(app: &App, req: &Request<B>, peer: SocketAddr) -> Response<
         ),
     );
     res
-}
-
-/// Standard base64 with padding; `None` if malformed.
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
-    let s = s.trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    for chunk in s.chunks(4) {
-        let v: Vec<u8> = chunk.iter().map(|&c| val(c)).collect::<Option<_>>()?;
-        let n = v.iter().fold(0u32, |acc, &x| acc << 6 | u32::from(x)) << (6 * (4 - v.len()));
-        let bytes = n.to_be_bytes();
-        out.extend_from_slice(&bytes[1..v.len()]);
-    }
-    Some(out)
 }
 
 /// Why a state-changing admin request could have been sent by a web page the operator's
@@ -641,16 +620,6 @@ mod tests {
         for p in ["/", "/_cajex", "/x/_caje/list", "/_caj", "/%5"] {
             assert!(!is_admin_path(p), "{p} should not be admin");
         }
-    }
-
-    #[test]
-    fn base64() {
-        assert_eq!(base64_decode("dTpzZWNyZXQ=").unwrap(), b"u:secret");
-        assert_eq!(base64_decode("YQ==").unwrap(), b"a");
-        assert_eq!(base64_decode("YWI=").unwrap(), b"ab");
-        assert_eq!(base64_decode("YWJj").unwrap(), b"abc");
-        assert_eq!(base64_decode("").unwrap(), b"");
-        assert!(base64_decode("a b").is_none());
     }
 
     #[test]

@@ -69,8 +69,41 @@ pub async fn recent_purges(manifest: &Manifest, n: i64) -> Value {
         .collect()
 }
 
+/// Standard base64 with padding (the page's Basic credentials); `None` if malformed.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let s = s.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        let v: Vec<u8> = chunk.iter().map(|&c| val(c)).collect::<Option<_>>()?;
+        let n = v.iter().fold(0u32, |acc, &x| acc << 6 | u32::from(x)) << (6 * (4 - v.len()));
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..v.len()]);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::base64_decode;
+
+    #[test]
+    fn base64() {
+        assert_eq!(base64_decode("dTpzZWNyZXQ=").unwrap(), b"u:secret");
+        assert_eq!(base64_decode("YQ==").unwrap(), b"a");
+        assert_eq!(base64_decode("YWI=").unwrap(), b"ab");
+        assert_eq!(base64_decode("YWJj").unwrap(), b"abc");
+        assert_eq!(base64_decode("").unwrap(), b"");
+        assert!(base64_decode("a b").is_none());
+    }
+
     #[test]
     fn the_page_has_no_external_assets() {
         let page = super::PAGE;
