@@ -15,6 +15,7 @@ use crate::manifest::{Manifest, ManifestError, ManifestOptions, PageRow, Upsert,
 use crate::origin::{OriginClient, Origins};
 use crate::populate_state::Populate;
 use crate::stats::Stats;
+use crate::telemetry::Telemetry;
 use crate::tombstones::Tombstones;
 
 /// Why a node could not start.
@@ -62,6 +63,8 @@ pub struct App {
     pub strip_request_headers: Vec<http::HeaderName>,
     /// How far this node has applied the manifest's purge tombstones.
     pub tombstones: Arc<Tombstones>,
+    /// Finished requests: outcomes, latency, hottest URLs, the access log.
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl App {
@@ -121,6 +124,10 @@ impl App {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let stats = Arc::new(Stats::default());
+        let access_log = crate::access_log::Target::parse(&config.log.access)
+            .map(|t| crate::access_log::AccessLog::start(t, config.log.access_queue))
+            .transpose()
+            .map_err(|e| StartError::Config(e.to_string()))?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let cache_dir = config.cache_dir.clone();
         let db = config.db.clone();
@@ -207,6 +214,7 @@ impl App {
             populate: Populate::default(),
             strip_request_headers,
             tombstones: Arc::new(tombstones),
+            telemetry: Arc::new(Telemetry::new(access_log)),
             config,
         });
         // Before anything can be served, announced or warmed.

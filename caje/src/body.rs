@@ -197,6 +197,9 @@ impl HttpBody for Tee {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
+                    this.stats
+                        .origin_body_bytes
+                        .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     if let Some(fill) = &mut this.fill {
                         fill.push(data);
                     }

@@ -67,6 +67,37 @@ pub struct Config {
     pub manifest: ManifestConfig,
     /// This node's place in a cluster: its address and the peers' shared secret.
     pub cluster: ClusterConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// The access log.
+    pub log: LogConfig,
+}
+
+/// `[metrics]`: `GET /metrics` (Prometheus text format) on its own listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the metrics listener, e.g. `0.0.0.0:9091`; absent: no listener.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `"off"`, `"stdout"`, or the path of a file: one JSON line per request.
+    pub access: String,
+    /// Lines the access log queues for its writer before it drops (and counts) new ones.
+    pub access_queue: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            access: "off".into(),
+            access_queue: 65_536,
+        }
+    }
 }
 
 impl Default for Config {
@@ -84,6 +115,8 @@ impl Default for Config {
             populate: PopulateConfig::default(),
             manifest: ManifestConfig::default(),
             cluster: ClusterConfig::default(),
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }

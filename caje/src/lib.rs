@@ -51,6 +51,7 @@
 //! No module imports one that imports it back: `scripts/module-cycles.sh` prints the edges
 //! and fails on a cycle; `docs/architecture.md` draws them.
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod body;
@@ -58,17 +59,21 @@ pub mod cache;
 pub mod cache_status;
 pub mod client_body;
 pub mod config;
+pub mod dashboard;
 pub mod file_body;
 pub mod fill;
 pub mod flight;
 pub mod framing;
 pub mod headers;
+pub mod histogram;
 pub mod hit;
 pub mod host;
 pub mod interim;
 pub mod invalidate;
 pub mod listen;
 pub mod manifest;
+pub mod metrics;
+pub mod observe;
 pub mod origin;
 pub mod peer;
 pub mod populate;
@@ -81,6 +86,7 @@ pub mod server;
 pub mod spool;
 pub mod stale;
 pub mod stats;
+pub mod telemetry;
 pub mod time;
 pub mod tombstones;
 pub mod upgrade;

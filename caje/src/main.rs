@@ -224,6 +224,10 @@ async fn serve(
     // Tests and scripts read this line to find the port; print it only once serving.
     println!("caje listening on http://{local}");
     tracing::info!(addr = %local, pid = std::process::id(), cache_dir = %app.config.cache_dir.display(), db = %app.config.db.display(), "caje ready");
+    caje::metrics::spawn(&app);
+    if let Some(log) = app.telemetry.access_log.clone() {
+        caje::access_log::reopen_on_sighup(log);
+    }
     let mut populate = caje::populate::spawn(&app);
     let upgrade_timeout = Duration::from_millis(app.config.server.upgrade_timeout_ms);
     loop {

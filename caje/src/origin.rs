@@ -5,6 +5,8 @@
 //! message names the origin and what went wrong.
 
 use std::error::Error as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,12 +14,13 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{HttpConnector, HttpInfo};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::Body;
 use crate::config::{HostHeader, OriginConfig, OriginTimeouts};
+use crate::histogram::Histogram;
 use crate::host::Host;
 
 /// One configured origin.
@@ -160,6 +163,24 @@ impl OriginError {
 pub struct OriginClient {
     client: Client<HttpsConnector<HttpConnector>, Body>,
     timeouts: OriginTimeouts,
+    /// Time from sending a request to its response head (or failure), every fetch included
+    /// (clients', revalidations, populate): `caje_origin_fetch_duration_seconds`.
+    pub latency: Arc<Histogram>,
+}
+
+/// What the origin did for the client request being served: set by
+/// [`crate::observe`] around each request, read back for its access log line.
+#[derive(Debug, Default)]
+pub struct OriginTrace {
+    /// Microseconds spent waiting for origin response heads (0: the origin was not asked).
+    pub micros: AtomicU64,
+    /// The address of the origin's socket that answered, when known.
+    pub addr: std::sync::Mutex<Option<SocketAddr>>,
+}
+
+tokio::task_local! {
+    /// The trace of the client request this task serves (absent in background tasks).
+    pub static TRACE: Arc<OriginTrace>;
 }
 
 impl OriginClient {
@@ -181,6 +202,7 @@ impl OriginClient {
         OriginClient {
             client,
             timeouts: timeouts.clone(),
+            latency: Arc::default(),
         }
     }
 
@@ -192,7 +214,8 @@ impl OriginClient {
         req: Request<Body>,
     ) -> Result<Response<Incoming>, OriginError> {
         let after = self.timeouts.first_byte();
-        match tokio::time::timeout(after, self.client.request(req)).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(after, self.client.request(req)).await {
             Err(_) => Err(OriginError::Timeout {
                 origin: origin.url.clone(),
                 what: "send a response head",
@@ -200,7 +223,19 @@ impl OriginClient {
             }),
             Ok(Ok(res)) => Ok(res),
             Ok(Err(e)) => Err(classify(origin, &self.timeouts, &e)),
-        }
+        };
+        let took = started.elapsed();
+        self.latency.observe(took);
+        let _ = TRACE.try_with(|t| {
+            let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+            t.micros.fetch_add(micros, Ordering::Relaxed);
+            if let Ok(res) = &result {
+                if let Some(info) = res.extensions().get::<HttpInfo>() {
+                    *t.addr.lock().unwrap_or_else(|e| e.into_inner()) = Some(info.remote_addr());
+                }
+            }
+        });
+        result
     }
 }
 

@@ -111,6 +111,7 @@ pub async fn pass(app: &Arc<App>, progress: &(dyn Fn(usize, usize) + Sync)) -> P
     report.duration_ms = started.elapsed().as_millis() as u64;
     report.finished_at = unix_now();
     pop.passes.fetch_add(1, Ordering::Relaxed);
+    pop.count_pages(&report);
     if report.candidates > 0 {
         tracing::info!(
             fetched = report.fetched,

@@ -68,6 +68,8 @@ pub struct Populate {
     pub(crate) in_progress_done: AtomicUsize,
     pub(crate) in_progress_total: AtomicUsize,
     pub(crate) tombstones_applied: AtomicU64,
+    /// Pages fetched, skipped and failed by every pass since start.
+    pub(crate) pages: [AtomicU64; 3],
     pub(crate) last: Mutex<Option<PassReport>>,
     pub(crate) last_reconcile: Mutex<Option<ReconcileReport>>,
     /// Next time each origin may be sent a populate request (per-origin rate limit).
@@ -83,6 +85,12 @@ pub struct PopulateStatus {
     pub in_progress: Option<[usize; 2]>,
     /// Tombstones from other nodes applied to this node's disk.
     pub tombstones_applied: u64,
+    /// Pages fetched by every pass since start.
+    pub pages_fetched: u64,
+    /// Pages skipped (already held, or in flight) by every pass since start.
+    pub pages_skipped: u64,
+    /// Pages that could not be fetched, every pass since start.
+    pub pages_failed: u64,
     /// The last completed pass.
     pub last_pass: Option<PassReport>,
     /// The last reconcile.
@@ -103,12 +111,23 @@ impl Populate {
             in_progress: (total > 0)
                 .then(|| [self.in_progress_done.load(Ordering::Relaxed), total]),
             tombstones_applied: self.tombstones_applied.load(Ordering::Relaxed),
+            pages_fetched: self.pages[0].load(Ordering::Relaxed),
+            pages_skipped: self.pages[1].load(Ordering::Relaxed),
+            pages_failed: self.pages[2].load(Ordering::Relaxed),
             last_pass: self.last.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             last_reconcile: self
                 .last_reconcile
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+        }
+    }
+
+    /// Adds a finished pass's pages to the totals.
+    pub(crate) fn count_pages(&self, report: &PassReport) {
+        let counts = [report.fetched, report.skipped, report.failed];
+        for (total, n) in self.pages.iter().zip(counts) {
+            total.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::app::App;
 use crate::framing::{Scanner, Verdict, Watched};
 use crate::interim::InterimSink;
-use crate::proxy;
+use crate::observe;
 use crate::send_timeout::SendTimeout;
 
 /// Runs a request handler, turning a panic inside it into `None`, so that a bug reached by
@@ -223,7 +223,7 @@ impl Server {
                 let n = served.fetch_add(1, Ordering::Relaxed) + 1;
                 let ambiguous = verdict.rejects(n);
                 async move {
-                    let handled = CatchPanic(Box::pin(proxy::handle(app, req, peer, ambiguous)));
+                    let handled = CatchPanic(Box::pin(observe::handle(app, req, peer, ambiguous)));
                     let res = handled.await.unwrap_or_else(|| {
                         tracing::error!(%peer, "a request handler panicked; answered 500");
                         crate::request::local(

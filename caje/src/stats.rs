@@ -49,6 +49,8 @@ pub struct Stats {
     pub peer_fills: AtomicU64,
     /// Peer fills that went to the origin instead (no answer in time, a miss, a bad answer).
     pub peer_fallbacks: AtomicU64,
+    /// Origin response body bytes received (client fetches, revalidations and populate).
+    pub origin_body_bytes: AtomicU64,
     /// Last time a store failure was logged, for rate limiting.
     last_store_failure_log: Mutex<Option<Instant>>,
 }

@@ -25,6 +25,7 @@ use crate::cache::key::CacheKey;
 use crate::cache_status::Outcome;
 use crate::host::Host;
 use crate::manifest::Purge;
+use crate::secret::constant_time_eq;
 
 /// The admin prefix.
 pub const PREFIX: &str = "/_caje";
@@ -67,6 +68,9 @@ pub fn is_admin_path(raw: &str) -> bool {
 
 /// Handles an admin request (the path is known to be an admin path).
 pub async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if normalize_path(req.uri().path()) == PREFIX && *req.method() == Method::GET {
+        return dashboard_page(app, &req, peer);
+    }
     if let Err(res) = authorize(app, &req, peer) {
         return *res;
     }
@@ -126,6 +130,41 @@ fn authorize<B>(app: &App, req: &Request<B>, peer: SocketAddr) -> Result<(), Box
             &json!({"error": format!("admin endpoints are only open to {:?} when no admin token is set; set admin.token (or CAJE_ADMIN_TOKEN) to use them remotely", app.config.admin.allow_from)}),
         )))
     }
+}
+
+/// `GET /_caje/`: the dashboard, to whoever may use the admin API. With a token, a browser
+/// cannot set `Authorization: Bearer` on a navigation, so the page alone also accepts the
+/// token as a Basic password (the browser asks for it). Basic credentials open nothing else:
+/// every other endpoint wants Bearer, which the page's own requests send.
+fn dashboard_page<B>(app: &App, req: &Request<B>, peer: SocketAddr) -> Response<Body> {
+    let denied = match authorize(app, req, peer) {
+        Ok(()) => return crate::dashboard::page(),
+        Err(res) => res,
+    };
+    let Some(token) = &app.admin_token else {
+        return *denied;
+    };
+    let password = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b64| crate::dashboard::base64_decode(b64.trim()))
+        .and_then(|creds| {
+            let creds = String::from_utf8(creds).ok()?;
+            creds.split_once(':').map(|(_, p)| p.to_owned())
+        });
+    if password.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+        return crate::dashboard::page();
+    }
+    let mut res = *denied;
+    res.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(
+            "Basic realm=\"caje dashboard: any user, the admin token as password\"",
+        ),
+    );
+    res
 }
 
 /// Why a state-changing admin request could have been sent by a web page the operator's
@@ -254,6 +293,8 @@ fn stats(app: &App) -> Response<Body> {
             "peer_fallbacks": S::get(&s.peer_fallbacks),
             "entries": entries,
             "bytes": bytes,
+            "memory_cap_bytes": app.config.cache.memory_bytes,
+            "live": app.telemetry.live_json(&app.client.latency, S::get(&s.origin_body_bytes)),
             "uptime_secs": SystemTime::now()
                 .duration_since(app.started)
                 .map_or(0, |d| d.as_secs()),
@@ -305,6 +346,8 @@ async fn status(app: &App) -> Response<Body> {
         &json!({
             "role": role.as_str(),
             "primary": role.primary(),
+            "lag_ms": app.manifest.lag().await.map(|d| d.as_millis() as u64),
+            "recent_purges": crate::dashboard::recent_purges(&app.manifest, 10).await,
             "manifest": {
                 "path": app.config.db.display().to_string(),
                 "txid": txid,

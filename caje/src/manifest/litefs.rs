@@ -9,10 +9,8 @@ use std::time::Duration;
 use litefs::Role;
 use serde::Deserialize;
 
-use super::ManifestError;
-// Only named by doc links.
-#[cfg(doc)]
 use super::Manifest;
+use super::ManifestError;
 
 /// The injectable clock of HALT leases ([`super::ManifestOptions::halt_clock`]), for tests.
 #[cfg(test)]
@@ -91,6 +89,18 @@ impl From<Role> for ManifestRole {
             Role::Replica { primary } => ManifestRole::Replica { primary },
             // `Role::Unknown` and any role a newer litefs-rs adds: not known to be the primary.
             _ => ManifestRole::Unknown,
+        }
+    }
+}
+
+impl Manifest {
+    /// How far this node's copy is behind the primary, from LiteFS's `.lag` (zero on the
+    /// primary). `None` outside LiteFS mode, before the first replication, or unreadable.
+    pub async fn lag(&self) -> Option<Duration> {
+        let db = self.litefs.clone()?;
+        match tokio::task::spawn_blocking(move || db.mount().lag()).await {
+            Ok(Ok(Some(lag))) => lag.duration(),
+            _ => None,
         }
     }
 }

@@ -288,6 +288,10 @@ pub struct ManifestStats {
     pub halt_max_held_ms: u64,
     /// Writes refused with [`ManifestError::QueueFull`].
     pub overflow: u64,
+    /// Time spent in flushes that wrote (or failed), HALT included, in microseconds.
+    pub flush_micros: u64,
+    /// Time spent waiting for HALT, in microseconds.
+    pub halt_wait_micros: u64,
     /// The most recent flush failure. Kept after the flushes recover; compare
     /// [`failed_flushes`](Self::failed_flushes) and [`pending`](Self::pending) to tell.
     pub last_error: Option<String>,

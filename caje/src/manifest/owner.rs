@@ -95,6 +95,10 @@ pub(super) struct Queued {
     since: Instant,
 }
 
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// A failing flush's backoff.
 pub(super) struct Retry {
     /// Consecutive failed attempts.
@@ -288,7 +292,9 @@ impl Owner {
             return;
         }
         let started = Instant::now();
-        match self.flush_batch(n) {
+        let flushed = self.flush_batch(n);
+        self.stats.flush_micros += micros(started.elapsed());
+        match flushed {
             Ok(()) => {
                 self.stats.flushes += 1;
                 tracing::debug!(writes = n, elapsed = ?started.elapsed(), "manifest batch written");
@@ -301,8 +307,10 @@ impl Owner {
     /// HALT when needed, then the batch's transaction(s), then the release.
     fn flush_batch(&mut self, n: usize) -> Result<(), FlushError> {
         // The role is re-read every time: `.primary` appears and disappears with failovers.
-        let halt = halt_unless_primary(self.litefs.as_ref(), self.options.halt_timeout)
-            .map_err(FlushError::Halt)?;
+        let waited = Instant::now();
+        let halt = halt_unless_primary(self.litefs.as_ref(), self.options.halt_timeout);
+        self.stats.halt_wait_micros += micros(waited.elapsed());
+        let halt = halt.map_err(FlushError::Halt)?;
         if halt.is_some() {
             self.stats.halts += 1;
         }

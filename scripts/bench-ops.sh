@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Cost of the access log and of the metrics endpoint on cached 1 KiB hits, in one run:
+# the same release binary in three modes, interleaved round by round so that noise from other
+# work on the machine falls on every mode alike:
+#   off      log.access = "off", no metrics listener
+#   log      log.access = a file (on the same disk as the cache), reopened never
+#   metrics  metrics.listen on, scraped once a second during the run
+# The order of the modes rotates from round to round. Each measurement: a fresh caje, the object fetched once (a miss) and then `wrk -t2 -c64
+# -d${DURATION}s` on it over loopback. Servers on CPU 0, wrk on CPU 1 (when taskset exists).
+# Usage: scripts/bench-ops.sh [ROUNDS] [DURATION]   (default 3 rounds of 10 s)
+# Needs: apt-get install wrk.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+duration=${2:-10}
+cargo build --release --locked --bin caje -p caje -p slow_server >&2
+bin=${CARGO_TARGET_DIR:-target}/release
+work=$(mktemp -d "${TMPDIR:-/tmp}/caje-bench-ops.XXXXXX")
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+pin() { if command -v taskset >/dev/null; then taskset -c "$1" "${@:2}"; else "${@:2}"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+oport=$(free_port)
+pin 0 "$bin/slow_server" --listen "127.0.0.1:$oport" >/dev/null 2>"$work/origin.err" &
+pids+=($!)
+sleep 0.5
+path="/gen/bench?cc=max-age%3D3600&bytes=1024"
+
+run_mode() { # mode round -> prints req/s
+  local mode=$1 round=$2 dir="$work/$1-$2" port mport extra=""
+  mkdir -p "$dir"
+  port=$(free_port)
+  case $mode in
+    log) extra=$'[log]\naccess = "'"$dir/access.log"$'"' ;;
+    metrics) mport=$(free_port); extra=$'[metrics]\nlisten = "127.0.0.1:'"$mport"$'"' ;;
+  esac
+  printf '[[origins]]\nhost = "*"\nurl = "http://127.0.0.1:%s"\n%s\n' "$oport" "$extra" >"$dir/caje.toml"
+  pin 0 "$bin/caje" --config "$dir/caje.toml" --listen "127.0.0.1:$port" --cache-dir "$dir/cache" \
+    --db "$dir/manifest.db" >/dev/null 2>"$dir/caje.err" &
+  local cpid=$!
+  pids+=($cpid)
+  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/_caje/stats" && break; sleep 0.1; done
+  curl -sf -o /dev/null "http://127.0.0.1:$port$path"
+  curl -sf -o /dev/null "http://127.0.0.1:$port$path"
+  local scraper=""
+  if [ "$mode" = metrics ]; then
+    (while true; do curl -sf -o /dev/null "http://127.0.0.1:$mport/metrics" || true; sleep 1; done) &
+    scraper=$!
+  fi
+  local rps
+  rps=$(pin 1 wrk -t2 -c64 -d"${duration}s" "http://127.0.0.1:$port$path" | awk '/^Requests\/sec/ {print $2}')
+  [ -n "$scraper" ] && kill "$scraper" 2>/dev/null || true
+  if [ "$mode" = log ]; then
+    sleep 0.5
+    local lines
+    lines=$(wc -l <"$dir/access.log")
+    echo "  log: $lines lines written; $(curl -s "http://127.0.0.1:$port/_caje/stats" | python3 -c 'import json,sys; print("dropped:", json.load(sys.stdin)["live"]["access_log"]["dropped"])')" >&2
+  fi
+  kill "$cpid"
+  wait "$cpid" 2>/dev/null || true
+  echo "$rps"
+}
+
+declare -A sum
+for mode in off log metrics; do sum[$mode]=0; done
+echo "round mode req/s"
+modes=(off log metrics)
+for r in $(seq "$rounds"); do
+  # The order rotates every round, so that no mode always runs first (or after another).
+  for i in 0 1 2; do
+    mode=${modes[$(((i + r) % 3))]}
+    rps=$(run_mode "$mode" "$r")
+    echo "$r $mode $rps"
+    sum[$mode]=$(python3 -c "print(${sum[$mode]} + $rps)")
+  done
+done
+for mode in off log metrics; do
+  python3 -c "m=${sum[$mode]}/$rounds; b=${sum[off]}/$rounds; print(f'mean {\"$mode\":8s} {m:10.0f} req/s  {m/b:.3f} x off  (cost {100*(1-m/b):+.1f} %)')"
+done
