@@ -68,7 +68,7 @@ pub struct ListPage {
 }
 
 pub(super) fn page(conn: &Connection, q: &ListQuery) -> Result<ListPage, ManifestError> {
-    let mut sql = format!("SELECT {PAGE_COLUMNS}, vary FROM pages WHERE 1 = 1");
+    let mut sql = format!("SELECT {PAGE_COLUMNS} FROM pages WHERE 1 = 1");
     let mut args: Vec<Sql> = Vec::new();
     if let Some(host) = &q.host {
         sql.push_str(" AND host = ?");
@@ -99,7 +99,8 @@ pub(super) fn page(conn: &Connection, q: &ListQuery) -> Result<ListPage, Manifes
     let mut stmt = conn.prepare_cached(&sql).map_err(err)?;
     let mut found = stmt
         .query_map(params_from_iter(args), |r| {
-            Ok((page_from_row(r)?, r.get::<_, String>(11)?))
+            // The raw `vary` text (column 3 of PAGE_COLUMNS) is the cursor's, not the decoded one.
+            Ok((page_from_row(r)?, r.get::<_, String>(3)?))
         })
         .map_err(err)?
         .collect::<Result<Vec<_>, _>>()
