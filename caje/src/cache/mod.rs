@@ -2,6 +2,7 @@
 //! and request coalescing.
 
 pub mod clamp;
+pub mod directives;
 pub mod entry;
 pub mod evict;
 pub mod hot;
