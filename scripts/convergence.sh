@@ -13,10 +13,10 @@ cargo build -q -p caje -p slow_server --tests
 failed=()
 for seed in "${seeds[@]}"; do
   if CONVERGENCE_SEED="$seed" CONVERGENCE_SECS="$secs" \
-      cargo test -q -p caje --test convergence -- --nocapture; then
+      cargo test -q -p caje --test convergence -- --ignored --nocapture; then
     echo "seed $seed: ok"
   else
-    echo "seed $seed: FAILED (replay: CONVERGENCE_SEED=$seed CONVERGENCE_SECS=$secs cargo test -p caje --test convergence -- --nocapture)"
+    echo "seed $seed: FAILED (replay: CONVERGENCE_SEED=$seed CONVERGENCE_SECS=$secs cargo test -p caje --test convergence -- --ignored --nocapture)"
     failed+=("$seed")
   fi
 done
