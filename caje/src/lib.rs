@@ -70,6 +70,7 @@ pub mod hit;
 pub mod host;
 pub mod interim;
 pub mod invalidate;
+pub mod ipnet;
 pub mod listen;
 pub mod manifest;
 pub mod metrics;
