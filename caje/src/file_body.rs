@@ -8,7 +8,6 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::io::Read as _;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +19,7 @@ use http_body_util::combinators::BoxBody;
 use tokio::task::JoinHandle;
 
 use crate::body::{empty, full, Body, BodyError, StreamError, SMALL_BODY};
+use crate::cache::store::format;
 use crate::cache::store::{Entry, Store};
 
 /// Largest single read.
@@ -42,7 +42,8 @@ struct Check {
 
 type Read = JoinHandle<(Result<Bytes, StreamError>, Option<Check>)>;
 
-/// Streams bytes `pos..end` of a file, one read per frame.
+/// Streams bytes `pos..end` of a file (offsets in the file: a stored body starts after the
+/// entry file's header), one read per frame.
 pub struct FileBody {
     file: Arc<File>,
     pos: u64,
@@ -57,11 +58,13 @@ impl FileBody {
     /// A whole stored body, verified against the entry's checksum as it streams: the last
     /// chunk is withheld on a mismatch (the client connection is aborted, never handed a
     /// complete-looking corrupt body), and the entry is removed and counted as corrupt.
-    pub fn verified(file: File, store: Store, entry: Arc<Entry>) -> Self {
-        let end = entry.meta.body_len;
+    /// `body_offset`: where the body starts in the file.
+    pub fn verified(file: File, body_offset: u64, store: Store, entry: Arc<Entry>) -> Self {
+        let start = body_offset;
+        let end = start + entry.meta.body_len;
         FileBody {
             file: Arc::new(file),
-            pos: 0,
+            pos: start,
             end,
             check: Some(Check {
                 crc: crc32fast::Hasher::new(),
@@ -73,8 +76,8 @@ impl FileBody {
         }
     }
 
-    /// Bytes `start..start + len` of a file, unverified (a range of a stored body: the
-    /// checksum covers the whole body only).
+    /// Bytes `start..start + len` of a file (offsets in the file), unverified (a range of a
+    /// stored body: the checksum covers the whole body only).
     pub fn range(file: File, start: u64, len: u64) -> Self {
         FileBody {
             file: Arc::new(file),
@@ -201,55 +204,108 @@ pub async fn hit_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitErro
     Ok(opened)
 }
 
-/// Opens a stored body and checks its length against the metadata. A body that is missing
-/// because the entry was just replaced is `Gone`; any other mismatch removes the entry.
-fn open_checked(store: &Store, entry: &Arc<Entry>) -> Result<std::fs::File, HitError> {
-    let file = match std::fs::File::open(entry.body_path()) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !store.is_current(entry) => {
-            return Err(HitError::Gone)
-        }
-        Err(e) => {
-            store.remove_corrupt(entry, &format_args!("cannot open body: {e}"));
-            return Err(HitError::Corrupt);
-        }
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-    if len != entry.meta.body_len {
-        store.remove_corrupt(
-            entry,
-            &format_args!("body is {len} bytes, metadata says {}", entry.meta.body_len),
-        );
-        return Err(HitError::Corrupt);
+/// A stored entry's file was not what the entry says: `Gone` if the entry was replaced or
+/// removed meanwhile (the file may be the newer version), else the entry is removed as
+/// corrupt. Blocking.
+fn mismatch(store: &Store, entry: &Arc<Entry>, why: &dyn std::fmt::Display) -> HitError {
+    if !store.is_current_committed(entry) {
+        return HitError::Gone;
     }
-    Ok(file)
+    store.remove_corrupt(entry, why);
+    HitError::Corrupt
+}
+
+/// Reads the start of an entry file: its header and then `extra` bytes (fewer at its end),
+/// and checks that it holds the version `entry` describes: same tag, body length and CRC,
+/// intact header checksum. The header's length may differ from the entry's (a metadata-only
+/// update since the lookup wrote a new header before the same body). Returns the bytes read
+/// and where the body starts in them.
+fn read_head(
+    store: &Store,
+    entry: &Arc<Entry>,
+    file: &File,
+    extra: u64,
+) -> Result<(Vec<u8>, u64), HitError> {
+    let read = |offset: u64| {
+        format::read_up_to(file, 0, (offset + extra) as usize)
+            .map_err(|e| mismatch(store, entry, &format_args!("reading entry file: {e}")))
+    };
+    let mut buf = read(entry.body_offset)?;
+    let fixed = format::parse_fixed(&buf).map_err(|e| mismatch(store, entry, &e))?;
+    let want = (entry.tag(), entry.meta.body_len, entry.meta.body_crc32);
+    if (fixed.tag, fixed.body_len, fixed.body_crc) != want {
+        return Err(mismatch(
+            store,
+            entry,
+            &"the entry file holds another version",
+        ));
+    }
+    let offset = fixed.body_offset();
+    if offset != entry.body_offset {
+        buf = read(offset)?;
+    }
+    format::check_header(&buf).map_err(|e| mismatch(store, entry, &e))?;
+    Ok((buf, offset))
+}
+
+/// Opens an entry's file. A file missing because the entry was just removed is `Gone`.
+fn open_entry(store: &Store, entry: &Arc<Entry>) -> Result<File, HitError> {
+    File::open(entry.path())
+        .map_err(|e| mismatch(store, entry, &format_args!("cannot open entry file: {e}")))
+}
+
+/// Opens a stored body and checks its header and the file's length against the entry, for
+/// streaming. Returns the file and where the body starts in it. A replaced entry is `Gone`;
+/// any other mismatch removes the entry.
+fn open_checked(store: &Store, entry: &Arc<Entry>) -> Result<(File, u64), HitError> {
+    let file = open_entry(store, entry)?;
+    let (_, offset) = read_head(store, entry, &file, 0)?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+    let want = offset + entry.meta.body_len;
+    if len != want {
+        return Err(mismatch(
+            store,
+            entry,
+            &format_args!("entry file is {len} bytes, its header says {want}"),
+        ));
+    }
+    Ok((file, offset))
 }
 
 fn open_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitError> {
-    let mut file = open_checked(store, entry)?;
     let len = entry.meta.body_len;
-    if len <= SMALL_BODY {
-        let mut buf = Vec::with_capacity(len as usize);
-        if let Err(e) = file.read_to_end(&mut buf) {
-            store.remove_corrupt(entry, &format_args!("reading body: {e}"));
-            return Err(HitError::Corrupt);
-        }
-        if buf.len() as u64 != len || crc32fast::hash(&buf) != entry.meta.body_crc32 {
-            store.remove_corrupt(entry, &"body checksum mismatch");
-            return Err(HitError::Corrupt);
-        }
-        if buf.is_empty() {
-            return Ok(empty());
-        }
-        let body = Bytes::from(buf);
-        store.hot().insert(&entry.meta.body_file, body.clone());
-        return Ok(full(body));
+    if len > SMALL_BODY {
+        let (file, offset) = open_checked(store, entry)?;
+        return Ok(BoxBody::new(FileBody::verified(
+            file,
+            offset,
+            store.clone(),
+            entry.clone(),
+        )));
     }
-    Ok(BoxBody::new(FileBody::verified(
-        file,
-        store.clone(),
-        entry.clone(),
-    )))
+    // One read for the header and the body: an open and a pread per small hit. One byte more
+    // than the file should hold, so a longer file shows too.
+    let file = open_entry(store, entry)?;
+    let (buf, offset) = read_head(store, entry, &file, len + 1)?;
+    let want = offset + len;
+    if buf.len() as u64 != want {
+        return Err(mismatch(
+            store,
+            entry,
+            &format_args!("entry file is {} bytes, its header says {want}", buf.len()),
+        ));
+    }
+    let body = &buf[offset as usize..];
+    if crc32fast::hash(body) != entry.meta.body_crc32 {
+        return Err(mismatch(store, entry, &"body checksum mismatch"));
+    }
+    if body.is_empty() {
+        return Ok(empty());
+    }
+    // A copy without the header: the memory tier counts what it holds.
+    let body = Bytes::copy_from_slice(body);
+    store.hot().insert(&entry.meta.body_file, body.clone());
+    Ok(full(body))
 }
 
 /// Opens `len` bytes of a stored body from `start`, for a 206. The checksum covers the whole
@@ -266,9 +322,132 @@ pub async fn hit_range_body(
     }
     let store = store.clone();
     let entry = entry.clone();
-    // Only the open and its length check happen here; the reads happen as the client pulls.
-    let file = tokio::task::spawn_blocking(move || open_checked(&store, &entry))
+    // Only the open and its checks happen here; the reads happen as the client pulls.
+    let (file, offset) = tokio::task::spawn_blocking(move || open_checked(&store, &entry))
         .await
         .map_err(|_| HitError::Gone)??;
-    Ok(BoxBody::new(FileBody::range(file, start, len)))
+    Ok(BoxBody::new(FileBody::range(file, offset + start, len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::tests::sample;
+    use crate::cache::store::{DiskLimits, FillProgress};
+    use crate::stats::Stats;
+    use http_body_util::BodyExt;
+
+    /// A store without a memory tier: every hit reads the file.
+    fn open(dir: &std::path::Path) -> (Store, Arc<Stats>) {
+        let stats = Arc::new(Stats::default());
+        // The last fill's job may hold a previous store (and its lock) for a moment.
+        for _ in 0..100 {
+            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+            match Store::open(dir, 8, 0, DiskLimits::UNLIMITED, stats.clone(), tx) {
+                Ok(store) => return (store, stats),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+        panic!("cannot open the store in {}", dir.display())
+    }
+
+    async fn fill(store: &Store, body: &[u8]) -> Arc<Entry> {
+        let mut f = store.begin_fill(sample(), u64::MAX, true, store.purge_epoch());
+        let mut progress = f.progress();
+        for c in body.chunks(16 * 1024) {
+            f.push(&Bytes::copy_from_slice(c));
+        }
+        f.finish();
+        let p = progress
+            .wait_for(|p| matches!(p, FillProgress::Committed(..) | FillProgress::Failed))
+            .await
+            .unwrap()
+            .clone();
+        match p {
+            FillProgress::Committed(entry, _) => entry,
+            _ => panic!("fill not committed"),
+        }
+    }
+
+    fn body_of(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    async fn read_rest(mut body: Body, mut got: Vec<u8>) -> Vec<u8> {
+        while let Some(frame) = body.frame().await {
+            got.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        got
+    }
+
+    /// Entry files are replaced by a rename over the same name. A hit that opened the old
+    /// file reads the old version to its end; a hit that looked the old entry up but opens
+    /// after the rename is `Gone` (a miss), never the new bytes under the old head, and
+    /// never counted as corrupt. Streamed (large) and one-read (small) bodies alike.
+    #[tokio::test]
+    async fn a_replacement_committed_mid_read_does_not_change_the_bytes_served() {
+        for len in [3 * CHUNK + 5, 1000] {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, stats) = open(dir.path());
+            let old = body_of(len, 1);
+            let a = fill(&store, &old).await;
+            let mut reading = hit_body(&store, &a).await.ok().unwrap();
+            let first = reading.frame().await.unwrap().unwrap().into_data().unwrap();
+
+            let new = body_of(len, 2);
+            let b = fill(&store, &new).await;
+            assert_eq!(a.path(), b.path(), "same name, one file");
+            assert!(
+                read_rest(reading, first.to_vec()).await == old,
+                "len {len}: torn"
+            );
+            assert!(
+                matches!(hit_body(&store, &a).await, Err(HitError::Gone)),
+                "len {len}: the replaced entry must be a miss"
+            );
+            let now = hit_body(&store, &b).await.ok().unwrap();
+            assert!(
+                read_rest(now, Vec::new()).await == new,
+                "len {len}: new version"
+            );
+            assert_eq!(Stats::get(&stats.corrupt_entries), 0, "len {len}");
+        }
+    }
+
+    /// A metadata-only update (a 304 refresh, a soft purge) writes a new file with the same
+    /// body: readers of the old file, and hits that looked up the entry before the update,
+    /// still get the whole body.
+    #[tokio::test]
+    async fn a_metadata_update_mid_read_keeps_every_reader_whole() {
+        for len in [3 * CHUNK + 5, 1000] {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, stats) = open(dir.path());
+            let want = body_of(len, 3);
+            let a = fill(&store, &want).await;
+            let mut reading = hit_body(&store, &a).await.ok().unwrap();
+            let first = reading.frame().await.unwrap().unwrap().into_data().unwrap();
+
+            let mut meta = a.meta.clone();
+            meta.invalidated = true;
+            meta.headers.push(("x-refreshed".into(), b"yes".to_vec()));
+            let b = store.update_meta(&a, meta, false).unwrap().unwrap();
+            assert!(b.body_offset > a.body_offset, "the header grew");
+            assert!(
+                read_rest(reading, first.to_vec()).await == want,
+                "len {len}"
+            );
+            for e in [&a, &b] {
+                let body = hit_body(&store, e).await.ok().unwrap();
+                assert!(read_rest(body, Vec::new()).await == want, "len {len}");
+            }
+            // The update is on disk: a reopened store reads the new metadata.
+            drop(store);
+            let (store, _) = open(dir.path());
+            let e = store.entries().pop().unwrap();
+            assert!(e.meta.invalidated && e.meta.body_len == len as u64);
+            assert_eq!(Stats::get(&stats.corrupt_entries), 0, "len {len}");
+        }
+    }
 }

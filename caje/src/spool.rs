@@ -38,8 +38,9 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::body::{BodyError, StreamError, Tee};
+use crate::cache::store::format::read_body_at;
 use crate::cache::store::FillProgress;
-use crate::file_body::{pread, CHUNK};
+use crate::file_body::CHUNK;
 
 /// Bytes already on disk that the window keeps in memory for readers close behind the pump.
 pub const WINDOW: u64 = 1024 * 1024;
@@ -61,8 +62,9 @@ enum End {
 enum DiskFile {
     /// The writer has no file yet: nothing may leave the window.
     Pending,
-    /// The writer's descriptor (readable; it outlives a rename or an unlink of its path).
-    Open(Arc<File>),
+    /// The writer's descriptor (readable; it outlives a rename or an unlink of its path), and
+    /// where the body starts in it (after the entry file's header).
+    Open(Arc<File>, u64),
 }
 
 struct State {
@@ -215,9 +217,9 @@ impl Spool {
         self.room.notify_waiters();
     }
 
-    fn set_file(&self, file: Arc<File>) {
+    fn set_file(&self, file: Arc<File>, body_offset: u64) {
         let mut s = self.lock();
-        s.file = DiskFile::Open(file);
+        s.file = DiskFile::Open(file, body_offset);
         Self::evict(&mut s);
         drop(s);
         self.room.notify_waiters();
@@ -285,13 +287,22 @@ async fn follow_disk(spool: Arc<Spool>, mut progress: watch::Receiver<FillProgre
     loop {
         let (file, written, last) = match &*progress.borrow_and_update() {
             FillProgress::Starting => (None, 0, false),
-            FillProgress::Writing { file, written, .. } => (Some(file.clone()), *written, false),
-            FillProgress::Committed(entry, file) => (Some(file.clone()), entry.meta.body_len, true),
+            FillProgress::Writing {
+                file,
+                body_offset,
+                written,
+                ..
+            } => (Some((file.clone(), *body_offset)), *written, false),
+            FillProgress::Committed(entry, file) => (
+                Some((file.clone(), entry.body_offset)),
+                entry.meta.body_len,
+                true,
+            ),
             FillProgress::Failed => (None, 0, true),
         };
-        if let (false, Some(file)) = (opened, file) {
+        if let (false, Some((file, body_offset))) = (opened, file) {
             opened = true;
-            spool.set_file(file);
+            spool.set_file(file, body_offset);
         }
         if opened {
             spool.on_disk(written);
@@ -324,7 +335,8 @@ pub struct SpoolReader {
 /// What a reader does next.
 enum Step {
     Data(Bytes),
-    Read(Arc<File>, u64, usize),
+    /// Read `len` body bytes at `pos` from the file, whose body starts at `offset`.
+    Read(Arc<File>, u64, u64, usize),
     End,
     Fail(&'static str),
     Direct(Tee),
@@ -337,12 +349,12 @@ impl SpoolReader {
         let pos = self.pos;
         if pos < s.window_start {
             return match &s.file {
-                DiskFile::Open(f) => {
+                DiskFile::Open(f, offset) => {
                     let len = (s.window_start.min(s.on_disk) - pos).min(CHUNK as u64) as usize;
                     if len == 0 {
                         return Step::Fail("the fill's body is no longer available");
                     }
-                    Step::Read(f.clone(), pos, len)
+                    Step::Read(f.clone(), *offset, pos, len)
                 }
                 _ => Step::Fail("the fill's body is no longer available"),
             };
@@ -420,9 +432,10 @@ impl HttpBody for SpoolReader {
                     this.pos += data.len() as u64;
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Step::Read(file, pos, len) => {
-                    this.pending =
-                        Some(tokio::task::spawn_blocking(move || pread(&file, pos, len)));
+                Step::Read(file, offset, pos, len) => {
+                    this.pending = Some(tokio::task::spawn_blocking(move || {
+                        read_body_at(&file, offset, pos, len)
+                    }));
                 }
                 Step::End => return Poll::Ready(None),
                 Step::Fail(why) => return this.fail(why.into()),

@@ -118,8 +118,8 @@ async fn clear_fs_removes_bodies_so_the_next_request_is_a_miss() {
         assert!(j["fs"]["entries"].as_u64().unwrap() >= 1, "{j}");
         assert!(j["fs"]["bytes"].as_u64().unwrap() >= 3000, "{j}");
         assert!(
-            support::files_with_suffix(&caje.cache_dir(), ".body").is_empty(),
-            "body files left after clear/fs"
+            support::files_with_suffix(&caje.cache_dir(), ".entry").is_empty(),
+            "entry files left after clear/fs"
         );
 
         let again = caje.get(&path).await;

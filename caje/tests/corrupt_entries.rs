@@ -1,7 +1,7 @@
-//! A damaged `.meta` or `.body` file is detected: the request becomes a miss that fetches a
-//! good copy, the damaged bytes are never served, and `corrupt_entries` counts it.
+//! A damaged entry file (its header or its body) is detected: the request becomes a miss that
+//! fetches a good copy, the damaged bytes are never served, and `corrupt_entries` counts it.
 //!
-//! Metadata is damaged while caje is stopped (a running caje may serve an entry's metadata
+//! Headers are damaged while caje is stopped (a running caje may serve an entry's metadata
 //! from memory, which is not wrong: the damaged bytes are not served); bodies both while it
 //! runs and while it is stopped.
 
@@ -44,27 +44,49 @@ fn one_with_suffix(files: &[PathBuf], suffix: &str) -> PathBuf {
     matching[0].clone()
 }
 
+/// Where to damage an entry file.
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    /// Bytes inside the header (its metadata).
+    Header,
+    /// Bytes in the middle of the file: the body (20,000 bytes behind a header of hundreds).
+    Body,
+}
+
+/// XORs 16 bytes of the file at `at` with 0x5A (same length, different content).
+fn flip_bytes_at(path: &std::path::Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    for b in &mut bytes[at..at + 16] {
+        *b ^= 0x5A;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
 async fn assert_recovers_from(
     origin: &Origin,
     caje: Caje,
     name: &str,
-    suffix: &str,
+    damage: Damage,
     restart: bool,
 ) {
     let path = gen(name, "cc=max-age%3D300&bytes=20000");
     let (good, files) = store(&caje, &path).await;
-    let victim = one_with_suffix(&files, suffix);
+    let victim = one_with_suffix(&files, ".entry");
+    let spoil = |p: &std::path::Path| match damage {
+        Damage::Header => flip_bytes_at(p, 40),
+        Damage::Body => flip_middle_bytes(p, 16),
+    };
     let mut corrupt_before = caje.stat("corrupt_entries").await;
 
     let caje = if restart {
         let mut caje = caje;
         let st = caje.stop();
         assert_eq!(st.code(), Some(0), "exit on SIGTERM: {st}");
-        flip_middle_bytes(&victim, 16);
+        spoil(&victim);
         corrupt_before = 0; // a new process counts from zero
         Caje::start_in(caje.dir.clone(), caje.cfg.clone())
     } else {
-        flip_middle_bytes(&victim, 16);
+        spoil(&victim);
         caje
     };
 
@@ -78,7 +100,7 @@ async fn assert_recovers_from(
     let cs = r.cache_status();
     assert!(
         !cs.is_hit(),
-        "a corrupt {suffix} was served as a hit: `{}`",
+        "a corrupt {damage:?} was served as a hit: `{}`",
         cs.raw
     );
     assert_eq!(
@@ -100,45 +122,45 @@ async fn assert_recovers_from(
 }
 
 #[tokio::test]
-async fn corrupt_meta_file_is_a_miss() {
+async fn corrupt_header_is_a_miss() {
     within(30, async {
         let origin = Origin::start();
         let caje = Caje::start(&origin, DISK_ONLY);
-        assert_recovers_from(&origin, caje, "m", ".meta", true).await;
+        assert_recovers_from(&origin, caje, "m", Damage::Header, true).await;
     })
     .await
 }
 
 #[tokio::test]
-async fn corrupt_body_file_is_a_miss() {
+async fn corrupt_body_is_a_miss() {
     within(30, async {
         let origin = Origin::start();
         let caje = Caje::start(&origin, DISK_ONLY);
-        assert_recovers_from(&origin, caje, "b", ".body", false).await;
+        assert_recovers_from(&origin, caje, "b", Damage::Body, false).await;
     })
     .await
 }
 
 #[tokio::test]
-async fn corrupt_body_file_found_after_restart_is_a_miss() {
+async fn corrupt_body_found_after_restart_is_a_miss() {
     within(30, async {
         let origin = Origin::start();
         let caje = Caje::start(&origin, DISK_ONLY);
-        assert_recovers_from(&origin, caje, "br", ".body", true).await;
+        assert_recovers_from(&origin, caje, "br", Damage::Body, true).await;
     })
     .await
 }
 
-/// A truncated body file (e.g. a crash mid-write on a filesystem without ordered writes) is
-/// also corrupt, never a short hit.
+/// A truncated entry file (e.g. a crash mid-write: nothing is fsynced) is also corrupt, never
+/// a short hit.
 #[tokio::test]
-async fn truncated_body_file_is_a_miss() {
+async fn truncated_entry_file_is_a_miss() {
     within(30, async {
         let origin = Origin::start();
         let caje = Caje::start(&origin, DISK_ONLY);
         let path = gen("t", "cc=max-age%3D300&bytes=20000");
         let (good, files) = store(&caje, &path).await;
-        let victim = one_with_suffix(&files, ".body");
+        let victim = one_with_suffix(&files, ".entry");
         let len = std::fs::metadata(&victim).unwrap().len();
         std::fs::OpenOptions::new()
             .write(true)

@@ -12,9 +12,11 @@ use tokio::net::TcpSocket;
 
 use support::{assert_same_body, eventually, gen, get, within, Caje, Origin};
 
-/// Blocks the cap counts: bodies and metas in whole 4 KiB blocks, as caje counts them.
+/// Entry files, and the bytes they occupy on disk as the file system reports it
+/// (`st_blocks`, what `du` counts): the cap counts the same.
 fn files_on_disk(dir: &Path) -> (usize, u64) {
-    let (mut metas, mut bytes) = (0, 0);
+    use std::os::unix::fs::MetadataExt;
+    let (mut entries, mut bytes) = (0, 0);
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else {
@@ -26,23 +28,21 @@ fn files_on_disk(dir: &Path) -> (usize, u64) {
                 stack.push(p);
                 continue;
             }
-            let name = p.to_string_lossy().into_owned();
-            if name.ends_with(".meta") {
-                metas += 1;
-                bytes += 4096;
-            } else if name.ends_with(".body") {
-                bytes += f.metadata().map_or(0, |m| m.len()).div_ceil(4096) * 4096;
+            if p.to_string_lossy().ends_with(".entry") {
+                entries += 1;
+                bytes += f.metadata().map_or(0, |m| m.blocks() * 512);
             }
         }
     }
-    (metas, bytes)
+    (entries, bytes)
 }
 
 #[tokio::test]
 async fn cap_holds_under_many_fills() {
     within(60, async {
         let origin = Origin::start();
-        // 1 MiB; each page takes 5 body blocks + 1 meta block = 24 KiB, so ~42 fit of 100.
+        // 1 MiB; each page takes 5 blocks (20,000 bytes and a header) = 20 KiB, so ~51 fit of
+        // 100.
         let caje = Caje::start(
             &origin,
             "[cache]\nmax_disk_bytes = 1048576\nmemory_bytes = 0\n",
@@ -71,9 +71,11 @@ async fn cap_holds_under_many_fills() {
         assert!(stats["evictions"].as_u64().unwrap() >= 50, "{stats}");
         assert!(entries >= 30, "the cache still holds what fits: {stats}");
         // The files really left the disk (the counter moves only after the unlink).
-        let (metas, bytes) = files_on_disk(&caje.cache_dir());
-        assert_eq!(metas as u64, entries, "one meta per entry left on disk");
+        let (files, bytes) = files_on_disk(&caje.cache_dir());
+        assert_eq!(files as u64, entries, "one file per entry left on disk");
         assert!(bytes <= cap, "{bytes} bytes on disk over the {cap} cap");
+        // What the cap counts is what the file system allocated.
+        assert_eq!(stats["disk_bytes"].as_u64().unwrap(), bytes, "{stats}");
         let status = caje.admin("GET", "/_caje/status").await;
         let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
         assert_eq!(status["cache"]["evictions"], stats["evictions"], "{status}");
@@ -88,7 +90,7 @@ async fn cap_holds_under_many_fills() {
 async fn eviction_racing_hits_and_fills_never_tears_a_body() {
     within(90, async {
         let origin = Origin::start();
-        // 512 KiB; 50,000-byte pages take 14 blocks (56 KiB): about 9 fit of the 30 in play,
+        // 512 KiB; 50,000-byte pages take 13 blocks (52 KiB): about 9 fit of the 30 in play,
         // and the memory tier is off, so every hit reads a file eviction may be deleting.
         let caje = Caje::start(
             &origin,
@@ -189,8 +191,8 @@ async fn a_slow_client_of_a_fill_gets_the_whole_body_after_its_eviction() {
             caje.stat("evictions").await >= 1
         })
         .await;
-        let (metas, _) = files_on_disk(&caje.cache_dir());
-        assert_eq!(metas, 1, "only the second page is left on disk");
+        let (files, _) = files_on_disk(&caje.cache_dir());
+        assert_eq!(files, 1, "only the second page is left on disk");
 
         // Now read it all.
         let mut got = Vec::with_capacity(BODY + 1024);

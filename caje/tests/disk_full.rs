@@ -114,7 +114,7 @@ async fn io_error_in_the_cache_dir_is_counted_and_the_response_is_whole() {
         let host = node.addr().to_string();
         let host = caje::host::Host::parse(&host, "http").unwrap();
         let name = entry_name(&CacheKey::new(&host, &path), &Variant::default());
-        let shard = node.cache_dir().join("v1").join(&name[0..2]);
+        let shard = node.cache_dir().join("v2").join(&name[0..2]);
         std::fs::create_dir_all(shard.parent().unwrap()).unwrap();
         std::fs::write(&shard, b"not a directory").unwrap();
 

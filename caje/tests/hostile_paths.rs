@@ -114,7 +114,7 @@ async fn hostile_paths_stay_inside_cache_dir() {
                 );
             }
             let name = f.file_name().unwrap().to_string_lossy().into_owned();
-            if !(name.ends_with(".meta") || name.ends_with(".body")) {
+            if !name.ends_with(".entry") {
                 continue;
             }
             let stem = name.split('.').next().unwrap();
@@ -135,7 +135,7 @@ async fn hostile_paths_stay_inside_cache_dir() {
         }
         assert!(
             stem_len.is_some(),
-            "no .meta/.body files under {}: {files:?}",
+            "no .entry files under {}: {files:?}",
             cache_dir.display()
         );
         // Nothing anywhere in the node dir is named after the request.

@@ -1,17 +1,11 @@
-//! The metadata of one stored response and its on-disk encoding.
-//!
-//! A `.meta` file is `[FORMAT_VERSION][postcard(EntryMeta)][crc32 of the postcard bytes, LE]`.
-//! The version byte lets a future caje refuse (and drop) entries it cannot read instead of
-//! misreading them; the trailing checksum catches bit flips that would still decode.
+//! The metadata of one stored response. It is stored (postcard-encoded, versioned and
+//! checksummed) in the header of the entry's file: see `cache::store::format`.
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_cache_semantics::CachePolicy;
 use serde::{Deserialize, Serialize};
 
 use super::key::{CacheKey, Variant};
-
-/// Version of the `.meta` encoding. Bump on any change to [`EntryMeta`].
-pub const FORMAT_VERSION: u8 = 1;
 
 /// Everything about a stored response except its body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,7 +22,9 @@ pub struct EntryMeta {
     pub headers: Vec<(String, Vec<u8>)>,
     /// The RFC 9111 policy (built from a sanitised request: no cookies or credentials).
     pub policy: CachePolicy,
-    /// File name of the body, in the same directory as the meta file.
+    /// The name of this stored version: `<entry name>.<16 hex tag>`, the tag unique to the
+    /// fill that wrote it (a metadata-only update keeps it: same body). The memory tier's
+    /// key, and how a reader tells which version an entry file it opened holds.
     pub body_file: String,
     /// Body length in bytes.
     pub body_len: u64,
@@ -43,23 +39,6 @@ pub struct EntryMeta {
     pub invalidated: bool,
 }
 
-/// Why a `.meta` file could not be decoded.
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    /// Empty or shorter than the framing.
-    #[error("metadata file is truncated")]
-    Truncated,
-    /// Written by another format version.
-    #[error("metadata format version {0} is not supported (this caje reads {FORMAT_VERSION})")]
-    Version(u8),
-    /// The checksum does not match.
-    #[error("metadata checksum mismatch")]
-    Checksum,
-    /// postcard could not decode it.
-    #[error("metadata does not decode: {0}")]
-    Postcard(#[from] postcard::Error),
-}
-
 impl EntryMeta {
     /// The page key of this entry.
     pub fn key(&self) -> CacheKey {
@@ -67,33 +46,6 @@ impl EntryMeta {
             host: self.host.clone(),
             path: self.path.clone(),
         }
-    }
-
-    /// Encodes into the `.meta` file format.
-    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
-        let body = postcard::to_stdvec(self)?;
-        let mut out = Vec::with_capacity(body.len() + 5);
-        out.push(FORMAT_VERSION);
-        out.extend_from_slice(&body);
-        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        Ok(out)
-    }
-
-    /// Decodes a `.meta` file.
-    pub fn decode(bytes: &[u8]) -> Result<EntryMeta, DecodeError> {
-        let (&version, rest) = bytes.split_first().ok_or(DecodeError::Truncated)?;
-        if version != FORMAT_VERSION {
-            return Err(DecodeError::Version(version));
-        }
-        if rest.len() < 4 {
-            return Err(DecodeError::Truncated);
-        }
-        let (body, crc) = rest.split_at(rest.len() - 4);
-        let want = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-        if crc32fast::hash(body) != want {
-            return Err(DecodeError::Checksum);
-        }
-        Ok(postcard::from_bytes(body)?)
     }
 
     /// The stored response head as a status and header map (invalid stored headers skipped).
@@ -175,29 +127,5 @@ pub(crate) mod tests {
             tags: vec!["t1".into()],
             invalidated: false,
         }
-    }
-
-    #[test]
-    fn roundtrip_keeps_repeated_headers_and_policy() {
-        let meta = sample();
-        let bytes = meta.encode().unwrap();
-        let back = EntryMeta::decode(&bytes).unwrap();
-        assert_eq!(back.path, meta.path);
-        let (_, headers) = back.response_head();
-        assert_eq!(headers.get_all("link").iter().count(), 2);
-        assert_eq!(back.etag().as_deref(), Some("\"v1\""));
-        assert!(!back.policy.is_stale(SystemTime::now()));
-    }
-
-    #[test]
-    fn every_flipped_byte_is_detected() {
-        let bytes = sample().encode().unwrap();
-        for i in 0..bytes.len() {
-            let mut b = bytes.clone();
-            b[i] ^= 0x40;
-            assert!(EntryMeta::decode(&b).is_err(), "flip at {i} not detected");
-        }
-        assert!(EntryMeta::decode(&[]).is_err());
-        assert!(EntryMeta::decode(&bytes[..bytes.len() - 1]).is_err());
     }
 }

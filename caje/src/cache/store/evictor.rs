@@ -4,44 +4,64 @@
 //! By the time an entry gets here it is already out of the index (and the eviction policy),
 //! so no new hit can find it. A hit that found it just before keeps serving: on Linux an open
 //! file descriptor keeps an unlinked file readable to its end, and a hit that tries to open
-//! the body after the unlink sees `NotFound` for an entry that is no longer current, which the
-//! hit path turns into a miss ([`crate::body`]). A torn body is never served.
+//! the file after the unlink sees `NotFound` for an entry that is no longer current, which
+//! the hit path turns into a miss ([`crate::file_body`]). A torn body is never served.
 //!
-//! If caje stops before the files are unlinked, the next start-up scan finds their metadata,
-//! loads them into the policy, and evicts again whatever is over the cap.
+//! The unlink itself is [`Store::unlink_unheld`]: a fill of the same page may have committed
+//! a new version under the same name since, and that file must stay.
+//!
+//! If caje stops before the files are unlinked, the next start-up scan finds them, loads
+//! them into the policy, and evicts again whatever is over the cap.
 
-use std::fs;
 use std::io;
 use std::sync::mpsc as std_mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::mpsc;
 
-use super::{Entry, StoreEvent};
+use super::{Entry, Inner, Store, StoreEvent};
 use crate::stats::Stats;
 
 pub(super) struct Evictor {
     tx: std_mpsc::Sender<Vec<Arc<Entry>>>,
+    /// The receiving end until [`Evictor::start`] hands it to the thread.
+    rx: Mutex<Option<std_mpsc::Receiver<Vec<Arc<Entry>>>>>,
     stats: Arc<Stats>,
     events: mpsc::UnboundedSender<StoreEvent>,
 }
 
 impl Evictor {
-    /// Starts the thread; it ends when the store (which holds the sender) is dropped.
-    pub(super) fn spawn(
-        stats: Arc<Stats>,
-        events: mpsc::UnboundedSender<StoreEvent>,
-    ) -> io::Result<Evictor> {
+    /// The queue; evictions queued before [`Evictor::start`] wait in it.
+    pub(super) fn new(stats: Arc<Stats>, events: mpsc::UnboundedSender<StoreEvent>) -> Evictor {
         let (tx, rx) = std_mpsc::channel::<Vec<Arc<Entry>>>();
-        let (thread_stats, thread_events) = (stats.clone(), events.clone());
+        Evictor {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            stats,
+            events,
+        }
+    }
+
+    /// Starts the thread. It holds the store weakly (the store holds the queue's sender) and
+    /// ends when the store is dropped.
+    pub(super) fn start(&self, store: Weak<Inner>) -> io::Result<()> {
+        let Some(rx) = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return Ok(());
+        };
+        let (stats, events) = (self.stats.clone(), self.events.clone());
         std::thread::Builder::new()
             .name("caje-evict".into())
             .spawn(move || {
                 for batch in rx {
-                    delete(&batch, &thread_stats, &thread_events);
+                    match store.upgrade() {
+                        Some(inner) => Store { inner }.unlink_unheld(&batch),
+                        // The store is gone, so no fill can commit a new version any more.
+                        None => unlink(&batch),
+                    }
+                    counted(&batch, &stats, &events);
                 }
             })?;
-        Ok(Evictor { tx, stats, events })
+        Ok(())
     }
 
     /// Queues evicted entries for deletion. Never blocks.
@@ -50,17 +70,24 @@ impl Evictor {
             return;
         }
         if let Err(std_mpsc::SendError(entries)) = self.tx.send(entries) {
-            // The thread is gone (it cannot panic on its own, but be safe): delete here.
-            delete(&entries, &self.stats, &self.events);
+            // The thread is gone (it cannot panic on its own, but be safe). Callers hold the
+            // store, which cannot be reached from here; unlinking without the commit lock
+            // only risks a newer version of the same page becoming a miss.
+            unlink(&entries);
+            counted(&entries, &self.stats, &self.events);
         }
     }
 }
 
-fn delete(entries: &[Arc<Entry>], stats: &Stats, events: &mpsc::UnboundedSender<StoreEvent>) {
+fn unlink(entries: &[Arc<Entry>]) {
     for e in entries {
-        let _ = fs::remove_file(e.meta_path());
-        let _ = fs::remove_file(e.body_path());
-        // Counted once the files are gone, so a reader of the counter can rely on that.
+        let _ = std::fs::remove_file(e.path());
+    }
+}
+
+fn counted(entries: &[Arc<Entry>], stats: &Stats, events: &mpsc::UnboundedSender<StoreEvent>) {
+    for e in entries {
+        // Counted once the file is gone, so a reader of the counter can rely on that.
         Stats::incr(&stats.evictions);
         tracing::debug!(host = %e.meta.host, path = %e.meta.path, "evicted {}", e.name);
         let _ = events.send(StoreEvent::Removed(e.clone()));

@@ -1,13 +1,13 @@
-//! Files on disk: unique names, shard directories and atomic (temp file + rename) writes of
-//! metadata.
+//! Files on disk: unique names, shard directories, metadata-only updates (a new entry file
+//! renamed over the old one), and unlinking the files of entries that left the index.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{Entry, Store, StoreEvent};
+use super::{format, Entry, Store, StoreEvent};
 use crate::cache::entry::EntryMeta;
 
 impl Store {
@@ -24,66 +24,128 @@ impl Store {
         self.inner.root.join(&name[0..2]).join(&name[2..4])
     }
 
-    /// Writes `meta` to a new fsynced temp file in `dir`, ready to be renamed into place.
-    pub(super) fn write_temp_meta(
-        &self,
-        dir: &Path,
-        name: &str,
-        meta: &EntryMeta,
-    ) -> io::Result<PathBuf> {
-        let encoded = meta.encode().map_err(io::Error::other)?;
-        let tmp_meta = dir.join(format!(".{name}.{:016x}.tmp", self.unique()));
-        let written = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp_meta)?;
-            f.write_all(&encoded)?;
-            f.sync_all()
-        })();
-        match written {
-            Ok(()) => Ok(tmp_meta),
-            Err(e) => {
-                let _ = fs::remove_file(&tmp_meta);
-                Err(e)
-            }
-        }
+    /// A new temp file name for entry `name` in `dir` (the start-up scan removes leftovers).
+    pub(super) fn temp_path(&self, dir: &Path, name: &str) -> PathBuf {
+        dir.join(format!(".{name}.{:016x}.tmp", self.unique()))
     }
 
     /// Replaces the metadata of an entry whose body stays the same (after a 304, or a soft
     /// purge), atomically. Returns the new entry; `None` if the entry is no longer current.
     /// Blocking.
+    ///
+    /// The new entry file is a copy: the new header, then the body copied in the kernel
+    /// (`copy_file_range`, a reflink where the file system has them), renamed over the old
+    /// file. Not a rewrite in place, because entry files never change once in place: a hit,
+    /// a peer or a coalesced reader that opened the old file keeps reading one consistent
+    /// version through its descriptor, and the header's length changes with the headers a
+    /// 304 brings (in place would need reserved slack and a second checksum to make a torn
+    /// rewrite detectable). Refreshes and soft purges are rare next to hits and fills, and
+    /// cost one in-kernel copy of the body.
     pub fn update_meta(
         &self,
         entry: &Arc<Entry>,
-        meta: EntryMeta,
+        mut meta: EntryMeta,
         announce: bool,
     ) -> io::Result<Option<Arc<Entry>>> {
-        let tmp_meta = self.write_temp_meta(&entry.dir, &entry.name, &meta)?;
-        let updated = Arc::new(Entry::new(meta, entry.name.clone(), entry.dir.clone()));
+        // Same body, so the same stored version: the memory tier's copy stays valid.
+        meta.body_file.clone_from(&entry.meta.body_file);
+        meta.body_len = entry.meta.body_len;
+        meta.body_crc32 = entry.meta.body_crc32;
+        let src = match File::open(entry.path()) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !self.is_current(entry) => {
+                return Ok(None)
+            }
+            other => other?,
+        };
+        let head = format::read_up_to(&src, 0, entry.body_offset as usize)?;
+        match format::check_header(&head) {
+            Ok(f) if f.tag == entry.tag() && f.body_len == entry.meta.body_len => {}
+            // Replaced by a newer fill since the caller looked it up.
+            _ if !self.is_current(entry) => return Ok(None),
+            Ok(_) => return Err(io::Error::other("the entry file holds another version")),
+            Err(e) => return Err(io::Error::other(e)),
+        }
+        let encoded = format::encode_meta(&mut meta)?;
+        let tmp = self.temp_path(&entry.dir, &entry.name);
+        let written = (|| -> io::Result<u64> {
+            (&src).seek(SeekFrom::Start(entry.body_offset))?;
+            let mut body = (&src).take(entry.meta.body_len);
+            let (mut out, fixed) = format::write_entry_file(&tmp, &encoded, entry.tag(), &[])?;
+            // Writes the header with an empty body's length and CRC; the real ones are
+            // written below, once the copy is complete.
+            let copied = io::copy(&mut body, &mut out)?;
+            if copied != entry.meta.body_len {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let head = format::header(&encoded, copied, entry.meta.body_crc32, entry.tag());
+            std::os::unix::fs::FileExt::write_all_at(&out, &head, 0)?;
+            Ok(fixed.body_offset())
+        })();
+        let body_offset = match written {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let updated = Arc::new(Entry::new(
+            meta,
+            entry.name.clone(),
+            entry.dir.clone(),
+            body_offset,
+        ));
         {
+            // The index and the file change in one critical section with commits, so a fill
+            // of the same name committed meanwhile is never overwritten by this older copy.
             let _commit = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
             let mut idx = self.index();
             if !idx.replace(entry, updated.clone()) {
                 drop(idx);
-                let _ = fs::remove_file(&tmp_meta);
+                let _ = fs::remove_file(&tmp);
                 return Ok(None);
             }
             drop(idx);
-            if let Err(e) = fs::rename(&tmp_meta, updated.meta_path()) {
-                let _ = fs::remove_file(&tmp_meta);
-                // Put the old entry back: its meta file is still the one on disk.
+            if let Err(e) = fs::rename(&tmp, updated.path()) {
+                let _ = fs::remove_file(&tmp);
+                // Put the old entry back: its file is still the one on disk.
                 self.index().replace(&updated, entry.clone());
                 return Err(e);
             }
-        }
-        if let Ok(d) = File::open(&entry.dir) {
-            let _ = d.sync_all();
         }
         let _ = self.inner.events.send(StoreEvent::Stored {
             entry: updated.clone(),
             announce,
         });
         Ok(Some(updated))
+    }
+
+    /// Whether `entry` is current, asked under the commit lock: a fill's rename and its index
+    /// update are one step for this question. (A reader that opened an entry's file and found
+    /// another version in it: `false` means it was replaced, `true` that the file is damaged.)
+    /// Blocking (waits for a commit in progress).
+    pub fn is_current_committed(&self, entry: &Arc<Entry>) -> bool {
+        let _commit = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
+        self.is_current(entry)
+    }
+
+    /// Unlinks the files of entries already out of the index, unless a newer version of the
+    /// same name was committed since (its file is at the same path and must stay). Checked
+    /// and unlinked under the commit lock, which every rename into place holds. Blocking.
+    pub(super) fn unlink_unheld(&self, removed: &[Arc<Entry>]) {
+        if removed.is_empty() {
+            return;
+        }
+        let _commit = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
+        let unheld: Vec<PathBuf> = {
+            let idx = self.index();
+            removed
+                .iter()
+                .filter(|e| !idx.holds_id(e.id))
+                .map(|e| e.path())
+                .collect()
+        };
+        for path in unheld {
+            let _ = fs::remove_file(path);
+        }
     }
 }

@@ -1,15 +1,24 @@
-//! Fills: the [`Fill`] handle the tee feeds, the writer thread that streams the body into a
-//! temp file, and the commit that renames it into place and updates the index.
+//! Fills: the [`Fill`] handle the tee feeds, the writes that put its body in a temp entry
+//! file, and the commit that renames it into place and updates the index.
+//!
+//! No thread is held for a fill and no chunk crosses to another thread on its own: the tee
+//! queues chunks on the async side, and a job on the blocking pool writes everything queued
+//! (one `writev`) once [`FLUSH_BYTES`] wait or the body ends; while it writes, more queue up
+//! and go in its next `writev`. A body that ends before [`FLUSH_BYTES`] arrived (most pages)
+//! is written with its header in one `writev` and renamed into place by one job: one trip
+//! to the blocking pool per fill. Nothing is fsynced (see [`super::format`]): a cache may
+//! lose its last entries in a crash, never serve a torn one.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::fs::{self, File};
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
+use super::format::{self, EntryWriter};
 use super::{Entry, Store, StoreEvent};
 use crate::cache::entry::EntryMeta;
 use crate::cache::key::entry_name;
@@ -20,24 +29,32 @@ use crate::stats::Stats;
 /// while the disk is behind.
 const MAX_INFLIGHT_BYTES: usize = 8 * 1024 * 1024;
 
+/// Queued bytes that start a write. A body shorter than this is held in memory until it ends
+/// and written with its header in one `writev`; a longer one is written in batches of at
+/// least this much (fewer trips to the blocking pool than one per chunk).
+pub const FLUSH_BYTES: usize = 64 * 1024;
+
 /// How a fill is getting on, for requests coalesced onto it (they stream the body from the
 /// file being written).
 #[derive(Debug, Clone)]
 pub enum FillProgress {
-    /// The writer has not created its file yet.
+    /// The writer has not created its file yet (a small body is in memory until it ends).
     Starting,
-    /// `written` bytes of the body are in the temp file at `path`.
+    /// `written` bytes of the body are in the temp file at `path`, from `body_offset`.
     Writing {
         /// The temp file.
         path: Arc<PathBuf>,
         /// The writer's descriptor of it, readable: followers read through it (positional
         /// reads), so a rename or an eviction's unlink cannot pull the body from under them.
         file: Arc<File>,
+        /// Where the body starts in the file (after the header).
+        body_offset: u64,
         /// Bytes written so far.
         written: u64,
     },
-    /// The entry is committed; its body is complete at `entry.body_path()`, and readable
-    /// through the descriptor even once an eviction has unlinked that path.
+    /// The entry is committed; its body is complete in `entry.path()` from
+    /// `entry.body_offset`, and readable through the descriptor even once an eviction has
+    /// unlinked that path.
     Committed(Arc<Entry>, Arc<File>),
     /// The fill was abandoned or failed; the body will not be completed.
     Failed,
@@ -56,38 +73,48 @@ impl Store {
     /// `announce` is false only for edge warming (populate fetches of pages the manifest
     /// already lists): such a fill is admitted at the lowest priority, only into free room
     /// within `populate.max_fraction` of the cap, and dropped at commit if it does not fit.
-    pub fn begin_fill(&self, meta: EntryMeta, max_bytes: u64, announce: bool, since: u64) -> Fill {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let inflight = Arc::new(Inflight::default());
-        let store = self.clone();
-        let writer_inflight = inflight.clone();
+    pub fn begin_fill(
+        &self,
+        mut meta: EntryMeta,
+        max_bytes: u64,
+        announce: bool,
+        since: u64,
+    ) -> Fill {
+        let name = entry_name(&meta.key(), &meta.variant);
+        let dir = self.shard_dir(&name);
+        let tag = self.unique();
+        meta.body_file = format::version_name(&name, tag);
         let (progress, progress_rx) = watch::channel(FillProgress::Starting);
-        let progress = Arc::new(progress);
-        let writer_progress = progress.clone();
-        tokio::task::spawn_blocking(move || {
-            let committed = store.write_entry(
-                meta,
-                rx,
-                &writer_inflight,
-                &writer_progress,
-                announce,
-                since,
-            );
-            if writer_inflight.counted.swap(false, Ordering::AcqRel) {
-                store.inner.finishing.fetch_sub(1, Ordering::AcqRel);
-            }
-            advance(
-                &writer_progress,
-                committed.map_or(FillProgress::Failed, |(entry, file)| {
-                    FillProgress::Committed(entry, file)
+        let shared = Arc::new(Shared {
+            store: self.clone(),
+            job: Mutex::new(Job {
+                queue: Vec::new(),
+                queued: 0,
+                end: End::Open,
+                running: false,
+                failed: false,
+                disk: Some(Disk {
+                    meta,
+                    tmp: self.temp_path(&dir, &name),
+                    name,
+                    dir,
+                    tag,
+                    writer: None,
                 }),
-            );
+            }),
+            progress,
+            waker: Mutex::new(None),
+            inflight: AtomicUsize::new(0),
+            finished: Arc::new(AtomicBool::new(false)),
+            counted: AtomicBool::new(false),
+            expected: Mutex::new(None),
+            announce,
+            since,
         });
         Fill {
             progress: progress_rx,
-            progress_tx: progress,
-            tx: Some(tx),
-            inflight,
+            shared,
+            active: true,
             bytes: 0,
             max_bytes,
             stats: self.inner.stats.clone(),
@@ -95,83 +122,292 @@ impl Store {
         }
     }
 
-    /// The writer: runs on a blocking thread, receives the body, commits the entry.
-    fn write_entry(
+    /// Renames a fill's temp file into place and updates the index, in one critical section
+    /// with purges and other commits. `None`: purged meanwhile, or no room to warm (the
+    /// caller removes the temp file).
+    fn commit(
         &self,
-        mut meta: EntryMeta,
-        mut rx: mpsc::UnboundedReceiver<FillMsg>,
-        inflight: &Inflight,
-        progress: &watch::Sender<FillProgress>,
-        announce: bool,
-        since: u64,
-    ) -> Option<(Arc<Entry>, Arc<File>)> {
-        let name = entry_name(&meta.key(), &meta.variant);
-        let dir = self.shard_dir(&name);
-        let tmp_body = dir.join(format!(".{name}.{:016x}.tmp", self.unique()));
-        let result = (|| -> io::Result<Option<(u64, u32, Arc<File>)>> {
-            fs::create_dir_all(&dir)?;
-            // Readable too: requests coalesced onto this fill read the body through this
-            // descriptor, which stays valid after the rename and after an eviction unlinks
-            // the committed body.
-            let file = Arc::new(
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(&tmp_body)?,
-            );
-            let path = Arc::new(tmp_body.clone());
-            advance(
-                progress,
-                FillProgress::Writing {
-                    path: path.clone(),
-                    file: file.clone(),
-                    written: 0,
-                },
-            );
-            let mut crc = crc32fast::Hasher::new();
-            let mut len = 0u64;
-            loop {
-                match rx.blocking_recv() {
-                    Some(FillMsg::Chunk(data)) => {
-                        inflight.written(data.len());
-                        (&*file).write_all(&data)?;
-                        crc.update(&data);
-                        len += data.len() as u64;
-                        advance(
-                            progress,
-                            FillProgress::Writing {
-                                path: path.clone(),
-                                file: file.clone(),
-                                written: len,
-                            },
-                        );
-                    }
-                    Some(FillMsg::Finish) => break,
-                    // The fill was dropped or abandoned: the body is incomplete.
-                    None => return Ok(None),
+        disk: &Disk,
+        meta: EntryMeta,
+        body_offset: u64,
+        (announce, since): (bool, u64),
+    ) -> io::Result<Option<Arc<Entry>>> {
+        let entry = Arc::new(Entry::new(
+            meta,
+            disk.name.clone(),
+            disk.dir.clone(),
+            body_offset,
+        ));
+        let (gone, evicted) = {
+            let log = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
+            // Checked and inserted in one critical section with the purges' logging, so a
+            // purge either sees this entry in the index or this check sees the purge.
+            if log.covers(since, &entry.meta) {
+                return Ok(None);
+            }
+            // Edge warming's fills (the only ones not announced) only use free room within
+            // the warming share. Checked before the rename, so a refusal leaves an older
+            // copy's file alone; nothing else adds weight while the commit lock is held, so
+            // the insert below admits it.
+            if !announce {
+                let blocks = super::index::disk_blocks(&entry);
+                if let Err(why) = self.index().warm_check(entry.id, blocks) {
+                    tracing::debug!(name = %disk.name, "warming not stored: {why}");
+                    Stats::incr(&self.inner.stats.warm_refused);
+                    return Ok(None);
                 }
             }
-            file.sync_all()?;
-            Ok(Some((len, crc.finalize(), file)))
-        })();
-        let (len, crc, file) = match result {
-            Ok(Some(done)) => done,
-            Ok(None) => {
-                let _ = fs::remove_file(&tmp_body);
-                return None;
-            }
-            Err(e) => {
-                let _ = fs::remove_file(&tmp_body);
-                self.inner.stats.store_failed("writing body", &e);
-                return None;
+            // Over the previous version of this entry, if any: a reader that opened it
+            // keeps its bytes (and tells by the tag that it has the old version).
+            fs::rename(&disk.tmp, entry.path())?;
+            match self
+                .index()
+                .insert(entry.clone(), self.inner.max_variants, !announce)
+            {
+                Ok(changed) => changed,
+                Err(why) => {
+                    // Not reached (checked above under the same lock); if it were, the index
+                    // is unchanged and the new file goes.
+                    let _ = fs::remove_file(entry.path());
+                    tracing::warn!(name = %disk.name, "warming not stored after the check: {why}");
+                    return Ok(None);
+                }
             }
         };
-        let expected = *inflight.expected.lock().unwrap_or_else(|e| e.into_inner());
+        for e in &evicted {
+            self.inner.hot.remove(&e.meta.body_file);
+        }
+        self.inner.evictor.evict(evicted);
+        for old in &gone {
+            self.inner.hot.remove(&old.meta.body_file);
+        }
+        // Variants dropped beyond `max_variants` (the replaced version of this name had its
+        // file renamed over).
+        let dropped: Vec<Arc<Entry>> = gone.into_iter().filter(|o| o.name != entry.name).collect();
+        self.unlink_unheld(&dropped);
+        for old in dropped {
+            let _ = self.inner.events.send(StoreEvent::Removed(old));
+        }
+        Stats::incr(&self.inner.stats.stored);
+        self.inner.stored_events.fetch_add(1, Ordering::AcqRel);
+        let _ = self.inner.events.send(StoreEvent::Stored {
+            entry: entry.clone(),
+            announce,
+        });
+        Ok(Some(entry))
+    }
+}
+
+/// How the body ended, as the writer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Open,
+    Finished,
+    Abandoned,
+}
+
+/// What is on disk of a fill, owned by whichever write job runs (there is at most one).
+struct Disk {
+    meta: EntryMeta,
+    name: String,
+    dir: PathBuf,
+    tmp: PathBuf,
+    tag: u64,
+    /// The temp file, once the body outgrew [`FLUSH_BYTES`].
+    writer: Option<EntryWriter>,
+}
+
+struct Job {
+    /// Chunks not yet written, in order.
+    queue: Vec<Bytes>,
+    queued: usize,
+    end: End,
+    /// A write job is on the blocking pool: at most one at a time, so writes stay in order.
+    running: bool,
+    /// Writing failed: the tee stops feeding this fill.
+    failed: bool,
+    /// Taken by the running job while it writes; `None` once the fill is over.
+    disk: Option<Disk>,
+}
+
+/// A fill's state, shared by its [`Fill`] and its write jobs.
+struct Shared {
+    store: Store,
+    job: Mutex<Job>,
+    progress: watch::Sender<FillProgress>,
+    /// The tee waiting for the writer to catch up.
+    waker: Mutex<Option<std::task::Waker>>,
+    /// Bytes queued and not yet written.
+    inflight: AtomicUsize,
+    /// Set when the whole body has been handed to the writer (before it is written).
+    finished: Arc<AtomicBool>,
+    /// This fill counts in the store's `finishing` (whoever clears it takes it out).
+    counted: AtomicBool,
+    /// The body's length and CRC-32 as its sender announced them ([`Fill::expect`]).
+    expected: Mutex<Option<(u64, u32)>>,
+    announce: bool,
+    since: u64,
+}
+
+impl Shared {
+    fn job(&self) -> MutexGuard<'_, Job> {
+        // Nothing panics while holding it; recover rather than lose the fill.
+        self.job.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake_tee(&self) {
+        if let Some(w) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            w.wake();
+        }
+    }
+
+    /// `n` queued bytes are written (or dropped); wakes the tee once the backlog is small.
+    fn written(&self, n: usize) {
+        let left = self
+            .inflight
+            .fetch_sub(n, Ordering::AcqRel)
+            .saturating_sub(n);
+        if left <= MAX_INFLIGHT_BYTES / 2 {
+            self.wake_tee();
+        }
+    }
+
+    /// Starts a write job on the blocking pool; the caller set `running`. Outside a runtime
+    /// (a fill dropped at shutdown) the job runs here.
+    fn spawn(self: &Arc<Self>) {
+        let shared = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => drop(h.spawn_blocking(move || shared.run())),
+            Err(_) => shared.run(),
+        }
+    }
+
+    /// The write job: writes what is queued until less than [`FLUSH_BYTES`] is (the push
+    /// that queues enough starts the next job); at the end of the body, commits.
+    fn run(self: Arc<Self>) {
+        loop {
+            let (batch, end, disk) = {
+                let mut job = self.job();
+                let batch = std::mem::take(&mut job.queue);
+                job.queued = 0;
+                (batch, job.end, job.disk.take())
+            };
+            let Some(mut disk) = disk else { return };
+            let n: usize = batch.iter().map(Bytes::len).sum();
+            match end {
+                End::Abandoned => {
+                    self.written(n);
+                    if disk.writer.is_some() {
+                        let _ = fs::remove_file(&disk.tmp);
+                    }
+                    return;
+                }
+                End::Finished => return self.complete(disk, batch),
+                End::Open => {}
+            }
+            let result = self.append(&mut disk, &batch);
+            self.written(n);
+            if let Err(e) = result {
+                self.fail(&disk, "writing body", &e);
+                return;
+            }
+            let mut job = self.job();
+            job.disk = Some(disk);
+            if job.end == End::Open && job.queued < FLUSH_BYTES {
+                job.running = false;
+                return;
+            }
+        }
+    }
+
+    /// Writes a batch of the body, creating the temp file (header first) on the first one.
+    fn append(&self, disk: &mut Disk, batch: &[Bytes]) -> io::Result<()> {
+        match disk.writer.as_mut() {
+            Some(w) => w.append(batch)?,
+            None => {
+                fs::create_dir_all(&disk.dir)?;
+                let meta = format::encode_meta(&mut disk.meta)?;
+                disk.writer = Some(EntryWriter::create(&disk.tmp, meta, disk.tag, batch)?);
+            }
+        }
+        if let Some(w) = &disk.writer {
+            advance(
+                &self.progress,
+                FillProgress::Writing {
+                    path: Arc::new(disk.tmp.clone()),
+                    file: w.file().clone(),
+                    body_offset: w.body_offset(),
+                    written: w.written(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The writer failed: counted, the temp file removed, the fill marked failed (the tee
+    /// stops feeding it at its next chunk, and coalesced readers are told).
+    fn fail(&self, disk: &Disk, what: &str, e: &dyn std::fmt::Display) {
+        let _ = fs::remove_file(&disk.tmp);
+        self.store.inner.stats.store_failed(what, e);
+        let dropped = {
+            let mut job = self.job();
+            job.failed = true;
+            job.queued = 0;
+            std::mem::take(&mut job.queue)
+        };
+        self.written(dropped.iter().map(Bytes::len).sum());
+        advance(&self.progress, FillProgress::Failed);
+        self.wake_tee();
+    }
+
+    /// The body ended: writes the rest (a small body: header and body in one `writev`), then
+    /// commits. The job stays `running` (nothing follows).
+    fn complete(&self, mut disk: Disk, batch: Vec<Bytes>) {
+        let n: usize = batch.iter().map(Bytes::len).sum();
+        let written = (|| -> io::Result<(Arc<File>, format::Fixed)> {
+            if disk.writer.is_none() {
+                fs::create_dir_all(&disk.dir)?;
+                let meta = format::encode_meta(&mut disk.meta)?;
+                let (file, fixed) = format::write_entry_file(&disk.tmp, &meta, disk.tag, &batch)?;
+                return Ok((Arc::new(file), fixed));
+            }
+            let w = disk.writer.as_mut().ok_or(io::ErrorKind::NotFound)?;
+            w.append(&batch)?;
+            Ok((w.file().clone(), w.finish()?))
+        })();
+        self.written(n);
+        let committed = match written {
+            Ok((file, fixed)) => self.commit_body(&disk, file, fixed),
+            Err(e) => {
+                self.fail(&disk, "writing body", &e);
+                None
+            }
+        };
+        if self.counted.swap(false, Ordering::AcqRel) {
+            self.store.inner.finishing.fetch_sub(1, Ordering::AcqRel);
+        }
+        advance(
+            &self.progress,
+            committed.map_or(FillProgress::Failed, |(entry, file)| {
+                FillProgress::Committed(entry, file)
+            }),
+        );
+    }
+
+    /// Checks the whole body against what its sender announced, and commits it.
+    fn commit_body(
+        &self,
+        disk: &Disk,
+        file: Arc<File>,
+        fixed: format::Fixed,
+    ) -> Option<(Arc<Entry>, Arc<File>)> {
+        let (len, crc) = (fixed.body_len, fixed.body_crc);
+        let name = disk.name.as_str();
+        let expected = *self.expected.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((want_len, want_crc)) = expected.filter(|&want| want != (len, crc)) {
             // A body that arrived whole but is not the one its sender described (a peer's
             // copy damaged on the way): never committed.
-            let _ = fs::remove_file(&tmp_body);
+            let _ = fs::remove_file(&disk.tmp);
             tracing::warn!(
                 name,
                 len,
@@ -182,129 +418,21 @@ impl Store {
             );
             return None;
         }
-        meta.body_file = format!("{name}.{:016x}.body", self.unique());
+        let mut meta = disk.meta.clone();
         meta.body_len = len;
         meta.body_crc32 = crc;
-        match self.commit(&dir, &name, &tmp_body, meta, announce, since) {
+        let store = &self.store;
+        match store.commit(disk, meta, fixed.body_offset(), (self.announce, self.since)) {
             Ok(Some(entry)) => Some((entry, file)),
             Ok(None) => {
-                let _ = fs::remove_file(&tmp_body);
+                let _ = fs::remove_file(&disk.tmp);
                 tracing::debug!(name, "purged while filling, or no room to warm: not stored");
                 None
             }
             Err(e) => {
-                let _ = fs::remove_file(&tmp_body);
-                self.inner.stats.store_failed("committing entry", &e);
+                let _ = fs::remove_file(&disk.tmp);
+                store.inner.stats.store_failed("committing entry", &e);
                 None
-            }
-        }
-    }
-
-    fn commit(
-        &self,
-        dir: &Path,
-        name: &str,
-        tmp_body: &Path,
-        meta: EntryMeta,
-        announce: bool,
-        since: u64,
-    ) -> io::Result<Option<Arc<Entry>>> {
-        let tmp_meta = self.write_temp_meta(dir, name, &meta)?;
-        let entry = Arc::new(Entry::new(meta, name.to_owned(), dir.to_owned()));
-        let (gone, evicted) = {
-            let log = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
-            // Checked and inserted in one critical section with the purges' logging, so a
-            // purge either sees this entry in the index or this check sees the purge.
-            if log.covers(since, &entry.meta) {
-                let _ = fs::remove_file(&tmp_meta);
-                return Ok(None);
-            }
-            // Edge warming's fills (the only ones not announced) only use free room within
-            // the warming share. Checked before the renames, so a refusal leaves an older
-            // copy's files alone; nothing else adds weight while the commit lock is held, so
-            // the insert below admits it.
-            if !announce {
-                if let Err(why) = self.index().warm_check(entry.id, entry.meta.body_len) {
-                    let _ = fs::remove_file(&tmp_meta);
-                    tracing::debug!(name, "warming not stored: {why}");
-                    Stats::incr(&self.inner.stats.warm_refused);
-                    return Ok(None);
-                }
-            }
-            fs::rename(tmp_body, entry.body_path())?;
-            if let Err(e) = fs::rename(&tmp_meta, entry.meta_path()) {
-                let _ = fs::remove_file(entry.body_path());
-                let _ = fs::remove_file(&tmp_meta);
-                return Err(e);
-            }
-            match self
-                .index()
-                .insert(entry.clone(), self.inner.max_variants, !announce)
-            {
-                Ok(changed) => changed,
-                Err(why) => {
-                    // Not reached (checked above under the same lock); if it were, the index
-                    // is unchanged and the new files go.
-                    let _ = fs::remove_file(entry.meta_path());
-                    let _ = fs::remove_file(entry.body_path());
-                    tracing::warn!(name, "warming not stored after the check: {why}");
-                    return Ok(None);
-                }
-            }
-        };
-        // Make the renames durable; a failure here only risks losing the entry in a crash.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        for e in &evicted {
-            self.inner.hot.remove(&e.meta.body_file);
-        }
-        self.inner.evictor.evict(evicted);
-        for old in gone {
-            self.inner.hot.remove(&old.meta.body_file);
-            if old.name != entry.name {
-                let _ = fs::remove_file(old.meta_path());
-            }
-            if old.meta.body_file != entry.meta.body_file {
-                let _ = fs::remove_file(old.body_path());
-            }
-            if old.name != entry.name {
-                let _ = self.inner.events.send(StoreEvent::Removed(old));
-            }
-        }
-        Stats::incr(&self.inner.stats.stored);
-        self.inner
-            .stored_events
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        let _ = self.inner.events.send(StoreEvent::Stored {
-            entry: entry.clone(),
-            announce,
-        });
-        Ok(Some(entry))
-    }
-}
-
-/// Bytes handed to a fill's writer and not yet written, with the tee's waker for when the
-/// writer catches up.
-#[derive(Default)]
-struct Inflight {
-    bytes: AtomicUsize,
-    waker: Mutex<Option<std::task::Waker>>,
-    /// Set when the whole body has been handed to the writer (before it is written).
-    finished: Arc<std::sync::atomic::AtomicBool>,
-    /// This fill counts in the store's `finishing` (whoever clears it takes it out).
-    counted: std::sync::atomic::AtomicBool,
-    /// The body's length and CRC-32 as its sender announced them ([`Fill::expect`]).
-    expected: Mutex<Option<(u64, u32)>>,
-}
-
-impl Inflight {
-    /// The writer wrote `n` bytes; wakes the tee once the backlog is small again.
-    fn written(&self, n: usize) {
-        let left = self.bytes.fetch_sub(n, Ordering::AcqRel) - n;
-        if left <= MAX_INFLIGHT_BYTES / 2 {
-            if let Some(w) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                w.wake();
             }
         }
     }
@@ -321,79 +449,65 @@ fn advance(progress: &watch::Sender<FillProgress>, next: FillProgress) {
     });
 }
 
-impl Drop for Fill {
-    fn drop(&mut self) {
-        if self.tx.is_some() {
-            // Dropped before `finish`: the body will never be complete.
-            advance(&self.progress_tx, FillProgress::Failed);
-        }
-        // A tee waiting on this fill must not wait forever once it is gone.
-        if let Some(w) = self
-            .inflight
-            .waker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            w.wake();
-        }
-    }
-}
-
-enum FillMsg {
-    Chunk(Bytes),
-    Finish,
-}
-
 /// The sending side of a cache fill: the tee feeds it the body as the client receives it.
 ///
 /// Dropping a `Fill` without calling [`Fill::finish`] discards the partial entry, which is
 /// what happens when the origin body fails or the client goes away.
 pub struct Fill {
     progress: watch::Receiver<FillProgress>,
-    /// Shared with the writer, so dropping an unfinished fill marks it failed at once (the
-    /// writer notices only when it next reads its channel).
-    progress_tx: Arc<watch::Sender<FillProgress>>,
-    tx: Option<mpsc::UnboundedSender<FillMsg>>,
-    inflight: Arc<Inflight>,
+    shared: Arc<Shared>,
+    /// Still taking chunks (not finished, abandoned or failed).
+    active: bool,
     bytes: u64,
     max_bytes: u64,
     stats: Arc<Stats>,
     /// The store's count of fills waiting for their commit ([`Store::settled`]).
-    finishing: Arc<std::sync::atomic::AtomicU64>,
+    finishing: Arc<AtomicU64>,
 }
 
 impl Fill {
     /// Queues a chunk for the writer. Never blocks (the tee waits on [`Fill::poll_ready`]
     /// first); abandons the fill when the object grows beyond `max_bytes` or the writer failed.
     pub fn push(&mut self, data: &Bytes) {
-        let Some(tx) = &self.tx else { return };
+        if !self.active {
+            return;
+        }
         self.bytes += data.len() as u64;
         if self.bytes > self.max_bytes {
             Stats::incr(&self.stats.not_stored);
             self.abandon();
             return;
         }
-        self.inflight.bytes.fetch_add(data.len(), Ordering::Relaxed);
-        if tx.send(FillMsg::Chunk(data.clone())).is_err() {
-            // The writer failed (and counted it); stop feeding it.
-            self.abandon();
+        let start = {
+            let mut job = self.shared.job();
+            if job.failed {
+                drop(job);
+                // The writer failed (and counted it); stop feeding it.
+                self.abandon();
+                return;
+            }
+            job.queue.push(data.clone());
+            job.queued += data.len();
+            self.shared.inflight.fetch_add(data.len(), Ordering::AcqRel);
+            let start = !job.running && job.queued >= FLUSH_BYTES;
+            job.running |= start;
+            start
+        };
+        if start {
+            self.shared.spawn();
         }
     }
 
     /// Whether the writer can take more: `Pending` (with `cx` woken later) while more than
     /// `MAX_INFLIGHT_BYTES` (8 MiB) wait to be written. Always ready once the fill is abandoned.
     pub fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if self.tx.is_none() || self.inflight.bytes.load(Ordering::Acquire) <= MAX_INFLIGHT_BYTES {
+        let inflight = &self.shared.inflight;
+        if !self.active || inflight.load(Ordering::Acquire) <= MAX_INFLIGHT_BYTES {
             return std::task::Poll::Ready(());
         }
-        *self
-            .inflight
-            .waker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        *self.shared.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
         // Re-check after registering, so a wake between the load and the store is not lost.
-        if self.inflight.bytes.load(Ordering::Acquire) <= MAX_INFLIGHT_BYTES {
+        if inflight.load(Ordering::Acquire) <= MAX_INFLIGHT_BYTES || self.shared.job().failed {
             return std::task::Poll::Ready(());
         }
         std::task::Poll::Pending
@@ -406,20 +520,38 @@ impl Fill {
 
     /// Whether the fill is still going to be stored.
     pub fn is_active(&self) -> bool {
-        self.tx.is_some()
+        self.active && !self.shared.job().failed
     }
 
     /// Marks the body complete; the writer commits the entry.
     pub fn finish(mut self) {
-        if let Some(tx) = self.tx.take() {
-            // Counted before the writer can see the end, so a listing that waits for
-            // `finishing` cannot miss this fill's commit.
-            self.inflight.counted.store(true, Ordering::Release);
-            self.finishing.fetch_add(1, Ordering::AcqRel);
-            if tx.send(FillMsg::Finish).is_ok() {
-                self.inflight.finished.store(true, Ordering::Release);
-            } else if self.inflight.counted.swap(false, Ordering::AcqRel) {
-                self.finishing.fetch_sub(1, Ordering::AcqRel);
+        if !std::mem::replace(&mut self.active, false) {
+            return;
+        }
+        let shared = &self.shared;
+        // Counted before the writer can see the end, so a listing that waits for
+        // `finishing` cannot miss this fill's commit.
+        shared.counted.store(true, Ordering::Release);
+        self.finishing.fetch_add(1, Ordering::AcqRel);
+        let start = {
+            let mut job = shared.job();
+            if job.failed {
+                None
+            } else {
+                job.end = End::Finished;
+                shared.finished.store(true, Ordering::Release);
+                let start = !job.running;
+                job.running = true;
+                Some(start)
+            }
+        };
+        match start {
+            Some(true) => shared.spawn(),
+            Some(false) => {}
+            None => {
+                if shared.counted.swap(false, Ordering::AcqRel) {
+                    self.finishing.fetch_sub(1, Ordering::AcqRel);
+                }
             }
         }
     }
@@ -427,15 +559,15 @@ impl Fill {
     /// A flag that becomes true once the whole body has been handed to the writer: from then
     /// on the entry is only waiting for its commit (for requests that arrive just after a
     /// client received the last byte).
-    pub fn finished_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
-        self.inflight.finished.clone()
+    pub fn finished_flag(&self) -> Arc<AtomicBool> {
+        self.shared.finished.clone()
     }
 
     /// The body must be exactly `len` bytes with CRC-32 `crc32` (as a peer announced it), or
     /// the writer discards it instead of committing it.
     pub fn expect(&self, len: u64, crc32: u32) {
         *self
-            .inflight
+            .shared
             .expected
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some((len, crc32));
@@ -443,9 +575,37 @@ impl Fill {
 
     /// Gives up on storing this response.
     pub fn abandon(&mut self) {
-        if self.tx.take().is_some() {
-            advance(&self.progress_tx, FillProgress::Failed);
+        if !std::mem::replace(&mut self.active, false) {
+            return;
         }
+        advance(&self.shared.progress, FillProgress::Failed);
+        let (start, dropped) = {
+            let mut job = self.shared.job();
+            job.end = End::Abandoned;
+            job.queued = 0;
+            let dropped: usize = std::mem::take(&mut job.queue).iter().map(Bytes::len).sum();
+            // Only a temp file needs a job to remove it; a body still in memory just goes.
+            let has_file = job.disk.as_ref().is_some_and(|d| d.writer.is_some());
+            let start = !job.running && has_file;
+            job.running |= start;
+            if !job.running {
+                job.disk = None;
+            }
+            (start, dropped)
+        };
+        self.shared.written(dropped);
+        if start {
+            self.shared.spawn();
+        }
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        // Dropped before `finish`: the body will never be complete.
+        self.abandon();
+        // A tee waiting on this fill must not wait forever once it is gone.
+        self.shared.wake_tee();
     }
 }
 
@@ -468,15 +628,64 @@ mod tests {
         let (store, _rx) = open(dir.path());
         assert_eq!(store.usage(), (1, 11));
         let e = store.entries().pop().unwrap();
-        assert_eq!(fs::read(e.body_path()).unwrap(), b"hello again");
-        // The replaced body was removed: one meta and one body remain.
+        let bytes = fs::read(e.path()).unwrap();
+        assert_eq!(&bytes[e.body_offset as usize..], b"hello again");
+        // The replacement was renamed over the old file: one file remains.
         let mut files = 0;
         for l1 in fs::read_dir(dir.path().join(LAYOUT_DIR)).unwrap() {
             for l2 in fs::read_dir(l1.unwrap().path()).unwrap() {
                 files += fs::read_dir(l2.unwrap().path()).unwrap().count();
             }
         }
-        assert_eq!(files, 2);
+        assert_eq!(files, 1);
+    }
+
+    /// Bodies around [`FLUSH_BYTES`] in chunks of various sizes: the small path (one write)
+    /// and the batched one store the same bytes, and a reopen reads them back.
+    #[tokio::test]
+    async fn small_and_batched_fills_store_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _rx) = open(dir.path());
+        for (len, chunk) in [
+            (0, 1),
+            (1, 1),
+            (FLUSH_BYTES - 1, 4096),
+            (FLUSH_BYTES, FLUSH_BYTES),
+            (FLUSH_BYTES + 1, 1000),
+            (3 * FLUSH_BYTES + 17, 16 * 1024),
+            (2 << 20, 300_000),
+        ] {
+            let body: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let f = store.begin_fill(sample(), u64::MAX, true, store.purge_epoch());
+            let mut progress = f.progress();
+            let mut f = f;
+            for c in body.chunks(chunk) {
+                f.push(&Bytes::copy_from_slice(c));
+            }
+            f.finish();
+            let p = progress
+                .wait_for(|p| matches!(p, FillProgress::Committed(..) | FillProgress::Failed))
+                .await
+                .unwrap()
+                .clone();
+            let FillProgress::Committed(e, file) = p else {
+                panic!("len {len}: not committed")
+            };
+            assert_eq!(e.meta.body_len, len as u64);
+            assert_eq!(e.meta.body_crc32, crc32fast::hash(&body));
+            let on_disk = fs::read(e.path()).unwrap();
+            assert_eq!(
+                on_disk.len() as u64,
+                e.body_offset + len as u64,
+                "len {len}"
+            );
+            assert_eq!(&on_disk[e.body_offset as usize..], &body[..], "len {len}");
+            let (meta, fixed) = format::read_header(&file).unwrap();
+            assert_eq!(
+                (meta.body_len, fixed.body_offset()),
+                (len as u64, e.body_offset)
+            );
+        }
     }
 
     #[tokio::test]

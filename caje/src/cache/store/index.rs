@@ -16,10 +16,16 @@ use crate::cache::key::{CacheKey, Variant};
 /// Disk usage is counted in blocks of this size, as a filesystem allocates them.
 pub const BLOCK: u64 = 4096;
 
-/// Blocks an entry occupies on disk: its body rounded up to whole blocks, plus one block for
-/// its metadata file (metadata is a few hundred bytes to a few KiB; this is not `st_blocks`).
+/// Blocks an entry occupies on disk: its file (header and body) rounded up to whole blocks,
+/// as a file system allocates them (what `du` counts for it).
 pub(super) fn disk_blocks(entry: &Entry) -> u64 {
-    entry.meta.body_len.div_ceil(BLOCK) + 1
+    (entry.body_offset + entry.meta.body_len).div_ceil(BLOCK)
+}
+
+/// Blocks a page of `body_len` bytes will take, before its header is known: one block more
+/// than its body needs, which covers any header up to 4 KiB (nearly all of them).
+fn estimated_blocks(body_len: u64) -> u64 {
+    body_len.div_ceil(BLOCK) + 1
 }
 
 /// The limits of the disk tier.
@@ -121,10 +127,9 @@ impl Index {
         self.policy.usage().warm * BLOCK
     }
 
-    /// Whether a warmed page of `body_len` bytes would be admitted now under `id` (an `id`
-    /// already resident only needs room for its growth).
-    pub(super) fn warm_check(&self, id: u128, body_len: u64) -> Result<(), WarmRefused> {
-        let blocks = body_len.div_ceil(BLOCK) + 1;
+    /// Whether a warmed page of `blocks` disk blocks would be admitted now under `id` (an
+    /// `id` already resident only needs room for its growth).
+    pub(super) fn warm_check(&self, id: u128, blocks: u64) -> Result<(), WarmRefused> {
         self.policy
             .warm_check(id, blocks, self.limits.max_warm_bytes / BLOCK)
     }
@@ -197,6 +202,11 @@ impl Index {
         Ok((gone, evicted))
     }
 
+    /// Whether an entry with this policy id (so this name) is in the index.
+    pub(super) fn holds_id(&self, id: u128) -> bool {
+        self.by_id.contains_key(&id)
+    }
+
     /// Records a client's use of an entry for the eviction policy.
     pub(super) fn touch(&mut self, entry: &Entry) {
         self.policy.touch(entry.id);
@@ -256,8 +266,8 @@ impl Store {
         (idx.entries, idx.bytes)
     }
 
-    /// Bytes the entries occupy on disk as the eviction policy counts them (bodies in whole
-    /// 4 KiB blocks plus one block of metadata each), and the cap (`cache.max_disk_bytes`).
+    /// Bytes the entries occupy on disk as the eviction policy counts them (each entry file
+    /// in whole 4 KiB blocks), and the cap (`cache.max_disk_bytes`).
     pub fn disk_usage(&self) -> (u64, u64) {
         self.index().disk_usage()
     }
@@ -287,7 +297,8 @@ impl Store {
     /// room and in the warming share (`populate.max_fraction`). Warming never evicts.
     pub fn warm_fits(&self, body_len: u64) -> Result<(), WarmRefused> {
         // A key no entry has: the check for a new page.
-        self.index().warm_check(u128::MAX, body_len)
+        self.index()
+            .warm_check(u128::MAX, estimated_blocks(body_len))
     }
 
     /// Finds the entry that may answer a request for `key` with these headers.

@@ -1,15 +1,18 @@
 //! The disk store: files under `cache_dir`, and the in-memory index of what they hold.
 //!
-//! Layout: `cache_dir/v1/<2 hex>/<2 hex>/<64 hex>.meta` and, beside it, the body
-//! `<64 hex>.<16 hex>.body`. The meta file names its body; every fill writes a body under a
-//! new name, so a reader that opened the previous body keeps reading consistent bytes while
-//! a replacement is committed. Names come only from SHA-256 hashes and counters: nothing in
-//! a request can choose a path.
+//! Layout: `cache_dir/v2/<2 hex>/<2 hex>/<64 hex>.entry`, one file per entry: a header (the
+//! metadata, versioned and checksummed) followed by the body ([`format`]). Names come only
+//! from SHA-256 hashes and counters: nothing in a request can choose a path.
 //!
-//! Writes are atomic: body and meta are written to temp files in the same directory, fsynced,
-//! then renamed (body first, meta last: an entry exists once its meta does). At start-up the
-//! directory is scanned: temp files and bodies no meta names are removed, metas that fail to
-//! decode are removed and counted.
+//! Entry files are immutable once in place. Every write (a fill, and a metadata-only update,
+//! which copies the body) goes to a temp file in the same directory that is then renamed
+//! over the entry's name, so a reader that opened the previous version keeps reading
+//! consistent bytes through its descriptor. Which version a reader opened it tells by the tag
+//! in the header ([`format::tag_of`]). Nothing is fsynced: the header's checksum and the
+//! body's length and CRC reject what a crash tore, and a lost entry is a miss. At start-up
+//! the directory is scanned (headers only): temp files are removed, entries that fail to
+//! decode are removed and counted. A `v1` directory (the two-file layout of earlier
+//! versions) is dropped whole at start.
 //!
 //! The index maps each page to its variants and is the authority on what this node serves;
 //! it lives behind a `std::sync::Mutex` because no code holds it across an `.await`.
@@ -18,20 +21,23 @@
 //! One reason to change each:
 //! - `mod.rs`: the [`Store`] handle, opening and locking `cache_dir`, [`Entry`], [`Lookup`],
 //!   [`StoreError`] and the [`StoreEvent`]s the manifest follows;
+//! - `format.rs`: the entry file's layout: writing one, reading its header, reading its body;
 //! - `index.rs`: the in-memory index (pages → variants, counts) and the lookups on it;
-//! - `fill.rs`: [`Fill`], the writer thread that streams a body into a temp file, and the
-//!   commit that renames it into place;
-//! - `files.rs`: unique file names, shard directories, atomic metadata writes;
+//! - `fill.rs`: [`Fill`], which queues a body as it streams and writes it in batches on the
+//!   blocking pool, and the commit that renames it into place;
+//! - `files.rs`: unique names, shard directories, metadata-only updates, and unlinking the
+//!   files of entries that left the index;
 //! - `verify.rs`: the start-up scan and the removal of entries found corrupt;
 //! - `purge.rs`: purges (by page or tag, hard or soft, local or replicated) and clearing, and
 //!   the log of recent purges that fills still being written are checked against.
 //!
-//! Serving a hit (reading and checking a body against its length and CRC) is in
-//! [`crate::body`], which calls back into [`Store::remove_corrupt`].
+//! Serving a hit (reading and checking a body against its header, length and CRC) is in
+//! [`crate::file_body`], which calls back into [`Store::remove_corrupt`].
 
 mod evictor;
 mod files;
 mod fill;
+pub mod format;
 mod index;
 mod purge;
 mod verify;
@@ -54,7 +60,9 @@ pub use fill::{Fill, FillProgress};
 pub use index::{DiskLimits, BLOCK};
 
 /// Top-level directory of the current layout inside `cache_dir`.
-const LAYOUT_DIR: &str = "v1";
+const LAYOUT_DIR: &str = "v2";
+/// The directory of the two-file layout (`.meta` + `.body`) of earlier versions.
+const OLD_LAYOUT_DIR: &str = "v1";
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -84,8 +92,10 @@ pub struct Entry {
     pub name: String,
     /// The name's first 128 bits: the entry's key in the eviction policy.
     pub(crate) id: u128,
-    /// Directory holding the meta and body files.
+    /// Directory holding the entry file.
     dir: PathBuf,
+    /// Where the body starts in the entry file (the header's length).
+    pub(crate) body_offset: u64,
     /// The response head decoded once, so a hit does not rebuild it from bytes.
     head: (http::StatusCode, HeaderMap),
 }
@@ -104,7 +114,7 @@ fn policy_id(name: &str) -> u128 {
 }
 
 impl Entry {
-    fn new(meta: EntryMeta, name: String, dir: PathBuf) -> Entry {
+    fn new(meta: EntryMeta, name: String, dir: PathBuf, body_offset: u64) -> Entry {
         let mut head = meta.response_head();
         // Prepared once for every hit: tags are for caje, `Via` names this hop.
         head.1.remove("surrogate-key");
@@ -116,6 +126,7 @@ impl Entry {
             name,
             id,
             dir,
+            body_offset,
             head,
         }
     }
@@ -125,13 +136,15 @@ impl Entry {
         &self.head
     }
 
-    /// Path of the body file.
-    pub fn body_path(&self) -> PathBuf {
-        self.dir.join(&self.meta.body_file)
+    /// Path of the entry file (header and body). The file there may be a newer version
+    /// than this entry (a replacement renamed over it): check the tag after opening it.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(format!("{}.entry", self.name))
     }
 
-    fn meta_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.meta", self.name))
+    /// The tag of this stored version, as the entry file's header carries it.
+    pub fn tag(&self) -> u64 {
+        format::tag_of(&self.meta)
     }
 }
 
@@ -294,8 +307,7 @@ impl Store {
                     .ok_or_else(|| StoreError::Locked(dir.to_owned()))?,
             ),
         };
-        let evictor =
-            evictor::Evictor::spawn(stats.clone(), events.clone()).map_err(io_err(dir))?;
+        let evictor = evictor::Evictor::new(stats.clone(), events.clone());
         let inner = Arc::new(Inner {
             root,
             index: Mutex::new(Index::new(limits)),
@@ -312,8 +324,14 @@ impl Store {
             lock: Mutex::new(lock),
             lock_path,
         });
+        inner
+            .evictor
+            .start(Arc::downgrade(&inner))
+            .map_err(io_err(dir))?;
         let store = Store { inner };
         let Some(handover) = options.handover else {
+            // Not during a hand-over: the previous process may still serve from it.
+            drop_old_layout(dir);
             store.scan(false)?;
             return Ok(store);
         };
@@ -362,6 +380,46 @@ impl Store {
     /// The memory tier of small bodies.
     pub fn hot(&self) -> &HotTier {
         &self.inner.hot
+    }
+}
+
+/// Drops the two-file layout of earlier versions (`v1`) and what an interrupted drop left:
+/// renamed aside at once (so nothing ever reads it), deleted on a background thread (a large
+/// cache takes a while to delete, and start-up need not wait for it).
+fn drop_old_layout(dir: &Path) {
+    let old = dir.join(OLD_LAYOUT_DIR);
+    if old.is_dir() {
+        let aside = dir.join(format!(".dropping-{OLD_LAYOUT_DIR}-{}", std::process::id()));
+        match fs::rename(&old, &aside) {
+            Ok(()) => tracing::warn!(
+                dir = %old.display(),
+                "dropping the cache entries of the previous on-disk layout (two files per \
+                 entry); this version stores one file per entry in {LAYOUT_DIR}/ and fills \
+                 the cache again from the origin"
+            ),
+            Err(e) => tracing::warn!(dir = %old.display(), "cannot drop the old layout: {e}"),
+        }
+    }
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    let leftovers: Vec<PathBuf> = rd
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".dropping-"))
+        .map(|e| e.path())
+        .collect();
+    if leftovers.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("caje-drop-old".into())
+        .spawn(move || {
+            for d in leftovers {
+                if let Err(e) = fs::remove_dir_all(&d) {
+                    tracing::warn!(dir = %d.display(), "removing the old layout: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the thread that removes the old layout: {e}");
     }
 }
 

@@ -8,7 +8,6 @@
 //! is involved, so a copy fetched after a purge, however soon, is never dropped by it.
 
 use std::collections::VecDeque;
-use std::fs;
 use std::sync::Arc;
 
 use super::{Entry, Store, StoreEvent};
@@ -96,10 +95,7 @@ impl Store {
         let removed: Vec<Arc<Entry>> = self.index().take_all();
         self.inner.hot.clear();
         let bytes = removed.iter().map(|e| e.meta.body_len).sum();
-        for e in &removed {
-            let _ = fs::remove_file(e.meta_path());
-            let _ = fs::remove_file(e.body_path());
-        }
+        self.unlink_unheld(&removed);
         (removed.len() as u64, bytes)
     }
 
@@ -230,9 +226,8 @@ impl Store {
     fn forget(&self, removed: &[Arc<Entry>]) {
         for e in removed {
             self.inner.hot.remove(&e.meta.body_file);
-            let _ = fs::remove_file(e.meta_path());
-            let _ = fs::remove_file(e.body_path());
         }
+        self.unlink_unheld(removed);
         for e in removed {
             let _ = self.inner.events.send(StoreEvent::Removed(e.clone()));
         }

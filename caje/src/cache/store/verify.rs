@@ -1,5 +1,6 @@
-//! Verification: the start-up scan that rebuilds the index and removes leftovers and
-//! undecodable metadata, and the removal of entries found corrupt when served.
+//! Verification: the start-up scan that rebuilds the index from the entry files' headers
+//! and removes leftovers and undecodable or torn files, and the removal of entries found
+//! corrupt when served.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -7,8 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{Entry, Store, StoreError};
-use crate::cache::entry::EntryMeta;
+use super::{format, Entry, Store, StoreError};
 use crate::cache::key::entry_name;
 use crate::stats::Stats;
 
@@ -37,9 +37,9 @@ impl Store {
             entry.name
         );
         self.inner.hot.remove(&entry.meta.body_file);
-        if self.index().remove(entry) {
-            let _ = fs::remove_file(entry.meta_path());
-            let _ = fs::remove_file(entry.body_path());
+        let removed = self.index().remove(entry);
+        if removed {
+            self.unlink_unheld(std::slice::from_ref(entry));
         }
     }
 
@@ -140,11 +140,10 @@ impl Store {
         Ok(())
     }
 
-    /// Loads one shard directory; returns the number of entries loaded.
+    /// Loads one shard directory (each entry file's header only); returns the number of
+    /// entries loaded.
     fn scan_shard(&self, dir: &Path, keep_leftovers: bool) -> u64 {
         let Ok(rd) = fs::read_dir(dir) else { return 0 };
-        let mut bodies = Vec::new();
-        let mut referenced = HashSet::new();
         let mut loaded = 0;
         for f in rd.flatten() {
             let path = f.path();
@@ -153,52 +152,58 @@ impl Store {
                 if !keep_leftovers {
                     let _ = fs::remove_file(&path);
                 }
-            } else if file_name.ends_with(".body") {
-                bodies.push((file_name, path));
-            } else if let Some(name) = file_name.strip_suffix(".meta") {
-                let bytes = match fs::read(&path) {
-                    // Removed since it was listed (by the previous process, in a hand-over).
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    other => other,
-                };
-                match bytes
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| EntryMeta::decode(&b).map_err(|e| e.to_string()))
-                {
-                    Ok(meta) if entry_name(&meta.key(), &meta.variant) == name => {
-                        referenced.insert(meta.body_file.clone());
-                        // Over the cap (lowered, or evictions interrupted by a stop): the
-                        // policy names victims as the scan goes, and they are deleted.
-                        let (_, evicted) = self
-                            .index()
-                            .insert(
-                                Arc::new(Entry::new(meta, name.to_owned(), dir.to_owned())),
-                                usize::MAX,
-                                false,
-                            )
-                            .unwrap_or_default();
-                        self.inner.evictor.evict(evicted);
-                        loaded += 1;
+                continue;
+            }
+            let Some(name) = file_name.strip_suffix(".entry") else {
+                continue;
+            };
+            let file = match fs::File::open(&path) {
+                Ok(f) => f,
+                // Removed since it was listed (by the previous process, in a hand-over).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    tracing::warn!("cannot open {}: {e}", path.display());
+                    continue;
+                }
+            };
+            // The header, and the file's length against it: a crash (nothing is fsynced)
+            // can leave a file shorter than its header says. The body's CRC is checked when
+            // it is served.
+            let checked = format::read_header(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|(meta, fixed)| {
+                    let len = file.metadata().map_err(|e| e.to_string())?.len();
+                    let want = fixed.body_offset() + fixed.body_len;
+                    if len != want {
+                        return Err(format!("file is {len} bytes, its header says {want}"));
                     }
-                    Ok(_) => {
-                        Stats::incr(&self.inner.stats.corrupt_entries);
-                        tracing::warn!("removing {}: name does not match its key", path.display());
-                        let _ = fs::remove_file(&path);
-                    }
-                    Err(e) => {
-                        Stats::incr(&self.inner.stats.corrupt_entries);
-                        tracing::warn!("removing undecodable {}: {e}", path.display());
-                        let _ = fs::remove_file(&path);
-                    }
+                    Ok((meta, fixed))
+                });
+            match checked {
+                Ok((meta, fixed)) if entry_name(&meta.key(), &meta.variant) == name => {
+                    let entry =
+                        Entry::new(meta, name.to_owned(), dir.to_owned(), fixed.body_offset());
+                    // Over the cap (lowered, or evictions interrupted by a stop): the
+                    // policy names victims as the scan goes, and they are deleted.
+                    let (_, evicted) = self
+                        .index()
+                        .insert(Arc::new(entry), usize::MAX, false)
+                        .unwrap_or_default();
+                    self.inner.evictor.evict(evicted);
+                    loaded += 1;
+                }
+                Ok(_) => {
+                    Stats::incr(&self.inner.stats.corrupt_entries);
+                    tracing::warn!("removing {}: name does not match its key", path.display());
+                    let _ = fs::remove_file(&path);
+                }
+                Err(e) => {
+                    Stats::incr(&self.inner.stats.corrupt_entries);
+                    tracing::warn!("removing unreadable {}: {e}", path.display());
+                    let _ = fs::remove_file(&path);
                 }
             }
         }
-        for (file_name, path) in bodies {
-            if !keep_leftovers && !referenced.contains(&file_name) {
-                let _ = fs::remove_file(&path);
-            }
-        }
-        // Metas whose body is missing are dropped when a hit fails to open the body.
         loaded
     }
 }
@@ -209,29 +214,58 @@ mod tests {
     use crate::cache::store::tests::{fill, open};
     use tokio::sync::mpsc;
 
-    #[tokio::test]
-    async fn corrupt_meta_is_removed_at_scan() {
+    /// Opens `dir` after `damage` was done to the file of its one entry; returns the entries
+    /// loaded and the corrupt ones counted.
+    async fn reopen_after(damage: impl FnOnce(&Path)) -> ((u64, u64), u64) {
         let dir = tempfile::tempdir().unwrap();
         let stats = Arc::new(Stats::default());
         {
             let (store, mut rx) = open(dir.path());
-            fill(&store, &mut rx, b"x").await;
-            let e = store.entries().pop().unwrap();
-            let mut bytes = fs::read(e.meta_path()).unwrap();
-            bytes[10] ^= 1;
-            fs::write(e.meta_path(), bytes).unwrap();
+            fill(&store, &mut rx, b"some body").await;
+            damage(&store.entries().pop().unwrap().path());
         }
-        let (tx, _rx) = mpsc::unbounded_channel();
-        let store = Store::open(
-            dir.path(),
-            8,
-            1 << 20,
-            crate::cache::store::DiskLimits::UNLIMITED,
-            stats.clone(),
-            tx,
-        )
-        .unwrap();
-        assert_eq!(store.usage(), (0, 0));
-        assert_eq!(Stats::get(&stats.corrupt_entries), 1);
+        // The last fill's job may hold the previous store (and its lock) for a moment.
+        for _ in 0..100 {
+            let (tx, _rx) = mpsc::unbounded_channel();
+            match Store::open(
+                dir.path(),
+                8,
+                1 << 20,
+                crate::cache::store::DiskLimits::UNLIMITED,
+                stats.clone(),
+                tx,
+            ) {
+                Ok(store) => return (store.usage(), Stats::get(&stats.corrupt_entries)),
+                Err(StoreError::Locked(_)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("cache dir still locked after 1 s")
+    }
+
+    #[tokio::test]
+    async fn a_damaged_header_is_removed_at_scan() {
+        let flip = |p: &Path| {
+            let mut bytes = fs::read(p).unwrap();
+            bytes[40] ^= 1;
+            fs::write(p, bytes).unwrap();
+        };
+        assert_eq!(reopen_after(flip).await, ((0, 0), 1));
+    }
+
+    /// What a crash can leave without fsync: a file shorter (or longer) than its header says.
+    #[tokio::test]
+    async fn a_file_whose_length_disagrees_with_its_header_is_removed_at_scan() {
+        for delta in [-1i64, 1] {
+            let resize = |p: &Path| {
+                let f = fs::OpenOptions::new().write(true).open(p).unwrap();
+                let len = f.metadata().unwrap().len();
+                f.set_len(len.checked_add_signed(delta).unwrap()).unwrap();
+            };
+            assert_eq!(reopen_after(resize).await, ((0, 0), 1), "delta {delta}");
+        }
+        assert_eq!(reopen_after(|_| ()).await, ((1, 9), 0), "undamaged");
     }
 }
