@@ -25,25 +25,26 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts "$@" with stdout to $1's log, waits for its "listening on http://ADDR" line.
+# Starts "$@" (in this shell, so its pid is kept for the cleanup) with stdout to $1, and
+# waits for its "listening on http://ADDR" line.
 start() {
   local log=$1; shift
   "$@" >"$log" 2>"$log.stderr" &
   pids+=($!)
   for _ in $(seq 200); do
-    if grep -q 'listening on http://' "$log"; then
-      grep -o 'http://[0-9.:]*' "$log" | head -1
-      return
-    fi
+    grep -q 'listening on http://' "$log" && return
     sleep 0.05
   done
   echo "did not start: $*" >&2; cat "$log.stderr" >&2; exit 1
 }
+addr() { grep -o 'http://[0-9.:]*' "$1" | head -1; }
 
-origin=$(start "$work/origin.log" "$origin_bin" --listen 127.0.0.1:0)
+start "$work/origin.log" "$origin_bin" --listen 127.0.0.1:0
+origin=$(addr "$work/origin.log")
 token=footprint
-proxy=$(start "$work/caje.log" "$caje" --listen 127.0.0.1:0 --origin "$origin" \
-  --cache-dir "$work/cache" --db "$work/manifest.db" --admin-token "$token")
+start "$work/caje.log" "$caje" --listen 127.0.0.1:0 --origin "$origin" \
+  --cache-dir "$work/cache" --db "$work/manifest.db" --admin-token "$token"
+proxy=$(addr "$work/caje.log")
 
 # One curl, one connection, the pages one after the other.
 for i in $(seq "$n"); do

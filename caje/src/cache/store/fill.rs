@@ -325,7 +325,6 @@ impl Shared {
         match disk.writer.as_mut() {
             Some(w) => w.append(batch)?,
             None => {
-                fs::create_dir_all(&disk.dir)?;
                 let meta = format::encode_meta(&mut disk.meta)?;
                 disk.writer = Some(EntryWriter::create(&disk.tmp, meta, disk.tag, batch)?);
             }
@@ -366,7 +365,6 @@ impl Shared {
         let n: usize = batch.iter().map(Bytes::len).sum();
         let written = (|| -> io::Result<(Arc<File>, format::Fixed)> {
             if disk.writer.is_none() {
-                fs::create_dir_all(&disk.dir)?;
                 let meta = format::encode_meta(&mut disk.meta)?;
                 let (file, fixed) = format::write_entry_file(&disk.tmp, &meta, disk.tag, &batch)?;
                 return Ok((Arc::new(file), fixed));

@@ -265,13 +265,26 @@ fn write_all_bufs(mut file: &File, bufs: &[&[u8]]) -> io::Result<()> {
     Ok(())
 }
 
-/// Creates `tmp` (new, readable: coalesced readers follow a fill through its descriptor).
+/// Creates `tmp` (new, readable: coalesced readers follow a fill through its descriptor),
+/// and its directory if it is missing. The directory is created only when the open says so:
+/// a `mkdir` per fill was 3-4 % of the miss path's CPU in a profile.
 fn create(tmp: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(tmp)
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(tmp)
+    };
+    match open() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = tmp.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            open()
+        }
+        other => other,
+    }
 }
 
 /// Writes a whole entry file at `tmp` (a new temp file the caller renames into place): the
