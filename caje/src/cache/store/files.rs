@@ -21,7 +21,7 @@ impl Store {
     }
 
     pub(super) fn shard_dir(&self, name: &str) -> PathBuf {
-        self.inner.root.join(&name[0..2]).join(&name[2..4])
+        super::shard_dir(&self.inner.root, name)
     }
 
     /// Writes `meta` to a new fsynced temp file in `dir`, ready to be renamed into place.
@@ -60,23 +60,29 @@ impl Store {
         announce: bool,
     ) -> io::Result<Option<Arc<Entry>>> {
         let tmp_meta = self.write_temp_meta(&entry.dir, &entry.name, &meta)?;
-        let updated = Arc::new(Entry::new(meta, entry.name.clone(), entry.dir.clone()));
-        {
+        let updated = {
             let _commit = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
-            let mut idx = self.index();
-            if !idx.replace(entry, updated.clone()) {
-                drop(idx);
+            // No commit can replace the entry while the commit lock is held; a purge or an
+            // eviction still can, so it is checked again after the rename.
+            if !self.index().is_current(&entry.r) {
                 let _ = fs::remove_file(&tmp_meta);
                 return Ok(None);
             }
-            drop(idx);
-            if let Err(e) = fs::rename(&tmp_meta, updated.meta_path()) {
+            // The file first, the index after: a reader never finds metadata older than the
+            // index says (`lookup.rs`).
+            if let Err(e) = fs::rename(&tmp_meta, entry.meta_path()) {
                 let _ = fs::remove_file(&tmp_meta);
-                // Put the old entry back: its meta file is still the one on disk.
-                self.index().replace(&updated, entry.clone());
                 return Err(e);
             }
-        }
+            let replaced = self.index().replace(&entry.r, &meta);
+            let Some(r) = replaced else {
+                // Removed between the check and the rename: its files go, this one too.
+                let _ = fs::remove_file(entry.meta_path());
+                return Ok(None);
+            };
+            Arc::new(Entry::new(meta, r, &self.inner.root))
+        };
+        self.inner.metas.refresh(&updated);
         if let Ok(d) = File::open(&entry.dir) {
             let _ = d.sync_all();
         }

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use super::{Entry, Store, StoreEvent};
+use super::{body_suffix, index, Entry, Store, StoreEvent};
 use crate::cache::entry::EntryMeta;
-use crate::cache::key::entry_name;
+use crate::cache::key::{entry_digest, entry_name};
 use crate::stats::Stats;
 
 /// Bytes a fill may have queued for its writer before the tee waits for the disk: memory stays
@@ -210,12 +210,17 @@ impl Store {
         since: u64,
     ) -> io::Result<Option<Arc<Entry>>> {
         let tmp_meta = self.write_temp_meta(dir, name, &meta)?;
-        let entry = Arc::new(Entry::new(meta, name.to_owned(), dir.to_owned()));
-        let (gone, evicted) = {
+        let digest = entry_digest(&meta.key(), &meta.variant);
+        let (Some(file), id) = (body_suffix(name, &meta.body_file), index::id_of(&digest)) else {
+            let _ = fs::remove_file(&tmp_meta);
+            return Err(io::Error::other("a body file name not made by write_entry"));
+        };
+        let (body_path, meta_path) = (dir.join(&meta.body_file), dir.join(format!("{name}.meta")));
+        let done = {
             let log = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
             // Checked and inserted in one critical section with the purges' logging, so a
             // purge either sees this entry in the index or this check sees the purge.
-            if log.covers(since, &entry.meta) {
+            if log.covers(since, &meta) {
                 let _ = fs::remove_file(&tmp_meta);
                 return Ok(None);
             }
@@ -224,51 +229,56 @@ impl Store {
             // copy's files alone; nothing else adds weight while the commit lock is held, so
             // the insert below admits it.
             if !announce {
-                if let Err(why) = self.index().warm_check(entry.id, entry.meta.body_len) {
+                if let Err(why) = self.index().warm_check(id, meta.body_len) {
                     let _ = fs::remove_file(&tmp_meta);
                     tracing::debug!(name, "warming not stored: {why}");
                     Stats::incr(&self.inner.stats.warm_refused);
                     return Ok(None);
                 }
             }
-            fs::rename(tmp_body, entry.body_path())?;
-            if let Err(e) = fs::rename(&tmp_meta, entry.meta_path()) {
-                let _ = fs::remove_file(entry.body_path());
+            fs::rename(tmp_body, &body_path)?;
+            if let Err(e) = fs::rename(&tmp_meta, &meta_path) {
+                let _ = fs::remove_file(&body_path);
                 let _ = fs::remove_file(&tmp_meta);
                 return Err(e);
             }
+            // The index moves on only now that the files are in place: a reader never finds
+            // metadata older than the index says (`lookup.rs`).
             match self
                 .index()
-                .insert(entry.clone(), self.inner.max_variants, !announce)
+                .insert(&meta, digest, file, self.inner.max_variants, !announce)
             {
-                Ok(changed) => changed,
+                Ok(done) => done,
                 Err(why) => {
                     // Not reached (checked above under the same lock); if it were, the index
                     // is unchanged and the new files go.
-                    let _ = fs::remove_file(entry.meta_path());
-                    let _ = fs::remove_file(entry.body_path());
+                    let _ = fs::remove_file(&meta_path);
+                    let _ = fs::remove_file(&body_path);
                     tracing::warn!(name, "warming not stored after the check: {why}");
                     return Ok(None);
                 }
             }
         };
+        let entry = Arc::new(Entry::new(meta, done.entry, &self.inner.root));
         // Make the renames durable; a failure here only risks losing the entry in a crash.
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
         }
-        for e in &evicted {
-            self.inner.hot.remove(&e.meta.body_file);
+        for e in &done.evicted {
+            self.inner.hot.remove(&e.body_file());
+            self.inner.metas.remove(e.id());
         }
-        self.inner.evictor.evict(evicted);
-        for old in gone {
-            self.inner.hot.remove(&old.meta.body_file);
-            if old.name != entry.name {
-                let _ = fs::remove_file(old.meta_path());
+        self.inner.evictor.evict(done.evicted);
+        for old in done.gone {
+            self.inner.hot.remove(&old.body_file());
+            if old.name != done.entry.name {
+                self.inner.metas.remove(old.id());
+                let _ = fs::remove_file(self.meta_path_of(&old));
             }
-            if old.meta.body_file != entry.meta.body_file {
-                let _ = fs::remove_file(old.body_path());
+            if old.file != done.entry.file {
+                let _ = fs::remove_file(self.body_path_of(&old));
             }
-            if old.name != entry.name {
+            if old.name != done.entry.name {
                 let _ = self.inner.events.send(StoreEvent::Removed(old));
             }
         }

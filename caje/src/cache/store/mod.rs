@@ -11,28 +11,39 @@
 //! directory is scanned: temp files and bodies no meta names are removed, metas that fail to
 //! decode are removed and counted.
 //!
-//! The index maps each page to its variants and is the authority on what this node serves;
-//! it lives behind a `std::sync::Mutex` because no code holds it across an `.await`.
+//! The index is the authority on what this node serves. It keeps about a hundred bytes per
+//! entry (the name, the body file, sizes, the eviction state, interned `Vary` names): an
+//! entry's metadata (its RFC 9111 policy, head, host, path and tags) is read from disk when a
+//! request finds it ([`Store::read_meta`]), or taken from the decoded copies kept for hot
+//! entries. It lives behind a `std::sync::Mutex` because no code holds it across an `.await`.
 //!
 //! # Files
 //! One reason to change each:
-//! - `mod.rs`: the [`Store`] handle, opening and locking `cache_dir`, [`Entry`], [`Lookup`],
-//!   [`StoreError`] and the [`StoreEvent`]s the manifest follows;
-//! - `index.rs`: the in-memory index (pages → variants, counts) and the lookups on it;
+//! - `mod.rs`: the [`Store`] handle, opening and locking `cache_dir`, [`Entry`],
+//!   [`EntryRef`], [`Lookup`], [`StoreError`] and the [`StoreEvent`]s the manifest follows;
+//! - `index.rs`: the in-memory index (a slab of compact records, tables of slab indices by
+//!   name and by page, the eviction policy) and the operations on it;
+//! - `interned.rs`: what the index keeps of `Vary` names and tags, shared between entries;
+//! - `lookup.rs`: lookups, and reading an entry's metadata from disk for them;
+//! - `metas.rs`: the decoded metadata of hot entries, bounded;
 //! - `fill.rs`: [`Fill`], the writer thread that streams a body into a temp file, and the
-//!   commit that renames it into place;
+//!   commit that renames it into place and updates the index;
 //! - `files.rs`: unique file names, shard directories, atomic metadata writes;
 //! - `verify.rs`: the start-up scan and the removal of entries found corrupt;
 //! - `purge.rs`: purges (by page or tag, hard or soft, local or replicated) and clearing, and
-//!   the log of recent purges that fills still being written are checked against.
+//!   the log of recent purges that fills still being written are checked against;
+//! - `evictor.rs`: the thread that unlinks evicted entries' files.
 //!
 //! Serving a hit (reading and checking a body against its length and CRC) is in
-//! [`crate::body`], which calls back into [`Store::remove_corrupt`].
+//! [`crate::file_body`], which calls back into [`Store::remove_corrupt`].
 
 mod evictor;
 mod files;
 mod fill;
 mod index;
+mod interned;
+mod lookup;
+mod metas;
 mod purge;
 mod verify;
 
@@ -47,6 +58,7 @@ use tokio::sync::mpsc;
 
 use super::entry::EntryMeta;
 use super::hot::HotTier;
+use super::key::{hex_name, Digest};
 use crate::stats::Stats;
 use index::Index;
 
@@ -75,7 +87,7 @@ pub enum StoreError {
     Locked(PathBuf),
 }
 
-/// One stored response.
+/// One stored response, with its metadata read from disk ([`Store::read_meta`]).
 #[derive(Debug)]
 pub struct Entry {
     /// Its metadata.
@@ -84,38 +96,82 @@ pub struct Entry {
     pub name: String,
     /// The name's first 128 bits: the entry's key in the eviction policy.
     pub(crate) id: u128,
+    /// What the index knows of it (its generation tells whether it is still current).
+    r: EntryRef,
     /// Directory holding the meta and body files.
     dir: PathBuf,
     /// The response head decoded once, so a hit does not rebuild it from bytes.
     head: (http::StatusCode, HeaderMap),
 }
 
-/// An entry name's key in the eviction policy: the name's first 128 bits. Names are 64 hex
-/// digits made by `entry_name`; a name that is not (never in practice) still gets a stable id
-/// from its bytes.
-fn policy_id(name: &str) -> u128 {
-    name.get(..32)
-        .and_then(|h| u128::from_str_radix(h, 16).ok())
-        .unwrap_or_else(|| {
-            name.bytes().fold(0u128, |h, b| {
-                h.wrapping_mul(0x100_0000_01B3) ^ u128::from(b)
-            })
-        })
+/// What the index keeps of one entry: enough to find its files and to tell whether an
+/// [`Entry`] read from disk is still the one served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRef {
+    name: Digest,
+    /// The body file's unique suffix (`<name>.<file>.body`).
+    file: u64,
+    body_len: u64,
+    /// Changes whenever the entry's metadata does.
+    gen: u32,
+    invalidated: bool,
+}
+
+impl EntryRef {
+    /// The entry's key in the eviction policy: its name's first 128 bits.
+    pub fn id(&self) -> u128 {
+        index::id_of(&self.name)
+    }
+
+    /// The 64-hex name.
+    pub fn name(&self) -> String {
+        hex_name(&self.name)
+    }
+
+    /// The body's length.
+    pub fn body_len(&self) -> u64 {
+        self.body_len
+    }
+
+    /// Whether a soft purge marked it stale.
+    pub fn invalidated(&self) -> bool {
+        self.invalidated
+    }
+
+    /// The body file's name (the memory tier's key too).
+    fn body_file(&self) -> String {
+        body_file_name(&self.name(), self.file)
+    }
+}
+
+/// The name of a body file: `<name>.<16 hex>.body`, unique per fill.
+fn body_file_name(name: &str, file: u64) -> String {
+    format!("{name}.{file:016x}.body")
+}
+
+/// The unique suffix of a body file named by [`body_file_name`] for entry `name`.
+fn body_suffix(name: &str, body_file: &str) -> Option<u64> {
+    let hex = body_file
+        .strip_prefix(name)?
+        .strip_prefix('.')?
+        .strip_suffix(".body")?;
+    (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok())?
 }
 
 impl Entry {
-    fn new(meta: EntryMeta, name: String, dir: PathBuf) -> Entry {
+    fn new(meta: EntryMeta, r: EntryRef, root: &Path) -> Entry {
         let mut head = meta.response_head();
         // Prepared once for every hit: tags are for caje, `Via` names this hop.
         head.1.remove("surrogate-key");
         head.1.remove("surrogate-control");
         crate::headers::append_via(&mut head.1);
-        let id = policy_id(&name);
+        let name = r.name();
         Entry {
             meta,
+            id: r.id(),
+            dir: shard_dir(root, &name),
             name,
-            id,
-            dir,
+            r,
             head,
         }
     }
@@ -133,6 +189,11 @@ impl Entry {
     fn meta_path(&self) -> PathBuf {
         self.dir.join(format!("{}.meta", self.name))
     }
+}
+
+/// The directory of the files of entry `name` under the layout root.
+fn shard_dir(root: &Path, name: &str) -> PathBuf {
+    root.join(&name[0..2]).join(&name[2..4])
 }
 
 /// What the index holds for a request.
@@ -158,7 +219,7 @@ pub enum StoreEvent {
     },
     /// An entry was removed locally (evicted as an old variant or to stay within the disk
     /// cap, or purged).
-    Removed(Arc<Entry>),
+    Removed(EntryRef),
 }
 
 struct Inner {
@@ -174,6 +235,8 @@ struct Inner {
     max_variants: usize,
     /// Small bodies served recently, in memory.
     hot: HotTier,
+    /// Decoded metadata of entries served recently, so a hit on them reads nothing from disk.
+    metas: metas::Metas,
     /// Hands evicted entries to the thread that unlinks their files.
     evictor: evictor::Evictor,
     /// Makes body and temp file names unique within this process.
@@ -294,8 +357,8 @@ impl Store {
                     .ok_or_else(|| StoreError::Locked(dir.to_owned()))?,
             ),
         };
-        let evictor =
-            evictor::Evictor::spawn(stats.clone(), events.clone()).map_err(io_err(dir))?;
+        let evictor = evictor::Evictor::spawn(root.clone(), stats.clone(), events.clone())
+            .map_err(io_err(dir))?;
         let inner = Arc::new(Inner {
             root,
             index: Mutex::new(Index::new(limits)),
@@ -303,6 +366,7 @@ impl Store {
             commit: Mutex::new(purge::PurgeLog::default()),
             max_variants,
             hot: HotTier::new(memory_bytes),
+            metas: metas::Metas::new(metas::HOT_METAS),
             stats,
             events,
             counter: AtomicU64::new(0),

@@ -4,12 +4,11 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{Entry, Store, StoreError};
+use super::{body_suffix, shard_dir, EntryRef, Store, StoreError};
 use crate::cache::entry::EntryMeta;
-use crate::cache::key::entry_name;
+use crate::cache::key::{entry_digest, hex_name};
 use crate::stats::Stats;
 
 /// Each shard directory's modification time, as read before its files were.
@@ -27,22 +26,6 @@ fn modified_dir(dir: &Path) -> Option<SystemTime> {
 }
 
 impl Store {
-    /// Removes an entry found corrupt, and counts it. Blocking (unlinks files).
-    pub fn remove_corrupt(&self, entry: &Arc<Entry>, why: &dyn std::fmt::Display) {
-        Stats::incr(&self.inner.stats.corrupt_entries);
-        tracing::warn!(
-            host = %entry.meta.host,
-            path = %entry.meta.path,
-            "removing corrupt cache entry {}: {why}",
-            entry.name
-        );
-        self.inner.hot.remove(&entry.meta.body_file);
-        if self.index().remove(entry) {
-            let _ = fs::remove_file(entry.meta_path());
-            let _ = fs::remove_file(entry.body_path());
-        }
-    }
-
     /// Rebuilds the index from disk, removing leftovers of interrupted writes, unless
     /// `keep_leftovers` (a hand-over: the previous process may still be writing them).
     /// Returns each shard directory's modification time as it was before it was read.
@@ -119,13 +102,14 @@ impl Store {
         }
         // Shards that disappeared lose their entries too.
         changed.extend(read.keys().filter(|d| !d.is_dir()).cloned());
-        let stale: Vec<Arc<Entry>> = self
-            .entries()
+        let stale: Vec<EntryRef> = self
+            .refs()
             .into_iter()
-            .filter(|e| changed.contains(&e.dir))
+            .filter(|r| changed.contains(&shard_dir(&root, &r.name())))
             .collect();
-        for e in &stale {
-            self.index().remove(e);
+        for r in &stale {
+            self.inner.metas.remove(r.id());
+            self.index().remove(r);
         }
         let mut loaded = 0;
         for dir in &changed {
@@ -161,28 +145,35 @@ impl Store {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     other => other,
                 };
-                match bytes
+                let decoded = bytes
                     .map_err(|e| e.to_string())
-                    .and_then(|b| EntryMeta::decode(&b).map_err(|e| e.to_string()))
-                {
-                    Ok(meta) if entry_name(&meta.key(), &meta.variant) == name => {
+                    .and_then(|b| EntryMeta::decode(&b).map_err(|e| e.to_string()));
+                let named = |meta: &EntryMeta| {
+                    let digest = entry_digest(&meta.key(), &meta.variant);
+                    let file = body_suffix(name, &meta.body_file);
+                    (hex_name(&digest) == name)
+                        .then_some(file)
+                        .flatten()
+                        .map(|f| (digest, f))
+                };
+                match decoded {
+                    Ok(meta) if named(&meta).is_some() => {
+                        let Some((digest, file)) = named(&meta) else {
+                            continue;
+                        };
                         referenced.insert(meta.body_file.clone());
                         // Over the cap (lowered, or evictions interrupted by a stop): the
                         // policy names victims as the scan goes, and they are deleted.
-                        let (_, evicted) = self
-                            .index()
-                            .insert(
-                                Arc::new(Entry::new(meta, name.to_owned(), dir.to_owned())),
-                                usize::MAX,
-                                false,
-                            )
-                            .unwrap_or_default();
-                        self.inner.evictor.evict(evicted);
+                        if let Ok(done) =
+                            self.index().insert(&meta, digest, file, usize::MAX, false)
+                        {
+                            self.inner.evictor.evict(done.evicted);
+                        }
                         loaded += 1;
                     }
                     Ok(_) => {
                         Stats::incr(&self.inner.stats.corrupt_entries);
-                        tracing::warn!("removing {}: name does not match its key", path.display());
+                        tracing::warn!("removing {}: name does not match its key, or its body file name is not its own", path.display());
                         let _ = fs::remove_file(&path);
                     }
                     Err(e) => {
@@ -207,6 +198,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::cache::store::tests::{fill, open};
+    use std::sync::Arc;
     use tokio::sync::mpsc;
 
     #[tokio::test]
