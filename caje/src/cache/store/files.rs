@@ -39,7 +39,10 @@ impl Store {
                 .create_new(true)
                 .open(&tmp_meta)?;
             f.write_all(&encoded)?;
-            f.sync_all()
+            if self.inner.fsync {
+                f.sync_all()?;
+            }
+            Ok(())
         })();
         match written {
             Ok(()) => Ok(tmp_meta),

@@ -152,7 +152,9 @@ impl Store {
                     None => return Ok(None),
                 }
             }
-            file.sync_all()?;
+            if self.inner.fsync {
+                file.sync_all()?;
+            }
             Ok(Some((len, crc.finalize(), file)))
         })();
         let (len, crc, file) = match result {
@@ -261,7 +263,7 @@ impl Store {
         };
         let entry = Arc::new(Entry::new(meta, done.entry, &self.inner.root));
         // Make the renames durable; a failure here only risks losing the entry in a crash.
-        if let Ok(d) = File::open(dir) {
+        if let (true, Ok(d)) = (self.inner.fsync, File::open(dir)) {
             let _ = d.sync_all();
         }
         for e in &done.evicted {

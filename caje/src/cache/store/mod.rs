@@ -253,6 +253,8 @@ struct Inner {
     lock: Mutex<Option<nix::fcntl::Flock<File>>>,
     /// Path of the lock file.
     lock_path: PathBuf,
+    /// Whether fills fsync their files ([`OpenOptions::skip_fsync`]).
+    fsync: bool,
 }
 
 /// How [`Store::open_with`] opens the directory.
@@ -260,6 +262,9 @@ struct Inner {
 pub struct OpenOptions {
     /// A graceful upgrade: the directory belongs to a previous process that still serves.
     pub handover: Option<Handover>,
+    /// Fills do not fsync their files (for tools and benchmarks that write millions of
+    /// entries; the length and CRC checks still refuse a body torn by a crash).
+    pub skip_fsync: bool,
 }
 
 /// Taking the directory over from a previous process (see [`crate::upgrade`]).
@@ -375,6 +380,7 @@ impl Store {
             recorded_events: AtomicU64::new(0),
             lock: Mutex::new(lock),
             lock_path,
+            fsync: !options.skip_fsync,
         });
         let store = Store { inner };
         let Some(handover) = options.handover else {
