@@ -149,7 +149,7 @@ pub async fn fill_page(
     let mut ctx = Ctx::new(app, origin, host, parts, client, false);
     ctx.purge_epoch = ctx.purge_epoch.min(listed_at);
     // A look, not a client's use: warming must not lift a page in the eviction policy.
-    if let Lookup::Found(entry) = app.store.peek(&ctx.key, &ctx.parts.headers) {
+    if let Lookup::Found(entry) = app.store.peek(&ctx.key, &ctx.parts.headers).await {
         let fresh = !entry.meta.invalidated
             && matches!(
                 policy::freshness(

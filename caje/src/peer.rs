@@ -91,7 +91,7 @@ pub async fn serve(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         return answer(StatusCode::NOT_FOUND, "peer-behind");
     }
     let key = CacheKey::new(&host, path);
-    let Lookup::Found(entry) = app.store.lookup(&key, headers) else {
+    let Lookup::Found(entry) = app.store.lookup(&key, headers).await else {
         return answer(StatusCode::NOT_FOUND, "peer-miss");
     };
     let now = SystemTime::now();

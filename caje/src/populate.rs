@@ -216,28 +216,37 @@ pub async fn reconcile(app: &Arc<App>) -> ReconcileReport {
     // The guard before the entries: a tombstone applied after it was read removed its
     // entries first.
     let guard = app.tombstones.guard();
-    let entries = app.store.entries();
-    report.entries = entries.len();
-    let mut tasks = tokio::task::JoinSet::new();
-    for entry in &entries {
-        if entry.meta.invalidated {
-            continue;
-        }
-        let row = listed
-            .get(&entry.meta.key())
-            .and_then(|rows| rows.iter().find(|r| variant_of(r) == entry.meta.variant));
-        let newer = match row {
-            None => true,
-            Some(row) => {
-                !same_version(row, &entry.meta) && entry.meta.stored_at as i64 > row.stored_at
+    // The index keeps none of what a row needs: every entry's metadata is read from disk, one
+    // at a time, on the blocking pool (requests are served meanwhile).
+    let store = app.store.clone();
+    let node = app.config.cluster.advertise_url.clone();
+    let (held, rows) = tokio::task::spawn_blocking(move || {
+        let refs = store.refs();
+        let mut rows = Vec::new();
+        for r in refs.iter().filter(|r| !r.invalidated()) {
+            let Some(entry) = store.load(r) else { continue };
+            let row = listed
+                .get(&entry.meta.key())
+                .and_then(|rows| rows.iter().find(|r| variant_of(r) == entry.meta.variant));
+            let newer = match row {
+                None => true,
+                Some(row) => {
+                    !same_version(row, &entry.meta) && entry.meta.stored_at as i64 > row.stored_at
+                }
+            };
+            if newer {
+                rows.push(page_row(&entry, &node));
             }
-        };
-        if !newer {
-            continue;
         }
+        (refs.len(), rows)
+    })
+    .await
+    .unwrap_or_default();
+    report.entries = held;
+    let mut tasks = tokio::task::JoinSet::new();
+    for row in rows {
         report.announced += 1;
         let manifest = app.manifest.clone();
-        let row = page_row(entry, &app.config.cluster.advertise_url);
         let guard = guard.clone();
         tasks.spawn(async move { manifest.announce(row, guard).await });
     }

@@ -100,7 +100,7 @@ async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
     let app = &ctx.app;
     let now = SystemTime::now();
     let authenticated = policy::is_authenticated(&ctx.parts.headers);
-    let (fwd, stale) = match app.store.lookup(&ctx.key, &ctx.parts.headers) {
+    let (fwd, stale) = match app.store.lookup(&ctx.key, &ctx.parts.headers).await {
         Lookup::Miss => (Forward::UriMiss, None),
         Lookup::VaryMiss => (Forward::VaryMiss, None),
         // RFC 9111 §3.5: a copy that does not allow shared reuse for authenticated requests

@@ -23,13 +23,13 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use serde::Serialize;
 
 use crate::cache::entry::EntryMeta;
 use crate::cache::key::{CacheKey, Variant};
-use crate::cache::store::{Entry, Store};
+use crate::cache::store::Store;
 use crate::manifest::{Manifest, ManifestError, PageRow, Purge, PurgeGuard, VARY_ABSENT};
 
 /// The cursor file, in the cache directory (it describes what that directory holds).
@@ -257,25 +257,30 @@ async fn drop_unlisted(store: &Store, rows: Vec<PageRow>) -> usize {
             .or_default()
             .push(row);
     }
-    let doomed: Vec<Arc<Entry>> = store
-        .entries()
-        .into_iter()
-        .filter(|e| {
+    let store = store.clone();
+    // The index keeps none of what the comparison needs: every entry's metadata is read from
+    // disk, one at a time, on the blocking pool.
+    tokio::task::spawn_blocking(move || {
+        let mut doomed = Vec::new();
+        for r in store.refs() {
+            let Some(e) = store.load(&r) else { continue };
             let row = listed
                 .get(&e.meta.key())
                 .and_then(|rows| rows.iter().find(|r| variant_of(r) == e.meta.variant));
-            match row {
+            let drop = match row {
                 None => true,
                 Some(row) => {
                     !same_version(row, &e.meta) && row.stored_at >= e.meta.stored_at as i64
                 }
+            };
+            if drop {
+                doomed.push((e.meta.key(), r));
             }
-        })
-        .collect();
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || store.remove_entries(&doomed))
-        .await
-        .unwrap_or(0)
+        }
+        store.remove_entries(&doomed)
+    })
+    .await
+    .unwrap_or(0)
 }
 
 /// The store variant a manifest row describes (the inverse of the encoding in
@@ -302,6 +307,7 @@ pub fn same_version(row: &PageRow, meta: &EntryMeta) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn cursor_file_round_trips_and_rejects_garbage() {

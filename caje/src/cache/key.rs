@@ -6,7 +6,7 @@
 //! request can name a path of its choosing: whatever the URL, the file name is 64 hex digits.
 
 use http::HeaderMap;
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
 use crate::host::Host;
 
@@ -149,6 +149,51 @@ pub fn vary_names(headers: &HeaderMap) -> Vec<String> {
 
 /// The fixed-length file name (64 hex digits) of one variant of one page.
 pub fn entry_name(key: &CacheKey, variant: &Variant) -> String {
+    hex_name(&entry_digest(key, variant))
+}
+
+/// An entry's name as bytes: the SHA-256 of its page and variant. The index keeps these 32
+/// bytes instead of the 64-character name.
+pub type Digest = [u8; 32];
+
+/// The 64 hex digits of a digest (an entry's file name).
+pub fn hex_name(d: &Digest) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(64);
+    for b in d {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// The digest a 64-hex-digit name spells, if it is one.
+pub fn parse_name(name: &str) -> Option<Digest> {
+    if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut d = [0u8; 32];
+    for (i, b) in d.iter_mut().enumerate() {
+        *b = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(d)
+}
+
+/// A 64-bit hash of a page (host and path), for the index's page table: SHA-256, so nobody
+/// can aim a URL at the slot of another page's (a collision of two pages found by brute
+/// force only chains those two pages together; lookups still compare the full entry name and
+/// the stored host and path).
+pub fn page_hash(key: &CacheKey) -> u64 {
+    let mut h = Sha256::new();
+    for part in [key.host.as_bytes(), key.path.as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    let d = h.finalize();
+    u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// The SHA-256 of one variant of one page: [`entry_name`] as bytes.
+pub fn entry_digest(key: &CacheKey, variant: &Variant) -> Digest {
     let mut h = Sha256::new();
     // Length-prefix every field so that no two different identities hash the same input.
     for part in [key.host.as_bytes(), key.path.as_bytes()] {
@@ -167,12 +212,7 @@ pub fn entry_name(key: &CacheKey, variant: &Variant) -> String {
             None => h.update([0]),
         }
     }
-    let digest = h.finalize();
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    h.finalize().into()
 }
 
 #[cfg(test)]
@@ -213,6 +253,7 @@ mod tests {
             let name = entry_name(&key("h", path), &Variant::default());
             assert_eq!(name.len(), 64);
             assert!(name.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert_eq!(parse_name(&name).map(|d| hex_name(&d)), Some(name));
         }
     }
 

@@ -14,29 +14,37 @@
 //! them into the policy, and evicts again whatever is over the cap.
 
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::mpsc;
 
-use super::{Entry, Inner, Store, StoreEvent};
+use super::{entry_path, EntryRef, Inner, Store, StoreEvent};
 use crate::stats::Stats;
 
 pub(super) struct Evictor {
-    tx: std_mpsc::Sender<Vec<Arc<Entry>>>,
+    tx: std_mpsc::Sender<Vec<EntryRef>>,
     /// The receiving end until [`Evictor::start`] hands it to the thread.
-    rx: Mutex<Option<std_mpsc::Receiver<Vec<Arc<Entry>>>>>,
+    rx: Mutex<Option<std_mpsc::Receiver<Vec<EntryRef>>>>,
+    /// The layout root (where the entry files are).
+    root: PathBuf,
     stats: Arc<Stats>,
     events: mpsc::UnboundedSender<StoreEvent>,
 }
 
 impl Evictor {
     /// The queue; evictions queued before [`Evictor::start`] wait in it.
-    pub(super) fn new(stats: Arc<Stats>, events: mpsc::UnboundedSender<StoreEvent>) -> Evictor {
-        let (tx, rx) = std_mpsc::channel::<Vec<Arc<Entry>>>();
+    pub(super) fn new(
+        root: PathBuf,
+        stats: Arc<Stats>,
+        events: mpsc::UnboundedSender<StoreEvent>,
+    ) -> Evictor {
+        let (tx, rx) = std_mpsc::channel::<Vec<EntryRef>>();
         Evictor {
             tx,
             rx: Mutex::new(Some(rx)),
+            root,
             stats,
             events,
         }
@@ -48,7 +56,7 @@ impl Evictor {
         let Some(rx) = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return Ok(());
         };
-        let (stats, events) = (self.stats.clone(), self.events.clone());
+        let (root, stats, events) = (self.root.clone(), self.stats.clone(), self.events.clone());
         std::thread::Builder::new()
             .name("caje-evict".into())
             .spawn(move || {
@@ -56,7 +64,7 @@ impl Evictor {
                     match store.upgrade() {
                         Some(inner) => Store { inner }.unlink_unheld(&batch),
                         // The store is gone, so no fill can commit a new version any more.
-                        None => unlink(&batch),
+                        None => unlink(&root, &batch),
                     }
                     counted(&batch, &stats, &events);
                 }
@@ -65,7 +73,7 @@ impl Evictor {
     }
 
     /// Queues evicted entries for deletion. Never blocks.
-    pub(super) fn evict(&self, entries: Vec<Arc<Entry>>) {
+    pub(super) fn evict(&self, entries: Vec<EntryRef>) {
         if entries.is_empty() {
             return;
         }
@@ -73,23 +81,23 @@ impl Evictor {
             // The thread is gone (it cannot panic on its own, but be safe). Callers hold the
             // store, which cannot be reached from here; unlinking without the commit lock
             // only risks a newer version of the same page becoming a miss.
-            unlink(&entries);
+            unlink(&self.root, &entries);
             counted(&entries, &self.stats, &self.events);
         }
     }
 }
 
-fn unlink(entries: &[Arc<Entry>]) {
+fn unlink(root: &Path, entries: &[EntryRef]) {
     for e in entries {
-        let _ = std::fs::remove_file(e.path());
+        let _ = std::fs::remove_file(entry_path(root, &e.name()));
     }
 }
 
-fn counted(entries: &[Arc<Entry>], stats: &Stats, events: &mpsc::UnboundedSender<StoreEvent>) {
+fn counted(entries: &[EntryRef], stats: &Stats, events: &mpsc::UnboundedSender<StoreEvent>) {
     for e in entries {
         // Counted once the file is gone, so a reader of the counter can rely on that.
         Stats::incr(&stats.evictions);
-        tracing::debug!(host = %e.meta.host, path = %e.meta.path, "evicted {}", e.name);
-        let _ = events.send(StoreEvent::Removed(e.clone()));
+        tracing::debug!("evicted {}", e.name());
+        let _ = events.send(StoreEvent::Removed(*e));
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{format, Entry, Store, StoreEvent};
+use super::{format, Entry, EntryRef, Store, StoreEvent};
 use crate::cache::entry::EntryMeta;
 
 impl Store {
@@ -21,7 +21,7 @@ impl Store {
     }
 
     pub(super) fn shard_dir(&self, name: &str) -> PathBuf {
-        self.inner.root.join(&name[0..2]).join(&name[2..4])
+        super::shard_dir(&self.inner.root, name)
     }
 
     /// A new temp file name for entry `name` in `dir` (the start-up scan removes leftovers).
@@ -88,30 +88,29 @@ impl Store {
                 return Err(e);
             }
         };
-        let updated = Arc::new(Entry::new(
-            meta,
-            entry.name.clone(),
-            entry.dir.clone(),
-            body_offset,
-        ));
-        {
-            // The index and the file change in one critical section with commits, so a fill
-            // of the same name committed meanwhile is never overwritten by this older copy.
+        let updated = {
+            // No commit can replace the entry while the commit lock is held (a fill of the
+            // same name committed meanwhile is never overwritten by this older copy); a purge
+            // or an eviction still can, so it is checked again after the rename.
             let _commit = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
-            let mut idx = self.index();
-            if !idx.replace(entry, updated.clone()) {
-                drop(idx);
+            if !self.index().is_current(&entry.r) {
                 let _ = fs::remove_file(&tmp);
                 return Ok(None);
             }
-            drop(idx);
-            if let Err(e) = fs::rename(&tmp, updated.path()) {
+            // The file first, the index after: a reader never finds a header older than the
+            // index says (`lookup.rs`).
+            if let Err(e) = fs::rename(&tmp, entry.path()) {
                 let _ = fs::remove_file(&tmp);
-                // Put the old entry back: its file is still the one on disk.
-                self.index().replace(&updated, entry.clone());
                 return Err(e);
             }
-        }
+            let Some(r) = self.index().replace(&entry.r, &meta) else {
+                // Removed between the check and the rename: its file goes, this one too.
+                let _ = fs::remove_file(entry.path());
+                return Ok(None);
+            };
+            Arc::new(Entry::new(meta, r, &self.inner.root, body_offset))
+        };
+        self.inner.metas.refresh(&updated);
         let _ = self.inner.events.send(StoreEvent::Stored {
             entry: updated.clone(),
             announce,
@@ -131,7 +130,7 @@ impl Store {
     /// Unlinks the files of entries already out of the index, unless a newer version of the
     /// same name was committed since (its file is at the same path and must stay). Checked
     /// and unlinked under the commit lock, which every rename into place holds. Blocking.
-    pub(super) fn unlink_unheld(&self, removed: &[Arc<Entry>]) {
+    pub(super) fn unlink_unheld(&self, removed: &[EntryRef]) {
         if removed.is_empty() {
             return;
         }
@@ -140,8 +139,8 @@ impl Store {
             let idx = self.index();
             removed
                 .iter()
-                .filter(|e| !idx.holds_id(e.id))
-                .map(|e| e.path())
+                .filter(|e| !idx.holds_id(e.id()))
+                .map(|e| self.path_of(e))
                 .collect()
         };
         for path in unheld {

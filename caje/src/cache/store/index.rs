@@ -1,30 +1,43 @@
-//! The in-memory index: which variants of which pages this node holds, and the lookups on it.
+//! The in-memory index: which variants of which pages this node holds, in about a hundred
+//! bytes per entry, and the eviction policy behind the same lock.
 //!
-//! The eviction policy ([`crate::cache::evict`]) lives inside the index, behind the same lock,
-//! so what the index serves and what the policy counts against `cache.max_disk_bytes` never
+//! Only what a lookup, the eviction policy and the removal of files need stays in memory:
+//! one 80-byte [`Rec`] per entry in a slab (`recs`, slots reused through a free list), found
+//! by the entry's name through `by_id` and by its page through `pages`: two
+//! `hashbrown::HashTable<u32>` of slab indices, 5 bytes a bucket. The variants of a page are
+//! chained through [`Rec::next`]. The response's policy, head, host, path and tags stay on
+//! disk in the entry's metadata, read on a hit (`lookup.rs`). The `Vary` names are interned
+//! ([`VarySets`]: most pages share one or two sets), so a lookup computes the name of the
+//! variant a request selects without reading the disk. Tags are kept only for tagged
+//! entries, as tag → (id, generation) lists cleaned lazily ([`Tags`]).
+//!
+//! The eviction policy ([`crate::cache::evict`]) lives here, behind the same lock, so what
+//! the index serves and what the policy counts against `cache.max_disk_bytes` never
 //! disagree: an entry leaves both in one critical section, before its files are unlinked.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 
+use hashbrown::HashTable;
 use http::HeaderMap;
 
-use super::{Entry, Lookup, Store};
+use super::interned::{Tags, VarySets};
+use super::EntryRef;
+use crate::cache::entry::EntryMeta;
 use crate::cache::evict::{Policy, WarmRefused};
-use crate::cache::key::{CacheKey, Variant};
+use crate::cache::key::{entry_digest, page_hash, CacheKey, Digest, Variant};
 
 /// Disk usage is counted in blocks of this size, as a filesystem allocates them.
 pub const BLOCK: u64 = 4096;
 
-/// Blocks an entry occupies on disk: its file (header and body) rounded up to whole blocks,
-/// as a file system allocates them (what `du` counts for it).
-pub(super) fn disk_blocks(entry: &Entry) -> u64 {
-    (entry.body_offset + entry.meta.body_len).div_ceil(BLOCK)
+/// Blocks an entry file (header and body) of `file_len` bytes occupies, as a file system
+/// allocates them (what `du` counts for it).
+pub(super) fn file_blocks(file_len: u64) -> u64 {
+    file_len.div_ceil(BLOCK)
 }
 
 /// Blocks a page of `body_len` bytes will take, before its header is known: one block more
 /// than its body needs, which covers any header up to 4 KiB (nearly all of them).
-fn estimated_blocks(body_len: u64) -> u64 {
+pub(super) fn estimated_blocks(body_len: u64) -> u64 {
     body_len.div_ceil(BLOCK) + 1
 }
 
@@ -53,9 +66,14 @@ impl DiskLimits {
     }
 }
 
-/// What [`Index::insert`] took out: (replaced or dropped variants, entries evicted to stay
-/// within the disk limits).
-pub(super) type Inserted = (Vec<Arc<Entry>>, Vec<Arc<Entry>>);
+/// What [`Index::insert`] did: the new entry, the replaced or dropped variants, and the
+/// entries evicted to stay within the disk limits (already out of the index; their files are
+/// still on disk).
+pub(super) struct Inserted {
+    pub(super) entry: EntryRef,
+    pub(super) gone: Vec<EntryRef>,
+    pub(super) evicted: Vec<EntryRef>,
+}
 
 /// How many evicted page versions are remembered (about 40 bytes each).
 const EVICTED_REMEMBERED: usize = 16_384;
@@ -82,38 +100,223 @@ impl Evicted {
     }
 }
 
+/// No slot (end of a page's chain).
+const NONE: u32 = u32::MAX;
+
+/// One entry: 80 bytes.
+#[derive(Clone, Copy)]
+struct Rec {
+    /// The entry's name (SHA-256 of page and variant): where its files are.
+    name: Digest,
+    /// [`page_hash`] of its page.
+    page: u64,
+    /// The body file's unique suffix (`<name>.<file>.body`).
+    file: u64,
+    body_len: u64,
+    /// Unix seconds (saturated at `u32::MAX`, the year 2106).
+    stored_at: u32,
+    /// Changes whenever the entry's metadata does ([`EntryRef`]); never 0, which marks a
+    /// free slot.
+    gen: u32,
+    /// Its `Vary` names, interned in [`VarySets`].
+    vary: u32,
+    /// The next variant of the same page, or [`NONE`].
+    next: u32,
+    /// Soft-purged: stale until refreshed.
+    invalidated: bool,
+}
+
+impl Rec {
+    fn id(&self) -> u128 {
+        id_of(&self.name)
+    }
+
+    fn as_ref(&self) -> EntryRef {
+        EntryRef {
+            name: self.name,
+            file: self.file,
+            body_len: self.body_len,
+            gen: self.gen,
+            invalidated: self.invalidated,
+        }
+    }
+}
+
+/// An entry's key in the eviction policy: its name's first 128 bits.
+pub(super) fn id_of(name: &Digest) -> u128 {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&name[..16]);
+    u128::from_be_bytes(b)
+}
+
+/// The hash of a name in `by_id`: its first 8 bytes, which are uniform (SHA-256) and part
+/// of the policy's id too, so a slot is found from either.
+fn id_hash(id: u128) -> u64 {
+    (id >> 64) as u64
+}
+
+/// The variant of a page a request selects, as [`Index::select`] finds it.
+pub(super) enum Selected {
+    /// Nothing is stored for the page.
+    Miss,
+    /// The page is stored, no variant matches.
+    VaryMiss,
+    /// This entry matches.
+    Found(EntryRef),
+}
+
 pub(super) struct Index {
-    pub(super) pages: HashMap<CacheKey, Vec<Arc<Entry>>>,
+    recs: Vec<Rec>,
+    free: Vec<u32>,
+    by_id: HashTable<u32>,
+    /// The first variant of each page.
+    pages: HashTable<u32>,
+    vary: VarySets,
+    tags: Tags,
     pub(super) entries: u64,
     pub(super) bytes: u64,
-    /// Entries by policy key, to turn the victims the policy names into entries.
-    by_id: HashMap<u128, Arc<Entry>>,
+    next_gen: u32,
     policy: Policy,
-    limits: DiskLimits,
+    pub(super) limits: DiskLimits,
     evicted: Evicted,
 }
 
 impl Index {
     pub(super) fn new(limits: DiskLimits) -> Index {
         Index {
-            pages: HashMap::new(),
+            recs: Vec::new(),
+            free: Vec::new(),
+            by_id: HashTable::new(),
+            pages: HashTable::new(),
+            vary: VarySets::default(),
+            tags: Tags::default(),
             entries: 0,
             bytes: 0,
-            by_id: HashMap::new(),
+            next_gen: 0,
             policy: limits.policy(),
             limits,
             evicted: Evicted::default(),
         }
     }
 
+    /// Heap bytes of the index's own tables (not the policy's), from their capacities.
+    pub(super) fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.recs.capacity() * size_of::<Rec>()
+            + self.free.capacity() * 4
+            + (self.by_id.capacity() * 8 / 7).next_power_of_two() * 5
+            + (self.pages.capacity() * 8 / 7).next_power_of_two() * 5
+            + self.policy.heap_bytes()
+    }
+
+    fn slot(&self, name: &Digest) -> Option<u32> {
+        self.by_id
+            .find(id_hash(id_of(name)), |&i| {
+                self.recs[i as usize].name == *name
+            })
+            .copied()
+    }
+
+    fn slot_of_id(&self, id: u128) -> Option<u32> {
+        // Two live names sharing their first 128 bits do not happen (SHA-256).
+        self.by_id
+            .find(id_hash(id), |&i| self.recs[i as usize].id() == id)
+            .copied()
+    }
+
+    fn head(&self, page: u64) -> Option<u32> {
+        self.pages
+            .find(page, |&i| self.recs[i as usize].page == page)
+            .copied()
+    }
+
+    /// The slots of a page's variants, in the order they were stored.
+    fn chain(&self, head: Option<u32>) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut at = head.unwrap_or(NONE);
+        while at != NONE {
+            out.push(at);
+            at = self.recs[at as usize].next;
+        }
+        out
+    }
+
+    /// The entry with this name, if held.
+    pub(super) fn get(&self, name: &Digest) -> Option<EntryRef> {
+        self.slot(name).map(|i| self.recs[i as usize].as_ref())
+    }
+
+    /// Whether `r` is still what the index holds under its name (not replaced or removed).
+    pub(super) fn is_current(&self, r: &EntryRef) -> bool {
+        self.get(&r.name).is_some_and(|c| c.gen == r.gen)
+    }
+
+    /// The variant of `key` a request with `headers` selects. Computes one variant name per
+    /// distinct `Vary` set among the page's variants (usually one), from the interned names.
+    pub(super) fn select(&self, key: &CacheKey, headers: &HeaderMap) -> Selected {
+        let page = page_hash(key);
+        let chain = self.chain(self.head(page));
+        if chain.is_empty() {
+            return Selected::Miss;
+        }
+        let mut tried: Vec<u32> = Vec::new();
+        for &i in &chain {
+            let vary = self.recs[i as usize].vary;
+            if tried.contains(&vary) {
+                continue;
+            }
+            tried.push(vary);
+            let variant = Variant::from_request(self.vary.names(vary), headers);
+            let name = entry_digest(key, &variant);
+            if let Some(j) = chain.iter().find(|&&j| self.recs[j as usize].name == name) {
+                return Selected::Found(self.recs[*j as usize].as_ref());
+            }
+        }
+        Selected::VaryMiss
+    }
+
+    /// Every entry held.
+    pub(super) fn all(&self) -> Vec<EntryRef> {
+        self.by_id
+            .iter()
+            .map(|&i| self.recs[i as usize].as_ref())
+            .collect()
+    }
+
+    /// The variants of a page.
+    pub(super) fn page(&self, key: &CacheKey) -> Vec<EntryRef> {
+        let page = page_hash(key);
+        self.chain(self.head(page))
+            .into_iter()
+            .map(|i| self.recs[i as usize].as_ref())
+            .collect()
+    }
+
+    /// The entries whose metadata carries `tag`.
+    pub(super) fn tagged(&self, tag: &str) -> Vec<EntryRef> {
+        let mut out: Vec<EntryRef> = Vec::new();
+        for (id, gen) in self.tags.get(tag) {
+            if let Some(i) = self.slot_of_id(id) {
+                let r = self.recs[i as usize];
+                if r.gen == gen {
+                    out.push(r.as_ref());
+                }
+            }
+        }
+        // A tag listed twice in one response is recorded twice.
+        out.sort_unstable_by_key(|r| r.name);
+        out.dedup_by_key(|r| r.name);
+        out
+    }
+
     /// Empties the index (and the policy); returns every entry it held.
     /// What was evicted is still remembered (warming keeps leaving those versions out).
-    pub(super) fn take_all(&mut self) -> Vec<Arc<Entry>> {
-        let all = std::mem::take(&mut self.pages);
+    pub(super) fn take_all(&mut self) -> Vec<EntryRef> {
+        let all = self.all();
         let evicted = std::mem::take(&mut self.evicted);
         *self = Index::new(self.limits);
         self.evicted = evicted;
-        all.into_values().flatten().collect()
+        all
     }
 
     /// Disk blocks the policy counts and the capacity in blocks.
@@ -134,222 +337,417 @@ impl Index {
             .warm_check(id, blocks, self.limits.max_warm_bytes / BLOCK)
     }
 
-    /// Inserts or replaces the entry with the same name. When the page then has more than
-    /// `max_variants` variants, the oldest are dropped. Returns the replaced and dropped
-    /// entries, whose files the caller removes, and the entries evicted to stay within the
-    /// disk limits (already out of the index; their files are still on disk).
+    /// Whether an entry with this policy id (so this name) is in the index.
+    pub(super) fn holds_id(&self, id: u128) -> bool {
+        self.slot_of_id(id).is_some()
+    }
+
+    /// Whether this node evicted its copy of the entry `name` to stay within the cap, and a
+    /// row stored at `row_stored_at` is no newer than the copy it evicted.
+    pub(super) fn evicted_unchanged(&self, name: &Digest, row_stored_at: i64) -> bool {
+        self.evicted
+            .stored_at
+            .get(&id_of(name))
+            .is_some_and(|&evicted| row_stored_at <= evicted)
+    }
+
+    fn new_gen(&mut self) -> u32 {
+        self.next_gen = self.next_gen.wrapping_add(1).max(1);
+        self.next_gen
+    }
+
+    /// Records a client's use of an entry for the eviction policy.
+    pub(super) fn touch(&mut self, r: &EntryRef) {
+        self.policy.touch(r.id());
+    }
+
+    /// Inserts or replaces the entry named `name` (stored version `file`, an entry file of
+    /// `blocks` disk blocks), described by `meta`. When the page then has more than `max_variants` variants, the oldest are
+    /// dropped. Returns the new entry, the replaced and dropped ones, whose files the caller
+    /// removes, and the entries evicted to stay within the disk limits (already out of the
+    /// index; their files are still on disk).
     ///
     /// `warm`: the entry comes from edge warming. It is admitted at the lowest priority and
     /// only into free room within the warming share; if it does not fit, nothing changes
     /// and the refusal is returned (the caller drops the fill).
     pub(super) fn insert(
         &mut self,
-        entry: Arc<Entry>,
+        meta: &EntryMeta,
+        name: Digest,
+        file: u64,
+        blocks: u64,
         max_variants: usize,
         warm: bool,
     ) -> Result<Inserted, WarmRefused> {
+        let id = id_of(&name);
         if warm {
             let share = self.limits.max_warm_bytes / BLOCK;
-            self.policy
-                .admit_warm(entry.id, disk_blocks(&entry), share)?;
+            self.policy.admit_warm(id, blocks, share)?;
         }
-        let variants = self.pages.entry(entry.meta.key()).or_default();
-        self.entries += 1;
-        self.bytes += entry.meta.body_len;
+        let page = page_hash(&meta.key());
+        let gen = self.new_gen();
+        let rec = Rec {
+            name,
+            page,
+            file,
+            body_len: meta.body_len,
+            stored_at: u32::try_from(meta.stored_at).unwrap_or(u32::MAX),
+            gen,
+            vary: self.vary.intern(meta.variant.names()),
+            next: NONE,
+            invalidated: meta.invalidated,
+        };
         let mut gone = Vec::new();
-        match variants.iter().position(|e| e.name == entry.name) {
-            Some(i) => gone.push(std::mem::replace(&mut variants[i], entry.clone())),
-            None => variants.push(entry.clone()),
+        match self.slot(&name) {
+            Some(i) => {
+                let old = self.recs[i as usize];
+                gone.push(old.as_ref());
+                self.vary.release(old.vary);
+                self.bytes = self.bytes - old.body_len + rec.body_len;
+                self.recs[i as usize] = Rec {
+                    next: old.next,
+                    ..rec
+                };
+            }
+            None => self.link(rec),
         }
-        while variants.len() > max_variants.max(1) {
-            let oldest = variants
+        self.add_tags(&meta.tags, id, rec.gen);
+        // Too many variants: the oldest go (the first stored among equals).
+        loop {
+            let chain = self.chain(self.head(page));
+            if chain.len() <= max_variants.max(1) {
+                break;
+            }
+            let oldest = chain
                 .iter()
-                .enumerate()
-                .min_by_key(|(_, e)| e.meta.stored_at)
-                .map_or(0, |(i, _)| i);
-            gone.push(variants.remove(oldest));
+                .copied()
+                .min_by_key(|&j| self.recs[j as usize].stored_at)
+                .unwrap_or(chain[0]);
+            gone.push(self.recs[oldest as usize].as_ref());
+            self.unlink(oldest);
         }
-        for old in &gone {
-            self.entries -= 1;
-            self.bytes -= old.meta.body_len;
-            if old.id != entry.id && self.by_id.remove(&old.id).is_some() {
-                self.policy.remove(old.id);
-            }
-        }
-        if !variants.iter().any(|e| Arc::ptr_eq(e, &entry)) {
+        let entry = rec.as_ref();
+        if !self.is_current(&entry) {
             // The new entry was itself the oldest variant: nothing under its name is left.
-            if self.by_id.remove(&entry.id).is_some() || warm {
-                self.policy.remove(entry.id);
-            }
-            return Ok((gone, Vec::new()));
+            return Ok(Inserted {
+                entry,
+                gone,
+                evicted: Vec::new(),
+            });
         }
-        self.by_id.insert(entry.id, entry.clone());
         let mut evicted = Vec::new();
         // A warmed entry is already admitted (and evicts nothing).
         let victims = if warm {
             Vec::new()
         } else {
-            self.policy.admit(entry.id, disk_blocks(&entry))
+            self.policy.admit(id, blocks)
         };
         for victim in victims {
-            if let Some(e) = self.by_id.get(&victim).cloned() {
-                if self.remove(&e) {
-                    self.evicted.record(e.id, e.meta.stored_at as i64);
-                    evicted.push(e);
-                }
+            if let Some(j) = self.slot_of_id(victim) {
+                let r = self.recs[j as usize];
+                self.unlink(j);
+                self.evicted.record(victim, i64::from(r.stored_at));
+                evicted.push(r.as_ref());
             }
         }
-        Ok((gone, evicted))
+        Ok(Inserted {
+            entry,
+            gone,
+            evicted,
+        })
     }
 
-    /// Whether an entry with this policy id (so this name) is in the index.
-    pub(super) fn holds_id(&self, id: u128) -> bool {
-        self.by_id.contains_key(&id)
-    }
-
-    /// Records a client's use of an entry for the eviction policy.
-    pub(super) fn touch(&mut self, entry: &Entry) {
-        self.policy.touch(entry.id);
-    }
-
-    /// Swaps `old` for `new` (same page and name) if `old` is still current.
-    pub(super) fn replace(&mut self, old: &Arc<Entry>, new: Arc<Entry>) -> bool {
-        let Some(variants) = self.pages.get_mut(&old.meta.key()) else {
-            return false;
+    /// Takes a free slot for `rec` and links it into both tables and its page's chain (last).
+    fn link(&mut self, rec: Rec) {
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.recs[i as usize] = rec;
+                i
+            }
+            None => {
+                self.recs.push(rec);
+                (self.recs.len() - 1) as u32
+            }
         };
-        let Some(slot) = variants.iter_mut().find(|e| Arc::ptr_eq(e, old)) else {
-            return false;
-        };
-        self.bytes = self.bytes - old.meta.body_len + new.meta.body_len;
-        self.by_id.insert(new.id, new.clone());
-        *slot = new;
-        true
+        let recs = &self.recs;
+        self.by_id
+            .insert_unique(id_hash(rec.id()), i, |&j| id_hash(recs[j as usize].id()));
+        match self.head(rec.page) {
+            Some(head) => {
+                let mut at = head;
+                while self.recs[at as usize].next != NONE {
+                    at = self.recs[at as usize].next;
+                }
+                self.recs[at as usize].next = i;
+            }
+            None => {
+                let recs = &self.recs;
+                self.pages
+                    .insert_unique(rec.page, i, |&j| recs[j as usize].page);
+            }
+        }
+        self.entries += 1;
+        self.bytes += rec.body_len;
+    }
+
+    /// Takes slot `i` out of both tables, its page's chain and the policy, and frees it.
+    fn unlink(&mut self, i: u32) {
+        let r = self.recs[i as usize];
+        if let Ok(e) = self.by_id.find_entry(id_hash(r.id()), |&j| j == i) {
+            e.remove();
+        }
+        let head = self.head(r.page);
+        if head == Some(i) {
+            if let Ok(mut e) = self.pages.find_entry(r.page, |&j| j == i) {
+                if r.next == NONE {
+                    e.remove();
+                } else {
+                    *e.get_mut() = r.next;
+                }
+            }
+        } else {
+            let mut at = head.unwrap_or(NONE);
+            while at != NONE {
+                let next = self.recs[at as usize].next;
+                if next == i {
+                    self.recs[at as usize].next = r.next;
+                    break;
+                }
+                at = next;
+            }
+        }
+        self.vary.release(r.vary);
+        self.policy.remove(r.id());
+        self.entries -= 1;
+        self.bytes -= r.body_len;
+        self.recs[i as usize].next = NONE;
+        // Generation 0 marks a free slot (for snapshots, which copy the slab).
+        self.recs[i as usize].gen = 0;
+        self.free.push(i);
+    }
+
+    /// Records the new metadata of an entry whose body stays the same (after a 304 or a soft
+    /// purge), if `old` is still current. Returns the entry as it now is.
+    pub(super) fn replace(&mut self, old: &EntryRef, meta: &EntryMeta) -> Option<EntryRef> {
+        let i = self.slot(&old.name)?;
+        if self.recs[i as usize].gen != old.gen {
+            return None;
+        }
+        let gen = self.new_gen();
+        let r = &mut self.recs[i as usize];
+        r.gen = gen;
+        r.stored_at = u32::try_from(meta.stored_at).unwrap_or(u32::MAX);
+        r.invalidated = meta.invalidated;
+        let r = *r;
+        self.add_tags(&meta.tags, r.id(), gen);
+        Some(r.as_ref())
     }
 
     /// Removes exactly this entry (not a newer one with the same name).
-    pub(super) fn remove(&mut self, entry: &Arc<Entry>) -> bool {
-        let key = entry.meta.key();
-        let Some(variants) = self.pages.get_mut(&key) else {
-            return false;
-        };
-        let Some(i) = variants.iter().position(|e| Arc::ptr_eq(e, entry)) else {
-            return false;
-        };
-        variants.swap_remove(i);
-        if variants.is_empty() {
-            self.pages.remove(&key);
+    pub(super) fn remove(&mut self, r: &EntryRef) -> bool {
+        match self.slot(&r.name) {
+            Some(i) if self.recs[i as usize].gen == r.gen => {
+                self.unlink(i);
+                true
+            }
+            _ => false,
         }
-        self.entries -= 1;
-        self.bytes -= entry.meta.body_len;
-        self.by_id.remove(&entry.id);
-        self.policy.remove(entry.id);
-        true
     }
 
     /// Removes every variant of a page.
-    pub(super) fn remove_page(&mut self, key: &CacheKey) -> Vec<Arc<Entry>> {
-        let removed = self.pages.remove(key).unwrap_or_default();
-        for e in &removed {
-            self.entries -= 1;
-            self.bytes -= e.meta.body_len;
-            self.by_id.remove(&e.id);
-            self.policy.remove(e.id);
+    pub(super) fn remove_page(&mut self, key: &CacheKey) -> Vec<EntryRef> {
+        let chain = self.chain(self.head(page_hash(key)));
+        let removed = chain
+            .iter()
+            .map(|&i| self.recs[i as usize].as_ref())
+            .collect();
+        for i in chain {
+            self.unlink(i);
         }
         removed
     }
+
+    /// Removes every entry carrying `tag`.
+    pub(super) fn remove_tag(&mut self, tag: &str) -> Vec<EntryRef> {
+        let tagged = self.tagged(tag);
+        for r in &tagged {
+            self.remove(r);
+        }
+        self.tags.remove(tag);
+        tagged
+    }
+
+    fn add_tags(&mut self, tags: &[String], id: u128, gen: u32) {
+        for t in tags {
+            self.tags.add(t, id, gen);
+        }
+        if self.tags.should_compact() {
+            let mut tags = std::mem::take(&mut self.tags);
+            tags.compact(|id, gen| {
+                self.slot_of_id(id)
+                    .is_some_and(|i| self.recs[i as usize].gen == gen)
+            });
+            self.tags = tags;
+        }
+    }
 }
 
-impl Store {
-    /// Number of entries and their body bytes.
-    pub fn usage(&self) -> (u64, u64) {
-        let idx = self.index();
-        (idx.entries, idx.bytes)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::tests::sample;
+    use http::HeaderValue;
+
+    fn meta(path: &str, vary: Option<&str>, stored_at: u64, tags: &[&str]) -> EntryMeta {
+        let mut m = sample();
+        m.path = path.into();
+        m.variant = Variant(match vary {
+            Some(v) => vec![("accept-encoding".into(), Some(v.into()))],
+            None => Vec::new(),
+        });
+        m.stored_at = stored_at;
+        m.tags = tags.iter().map(|t| t.to_string()).collect();
+        m
     }
 
-    /// Bytes the entries occupy on disk as the eviction policy counts them (each entry file
-    /// in whole 4 KiB blocks), and the cap (`cache.max_disk_bytes`).
-    pub fn disk_usage(&self) -> (u64, u64) {
-        self.index().disk_usage()
+    fn put(idx: &mut Index, m: &EntryMeta, max_variants: usize) -> Inserted {
+        let name = entry_digest(&m.key(), &m.variant);
+        idx.insert(
+            m,
+            name,
+            7,
+            estimated_blocks(m.body_len),
+            max_variants,
+            false,
+        )
+        .unwrap()
     }
 
-    /// Bytes on disk (whole blocks, as the cap counts them) of pages edge warming brought in
-    /// that no client of this node has asked for yet, and the most they may take
-    /// (`populate.max_fraction` of the cap).
-    pub fn warm_usage(&self) -> (u64, u64) {
-        let idx = self.index();
-        (idx.warm_bytes(), idx.limits.max_warm_bytes)
+    fn ae(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("accept-encoding", HeaderValue::from_str(v).unwrap());
+        h
     }
 
-    /// Like [`Store::lookup`], but not a client's use: the eviction policy is not told (edge
-    /// warming looks before it fetches).
-    pub fn peek(&self, key: &CacheKey, headers: &HeaderMap) -> Lookup {
-        let idx = self.index();
-        match idx.pages.get(key) {
-            None => Lookup::Miss,
-            Some(variants) => variants
-                .iter()
-                .find(|e| e.meta.variant.matches(headers))
-                .map_or(Lookup::VaryMiss, |e| Lookup::Found(e.clone())),
-        }
+    #[test]
+    fn a_record_stays_80_bytes() {
+        assert_eq!(std::mem::size_of::<Rec>(), 80);
     }
 
-    /// Whether edge warming may bring in a page of `body_len` bytes now: it fits in the free
-    /// room and in the warming share (`populate.max_fraction`). Warming never evicts.
-    pub fn warm_fits(&self, body_len: u64) -> Result<(), WarmRefused> {
-        // A key no entry has: the check for a new page.
-        self.index()
-            .warm_check(u128::MAX, estimated_blocks(body_len))
-    }
-
-    /// Finds the entry that may answer a request for `key` with these headers.
-    pub fn lookup(&self, key: &CacheKey, headers: &HeaderMap) -> Lookup {
-        let mut idx = self.index();
-        let found = match idx.pages.get(key) {
-            None => return Lookup::Miss,
-            Some(variants) => variants
-                .iter()
-                .find(|e| e.meta.variant.matches(headers))
-                .cloned(),
+    #[test]
+    fn lookups_select_the_variant_from_the_interned_vary_names() {
+        let mut idx = Index::new(DiskLimits::UNLIMITED);
+        let gzip = put(&mut idx, &meta("/a", Some("gzip"), 1, &[]), 8).entry;
+        let br = put(&mut idx, &meta("/a", Some("br"), 2, &[]), 8).entry;
+        let plain = put(&mut idx, &meta("/b", None, 3, &[]), 8).entry;
+        assert_eq!(
+            idx.vary.len(),
+            2,
+            "one set per distinct Vary, not per entry"
+        );
+        let key = |p: &str| meta(p, None, 0, &[]).key();
+        let found = |s: Selected| match s {
+            Selected::Found(r) => Some(r),
+            Selected::Miss => None,
+            Selected::VaryMiss => Some(EntryRef {
+                gen: u32::MAX,
+                ..plain
+            }),
         };
-        match found {
-            Some(e) => {
-                idx.touch(&e);
-                Lookup::Found(e)
-            }
-            None => Lookup::VaryMiss,
+        assert_eq!(found(idx.select(&key("/a"), &ae("gzip"))), Some(gzip));
+        assert_eq!(found(idx.select(&key("/a"), &ae("br"))), Some(br));
+        assert!(matches!(
+            idx.select(&key("/a"), &ae("zstd")),
+            Selected::VaryMiss
+        ));
+        assert!(matches!(idx.select(&key("/c"), &ae("br")), Selected::Miss));
+        assert_eq!(found(idx.select(&key("/b"), &ae("br"))), Some(plain));
+        assert_eq!(idx.page(&key("/a")).len(), 2);
+        assert_eq!((idx.entries, idx.bytes), (3, 9));
+        // Removing the page's first variant keeps the other reachable.
+        assert!(idx.remove(&gzip));
+        assert!(!idx.remove(&gzip));
+        assert_eq!(found(idx.select(&key("/a"), &ae("br"))), Some(br));
+        assert_eq!(idx.remove_page(&key("/a")), vec![br]);
+        assert!(matches!(idx.select(&key("/a"), &ae("br")), Selected::Miss));
+        assert_eq!(idx.vary.len(), 1, "the unused set was freed");
+        assert_eq!(idx.all(), vec![plain]);
+    }
+
+    #[test]
+    fn a_replaced_entry_is_a_new_generation_in_the_same_slot() {
+        let mut idx = Index::new(DiskLimits::UNLIMITED);
+        let m = meta("/a", None, 1, &[]);
+        let first = put(&mut idx, &m, 8).entry;
+        let second = put(&mut idx, &m, 8);
+        assert_eq!(second.gone, vec![first]);
+        assert!(!idx.is_current(&first));
+        assert!(idx.is_current(&second.entry));
+        let mut refreshed = m.clone();
+        refreshed.invalidated = true;
+        let third = idx.replace(&second.entry, &refreshed).unwrap();
+        assert!(third.invalidated() && !idx.is_current(&second.entry));
+        assert_eq!(idx.replace(&second.entry, &refreshed), None);
+        assert_eq!((idx.entries, idx.recs.len()), (1, 1));
+    }
+
+    #[test]
+    fn the_oldest_variants_go_beyond_max_variants() {
+        let mut idx = Index::new(DiskLimits::UNLIMITED);
+        let old = put(&mut idx, &meta("/a", Some("a"), 1, &[]), 2).entry;
+        put(&mut idx, &meta("/a", Some("b"), 2, &[]), 2);
+        let done = put(&mut idx, &meta("/a", Some("c"), 3, &[]), 2);
+        assert_eq!(done.gone, vec![old]);
+        assert_eq!(idx.entries, 2);
+    }
+
+    #[test]
+    fn tags_find_live_entries_only_and_stay_bounded() {
+        let mut idx = Index::new(DiskLimits::UNLIMITED);
+        let a = put(&mut idx, &meta("/a", None, 1, &["t", "t", "u"]), 8).entry;
+        let b = put(&mut idx, &meta("/b", None, 1, &["t"]), 8).entry;
+        put(&mut idx, &meta("/c", None, 1, &["u"]), 8);
+        let mut both = vec![a, b];
+        both.sort_unstable_by_key(|r| r.name);
+        assert_eq!(idx.tagged("t"), both);
+        // Replaced without the tag: no longer found under it.
+        let a2 = put(&mut idx, &meta("/a", None, 2, &[]), 8).entry;
+        assert_eq!(idx.tagged("t"), vec![b]);
+        assert_eq!(idx.remove_tag("t"), vec![b]);
+        assert!(idx.tagged("t").is_empty());
+        assert!(idx.is_current(&a2));
+        // Many short-lived tagged entries: stale pairs are dropped as they pile up.
+        for i in 0..10_000u64 {
+            let m = meta(&format!("/n{}", i % 10), None, i, &["v"]);
+            put(&mut idx, &m, 8);
         }
+        assert!(idx.tags.pairs() < 3_000, "{} pairs", idx.tags.pairs());
+        assert_eq!(idx.tagged("v").len(), 10);
     }
 
-    /// Whether `entry` is still the one the index serves (not replaced or removed).
-    pub fn is_current(&self, entry: &Arc<Entry>) -> bool {
-        let idx = self.index();
-        idx.pages
-            .get(&entry.meta.key())
-            .is_some_and(|v| v.iter().any(|e| Arc::ptr_eq(e, entry)))
-    }
-
-    /// Whether this node evicted its copy of the page variant to stay within the cap, and the
-    /// manifest row has not changed since: the row was stored (`row_stored_at`, unix seconds)
-    /// no later than the copy that was evicted. Edge warming skips such rows.
-    pub fn evicted_unchanged(&self, key: &CacheKey, variant: &Variant, row_stored_at: i64) -> bool {
-        let id = super::policy_id(&crate::cache::key::entry_name(key, variant));
-        self.index()
-            .evicted
-            .stored_at
-            .get(&id)
-            .is_some_and(|&evicted| row_stored_at <= evicted)
-    }
-
-    /// Whether this node holds the given page variant.
-    pub fn holds(&self, key: &CacheKey, variant: &Variant) -> bool {
-        let idx = self.index();
-        idx.pages
-            .get(key)
-            .is_some_and(|v| v.iter().any(|e| &e.meta.variant == variant))
-    }
-
-    /// Every entry, for listings.
-    pub fn entries(&self) -> Vec<Arc<Entry>> {
-        self.index().pages.values().flatten().cloned().collect()
+    #[test]
+    fn slots_are_reused_and_the_policy_names_victims_by_slot() {
+        let limits = DiskLimits {
+            max_bytes: 10 * BLOCK,
+            max_entries: None,
+            max_warm_bytes: 0,
+        };
+        let mut idx = Index::new(limits);
+        let mut evicted = 0;
+        for i in 0..100u64 {
+            evicted += put(&mut idx, &meta(&format!("/{i}"), None, i, &[]), 8)
+                .evicted
+                .len();
+        }
+        // Each entry weighs two blocks (body and metadata): five fit.
+        assert_eq!(idx.entries, 5);
+        assert_eq!(evicted, 95);
+        assert!(
+            idx.recs.len() <= 6,
+            "{} slots for 5 entries",
+            idx.recs.len()
+        );
+        assert_eq!(idx.take_all().len(), 5);
+        assert_eq!(idx.entries, 0);
     }
 }

@@ -14,22 +14,30 @@
 //! decode are removed and counted. A `v1` directory (the two-file layout of earlier
 //! versions) is dropped whole at start.
 //!
-//! The index maps each page to its variants and is the authority on what this node serves;
-//! it lives behind a `std::sync::Mutex` because no code holds it across an `.await`.
+//! The index is the authority on what this node serves. It keeps about a hundred bytes per
+//! entry (the name, the body file, sizes, the eviction state, interned `Vary` names): an
+//! entry's metadata (its RFC 9111 policy, head, host, path and tags) is read from disk when a
+//! request finds it ([`Store::read_meta`]), or taken from the decoded copies kept for hot
+//! entries. It lives behind a `std::sync::Mutex` because no code holds it across an `.await`.
 //!
 //! # Files
 //! One reason to change each:
-//! - `mod.rs`: the [`Store`] handle, opening and locking `cache_dir`, [`Entry`], [`Lookup`],
-//!   [`StoreError`] and the [`StoreEvent`]s the manifest follows;
+//! - `mod.rs`: the [`Store`] handle, opening and locking `cache_dir`, [`Entry`],
+//!   [`EntryRef`], [`Lookup`], [`StoreError`] and the [`StoreEvent`]s the manifest follows;
 //! - `format.rs`: the entry file's layout: writing one, reading its header, reading its body;
-//! - `index.rs`: the in-memory index (pages → variants, counts) and the lookups on it;
+//! - `index.rs`: the in-memory index (a slab of compact records, tables of slab indices by
+//!   name and by page, the eviction policy) and the operations on it;
+//! - `interned.rs`: what the index keeps of `Vary` names and tags, shared between entries;
+//! - `lookup.rs`: lookups, and reading an entry's metadata from disk for them;
+//! - `metas.rs`: the decoded metadata of hot entries, bounded;
 //! - `fill.rs`: [`Fill`], which queues a body as it streams and writes it in batches on the
-//!   blocking pool, and the commit that renames it into place;
+//!   blocking pool, and the commit that renames it into place and updates the index;
 //! - `files.rs`: unique names, shard directories, metadata-only updates, and unlinking the
 //!   files of entries that left the index;
 //! - `verify.rs`: the start-up scan and the removal of entries found corrupt;
 //! - `purge.rs`: purges (by page or tag, hard or soft, local or replicated) and clearing, and
-//!   the log of recent purges that fills still being written are checked against.
+//!   the log of recent purges that fills still being written are checked against;
+//! - `evictor.rs`: the thread that unlinks evicted entries' files.
 //!
 //! Serving a hit (reading and checking a body against its header, length and CRC) is in
 //! [`crate::file_body`], which calls back into [`Store::remove_corrupt`].
@@ -39,6 +47,9 @@ mod files;
 mod fill;
 pub mod format;
 mod index;
+mod interned;
+mod lookup;
+mod metas;
 mod purge;
 mod verify;
 
@@ -53,6 +64,7 @@ use tokio::sync::mpsc;
 
 use super::entry::EntryMeta;
 use super::hot::HotTier;
+use super::key::{hex_name, Digest};
 use crate::stats::Stats;
 use index::Index;
 
@@ -83,7 +95,7 @@ pub enum StoreError {
     Locked(PathBuf),
 }
 
-/// One stored response.
+/// One stored response, with its metadata read from disk ([`Store::read_meta`]).
 #[derive(Debug)]
 pub struct Entry {
     /// Its metadata.
@@ -92,6 +104,8 @@ pub struct Entry {
     pub name: String,
     /// The name's first 128 bits: the entry's key in the eviction policy.
     pub(crate) id: u128,
+    /// What the index knows of it (its generation tells whether it is still current).
+    r: EntryRef,
     /// Directory holding the entry file.
     dir: PathBuf,
     /// Where the body starts in the entry file (the header's length).
@@ -100,32 +114,67 @@ pub struct Entry {
     head: (http::StatusCode, HeaderMap),
 }
 
-/// An entry name's key in the eviction policy: the name's first 128 bits. Names are 64 hex
-/// digits made by `entry_name`; a name that is not (never in practice) still gets a stable id
-/// from its bytes.
-fn policy_id(name: &str) -> u128 {
-    name.get(..32)
-        .and_then(|h| u128::from_str_radix(h, 16).ok())
-        .unwrap_or_else(|| {
-            name.bytes().fold(0u128, |h, b| {
-                h.wrapping_mul(0x100_0000_01B3) ^ u128::from(b)
-            })
-        })
+/// What the index keeps of one entry: enough to find its files and to tell whether an
+/// [`Entry`] read from disk is still the one served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRef {
+    name: Digest,
+    /// The stored version's tag ([`format::version_name`]), unique per fill; the entry
+    /// file's header carries it.
+    file: u64,
+    body_len: u64,
+    /// Changes whenever the entry's metadata does.
+    gen: u32,
+    invalidated: bool,
+}
+
+impl EntryRef {
+    /// The entry's key in the eviction policy: its name's first 128 bits.
+    pub fn id(&self) -> u128 {
+        index::id_of(&self.name)
+    }
+
+    /// The 64-hex name.
+    pub fn name(&self) -> String {
+        hex_name(&self.name)
+    }
+
+    /// The body's length.
+    pub fn body_len(&self) -> u64 {
+        self.body_len
+    }
+
+    /// Whether a soft purge marked it stale.
+    pub fn invalidated(&self) -> bool {
+        self.invalidated
+    }
+
+    /// The stored version's name, `<name>.<tag>` (the memory tier's key, and
+    /// `EntryMeta::body_file`).
+    fn body_file(&self) -> String {
+        format::version_name(&self.name(), self.file)
+    }
+}
+
+/// The entry file of entry `name` under the layout root.
+fn entry_path(root: &Path, name: &str) -> PathBuf {
+    shard_dir(root, name).join(format!("{name}.entry"))
 }
 
 impl Entry {
-    fn new(meta: EntryMeta, name: String, dir: PathBuf, body_offset: u64) -> Entry {
+    fn new(meta: EntryMeta, r: EntryRef, root: &Path, body_offset: u64) -> Entry {
         let mut head = meta.response_head();
         // Prepared once for every hit: tags are for caje, `Via` names this hop.
         head.1.remove("surrogate-key");
         head.1.remove("surrogate-control");
         crate::headers::append_via(&mut head.1);
-        let id = policy_id(&name);
+        let name = r.name();
         Entry {
             meta,
+            id: r.id(),
+            dir: shard_dir(root, &name),
             name,
-            id,
-            dir,
+            r,
             body_offset,
             head,
         }
@@ -144,8 +193,13 @@ impl Entry {
 
     /// The tag of this stored version, as the entry file's header carries it.
     pub fn tag(&self) -> u64 {
-        format::tag_of(&self.meta)
+        self.r.file
     }
+}
+
+/// The directory of the files of entry `name` under the layout root.
+fn shard_dir(root: &Path, name: &str) -> PathBuf {
+    root.join(&name[0..2]).join(&name[2..4])
 }
 
 /// What the index holds for a request.
@@ -171,7 +225,7 @@ pub enum StoreEvent {
     },
     /// An entry was removed locally (evicted as an old variant or to stay within the disk
     /// cap, or purged).
-    Removed(Arc<Entry>),
+    Removed(EntryRef),
 }
 
 struct Inner {
@@ -187,6 +241,8 @@ struct Inner {
     max_variants: usize,
     /// Small bodies served recently, in memory.
     hot: HotTier,
+    /// Decoded metadata of entries served recently, so a hit on them reads nothing from disk.
+    metas: metas::Metas,
     /// Hands evicted entries to the thread that unlinks their files.
     evictor: evictor::Evictor,
     /// Makes body and temp file names unique within this process.
@@ -307,7 +363,7 @@ impl Store {
                     .ok_or_else(|| StoreError::Locked(dir.to_owned()))?,
             ),
         };
-        let evictor = evictor::Evictor::new(stats.clone(), events.clone());
+        let evictor = evictor::Evictor::new(root.clone(), stats.clone(), events.clone());
         let inner = Arc::new(Inner {
             root,
             index: Mutex::new(Index::new(limits)),
@@ -315,6 +371,7 @@ impl Store {
             commit: Mutex::new(purge::PurgeLog::default()),
             max_variants,
             hot: HotTier::new(memory_bytes),
+            metas: metas::Metas::new(metas::HOT_METAS),
             stats,
             events,
             counter: AtomicU64::new(0),

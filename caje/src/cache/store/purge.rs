@@ -8,9 +8,8 @@
 //! is involved, so a copy fetched after a purge, however soon, is never dropped by it.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
-use super::{Entry, Store, StoreEvent};
+use super::{EntryRef, Store, StoreEvent};
 use crate::cache::entry::EntryMeta;
 use crate::cache::key::CacheKey;
 
@@ -92,15 +91,16 @@ impl Store {
     /// Removes every entry; returns (entries, bytes) removed. Blocking.
     pub fn clear(&self) -> (u64, u64) {
         self.log_purge(None, None);
-        let removed: Vec<Arc<Entry>> = self.index().take_all();
+        let removed = self.index().take_all();
         self.inner.hot.clear();
-        let bytes = removed.iter().map(|e| e.meta.body_len).sum();
+        self.inner.metas.clear();
+        let bytes = removed.iter().map(EntryRef::body_len).sum();
         self.unlink_unheld(&removed);
         (removed.len() as u64, bytes)
     }
 
     /// Removes every variant of a page; returns the removed entries. Blocking.
-    pub fn remove_page(&self, key: &CacheKey) -> Vec<Arc<Entry>> {
+    pub fn remove_page(&self, key: &CacheKey) -> Vec<EntryRef> {
         self.log_purge(Some(key), None);
         let removed = self.index().remove_page(key);
         self.forget(&removed);
@@ -108,48 +108,32 @@ impl Store {
     }
 
     /// Removes every entry carrying `tag`; returns them. Blocking.
-    pub fn remove_tag(&self, tag: &str) -> Vec<Arc<Entry>> {
+    pub fn remove_tag(&self, tag: &str) -> Vec<EntryRef> {
         self.log_purge(None, Some(tag));
-        let tagged: Vec<Arc<Entry>> = self
-            .index()
-            .pages
-            .values()
-            .flatten()
-            .filter(|e| e.meta.tags.iter().any(|t| t == tag))
-            .cloned()
-            .collect();
-        let removed: Vec<Arc<Entry>> = {
-            let mut idx = self.index();
-            tagged.into_iter().filter(|e| idx.remove(e)).collect()
-        };
+        let removed = self.index().remove_tag(tag);
         self.forget(&removed);
         removed
     }
 
-    /// Soft purge: marks every variant of a page, or every entry carrying `tag`, as
-    /// invalidated (stale until refreshed; still usable for revalidation). Returns how many
-    /// were marked. Blocking.
-    pub fn invalidate(&self, key: Option<&CacheKey>, tag: Option<&str>) -> usize {
-        self.log_purge(key, tag);
-        let targets: Vec<Arc<Entry>> = {
-            let idx = self.index();
-            match (key, tag) {
-                (Some(k), _) => idx.pages.get(k).cloned().unwrap_or_default(),
-                (None, Some(t)) => idx
-                    .pages
-                    .values()
-                    .flatten()
-                    .filter(|e| e.meta.tags.iter().any(|x| x == t))
-                    .cloned()
-                    .collect(),
-                (None, None) => idx.pages.values().flatten().cloned().collect(),
-            }
-        };
+    /// The entries a purge of `key`, of `tag`, or of everything (both `None`) covers.
+    fn targets(&self, key: Option<&CacheKey>, tag: Option<&str>) -> Vec<EntryRef> {
+        let idx = self.index();
+        match (key, tag) {
+            (Some(k), _) => idx.page(k),
+            (None, Some(t)) => idx.tagged(t),
+            (None, None) => idx.all(),
+        }
+    }
+
+    /// Marks these entries invalidated (each read from disk, rewritten with the flag set);
+    /// returns how many were marked now.
+    fn mark_invalidated(&self, targets: &[EntryRef]) -> usize {
         let mut marked = 0;
-        for e in targets.iter().filter(|e| !e.meta.invalidated) {
+        for r in targets.iter().filter(|r| !r.invalidated()) {
+            let Some(e) = self.load(r) else { continue };
             let mut meta = e.meta.clone();
             meta.invalidated = true;
-            match self.update_meta(e, meta, false) {
+            match self.update_meta(&e, meta, false) {
                 Ok(Some(_)) => marked += 1,
                 Ok(None) => {}
                 Err(err) => self
@@ -158,7 +142,16 @@ impl Store {
                     .store_failed("marking an entry stale", &err),
             }
         }
-        marked + targets.iter().filter(|e| e.meta.invalidated).count()
+        marked
+    }
+
+    /// Soft purge: marks every variant of a page, or every entry carrying `tag`, as
+    /// invalidated (stale until refreshed; still usable for revalidation). Returns how many
+    /// were marked. Blocking.
+    pub fn invalidate(&self, key: Option<&CacheKey>, tag: Option<&str>) -> usize {
+        self.log_purge(key, tag);
+        let targets = self.targets(key, tag);
+        self.mark_invalidated(&targets) + targets.iter().filter(|r| r.invalidated()).count()
     }
 
     /// Applies a purge recorded by another node: every entry that matches is removed, or
@@ -168,68 +161,49 @@ impl Store {
     /// Blocking.
     pub fn apply_purge(&self, key: Option<&CacheKey>, tag: Option<&str>, soft: bool) -> usize {
         self.log_purge(key, tag);
-        let targets: Vec<Arc<Entry>> = {
-            let idx = self.index();
-            let candidates: Vec<&Arc<Entry>> = match (key, tag) {
-                (Some(k), _) => idx
-                    .pages
-                    .get(k)
-                    .map(|v| v.iter().collect())
-                    .unwrap_or_default(),
-                (None, Some(t)) => idx
-                    .pages
-                    .values()
-                    .flatten()
-                    .filter(|e| e.meta.tags.iter().any(|x| x == t))
-                    .collect(),
-                (None, None) => idx.pages.values().flatten().collect(),
-            };
-            candidates.into_iter().cloned().collect()
-        };
+        let targets = self.targets(key, tag);
         if soft {
-            let mut marked = 0;
-            for e in targets.iter().filter(|e| !e.meta.invalidated) {
-                let mut meta = e.meta.clone();
-                meta.invalidated = true;
-                if let Ok(Some(_)) = self.update_meta(e, meta, false) {
-                    marked += 1;
-                }
-            }
-            return marked;
+            return self.mark_invalidated(&targets);
         }
-        let removed: Vec<Arc<Entry>> = {
+        let removed: Vec<EntryRef> = {
             let mut idx = self.index();
-            targets.into_iter().filter(|e| idx.remove(e)).collect()
+            targets.into_iter().filter(|r| idx.remove(r)).collect()
         };
         self.forget(&removed);
         removed.len()
     }
 
-    /// Removes exactly these entries (those still current); returns how many. Each page is
-    /// logged as purged first, so a fill of it already running does not put it back. Blocking.
-    pub fn remove_entries(&self, entries: &[Arc<Entry>]) -> usize {
-        let mut pages: Vec<CacheKey> = entries.iter().map(|e| e.meta.key()).collect();
+    /// Removes exactly these entries of these pages (those still current); returns how many.
+    /// Each page is logged as purged first, so a fill of it already running does not put it
+    /// back. Blocking.
+    pub fn remove_entries(&self, entries: &[(CacheKey, EntryRef)]) -> usize {
+        let mut pages: Vec<&CacheKey> = entries.iter().map(|(k, _)| k).collect();
         pages.sort();
         pages.dedup();
-        for key in &pages {
+        for key in pages {
             self.log_purge(Some(key), None);
         }
-        let removed: Vec<Arc<Entry>> = {
+        let removed: Vec<EntryRef> = {
             let mut idx = self.index();
-            entries.iter().filter(|e| idx.remove(e)).cloned().collect()
+            entries
+                .iter()
+                .map(|(_, r)| *r)
+                .filter(|r| idx.remove(r))
+                .collect()
         };
         self.forget(&removed);
         removed.len()
     }
 
     /// Unlinks the files of entries already taken out of the index.
-    fn forget(&self, removed: &[Arc<Entry>]) {
-        for e in removed {
-            self.inner.hot.remove(&e.meta.body_file);
+    fn forget(&self, removed: &[EntryRef]) {
+        for r in removed {
+            self.inner.hot.remove(&r.body_file());
+            self.inner.metas.remove(r.id());
         }
         self.unlink_unheld(removed);
-        for e in removed {
-            let _ = self.inner.events.send(StoreEvent::Removed(e.clone()));
+        for r in removed {
+            let _ = self.inner.events.send(StoreEvent::Removed(*r));
         }
     }
 }

@@ -5,11 +5,10 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{format, Entry, Store, StoreError};
-use crate::cache::key::entry_name;
+use super::{format, index, shard_dir, EntryRef, Store, StoreError};
+use crate::cache::key::{entry_digest, hex_name};
 use crate::stats::Stats;
 
 /// Each shard directory's modification time, as read before its files were.
@@ -27,22 +26,6 @@ fn modified_dir(dir: &Path) -> Option<SystemTime> {
 }
 
 impl Store {
-    /// Removes an entry found corrupt, and counts it. Blocking (unlinks files).
-    pub fn remove_corrupt(&self, entry: &Arc<Entry>, why: &dyn std::fmt::Display) {
-        Stats::incr(&self.inner.stats.corrupt_entries);
-        tracing::warn!(
-            host = %entry.meta.host,
-            path = %entry.meta.path,
-            "removing corrupt cache entry {}: {why}",
-            entry.name
-        );
-        self.inner.hot.remove(&entry.meta.body_file);
-        let removed = self.index().remove(entry);
-        if removed {
-            self.unlink_unheld(std::slice::from_ref(entry));
-        }
-    }
-
     /// Rebuilds the index from disk, removing leftovers of interrupted writes, unless
     /// `keep_leftovers` (a hand-over: the previous process may still be writing them).
     /// Returns each shard directory's modification time as it was before it was read.
@@ -119,13 +102,14 @@ impl Store {
         }
         // Shards that disappeared lose their entries too.
         changed.extend(read.keys().filter(|d| !d.is_dir()).cloned());
-        let stale: Vec<Arc<Entry>> = self
-            .entries()
+        let stale: Vec<EntryRef> = self
+            .refs()
             .into_iter()
-            .filter(|e| changed.contains(&e.dir))
+            .filter(|r| changed.contains(&shard_dir(&root, &r.name())))
             .collect();
-        for e in &stale {
-            self.index().remove(e);
+        for r in &stale {
+            self.inner.metas.remove(r.id());
+            self.index().remove(r);
         }
         let mut loaded = 0;
         for dir in &changed {
@@ -180,16 +164,19 @@ impl Store {
                     Ok((meta, fixed))
                 });
             match checked {
-                Ok((meta, fixed)) if entry_name(&meta.key(), &meta.variant) == name => {
-                    let entry =
-                        Entry::new(meta, name.to_owned(), dir.to_owned(), fixed.body_offset());
+                Ok((meta, fixed))
+                    if hex_name(&entry_digest(&meta.key(), &meta.variant)) == name =>
+                {
+                    let digest = entry_digest(&meta.key(), &meta.variant);
+                    let blocks = index::file_blocks(fixed.body_offset() + fixed.body_len);
                     // Over the cap (lowered, or evictions interrupted by a stop): the
                     // policy names victims as the scan goes, and they are deleted.
-                    let (_, evicted) = self
-                        .index()
-                        .insert(Arc::new(entry), usize::MAX, false)
-                        .unwrap_or_default();
-                    self.inner.evictor.evict(evicted);
+                    if let Ok(done) =
+                        self.index()
+                            .insert(&meta, digest, fixed.tag, blocks, usize::MAX, false)
+                    {
+                        self.inner.evictor.evict(done.evicted);
+                    }
                     loaded += 1;
                 }
                 Ok(_) => {
@@ -212,6 +199,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::cache::store::tests::{fill, open};
+    use std::sync::Arc;
     use tokio::sync::mpsc;
 
     /// Opens `dir` after `damage` was done to the file of its one entry; returns the entries

@@ -1,0 +1,250 @@
+//! Reading the store: finding the entry a request selects in the index, and its metadata,
+//! read from disk ([`Store::read_meta`], one small read the page cache usually answers) or
+//! taken from the decoded copies kept for hot entries (`metas.rs`).
+//!
+//! The index is updated only after the entry file it describes is in place (a fill and a
+//! refresh rename theirs first), so the header read for an entry is never older than the
+//! index's view of it. It may be newer: a reader then finds another stored version's tag in
+//! it than the index's, and looks again.
+
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use super::format::{self, DecodeError, Fixed};
+use super::index::Selected;
+use super::{entry_path, Entry, EntryRef, Lookup, Store};
+use crate::cache::entry::EntryMeta;
+use crate::cache::evict::WarmRefused;
+use crate::cache::key::{entry_digest, CacheKey, Variant};
+use crate::stats::Stats;
+
+/// Why an entry's metadata could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// The file could not be read (`NotFound`: removed or replaced meanwhile).
+    #[error("reading metadata: {0}")]
+    Io(#[from] io::Error),
+    /// It does not decode (damaged, or another format).
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+impl From<format::ReadError> for MetaError {
+    fn from(e: format::ReadError) -> MetaError {
+        match e {
+            format::ReadError::Io(e) => MetaError::Io(e),
+            format::ReadError::Decode(e) => MetaError::Decode(e),
+        }
+    }
+}
+
+/// What reading an entry for a hit found.
+enum Loaded {
+    Entry(Arc<Entry>),
+    /// The files on disk are newer than the index's view: look again.
+    Changed,
+    /// Removed (or found corrupt and removed).
+    Gone,
+}
+
+/// Times a lookup looks again when the files it read were replaced under it.
+const LOOKUP_TRIES: usize = 3;
+
+impl Store {
+    /// Number of entries and their body bytes.
+    pub fn usage(&self) -> (u64, u64) {
+        let idx = self.index();
+        (idx.entries, idx.bytes)
+    }
+
+    /// Bytes the entries occupy on disk as the eviction policy counts them (bodies in whole
+    /// 4 KiB blocks plus one block of metadata each), and the cap (`cache.max_disk_bytes`).
+    pub fn disk_usage(&self) -> (u64, u64) {
+        self.index().disk_usage()
+    }
+
+    /// Bytes on disk (whole blocks, as the cap counts them) of pages edge warming brought in
+    /// that no client of this node has asked for yet, and the most they may take
+    /// (`populate.max_fraction` of the cap).
+    pub fn warm_usage(&self) -> (u64, u64) {
+        let idx = self.index();
+        (idx.warm_bytes(), idx.limits.max_warm_bytes)
+    }
+
+    /// Heap bytes of the in-memory index (its tables and the eviction policy's), and the
+    /// number of decoded entries kept for hot entries.
+    pub fn index_memory(&self) -> (usize, usize) {
+        (self.index().heap_bytes(), self.inner.metas.len())
+    }
+
+    /// Whether edge warming may bring in a page of `body_len` bytes now: it fits in the free
+    /// room and in the warming share (`populate.max_fraction`). Warming never evicts.
+    pub fn warm_fits(&self, body_len: u64) -> Result<(), WarmRefused> {
+        // A key no entry has: the check for a new page.
+        self.index()
+            .warm_check(u128::MAX, super::index::estimated_blocks(body_len))
+    }
+
+    /// Finds the entry that may answer a request for `key` with these headers, and counts it
+    /// as a client's use. Its metadata comes from the hot entries' decoded copies or from disk
+    /// (on the blocking pool).
+    pub async fn lookup(&self, key: &CacheKey, headers: &HeaderMap) -> Lookup {
+        self.find(key, headers, true).await
+    }
+
+    /// Like [`Store::lookup`], but not a client's use: the eviction policy is not told (edge
+    /// warming looks before it fetches).
+    pub async fn peek(&self, key: &CacheKey, headers: &HeaderMap) -> Lookup {
+        self.find(key, headers, false).await
+    }
+
+    async fn find(&self, key: &CacheKey, headers: &HeaderMap, client: bool) -> Lookup {
+        for attempt in 0..LOOKUP_TRIES {
+            let r = {
+                let mut idx = self.index();
+                match idx.select(key, headers) {
+                    Selected::Miss => return Lookup::Miss,
+                    Selected::VaryMiss => return Lookup::VaryMiss,
+                    Selected::Found(r) => {
+                        if client && attempt == 0 {
+                            idx.touch(&r);
+                        }
+                        r
+                    }
+                }
+            };
+            let loaded = match self.inner.metas.get(&r) {
+                Some(e) => Loaded::Entry(e),
+                None => {
+                    let store = self.clone();
+                    let Ok(loaded) = tokio::task::spawn_blocking(move || {
+                        let loaded = store.read_entry(&r);
+                        if let (Loaded::Entry(e), true) = (&loaded, client) {
+                            store.inner.metas.insert(e.clone());
+                        }
+                        loaded
+                    })
+                    .await
+                    else {
+                        return Lookup::Miss;
+                    };
+                    loaded
+                }
+            };
+            match loaded {
+                // The name covers host and path; comparing them too costs little and keeps a
+                // damaged file that still decodes from answering for another page.
+                Loaded::Entry(e) if e.meta.host == key.host && e.meta.path == key.path => {
+                    return Lookup::Found(e)
+                }
+                Loaded::Entry(_) | Loaded::Gone => return Lookup::Miss,
+                Loaded::Changed => tokio::task::yield_now().await,
+            }
+        }
+        Lookup::Miss
+    }
+
+    /// Reads entry `r` for a hit. Blocking.
+    fn read_entry(&self, r: &EntryRef) -> Loaded {
+        match self.read_meta(r) {
+            Ok((meta, fixed)) if fixed.tag == r.file => Loaded::Entry(Arc::new(Entry::new(
+                meta,
+                *r,
+                &self.inner.root,
+                fixed.body_offset(),
+            ))),
+            // Another fill's metadata: the index is about to move on (or has).
+            Ok(_) => Loaded::Changed,
+            Err(MetaError::Io(e))
+                if e.kind() == io::ErrorKind::NotFound && !self.index().is_current(r) =>
+            {
+                Loaded::Changed
+            }
+            Err(e) => {
+                self.remove_corrupt_ref(r, &e);
+                Loaded::Gone
+            }
+        }
+    }
+
+    /// Reads the metadata of entry `r` from disk. Blocking. The one place metadata is read
+    /// for an entry the index holds.
+    pub(crate) fn read_meta(&self, r: &EntryRef) -> Result<(EntryMeta, Fixed), MetaError> {
+        let file = File::open(self.path_of(r))?;
+        Ok(format::read_header(&file)?)
+    }
+
+    /// Reads entry `r` from disk for a background reader (reconcile, soft purges), without
+    /// keeping it among the hot entries. `None` if it is gone, changed or unreadable.
+    /// Blocking.
+    pub fn load(&self, r: &EntryRef) -> Option<Arc<Entry>> {
+        match self.read_meta(r) {
+            Ok((meta, fixed)) if fixed.tag == r.file => Some(Arc::new(Entry::new(
+                meta,
+                *r,
+                &self.inner.root,
+                fixed.body_offset(),
+            ))),
+            _ => None,
+        }
+    }
+
+    /// Every entry the index holds, compactly (read one with [`Store::load`]).
+    pub fn refs(&self) -> Vec<EntryRef> {
+        self.index().all()
+    }
+
+    /// Every entry, read from disk. Blocking, and one decoded entry per stored one: for tests.
+    #[cfg(test)]
+    pub(crate) fn entries(&self) -> Vec<Arc<Entry>> {
+        self.refs().iter().filter_map(|r| self.load(r)).collect()
+    }
+
+    /// The entry file of `r` (which may hold a newer version than `r`: check the tag).
+    pub(super) fn path_of(&self, r: &EntryRef) -> PathBuf {
+        entry_path(&self.inner.root, &r.name())
+    }
+
+    /// Whether `entry` is still the one the index serves (not replaced or removed).
+    pub fn is_current(&self, entry: &Arc<Entry>) -> bool {
+        self.index().is_current(&entry.r)
+    }
+
+    /// Whether this node evicted its copy of the page variant to stay within the cap, and the
+    /// manifest row has not changed since: the row was stored (`row_stored_at`, unix seconds)
+    /// no later than the copy that was evicted. Edge warming skips such rows.
+    pub fn evicted_unchanged(&self, key: &CacheKey, variant: &Variant, row_stored_at: i64) -> bool {
+        let name = entry_digest(key, variant);
+        self.index().evicted_unchanged(&name, row_stored_at)
+    }
+
+    /// Whether this node holds the given page variant.
+    pub fn holds(&self, key: &CacheKey, variant: &Variant) -> bool {
+        let name = entry_digest(key, variant);
+        self.index().get(&name).is_some()
+    }
+
+    /// Removes an entry found corrupt, and counts it. Blocking (unlinks files).
+    pub fn remove_corrupt(&self, entry: &Arc<Entry>, why: &dyn std::fmt::Display) {
+        tracing::warn!(
+            host = %entry.meta.host,
+            path = %entry.meta.path,
+            "corrupt cache entry {}", entry.name
+        );
+        self.remove_corrupt_ref(&entry.r, why);
+    }
+
+    fn remove_corrupt_ref(&self, r: &EntryRef, why: &dyn std::fmt::Display) {
+        Stats::incr(&self.inner.stats.corrupt_entries);
+        tracing::warn!("removing corrupt cache entry {}: {why}", r.name());
+        self.inner.hot.remove(&r.body_file());
+        self.inner.metas.remove(r.id());
+        if self.index().remove(r) {
+            self.unlink_unheld(&[*r]);
+        }
+    }
+}
