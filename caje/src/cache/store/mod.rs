@@ -24,9 +24,10 @@
 //! - `format.rs`: the entry file's layout: writing one, reading its header, reading its body;
 //! - `index.rs`: the in-memory index (pages → variants, counts) and the lookups on it;
 //! - `fill.rs`: [`Fill`], which queues a body as it streams and writes it in batches on the
-//!   blocking pool, and the commit that renames it into place;
-//! - `files.rs`: unique names, shard directories, metadata-only updates, and unlinking the
-//!   files of entries that left the index;
+//!   blocking pool;
+//! - `files.rs`: unique names, shard directories, a fill's commit (the rename into place and
+//!   the index update), metadata-only updates, and unlinking the files of entries that left
+//!   the index;
 //! - `verify.rs`: the start-up scan and the removal of entries found corrupt;
 //! - `purge.rs`: purges (by page or tag, hard or soft, local or replicated) and clearing, and
 //!   the log of recent purges that fills still being written are checked against.
