@@ -67,9 +67,11 @@ cache=$work/cache
 files=$(find "$cache" -type f -name '*.entry' -o -type f -name '*.meta' -o -type f -name '*.body' | wc -l)
 dirs=$(find "$cache" -mindepth 1 -type d | wc -l)
 file_kib=$(find "$cache" -type f -printf '%b\n' | awk '{s += $1} END {print int(s / 2)}')
+apparent=$(find "$cache" -type f \( -name '*.entry' -o -name '*.meta' -o -name '*.body' \) -printf '%s\n' |
+  awk '{s += $1} END {if (NR) print int(s / NR)}')
 du_kib=$(du -sk "$cache" | cut -f1)
 fs=$(stat -f -c %T "$cache")
 echo "pages=$n bytes=$bytes entries=$stored fill_s=$(printf '%.1f' "$fill_s") fs=$fs"
 echo "du -sk cache dir: $du_kib KiB ($(echo "scale=2; $du_kib / $n" | bc) KiB per page)"
 echo "files: $files entry files, $file_kib KiB ($(echo "scale=2; $file_kib / $n" | bc) KiB per page); $dirs directories"
-echo "body bytes: $((n * bytes / 1024)) KiB"
+echo "body bytes: $((n * bytes / 1024)) KiB; mean file size $apparent bytes"

@@ -41,8 +41,8 @@ fn files_on_disk(dir: &Path) -> (usize, u64) {
 async fn cap_holds_under_many_fills() {
     within(60, async {
         let origin = Origin::start();
-        // 1 MiB; each page takes 5 blocks (20,000 bytes and a header) = 20 KiB, so ~51 fit of
-        // 100.
+        // 1 MiB; each page takes 6 blocks (20,000 bytes and a header of several hundred
+        // bytes) = 24 KiB, so ~42 fit of 100.
         let caje = Caje::start(
             &origin,
             "[cache]\nmax_disk_bytes = 1048576\nmemory_bytes = 0\n",

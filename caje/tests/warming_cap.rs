@@ -23,7 +23,8 @@ fn pair(origin: &Origin, b_extra: &str) -> (Caje, Caje) {
     (a, b)
 }
 
-/// 20,000-byte pages: 5 body blocks + 1 metadata block = 6 blocks (24 KiB) under the cap.
+/// 20,000-byte pages: 20,000 bytes and a header of several hundred bytes in one file = 6
+/// blocks (24 KiB) under the cap.
 fn page(name: &str) -> String {
     gen(name, "cc=max-age%3D600&bytes=20000")
 }

@@ -1,5 +1,6 @@
-//! Files on disk: unique names, shard directories, metadata-only updates (a new entry file
-//! renamed over the old one), and unlinking the files of entries that left the index.
+//! Files on disk: unique names, shard directories, a fill's commit (its temp file renamed
+//! into place), metadata-only updates (a new entry file renamed over the old one), and
+//! unlinking the files of entries that left the index.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -7,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{format, Entry, EntryRef, Store, StoreEvent};
+use super::{format, index, Entry, EntryRef, Store, StoreEvent};
 use crate::cache::entry::EntryMeta;
+use crate::cache::key::entry_digest;
+use crate::stats::Stats;
 
 impl Store {
     pub(super) fn unique(&self) -> u64 {
@@ -146,5 +149,92 @@ impl Store {
         for path in unheld {
             let _ = fs::remove_file(path);
         }
+    }
+
+    /// Renames a fill's temp file into place and updates the index, in one critical section
+    /// with purges and other commits. `None`: purged meanwhile, or no room to warm (the
+    /// caller removes the temp file).
+    pub(super) fn commit(
+        &self,
+        (name, tag, tmp): (&str, u64, &Path),
+        meta: EntryMeta,
+        body_offset: u64,
+        (announce, since): (bool, u64),
+    ) -> io::Result<Option<Arc<Entry>>> {
+        let digest = entry_digest(&meta.key(), &meta.variant);
+        let id = index::id_of(&digest);
+        let path = super::entry_path(&self.inner.root, name);
+        let blocks = index::file_blocks(body_offset + meta.body_len);
+        let done = {
+            let log = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
+            // Checked and inserted in one critical section with the purges' logging, so a
+            // purge either sees this entry in the index or this check sees the purge.
+            if log.covers(since, &meta) {
+                return Ok(None);
+            }
+            // Edge warming's fills (the only ones not announced) only use free room within
+            // the warming share. Checked before the rename, so a refusal leaves an older
+            // copy's file alone; nothing else adds weight while the commit lock is held, so
+            // the insert below admits it.
+            if !announce {
+                if let Err(why) = self.index().warm_check(id, blocks) {
+                    tracing::debug!(name, "warming not stored: {why}");
+                    Stats::incr(&self.inner.stats.warm_refused);
+                    return Ok(None);
+                }
+            }
+            // Over the previous version of this entry, if any: a reader that opened it
+            // keeps its bytes (and tells by the tag that it has the old version). The file
+            // first, the index after: a reader never finds a header older than the index
+            // says (`lookup.rs`).
+            fs::rename(tmp, &path)?;
+            match self.index().insert(
+                &meta,
+                digest,
+                tag,
+                blocks,
+                self.inner.max_variants,
+                !announce,
+            ) {
+                Ok(done) => done,
+                Err(why) => {
+                    // Not reached (checked above under the same lock); if it were, the index
+                    // is unchanged and the new file goes.
+                    let _ = fs::remove_file(&path);
+                    tracing::warn!(name, "warming not stored after the check: {why}");
+                    return Ok(None);
+                }
+            }
+        };
+        let entry = Arc::new(Entry::new(meta, done.entry, &self.inner.root, body_offset));
+        for e in &done.evicted {
+            self.inner.hot.remove(&e.body_file());
+            self.inner.metas.remove(e.id());
+        }
+        self.inner.evictor.evict(done.evicted);
+        for old in &done.gone {
+            self.inner.hot.remove(&old.body_file());
+        }
+        // Variants dropped beyond `max_variants` (the replaced version of this name had its
+        // file renamed over).
+        let dropped: Vec<EntryRef> = done
+            .gone
+            .into_iter()
+            .filter(|o| o.name != done.entry.name)
+            .collect();
+        for old in &dropped {
+            self.inner.metas.remove(old.id());
+        }
+        self.unlink_unheld(&dropped);
+        for old in dropped {
+            let _ = self.inner.events.send(StoreEvent::Removed(old));
+        }
+        Stats::incr(&self.inner.stats.stored);
+        self.inner.stored_events.fetch_add(1, Ordering::AcqRel);
+        let _ = self.inner.events.send(StoreEvent::Stored {
+            entry: entry.clone(),
+            announce,
+        });
+        Ok(Some(entry))
     }
 }

@@ -19,9 +19,9 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::format::{self, EntryWriter};
-use super::{index, Entry, EntryRef, Store, StoreEvent};
+use super::{Entry, Store};
 use crate::cache::entry::EntryMeta;
-use crate::cache::key::{entry_digest, entry_name};
+use crate::cache::key::entry_name;
 use crate::stats::Stats;
 
 /// Bytes a fill may have queued for its writer before the tee waits for the disk: memory stays
@@ -119,93 +119,6 @@ impl Store {
             stats: self.inner.stats.clone(),
             finishing: self.inner.finishing.clone(),
         }
-    }
-
-    /// Renames a fill's temp file into place and updates the index, in one critical section
-    /// with purges and other commits. `None`: purged meanwhile, or no room to warm (the
-    /// caller removes the temp file).
-    fn commit(
-        &self,
-        disk: &Disk,
-        meta: EntryMeta,
-        body_offset: u64,
-        (announce, since): (bool, u64),
-    ) -> io::Result<Option<Arc<Entry>>> {
-        let digest = entry_digest(&meta.key(), &meta.variant);
-        let id = index::id_of(&digest);
-        let path = super::entry_path(&self.inner.root, &disk.name);
-        let blocks = index::file_blocks(body_offset + meta.body_len);
-        let done = {
-            let log = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
-            // Checked and inserted in one critical section with the purges' logging, so a
-            // purge either sees this entry in the index or this check sees the purge.
-            if log.covers(since, &meta) {
-                return Ok(None);
-            }
-            // Edge warming's fills (the only ones not announced) only use free room within
-            // the warming share. Checked before the rename, so a refusal leaves an older
-            // copy's file alone; nothing else adds weight while the commit lock is held, so
-            // the insert below admits it.
-            if !announce {
-                if let Err(why) = self.index().warm_check(id, blocks) {
-                    tracing::debug!(name = %disk.name, "warming not stored: {why}");
-                    Stats::incr(&self.inner.stats.warm_refused);
-                    return Ok(None);
-                }
-            }
-            // Over the previous version of this entry, if any: a reader that opened it
-            // keeps its bytes (and tells by the tag that it has the old version). The file
-            // first, the index after: a reader never finds a header older than the index
-            // says (`lookup.rs`).
-            fs::rename(&disk.tmp, &path)?;
-            match self.index().insert(
-                &meta,
-                digest,
-                disk.tag,
-                blocks,
-                self.inner.max_variants,
-                !announce,
-            ) {
-                Ok(done) => done,
-                Err(why) => {
-                    // Not reached (checked above under the same lock); if it were, the index
-                    // is unchanged and the new file goes.
-                    let _ = fs::remove_file(&path);
-                    tracing::warn!(name = %disk.name, "warming not stored after the check: {why}");
-                    return Ok(None);
-                }
-            }
-        };
-        let entry = Arc::new(Entry::new(meta, done.entry, &self.inner.root, body_offset));
-        for e in &done.evicted {
-            self.inner.hot.remove(&e.body_file());
-            self.inner.metas.remove(e.id());
-        }
-        self.inner.evictor.evict(done.evicted);
-        for old in &done.gone {
-            self.inner.hot.remove(&old.body_file());
-        }
-        // Variants dropped beyond `max_variants` (the replaced version of this name had its
-        // file renamed over).
-        let dropped: Vec<EntryRef> = done
-            .gone
-            .into_iter()
-            .filter(|o| o.name != done.entry.name)
-            .collect();
-        for old in &dropped {
-            self.inner.metas.remove(old.id());
-        }
-        self.unlink_unheld(&dropped);
-        for old in dropped {
-            let _ = self.inner.events.send(StoreEvent::Removed(old));
-        }
-        Stats::incr(&self.inner.stats.stored);
-        self.inner.stored_events.fetch_add(1, Ordering::AcqRel);
-        let _ = self.inner.events.send(StoreEvent::Stored {
-            entry: entry.clone(),
-            announce,
-        });
-        Ok(Some(entry))
     }
 }
 
@@ -430,7 +343,8 @@ impl Shared {
         meta.body_len = len;
         meta.body_crc32 = crc;
         let store = &self.store;
-        match store.commit(disk, meta, fixed.body_offset(), (self.announce, self.since)) {
+        let at = (disk.name.as_str(), disk.tag, disk.tmp.as_path());
+        match store.commit(at, meta, fixed.body_offset(), (self.announce, self.since)) {
             Ok(Some(entry)) => Some((entry, file)),
             Ok(None) => {
                 let _ = fs::remove_file(&disk.tmp);

@@ -31,9 +31,10 @@
 //! - `lookup.rs`: lookups, and reading an entry's metadata from disk for them;
 //! - `metas.rs`: the decoded metadata of hot entries, bounded;
 //! - `fill.rs`: [`Fill`], which queues a body as it streams and writes it in batches on the
-//!   blocking pool, and the commit that renames it into place and updates the index;
-//! - `files.rs`: unique names, shard directories, metadata-only updates, and unlinking the
-//!   files of entries that left the index;
+//!   blocking pool;
+//! - `files.rs`: unique names, shard directories, a fill's commit (the rename into place and
+//!   the index update), metadata-only updates, and unlinking the files of entries that left
+//!   the index;
 //! - `verify.rs`: the start-up scan and the removal of entries found corrupt;
 //! - `purge.rs`: purges (by page or tag, hard or soft, local or replicated) and clearing, and
 //!   the log of recent purges that fills still being written are checked against;
