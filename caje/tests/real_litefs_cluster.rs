@@ -39,7 +39,7 @@ const CONFIG: &str =
 
 /// The origin shield, appended to [`CONFIG`] (whose last table is `[populate]`, which the first
 /// line continues): each node advertises its own loopback address (`{port}` is the port it
-/// listens on), and both present the same cluster token.
+/// listens on), and both present the same cluster token. Its own last table is `[cluster]`.
 const PEER: &str = "source = \"peer\"\n\
                     [cluster]\nadvertise_url = \"http://127.0.0.1:{port}\"\n\
                     token = \"real-litefs-shield\"\n";
@@ -667,6 +667,9 @@ struct Warmed {
     /// Pages the warming node got from its peer, and peer requests it gave up on.
     peer_fills: u64,
     fallbacks: u64,
+    /// Pages the peer answered from its cache: at least `peer_fills`, more when an answer
+    /// came after the asker's `cluster.peer_timeout_ms` (it then asked the origin).
+    peer_served: u64,
 }
 
 /// With `populate.source = "peer"`: clients fill `n` pages through `from`, and `to` warms them
@@ -690,11 +693,14 @@ async fn peer_fill(
         origin: c.origin.total().await - origin_before,
         peer_fills: to.stat("peer_fills").await - fills_before,
         fallbacks: to.stat("peer_fallbacks").await - fallbacks_before,
+        peer_served: from.stat("peer_served").await - served_before,
     };
     // Each page the warming node got from its peer was answered there from the cache.
-    assert_eq!(
-        from.stat("peer_served").await - served_before,
-        warmed.peer_fills
+    assert!(
+        warmed.peer_served >= warmed.peer_fills,
+        "{} peer fills, {} peer answers",
+        warmed.peer_fills,
+        warmed.peer_served
     );
     (pages, warmed)
 }
@@ -722,6 +728,7 @@ async fn peer_down(c: &mut Cluster, prefix: &str, m: usize) -> (Vec<(String, Vec
         origin: c.origin.total().await - origin_before,
         peer_fills: b.stat("peer_fills").await,
         fallbacks: b.stat("peer_fallbacks").await,
+        peer_served: 0,
     };
     // The rows B warmed from named the node that was down.
     let rows = b.list_entries(&path_prefix).await;
@@ -810,7 +817,12 @@ async fn real_litefs_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_litefs_peer_fill() {
     within(170, async {
-        let mut c = match Cluster::start(PEER).await {
+        // The peer's answer may take longer than the default 1 s while it serves the burst of
+        // fills on a loaded machine, and the asker would then go to the origin (a fallback,
+        // counted: `peer_fill_figures` shows how often with the default). This test is about
+        // the origin being spared, so it waits longer.
+        let config = format!("{PEER}peer_timeout_ms = 5000\n");
+        let mut c = match Cluster::start(&config).await {
             Ok(c) => c,
             Err(why) => {
                 eprintln!("SKIP real-litefs: {why}");
@@ -1007,12 +1019,13 @@ async fn peer_fill_figures() {
         ] {
             let (_, w) = peer_fill(&c, from, to, prefix, n).await;
             println!(
-                "FIGURE peer fill: 1,000 pages (2,000 bytes) filled on {what} disk {:.2} s after the last fill was answered; the origin served {} requests (not {}); {} peer fills, {} fallbacks",
+                "FIGURE peer fill: 1,000 pages (2,000 bytes) filled on {what} disk {:.2} s after the last fill was answered; the origin served {} requests (not {}); {} peer fills, {} fallbacks, {} peer answers",
                 w.took.as_secs_f64(),
                 w.origin,
                 2 * n,
                 w.peer_fills,
-                w.fallbacks
+                w.fallbacks,
+                w.peer_served
             );
         }
     })
