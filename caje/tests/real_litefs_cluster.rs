@@ -9,8 +9,10 @@
 //! One cluster per test, started in its own `LITEFS_HOME` on a free port pair; a guard stops
 //! the caje processes first (a process with a WAL database open on a mount whose LiteFS dies
 //! can get SIGBUS), then runs `cluster.sh stop`, which unmounts, also when the test panics.
-//! `real_litefs_cluster` runs its cases in order on one cluster. `cluster_figures` (ignored;
-//! `scripts/cluster-figures.sh`) measures the figures of `docs/cluster.md`.
+//! `real_litefs_cluster` runs its cases in order on one cluster. `real_litefs_peer_fill` runs
+//! the origin shield (`populate.source = "peer"`) on a cluster of its own. `cluster_figures`
+//! and `peer_fill_figures` (ignored; `scripts/cluster-figures.sh`) measure the figures of
+//! `docs/cluster.md`.
 #![cfg(target_os = "linux")]
 
 mod support;
@@ -34,6 +36,13 @@ const DB: &str = "caje.db";
 const CONFIG: &str =
     "[manifest]\nlitefs = \"auto\"\nflush_interval_ms = 20\nhalt_timeout_ms = 1000\n\
                       [populate]\npoll_ms = 100\nconcurrency = 16\nrate_per_origin = 0\n";
+
+/// The origin shield, appended to [`CONFIG`] (whose last table is `[populate]`, which the first
+/// line continues): each node advertises its own loopback address (`{port}` is the port it
+/// listens on), and both present the same cluster token. Its own last table is `[cluster]`.
+const PEER: &str = "source = \"peer\"\n\
+                    [cluster]\nadvertise_url = \"http://127.0.0.1:{port}\"\n\
+                    token = \"real-litefs-shield\"\n";
 
 // ---------------------------------------------------------------------------------------------
 // The LiteFS cluster
@@ -186,13 +195,15 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Everything started, or why LiteFS cannot run here.
-    async fn start() -> Result<Cluster, String> {
+    /// Everything started, or why LiteFS cannot run here. `extra` is appended to both
+    /// nodes' [`CONFIG`].
+    async fn start(extra: &str) -> Result<Cluster, String> {
         let litefs = Litefs::start()?;
         let origin = Origin::start();
+        let toml = format!("{CONFIG}{extra}");
         let config = |db: PathBuf| CajeConfig {
             db: Some(db),
-            ..CajeConfig::for_origin(&origin.base(), CONFIG)
+            ..CajeConfig::for_origin(&origin.base(), &toml)
         };
         // A creates the manifest on the primary; B may only open it once it has replicated
         // (HALT needs the database to exist on the replica).
@@ -358,23 +369,45 @@ async fn fills_cross_both_ways(c: &Cluster) {
     assert_eq!(queue(c.a(), "halts").await, 0, "the primary took HALT");
 }
 
+/// Clients ask `node` for `n` new pages `/gen/{prefix}{i}`, all at once: each is a stored
+/// miss. Returns each page's path and the body its client got, in path order.
+async fn fill_pages(node: &Caje, prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let path = page(&format!("{prefix}{i}"), "");
+        let url = node.url(&path);
+        tasks.spawn(async move {
+            let r = support::get(&url, &[("host", SITE_HOST)]).await;
+            (path, r)
+        });
+    }
+    let mut pages = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (path, r) = done.expect("client task");
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        r.cache_status().assert_fwd("uri-miss", 200, true);
+        pages.push((path, r.body));
+    }
+    pages.sort();
+    pages
+}
+
+/// Polls `node`'s listing until it holds (on disk) all `n` pages `/gen/{prefix}*`; the time
+/// that took.
+async fn time_to_hold(node: &Caje, prefix: &str, n: usize, limit: Duration) -> Duration {
+    let path_prefix = format!("/gen/{prefix}");
+    time_until(limit, || async { rows(node, &path_prefix).await.1 == n })
+        .await
+        .unwrap_or_else(|| {
+            panic!("{n} pages {path_prefix}* not on the other node's disk within {limit:?}")
+        })
+}
+
 /// Warming: a burst of fills on one node is held by the other, which then serves every page
 /// as a hit without asking the origin.
 async fn warming(c: &Cluster, from: &Caje, to: &Caje, prefix: &str, n: usize) -> Duration {
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let url = from.url(&page(&format!("{prefix}{i}"), ""));
-        tasks.spawn(async move { support::get(&url, &[("host", SITE_HOST)]).await.status });
-    }
-    while let Some(status) = tasks.join_next().await {
-        assert_eq!(status.unwrap(), 200);
-    }
-    let path_prefix = format!("/gen/{prefix}");
-    let took = time_until(Duration::from_secs(60), || async {
-        rows(to, &path_prefix).await.1 == n
-    })
-    .await
-    .unwrap_or_else(|| panic!("{n} pages not warmed on the other node within 60 s"));
+    fill_pages(from, prefix, n).await;
+    let took = time_to_hold(to, prefix, n, Duration::from_secs(60)).await;
     let before = c.origin.total().await;
     for i in (0..n).step_by((n / 10).max(1)) {
         to.get_site(&page(&format!("{prefix}{i}"), ""))
@@ -625,6 +658,90 @@ async fn kill_replica_mid_flush(c: &mut Cluster) {
     c.b = Some(b);
 }
 
+/// What warming `n` pages did on the node that warmed them (see [`peer_fill`]).
+struct Warmed {
+    /// The last client fill answered → the warming node held every page on disk.
+    took: Duration,
+    /// Requests the origin served for the fills and the warming.
+    origin: u64,
+    /// Pages the warming node got from its peer, and peer requests it gave up on.
+    peer_fills: u64,
+    fallbacks: u64,
+    /// Pages the peer answered from its cache: at least `peer_fills`, more when an answer
+    /// came after the asker's `cluster.peer_timeout_ms` (it then asked the origin).
+    peer_served: u64,
+}
+
+/// With `populate.source = "peer"`: clients fill `n` pages through `from`, and `to` warms them
+/// from `from` (the node their rows name) instead of from the origin. Returns the pages (path,
+/// body the client got) and what the warming cost.
+async fn peer_fill(
+    c: &Cluster,
+    from: &Caje,
+    to: &Caje,
+    prefix: &str,
+    n: usize,
+) -> (Vec<(String, Vec<u8>)>, Warmed) {
+    let origin_before = c.origin.total().await;
+    let fills_before = to.stat("peer_fills").await;
+    let fallbacks_before = to.stat("peer_fallbacks").await;
+    let served_before = from.stat("peer_served").await;
+    let pages = fill_pages(from, prefix, n).await;
+    let took = time_to_hold(to, prefix, n, Duration::from_secs(120)).await;
+    let warmed = Warmed {
+        took,
+        origin: c.origin.total().await - origin_before,
+        peer_fills: to.stat("peer_fills").await - fills_before,
+        fallbacks: to.stat("peer_fallbacks").await - fallbacks_before,
+        peer_served: from.stat("peer_served").await - served_before,
+    };
+    // Each page the warming node got from its peer was answered there from the cache.
+    assert!(
+        warmed.peer_served >= warmed.peer_fills,
+        "{} peer fills, {} peer answers",
+        warmed.peer_fills,
+        warmed.peer_served
+    );
+    (pages, warmed)
+}
+
+/// The node a row names is down: the other node warms the page from the origin. B stops;
+/// clients fill `m` pages through A (rows naming A); A stops; B starts again and warms them:
+/// its peer requests to A fail, so it asks the origin. A starts again at the end.
+async fn peer_down(c: &mut Cluster, prefix: &str, m: usize) -> (Vec<(String, Vec<u8>)>, Warmed) {
+    let mut b = c.b.take().expect("B is running");
+    assert_eq!(b.stop().code(), Some(0), "B: {}", b.stderr());
+    let pages = fill_pages(c.a(), prefix, m).await;
+    let path_prefix = format!("/gen/{prefix}");
+    eventually(30, "A's rows of the pages written", || async {
+        rows(c.a(), &path_prefix).await.0 == m
+    })
+    .await;
+    let mut a = c.a.take().expect("A is running");
+    let named = a.url("");
+    assert_eq!(a.stop().code(), Some(0), "A: {}", a.stderr());
+    let origin_before = c.origin.total().await;
+    let b = Caje::start_in(b.dir.clone(), b.cfg.clone());
+    let took = time_to_hold(&b, prefix, m, Duration::from_secs(60)).await;
+    let warmed = Warmed {
+        took,
+        origin: c.origin.total().await - origin_before,
+        peer_fills: b.stat("peer_fills").await,
+        fallbacks: b.stat("peer_fallbacks").await,
+        peer_served: 0,
+    };
+    // The rows B warmed from named the node that was down.
+    let rows = b.list_entries(&path_prefix).await;
+    assert!(
+        rows.iter()
+            .all(|r| r["node"].as_str() == Some(named.trim_end_matches('/'))),
+        "rows do not name A ({named}): {rows:?}"
+    );
+    c.b = Some(b);
+    c.a = Some(Caje::start_in(a.dir.clone(), a.cfg.clone()));
+    (pages, warmed)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
@@ -632,7 +749,7 @@ async fn kill_replica_mid_flush(c: &mut Cluster) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_litefs_cluster() {
     within(150, async {
-        let mut c = match Cluster::start().await {
+        let mut c = match Cluster::start("").await {
             Ok(c) => c,
             Err(why) => {
                 eprintln!("SKIP real-litefs: {why}");
@@ -692,12 +809,100 @@ async fn real_litefs_cluster() {
     .await
 }
 
+/// The origin shield on the real cluster, both nodes with `populate.source = "peer"`: 100
+/// pages filled through the primary's node cost the origin 100 requests, not 200, because the
+/// replica's node warms them from the primary's; the same the other way; a peer that is down
+/// means the origin; and with the origin stopped, both nodes serve every page as a hit, with
+/// the bytes the filling client got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_litefs_peer_fill() {
+    within(170, async {
+        // The peer's answer may take longer than the default 1 s while it serves the burst of
+        // fills on a loaded machine, and the asker would then go to the origin (a fallback,
+        // counted: `peer_fill_figures` shows how often with the default). This test is about
+        // the origin being spared, so it waits longer.
+        let config = format!("{PEER}peer_timeout_ms = 5000\n");
+        let mut c = match Cluster::start(&config).await {
+            Ok(c) => c,
+            Err(why) => {
+                eprintln!("SKIP real-litefs: {why}");
+                return;
+            }
+        };
+        let n = 100;
+        let mut pages = Vec::new();
+        for (from, to, prefix, way) in [(c.a(), c.b(), "sa", "A→B"), (c.b(), c.a(), "sb", "B→A")]
+        {
+            let (filled, w) = peer_fill(&c, from, to, prefix, n).await;
+            eprintln!(
+                "real-litefs: peer fill {way}: {n} pages held by the other node {} after the \
+                 last fill was answered; the origin served {} requests; {} peer fills, {} \
+                 fallbacks",
+                ms(w.took),
+                w.origin,
+                w.peer_fills,
+                w.fallbacks
+            );
+            assert_eq!(
+                w.origin, n as u64,
+                "{way}: the origin served {} requests for {n} pages on two nodes, not {n}",
+                w.origin
+            );
+            assert_eq!(w.peer_fills, n as u64, "{way}");
+            assert_eq!(w.fallbacks, 0, "{way}");
+            pages.extend(filled);
+        }
+
+        let m = 20;
+        let (filled, w) = peer_down(&mut c, "sf", m).await;
+        eprintln!(
+            "real-litefs: peer down: B warmed {m} pages from the origin {} after its start; \
+             the origin served {} requests; {} peer fills, {} fallbacks",
+            ms(w.took),
+            w.origin,
+            w.peer_fills,
+            w.fallbacks
+        );
+        assert_eq!(w.origin, m as u64, "B did not fall back to the origin");
+        assert_eq!((w.peer_fills, w.fallbacks), (0, m as u64));
+        pages.extend(filled);
+
+        // Nothing answers at the origin's address from here on.
+        let stopped = c.origin.stop();
+        let probe = c.origin.url(&pages[0].0);
+        assert!(
+            support::http::try_request("GET", &probe, &[], b"")
+                .await
+                .is_err(),
+            "the origin still answers after it exited with {stopped}"
+        );
+        for (name, node) in [("A", c.a()), ("B", c.b())] {
+            for (path, body) in &pages {
+                let r = node.get_site(path).await;
+                assert!(
+                    r.cache_status().is_hit(),
+                    "{name} {path} with the origin stopped: {} {:?}",
+                    r.status,
+                    r.header("cache-status")
+                );
+                support::assert_same_body(&r.body, body, &format!("{name} {path}"));
+            }
+        }
+        eprintln!(
+            "real-litefs: with the origin stopped, A and B served all {} pages as hits, bodies \
+             as filled",
+            pages.len()
+        );
+    })
+    .await
+}
+
 /// The figures of `docs/cluster.md`, on the real cluster: `scripts/cluster-figures.sh`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement: scripts/cluster-figures.sh"]
 async fn cluster_figures() {
     within(600, async {
-        let mut c = match Cluster::start().await {
+        let mut c = match Cluster::start("").await {
             Ok(c) => c,
             Err(why) => {
                 eprintln!("SKIP real-litefs: {why}");
@@ -774,6 +979,55 @@ async fn cluster_figures() {
             ms(outage.drained_after),
             ms(outage.landed_after)
         );
+    })
+    .await
+}
+
+/// The origin shield's figures for `docs/cluster.md` (`scripts/cluster-figures.sh`): both
+/// nodes with `populate.source = "peer"`, the same single fills and 1,000-page bursts as
+/// [`cluster_figures`] (which fills from the origin), and what the origin served for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: scripts/cluster-figures.sh"]
+async fn peer_fill_figures() {
+    within(600, async {
+        let c = match Cluster::start(PEER).await {
+            Ok(c) => c,
+            Err(why) => {
+                eprintln!("SKIP real-litefs: {why}");
+                return;
+            }
+        };
+        let fills = 50;
+        let origin_before = c.origin.total().await;
+        let mut warmed = Vec::new();
+        for i in 0..fills {
+            let (from, to) = if i % 2 == 0 { (c.a(), c.b()) } else { (c.b(), c.a()) };
+            warmed.push(fill_reaches(from, to, &format!("pf{i}")).await.1);
+        }
+        let served = c.origin.total().await - origin_before;
+        warmed.sort();
+        println!(
+            "FIGURE peer fill: fill-to-on-disk (warmed from the peer) on the other node over {fills} fills: p50 {}, p99 {}, max {}; the origin served {served} requests for them",
+            ms(percentile(&warmed, 0.5)),
+            ms(percentile(&warmed, 0.99)),
+            ms(*warmed.last().unwrap())
+        );
+        let n = 1000;
+        for (from, to, prefix, what) in [
+            (c.a(), c.b(), "pk", "the primary's node were all on the replica's"),
+            (c.b(), c.a(), "pm", "the replica's node were all on the primary's"),
+        ] {
+            let (_, w) = peer_fill(&c, from, to, prefix, n).await;
+            println!(
+                "FIGURE peer fill: 1,000 pages (2,000 bytes) filled on {what} disk {:.2} s after the last fill was answered; the origin served {} requests (not {}); {} peer fills, {} fallbacks, {} peer answers",
+                w.took.as_secs_f64(),
+                w.origin,
+                2 * n,
+                w.peer_fills,
+                w.fallbacks,
+                w.peer_served
+            );
+        }
     })
     .await
 }

@@ -347,6 +347,12 @@ impl Origin {
         self.proc.stderr()
     }
 
+    /// Sends SIGTERM and waits (up to 10 s) for the exit: from here on nothing answers at the
+    /// origin's address, so only a cache can serve (and the stats helpers panic).
+    pub fn stop(&mut self) -> ExitStatus {
+        self.proc.terminate(Duration::from_secs(10))
+    }
+
     /// `GET /_origin/stats`
     pub async fn stats(&self) -> Value {
         let r = get(&self.url("/_origin/stats"), &[]).await;

@@ -260,6 +260,15 @@ struct Inner {
     lock: Mutex<Option<nix::fcntl::Flock<File>>>,
     /// Path of the lock file.
     lock_path: PathBuf,
+    /// The cache directory is on a memory file system (tmpfs): its reads never wait for a
+    /// disk, so small hits may read on the async worker (see [`crate::file_body`]).
+    memory_fs: bool,
+}
+
+/// Whether `dir` is on tmpfs (false if that cannot be told).
+fn on_memory_fs(dir: &Path) -> bool {
+    use nix::sys::statfs::{statfs, TMPFS_MAGIC};
+    statfs(dir).is_ok_and(|s| s.filesystem_type() == TMPFS_MAGIC)
 }
 
 /// How [`Store::open_with`] opens the directory.
@@ -381,6 +390,7 @@ impl Store {
             recorded_events: AtomicU64::new(0),
             lock: Mutex::new(lock),
             lock_path,
+            memory_fs: on_memory_fs(dir),
         });
         inner
             .evictor
@@ -398,6 +408,12 @@ impl Store {
         store.relock(handover.wait)?;
         store.rescan_changed(&read)?;
         Ok(store)
+    }
+
+    /// Whether the cache directory is on a memory file system (tmpfs), whose reads never wait
+    /// for a disk.
+    pub fn on_memory_fs(&self) -> bool {
+        self.inner.memory_fs
     }
 
     /// Releases the directory's lock (a graceful upgrade hands the directory to the new
@@ -511,13 +527,13 @@ fn take_lock(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cache::entry::tests::sample;
 
     use bytes::Bytes;
 
-    pub(super) fn open(dir: &Path) -> (Store, mpsc::UnboundedReceiver<StoreEvent>) {
+    pub(crate) fn open(dir: &Path) -> (Store, mpsc::UnboundedReceiver<StoreEvent>) {
         // A writer thread of the previous store may still hold its handle (and so the
         // directory lock) for a moment after its last event.
         for _ in 0..100 {
@@ -540,7 +556,7 @@ mod tests {
         panic!("cache dir still locked after 1 s");
     }
 
-    pub(super) async fn fill(
+    pub(crate) async fn fill(
         store: &Store,
         rx: &mut mpsc::UnboundedReceiver<StoreEvent>,
         body: &[u8],
