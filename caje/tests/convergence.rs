@@ -18,7 +18,6 @@ use convergence::{node_toml, seed, workload_secs, NodeSpec, Options};
 use support::{within, CajeConfig, NodeDir, Origin};
 
 #[tokio::test]
-#[ignore = "finds a known purge/populate race on some seeds (issue 12); run scripts/convergence.sh"]
 async fn three_nodes_converge_under_purges_and_restarts() {
     let secs = workload_secs(20);
     within(secs + 120, async {
@@ -44,6 +43,7 @@ async fn three_nodes_converge_under_purges_and_restarts() {
             secs,
             grace: Duration::from_secs(2),
             quiet: Duration::from_secs(4),
+            request_limit: Duration::from_secs(15),
             label: "convergence",
         };
         let report = convergence::run(&origin, specs, &opts).await;

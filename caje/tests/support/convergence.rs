@@ -27,7 +27,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::support::{eventually, get, request, Caje, CajeConfig, NodeDir, Origin, SITE_HOST};
+use crate::support::http::Resp;
+use crate::support::{get, request, Caje, CajeConfig, NodeDir, Origin, SITE_HOST};
 
 /// Pages in the workload, and the tag groups they fall in (tag `g<page % GROUPS>`).
 pub const PAGES: usize = 12;
@@ -62,6 +63,43 @@ pub fn workload_secs(default: u64) -> u64 {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(default)
+}
+
+/// `fut` (a request), or `None` after `limit` ([`Options::request_limit`]): a node that hangs
+/// is a finding (a failed read) or stops the run with what it knows, never a hung test.
+async fn bounded(limit: Duration, fut: impl std::future::Future<Output = Resp>) -> Option<Resp> {
+    tokio::time::timeout(limit, fut).await.ok()
+}
+
+/// The last operations of a run, with their times, for a failure report.
+struct Trace {
+    began: Instant,
+    ops: std::collections::VecDeque<String>,
+}
+
+impl Trace {
+    fn new() -> Trace {
+        Trace {
+            began: Instant::now(),
+            ops: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn op(&mut self, what: String) {
+        if self.ops.len() == 40 {
+            self.ops.pop_front();
+        }
+        let at = self.began.elapsed().as_secs_f64();
+        if std::env::var_os("CONVERGENCE_TRACE").is_some() {
+            eprintln!("convergence {at:8.3}s {what}");
+        }
+        self.ops.push_back(format!("{at:8.3}s {what}"));
+    }
+
+    fn last(&self) -> String {
+        let ops: Vec<&str> = self.ops.iter().map(String::as_str).collect();
+        format!("last operations:\n  {}\n", ops.join("\n  "))
+    }
 }
 
 /// splitmix64: small, seedable, and the same everywhere.
@@ -105,6 +143,9 @@ pub struct Options {
     pub grace: Duration,
     /// How long the quiet phase lasts (no client reads) before its checks.
     pub quiet: Duration,
+    /// How long one request to a node may take before the run counts it as failed (a read)
+    /// or stops (a purge, an admin request).
+    pub request_limit: Duration,
     /// Printed before each line, e.g. `convergence` or `convergence-litefs`.
     pub label: &'static str,
 }
@@ -151,8 +192,13 @@ pub struct Report {
     pub origin_requests: u64,
     pub quiet_requests: u64,
     pub peer_fills: u64,
+    /// The longest a purge request took.
+    pub slowest_purge: Duration,
     /// From the heal to every node having applied the last purge.
     pub applied_after: Duration,
+    /// Each node's manifest role at the end (`/_caje/status`), and the HALTs its last
+    /// process took.
+    pub roles: Vec<(String, u64)>,
     pub took: Duration,
 }
 
@@ -164,6 +210,7 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
         secs,
         grace,
         quiet,
+        request_limit,
         label,
     } = *opts;
     println!("{label}: seed {seed} (replay with CONVERGENCE_SEED={seed}), {secs} s workload");
@@ -188,6 +235,7 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
     let mut report = Report::default();
     // The id of the newest purge's tombstone.
     let mut last_tombstone = 0;
+    let mut trace = Trace::new();
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
         let down = nodes.iter().position(|n| n.caje.is_none());
@@ -198,8 +246,19 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
             let Some(node) = &nodes[n].caje else { continue };
             report.reads += 1;
             let start = Instant::now();
-            let r = request("GET", &node.url(&page_path(p)), &[("host", SITE_HOST)], b"").await;
+            trace.op(format!("read page {p} on node {n}"));
+            let r = bounded(
+                request_limit,
+                request("GET", &node.url(&page_path(p)), &[("host", SITE_HOST)], b""),
+            )
+            .await;
             read_since_purge[p] = true;
+            let Some(r) = r else {
+                findings.failed_reads.push(format!(
+                    "node {n} page {p}: no answer within {request_limit:?}"
+                ));
+                continue;
+            };
             if r.status != 200 {
                 findings
                     .failed_reads
@@ -231,19 +290,42 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
             let via = live[rng.below(live.len())];
             let node = nodes[via].caje.as_ref().unwrap();
             let by_tag = rng.below(2) == 0;
+            trace.op(format!(
+                "bump page {p} to {bumped}, purge {} through node {via}",
+                if by_tag {
+                    format!("tag g{}", p % GROUPS)
+                } else {
+                    "its URL".into()
+                }
+            ));
+            let purge_began = Instant::now();
             let r = if by_tag {
-                node.admin("POST", &format!("/_caje/purge?tag=g{}", p % GROUPS))
-                    .await
+                bounded(
+                    request_limit,
+                    node.admin("POST", &format!("/_caje/purge?tag=g{}", p % GROUPS)),
+                )
+                .await
             } else {
-                request(
-                    "PURGE",
-                    &node.url(&page_path(p)),
-                    &[("host", SITE_HOST)],
-                    b"",
+                bounded(
+                    request_limit,
+                    request(
+                        "PURGE",
+                        &node.url(&page_path(p)),
+                        &[("host", SITE_HOST)],
+                        b"",
+                    ),
                 )
                 .await
             };
-            assert_eq!(r.status, 200, "purge through node {via}: {}", r.text());
+            report.slowest_purge = report.slowest_purge.max(purge_began.elapsed());
+            let Some(r) = r.filter(|r| r.status == 200) else {
+                panic!(
+                    "{label}: seed {seed}: a purge through node {via} failed or took over \
+                     {request_limit:?}\n{}{}",
+                    trace.last(),
+                    keep_dirs(&nodes)
+                );
+            };
             last_tombstone = last_tombstone.max(r.json()["tombstone"].as_i64().unwrap_or(0));
             if down.is_some() {
                 report.purges_while_down += 1;
@@ -266,11 +348,13 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
             }
         } else if let Some(n) = down {
             // Bring the node that is down back.
+            trace.op(format!("start node {n}"));
             nodes[n].start();
         } else {
             let n = rng.below(count);
             let mut caje = nodes[n].caje.take().unwrap();
             if rng.below(2) == 0 {
+                trace.op(format!("kill -9 node {n}"));
                 report.kills += 1;
                 // SAFETY: a plain syscall on our own, not yet reaped, child.
                 unsafe { libc::kill(caje.pid(), libc::SIGKILL) };
@@ -278,22 +362,25 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
                 drop(caje);
             } else {
                 report.terms += 1;
+                trace.op(format!("SIGTERM node {n}"));
                 let status = caje.stop();
                 if status.code() != Some(0) {
                     panic!(
-                        "{label}: seed {seed}: node {n}: SIGTERM exit {status}: {}\n{}",
+                        "{label}: seed {seed}: node {n}: SIGTERM exit {status}: {}\n{}{}",
                         caje.stderr()
                             .lines()
                             .rev()
                             .take(10)
                             .collect::<Vec<_>>()
                             .join("\n"),
+                        trace.last(),
                         keep_dirs(&nodes)
                     );
                 }
                 drop(caje);
                 // Half of the SIGTERMs are restarts at once.
                 if rng.below(2) == 0 {
+                    trace.op(format!("start node {n}"));
                     nodes[n].start();
                 }
             }
@@ -301,8 +388,11 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
     }
 
     // Heal and quiesce: every node up, no client reads.
-    for node in nodes.iter_mut().filter(|n| n.caje.is_none()) {
-        node.start();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        if node.caje.is_none() {
+            trace.op(format!("start node {i} (heal)"));
+            node.start();
+        }
     }
     // Quiet starts once every node has applied every purge. Until a node has, a populate
     // fetch it started from a listing older than a purge is a fill concurrent with that
@@ -311,17 +401,32 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
     let applied = Instant::now();
     for (i, node) in nodes.iter().enumerate() {
         let caje = node.caje.as_ref().unwrap();
-        eventually(
-            10,
-            &format!("node {i} applies tombstone {last_tombstone}"),
-            || async {
-                let status = caje.admin("GET", "/_caje/status").await.json();
-                status["tombstones"]["cursor"].as_i64().unwrap_or(-1) >= last_tombstone
-            },
-        )
-        .await;
+        loop {
+            let status = bounded(request_limit, caje.admin("GET", "/_caje/status"))
+                .await
+                .filter(|r| r.status == 200)
+                .map(|r| r.json());
+            let cursor = status
+                .as_ref()
+                .and_then(|s| s["tombstones"]["cursor"].as_i64());
+            if cursor.is_some_and(|c| c >= last_tombstone) {
+                break;
+            }
+            if applied.elapsed() > Duration::from_secs(15) {
+                panic!(
+                    "{label}: seed {seed}: node {i} did not apply tombstone {last_tombstone} \
+                     within 15 s of the heal (status: {status:?})\n{}{}",
+                    trace.last(),
+                    keep_dirs(&nodes)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     report.applied_after = applied.elapsed();
+    trace.op(format!(
+        "every node applied tombstone {last_tombstone}: quiet for {quiet:?}"
+    ));
     let before = origin.stats().await;
     tokio::time::sleep(quiet).await;
     let after = origin.stats().await;
@@ -330,7 +435,16 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
             .as_u64()
             .unwrap_or(0)
     };
-    let list = nodes[0].caje.as_ref().unwrap().list().await;
+    let list = tokio::time::timeout(request_limit, nodes[0].caje.as_ref().unwrap().list())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{label}: seed {seed}: node 0 did not list its manifest within \
+                 {request_limit:?}\n{}{}",
+                trace.last(),
+                keep_dirs(&nodes)
+            )
+        });
     for p in (0..PAGES).filter(|&p| !read_since_purge[p]) {
         let fetched = fetches(&after, p) - fetches(&before, p);
         if fetched > 0 {
@@ -362,7 +476,17 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
         let mut seen = Vec::new();
         for (n, node) in nodes.iter().enumerate() {
             let node = node.caje.as_ref().unwrap();
-            let r = get(&node.url(&page_path(p)), &[("host", SITE_HOST)]).await;
+            let Some(r) = bounded(
+                request_limit,
+                get(&node.url(&page_path(p)), &[("host", SITE_HOST)]),
+            )
+            .await
+            else {
+                findings.failed_reads.push(format!(
+                    "final read node {n} page {p}: no answer within {request_limit:?}"
+                ));
+                continue;
+            };
             if r.status != 200 {
                 findings
                     .failed_reads
@@ -379,18 +503,36 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
         }
     }
     for node in &nodes {
-        report.peer_fills += node.caje.as_ref().unwrap().stat("peer_fills").await;
+        let caje = node.caje.as_ref().unwrap();
+        let (Some(stats), Some(status)) = (
+            bounded(request_limit, caje.admin("GET", "/_caje/stats")).await,
+            bounded(request_limit, caje.admin("GET", "/_caje/status")).await,
+        ) else {
+            panic!(
+                "{label}: seed {seed}: a node did not answer its stats and status within \
+                 {request_limit:?}\n{}{}",
+                trace.last(),
+                keep_dirs(&nodes)
+            );
+        };
+        report.peer_fills += stats.json()["peer_fills"].as_u64().unwrap_or(0);
+        let status = status.json();
+        report.roles.push((
+            status["role"].as_str().unwrap_or("?").to_owned(),
+            status["manifest"]["queue"]["halts"].as_u64().unwrap_or(0),
+        ));
     }
     report.origin_requests = origin.total().await;
     println!(
         "{label}: seed {seed}: {} reads, {} bump+purge ({} while a node was down), {} kill -9, \
-         {} SIGTERM; every purge applied everywhere {} ms after the heal; origin {} requests \
-         ({} while quiet); {} peer fills",
+         {} SIGTERM; slowest purge {} ms; every purge applied everywhere {} ms after the heal; \
+         origin {} requests ({} while quiet); {} peer fills",
         report.reads,
         report.bumps,
         report.purges_while_down,
         report.kills,
         report.terms,
+        report.slowest_purge.as_millis(),
         report.applied_after.as_millis(),
         report.origin_requests,
         report.quiet_requests,
@@ -422,15 +564,11 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
         }
         panic!(
             "{label}: seed {seed} (replay with CONVERGENCE_SEED={seed} CONVERGENCE_SECS={secs}) \
-             failed: {problems:#?}\n{logs}{}",
+             failed: {problems:#?}\n{logs}{}{}",
+            trace.last(),
             keep_dirs(&nodes)
         );
     }
-    // Quiet means quiet: the nodes still answer before they are stopped.
-    eventually(5, "nodes still answer", || async {
-        nodes[0].caje.as_ref().unwrap().stats().await.is_object()
-    })
-    .await;
     // Stopped here, in order, so that a caller's storage (a LiteFS mount) outlives them.
     for i in 0..nodes.len() {
         if let Some(mut caje) = nodes[i].caje.take() {
