@@ -142,6 +142,20 @@ impl Drop for Tee {
         if !active {
             return;
         }
+        // Drop can run outside a runtime (at shutdown); then the partial fill is discarded
+        // (dropped with this tee's fields).
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // A runtime that is shutting down drops every task still running on its workers,
+        // and drops a task spawned meanwhile at once, inside `spawn`: that drop is the
+        // drain's own tee, which would spawn again, and so on until the stack overflows (a
+        // SIGTERM in the middle of a fill aborted the process). A drop nested in this spawn
+        // discards its partial fill instead. Checked before the rest is taken out: whatever
+        // is returned here must not be an active tee, or its drop would start over.
+        if DRAIN_SPAWNING.with(|spawning| spawning.get()) {
+            return;
+        }
         let (Some(inner), Some(fill)) = (self.inner.take(), self.fill.take()) else {
             return;
         };
@@ -157,11 +171,15 @@ impl Drop for Tee {
             had_fill: true,
             finished: false,
         };
-        // Drop can run outside a runtime (at shutdown); then the partial fill is discarded.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(rest.drain());
-        }
+        DRAIN_SPAWNING.with(|spawning| spawning.set(true));
+        handle.spawn(rest.drain());
+        DRAIN_SPAWNING.with(|spawning| spawning.set(false));
     }
+}
+
+thread_local! {
+    /// Set while [`Tee`]'s drop spawns the drain of the rest of a body on this thread.
+    static DRAIN_SPAWNING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl HttpBody for Tee {

@@ -102,6 +102,10 @@ pub enum FillResult {
     NotStored(&'static str),
     /// The fetch failed (reason).
     Failed(String),
+    /// A purge applied on this node since the listing covers the page: not fetched, or its
+    /// copy was dropped at the commit. Not to be retried: fetching it again would be an
+    /// origin request no client asked for, for a page nothing lists any more.
+    Purged,
 }
 
 /// Where [`fill_page`] may get a page before asking the origin: the node that stored the
@@ -121,8 +125,11 @@ pub struct FromPeer {
 /// origin only when it has no usable answer in time.
 ///
 /// `listed_at` is [`crate::cache::store::Store::purge_epoch`] read before the manifest was
-/// listed: a purge applied here since then (the row may be gone already) drops the copy at
-/// its commit, so a page is never stored again from a listing older than its purge.
+/// listed, and `tags` the tags the row lists: a purge applied here since then (the row may be
+/// gone already) drops the copy at its commit, so a page is never stored again from a listing
+/// older than its purge. Such a page is not fetched at all when the purge is known before
+/// the request goes out (before the peer is asked, and again before the origin is), and a
+/// copy dropped for it is reported as [`FillResult::Purged`], which populate does not retry.
 pub async fn fill_page(
     app: &Arc<App>,
     host: &str,
@@ -130,6 +137,7 @@ pub async fn fill_page(
     headers: http::HeaderMap,
     peer: Option<&FromPeer>,
     listed_at: u64,
+    tags: &[String],
 ) -> FillResult {
     let host = match Host::parse(host, "http") {
         Ok(h) => h,
@@ -148,6 +156,10 @@ pub async fn fill_page(
     let client = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut ctx = Ctx::new(app, origin, host, parts, client, false);
     ctx.purge_epoch = ctx.purge_epoch.min(listed_at);
+    let purged = |ctx: &Ctx| app.store.purged_since(ctx.purge_epoch, &ctx.key, tags);
+    if purged(&ctx) {
+        return FillResult::Purged;
+    }
     // A look, not a client's use: warming must not lift a page in the eviction policy.
     if let Lookup::Found(entry) = app.store.peek(&ctx.key, &ctx.parts.headers).await {
         let fresh = !entry.meta.invalidated
@@ -195,6 +207,9 @@ pub async fn fill_page(
             ctx.expect_body = Some((answer.len, answer.crc32));
             answer.response
         }
+        // The peer may have taken a while, and refused: a purge applied meanwhile means the
+        // origin would be asked for a page nothing lists any more.
+        None if purged(&ctx) => return FillResult::Purged,
         None => {
             let oreq = match origin_request(&ctx, body::empty(), true, None) {
                 Ok(r) => r,
@@ -229,6 +244,8 @@ pub async fn fill_page(
         .unwrap_or(false);
     if committed {
         FillResult::Stored
+    } else if purged(&ctx) {
+        FillResult::Purged
     } else {
         FillResult::Failed("the body could not be stored (origin body failed or disk error)".into())
     }

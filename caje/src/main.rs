@@ -100,9 +100,10 @@ fn main() -> ExitCode {
         // busy, while hundreds (tokio's default limit is 512) only add stacks and allocator
         // arenas to the RSS.
         .max_blocking_threads(64)
-        // Dropping the tasks still running at exit (a populate pass in the middle of a fill)
-        // overflowed the default 2 MiB worker stack in debug builds; stacks are reserved
-        // address space, and only the pages used count in the RSS.
+        // A margin for debug builds' large futures; stacks are reserved address space, and
+        // only the pages used count in the RSS. (The stack overflow once seen at exit was not
+        // depth but a recursion in `body::Tee`'s drop while the runtime shut down, fixed
+        // there: no stack size would have been enough.)
         .thread_stack_size(8 << 20)
         .build()
     {

@@ -156,7 +156,16 @@ async fn fetch_with_retries(app: &Arc<App>, row: &PageRow, listed_at: u64) -> Fi
             // The rate protects the origin; a peer's answer costs it nothing.
             app.populate.rate_limit(&origin, cfg.rate_per_origin).await;
         }
-        let result = fill_page(app, &row.host, &row.path, row_headers(row), peer, listed_at).await;
+        let result = fill_page(
+            app,
+            &row.host,
+            &row.path,
+            row_headers(row),
+            peer,
+            listed_at,
+            &row.tags,
+        )
+        .await;
         match &result {
             FillResult::Failed(why) if attempt < cfg.retries => {
                 attempt += 1;

@@ -21,8 +21,8 @@ pub struct PassReport {
     pub candidates: usize,
     /// Pages fetched and stored.
     pub fetched: usize,
-    /// Pages skipped: already held, being fetched by another request, expired, or not
-    /// storable when fetched.
+    /// Pages skipped: already held, being fetched by another request, expired, not
+    /// storable when fetched, or purged on this node since the listing.
     pub skipped: usize,
     /// Pages whose fetch failed after retries.
     pub failed: usize,

@@ -61,3 +61,46 @@ async fn idle_sigterm_exits_zero() {
     })
     .await
 }
+
+/// Regression (issue 12, convergence seeds 3, 15, 16): a SIGTERM while a storable body is still
+/// streaming from the origin into the cache, its client gone. The runtime's shutdown dropped
+/// the fill's body; the body's drop spawns the drain of the rest, a runtime shutting down
+/// drops that new task at once, whose drop spawned again: the process died of a stack
+/// overflow (SIGABRT) instead of exiting 0.
+#[tokio::test]
+async fn sigterm_while_a_fill_streams_without_its_client_exits_zero() {
+    within(60, async {
+        let origin = Origin::start();
+        let mut caje = Caje::start(&origin, "[server]\nshutdown_grace_ms = 500\n");
+        // 40 chunks of 1 KiB, 200 ms apart: the fill goes on for 8 s.
+        let path = gen(
+            "streaming",
+            "cc=max-age%3D60&bytes=40960&chunk_bytes=1024&stream_delay_ms=200",
+        );
+        let mut streams = Vec::new();
+        for _ in 0..3 {
+            let mut s = support::http::open("GET", &caje.url(&path), &[], b"")
+                .await
+                .expect("response head");
+            assert_eq!(s.status, 200);
+            s.chunk().await.expect("a first chunk");
+            streams.push(s);
+        }
+        // The clients go; the fill does not.
+        drop(streams);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let st = caje.stop();
+        assert_eq!(
+            st.code(),
+            Some(0),
+            "exit status {st}; stderr:\n{}",
+            caje.stderr()
+        );
+        assert!(
+            !caje.stderr().contains("overflow"),
+            "stderr:\n{}",
+            caje.stderr()
+        );
+    })
+    .await
+}

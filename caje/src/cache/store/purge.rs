@@ -46,6 +46,12 @@ impl PurgeLog {
 
     /// Whether a purge logged at or after epoch `since` covers this entry.
     pub(super) fn covers(&self, since: u64, meta: &EntryMeta) -> bool {
+        self.covers_page(since, &meta.host, &meta.path, &meta.tags)
+    }
+
+    /// Whether a purge logged at or after epoch `since` covers the page `host` `path` with
+    /// these tags.
+    fn covers_page(&self, since: u64, host: &str, path: &str, tags: &[String]) -> bool {
         let forgotten = self.next - self.recent.len() as u64;
         if since < forgotten {
             return true;
@@ -54,8 +60,8 @@ impl PurgeLog {
             .iter()
             .filter(|(epoch, _)| *epoch >= since)
             .any(|(_, target)| match target {
-                Target::Page(key) => key.host == meta.host && key.path == meta.path,
-                Target::Tag(tag) => meta.tags.iter().any(|t| t == tag),
+                Target::Page(key) => key.host == host && key.path == path,
+                Target::Tag(tag) => tags.iter().any(|t| t == tag),
                 Target::All => true,
             })
     }
@@ -70,6 +76,18 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .next
+    }
+
+    /// Whether a purge logged here since epoch `since` covers the page `key` with `tags`
+    /// (the tags its manifest row lists). Populate asks before it fetches a page it listed at
+    /// `since`, and again when the copy was not committed: a page purged since is not fetched
+    /// (again) without a client asking for it.
+    pub fn purged_since(&self, since: u64, key: &CacheKey, tags: &[String]) -> bool {
+        self.inner
+            .commit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .covers_page(since, &key.host, &key.path, tags)
     }
 
     /// Logs a purge before it is applied: from now on, no fill that started earlier commits an
@@ -269,6 +287,36 @@ mod tests {
             commit_after(|s| drop(s.remove_tag("u")), &["t"]).await,
             (true, true)
         );
+    }
+
+    #[test]
+    fn purged_since_sees_page_tag_and_all_purges_after_the_epoch_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _rx) = open(dir.path());
+        let key = sample().key();
+        let other = CacheKey::new(
+            &crate::host::Host::parse("example.com", "http").expect("a valid host"),
+            "/other",
+        );
+        let tags = ["t".to_owned()];
+        let before = store.purge_epoch();
+        assert!(!store.purged_since(before, &key, &tags));
+        drop(store.remove_page(&other));
+        drop(store.remove_tag("u"));
+        assert!(
+            !store.purged_since(before, &key, &tags),
+            "other pages and tags"
+        );
+        drop(store.remove_tag("t"));
+        assert!(store.purged_since(before, &key, &tags));
+        assert!(!store.purged_since(before, &key, &[]), "untagged");
+        let after_tag = store.purge_epoch();
+        drop(store.remove_page(&key));
+        assert!(store.purged_since(after_tag, &key, &[]));
+        let after_page = store.purge_epoch();
+        assert!(!store.purged_since(after_page, &key, &tags));
+        store.apply_purge(None, None, false);
+        assert!(store.purged_since(after_page, &other, &[]));
     }
 
     #[test]

