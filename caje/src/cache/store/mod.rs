@@ -572,6 +572,43 @@ pub(crate) mod tests {
         }
     }
 
+    /// A cache dir written by an earlier version (`v1/`: `.meta` + `.body` files) is dropped
+    /// at start: nothing of it is loaded, and it is gone from the disk soon after.
+    #[tokio::test]
+    async fn the_two_file_layout_is_dropped_at_start_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join(OLD_LAYOUT_DIR).join("ab").join("cd");
+        fs::create_dir_all(&old).unwrap();
+        let name = "abcd".repeat(16);
+        fs::write(old.join(format!("{name}.meta")), b"\x01an old meta file").unwrap();
+        fs::write(old.join(format!("{name}.0123456789abcdef.body")), b"body").unwrap();
+        let (store, _rx) = open(dir.path());
+        assert_eq!(store.usage(), (0, 0));
+        assert!(!dir.path().join(OLD_LAYOUT_DIR).exists());
+        let leftovers = || {
+            fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".dropping-"))
+                .count()
+        };
+        for _ in 0..200 {
+            if leftovers() == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(
+            leftovers(),
+            0,
+            "the old layout is deleted in the background"
+        );
+        // A fill after it works as usual.
+        let (store, mut rx) = (store, _rx);
+        fill(&store, &mut rx, b"new").await;
+        assert_eq!(store.usage(), (1, 3));
+    }
+
     #[tokio::test]
     async fn second_process_cannot_share_the_dir() {
         let dir = tempfile::tempdir().unwrap();
