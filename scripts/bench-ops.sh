@@ -5,16 +5,28 @@
 #   off      log.access = "off", no metrics listener
 #   log      log.access = a file (on the same disk as the cache), reopened never
 #   metrics  metrics.listen on, scraped once a second during the run
-# The order of the modes rotates from round to round. Each measurement: a fresh caje, the object fetched once (a miss) and then `wrk -t2 -c64
-# -d${DURATION}s` on it over loopback. Servers on CPU 0, wrk on CPU 1 (when taskset exists).
+# The order of the modes rotates from round to round. Each measurement: a fresh caje, the
+# object fetched once (a miss) and then `wrk -t2 -c64 -d${DURATION}s` on it over loopback.
+# Servers on CPU 0, wrk on CPU 1 (when taskset exists).
+# Two figures per measurement: hits per second (wrk), and caje's CPU time per request (user +
+# system, all its threads, from /proc/PID/stat over the wrk run). On a machine other work
+# loads, the first swings with whatever else runs on CPU 0; the second hardly does, and a
+# server bound by its CPU serves 1 / (CPU per request): its ratio is the cost that the loaded
+# machine can still measure. The means are ratios of totals (all rounds' CPU / all requests).
 # Usage: scripts/bench-ops.sh [ROUNDS] [DURATION]   (default 3 rounds of 10 s)
+#   BENCH_BIN_DIR=DIR  use DIR/caje and DIR/slow_server instead of building (compare builds)
 # Needs: apt-get install wrk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 duration=${2:-10}
-cargo build --release --locked --bin caje -p caje -p slow_server >&2
-bin=${CARGO_TARGET_DIR:-target}/release
+if [ -n "${BENCH_BIN_DIR:-}" ]; then
+  bin=$BENCH_BIN_DIR
+else
+  cargo build --release --locked --bin caje -p caje -p slow_server >&2
+  bin=${CARGO_TARGET_DIR:-target}/release
+fi
+hz=$(getconf CLK_TCK)
 work=$(mktemp -d "${TMPDIR:-/tmp}/caje-bench-ops.XXXXXX")
 # Every process this script starts, by pid, until it is stopped: on any exit (the end, an
 # error under `set -e`, Ctrl-C, SIGTERM) the EXIT trap stops the ones still running. The
@@ -42,6 +54,9 @@ trap 'exit 143' TERM
 # is the server's own pid.
 cpu0=() cpu1=()
 if command -v taskset >/dev/null; then cpu0=(taskset -c 0) cpu1=(taskset -c 1); fi
+# utime + stime of a process (all its threads), in clock ticks; fields counted after the
+# `(comm)` field, which may hold spaces.
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 oport=$(free_port)
@@ -50,8 +65,8 @@ started $!
 sleep 0.5
 path="/gen/bench?cc=max-age%3D3600&bytes=1024"
 
-RPS=
-run_mode() { # mode round -> sets RPS (req/s)
+RPS= TICKS= REQS=
+run_mode() { # mode round -> sets RPS (req/s), TICKS (caje's CPU during wrk), REQS (wrk's count)
   local mode=$1 round=$2 dir="$work/$1-$2" port mport extra=""
   mkdir -p "$dir"
   port=$(free_port)
@@ -73,12 +88,16 @@ run_mode() { # mode round -> sets RPS (req/s)
     scraper=$!
     started "$scraper"
   fi
+  local t0
+  t0=$(cpu_ticks "$cpid")
   "${cpu1[@]}" wrk -t2 -c64 -d"${duration}s" "http://127.0.0.1:$port$path" >"$dir/wrk.out" &
   local wpid=$!
   started "$wpid"
   wait "$wpid"
   unset "live[$wpid]"
+  TICKS=$(($(cpu_ticks "$cpid") - t0))
   RPS=$(awk '/^Requests\/sec/ {print $2}' "$dir/wrk.out")
+  REQS=$(awk '/requests in/ {print $1}' "$dir/wrk.out")
   [ -n "$scraper" ] && stop "$scraper"
   if [ "$mode" = log ]; then
     local lines dropped
@@ -91,9 +110,9 @@ run_mode() { # mode round -> sets RPS (req/s)
   stop "$cpid"
 }
 
-declare -A sum
-for mode in off log metrics; do sum[$mode]=0; done
-echo "round mode req/s"
+declare -A sum ticks reqs
+for mode in off log metrics; do sum[$mode]=0 ticks[$mode]=0 reqs[$mode]=0; done
+echo "round mode req/s cpu_us_per_req"
 modes=(off log metrics)
 for r in $(seq "$rounds"); do
   echo "  load average: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
@@ -101,11 +120,16 @@ for r in $(seq "$rounds"); do
   for i in 0 1 2; do
     mode=${modes[$(((i + r) % 3))]}
     run_mode "$mode" "$r"
-    echo "$r $mode $RPS"
+    echo "$r $mode $RPS $(python3 -c "print(f'{$TICKS / $hz * 1e6 / $REQS:.1f}')")"
     sum[$mode]=$(python3 -c "print(${sum[$mode]} + $RPS)")
+    ticks[$mode]=$((${ticks[$mode]} + TICKS))
+    reqs[$mode]=$((${reqs[$mode]} + REQS))
   done
 done
 echo "  load average: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 for mode in off log metrics; do
-  python3 -c "m=${sum[$mode]}/$rounds; b=${sum[off]}/$rounds; print(f'mean {\"$mode\":8s} {m:10.0f} req/s  {m/b:.3f} x off  (cost {100*(1-m/b):+.1f} %)')"
+  python3 -c "
+m = ${sum[$mode]} / $rounds; b = ${sum[off]} / $rounds
+c = ${ticks[$mode]} / $hz * 1e6 / ${reqs[$mode]}; co = ${ticks[off]} / $hz * 1e6 / ${reqs[off]}
+print(f'mean {\"$mode\":8s} {m:8.0f} req/s {m/b:.3f} x off (cost {100*(1-m/b):+.1f} %) | CPU {c:6.1f} us/req {c/co:.3f} x off (cost {100*(c/co-1):+.1f} %)')"
 done
