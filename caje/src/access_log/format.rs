@@ -131,12 +131,26 @@ fn millis(out: &mut Vec<u8>, d: Duration) {
 }
 
 /// A socket address as a JSON string (`"127.0.0.1:5000"`, `"[::1]:5000"`): no character of
-/// it needs escaping.
+/// it needs escaping. IPv4 by hand: `core::fmt` was a sixth of the log's CPU time.
 fn addr(out: &mut Vec<u8>, a: SocketAddr) {
-    use std::io::Write;
     out.push(b'"');
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{a}");
+    match a {
+        SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                int(out, u64::from(octet));
+            }
+            out.push(b':');
+            int(out, u64::from(v4.port()));
+        }
+        SocketAddr::V6(_) => {
+            use std::io::Write;
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "{a}");
+        }
+    }
     out.push(b'"');
 }
 
@@ -146,6 +160,16 @@ fn addr(out: &mut Vec<u8>, a: SocketAddr) {
 fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
+    // Most strings need no escape: one pass without an early exit (which the compiler can
+    // vectorise), then one copy.
+    let clean = !bytes.iter().fold(false, |dirty, &b| {
+        dirty | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if clean {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escape: &[u8] = match b {
@@ -225,6 +249,22 @@ mod tests {
             v["origin_ms"].is_null() && v["origin_addr"].is_null(),
             "{v}"
         );
+    }
+
+    #[test]
+    fn addresses_as_display_writes_them() {
+        for a in [
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.0.200.9:80",
+            "[::1]:443",
+            "[fe80::1%2]:8080",
+        ] {
+            let a: SocketAddr = a.parse().unwrap();
+            let mut out = Vec::new();
+            addr(&mut out, a);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("\"{a}\""));
+        }
     }
 
     #[test]
