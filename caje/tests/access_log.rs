@@ -219,6 +219,19 @@ fn kill(pid: i32, sig: i32) {
     }
 }
 
+/// SIGTERMs a process when dropped (a no-op once it has exited and been reaped).
+struct StopOnDrop(i32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let mut status = 0;
+        // SAFETY: waitpid on one specific pid; WNOHANG never blocks.
+        if unsafe { libc::waitpid(self.0, &mut status, libc::WNOHANG) } == 0 {
+            kill(self.0, libc::SIGTERM);
+        }
+    }
+}
+
 /// The pid in the last `caje ready ... pid=N` line of `stderr` (whose fields may be wrapped in
 /// ANSI colour codes).
 fn last_ready_pid(stderr: &str) -> Option<i32> {
@@ -282,6 +295,8 @@ async fn sigusr2_upgrade_loses_no_line() {
         );
         let new_pid = last_ready_pid(&stderr).unwrap_or_else(|| panic!("no pid: {stderr}"));
         assert_ne!(new_pid, old_pid, "{stderr}");
+        // The new process is no child the harness stops: stop it if an assertion below fails.
+        let _guard = StopOnDrop(new_pid);
         // Every line the old process served is in the file once it has exited.
         let log = dir.root().join("access.log");
         assert_eq!(count_path(&log, &path), 200);
