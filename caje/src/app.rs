@@ -125,7 +125,10 @@ impl App {
             .collect::<Result<Vec<_>, _>>()?;
         let stats = Arc::new(Stats::default());
         let access_log = crate::access_log::Target::parse(&config.log.access)
-            .map(|t| crate::access_log::AccessLog::start(t, config.log.access_queue))
+            .map(|t| {
+                let flush = Duration::from_millis(config.log.access_flush_ms);
+                crate::access_log::AccessLog::start(t, config.log.access_queue, flush)
+            })
             .transpose()
             .map_err(|e| StartError::Config(e.to_string()))?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();

@@ -89,8 +89,10 @@ pub struct MetricsConfig {
 pub struct LogConfig {
     /// `"off"`, `"stdout"`, or the path of a file: one JSON line per request.
     pub access: String,
-    /// Lines the access log queues for its writer before it drops (and counts) new ones.
+    /// Lines (in full buffers) that may wait for the access log's writer before new ones drop.
     pub access_queue: usize,
+    /// How often the writer takes every thread's buffered lines (nginx's `flush=`), in ms.
+    pub access_flush_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -98,6 +100,7 @@ impl Default for LogConfig {
         LogConfig {
             access: "off".into(),
             access_queue: 65_536,
+            access_flush_ms: 100,
         }
     }
 }

@@ -241,6 +241,7 @@ async fn serve(
                 populate.abort();
                 drop(listener);
                 server.drain().await;
+                flush_access_log(&app).await;
                 return Ok(());
             }
             Stop::HandOver(successor) => successor,
@@ -263,6 +264,7 @@ async fn serve(
                 );
                 drop(listener);
                 let _ = drain.await;
+                flush_access_log(&app).await;
                 return Ok(());
             }
             Err(e) => {
@@ -276,6 +278,27 @@ async fn serve(
                 // The drain of the previous connections goes on in the background.
             }
         }
+    }
+}
+
+/// Writes the access log's buffered lines (the requests just drained included) before the
+/// process exits: nothing logged is lost on SIGTERM or an upgrade.
+async fn flush_access_log(app: &App) {
+    let Some(log) = app.telemetry.access_log.clone() else {
+        return;
+    };
+    let counts = log.clone();
+    let flushed = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(10))).await;
+    if matches!(flushed, Ok(true)) {
+        tracing::info!(
+            written = counts.written(),
+            dropped = counts.dropped(),
+            "access log flushed before exit"
+        );
+    } else {
+        tracing::warn!(
+            "access log: not every line was written before exit (the disk is slow or failing)"
+        );
     }
 }
 

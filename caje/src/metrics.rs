@@ -343,7 +343,7 @@ impl Scrape {
             );
             s.one(
                 "caje_access_log_dropped",
-                "Access log lines dropped because the writer was behind.",
+                "Access log lines lost: dropped because the writer was behind, or in a failed write.",
                 Count(log.dropped()),
             );
         }

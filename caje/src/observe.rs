@@ -7,15 +7,16 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::access_log::{rfc3339, Line};
+use crate::access_log::Line;
 use crate::admin;
 use crate::app::App;
 use crate::body::{Body, BodyError};
@@ -37,23 +38,18 @@ pub async fn handle(
     if admin && telemetry.access_log.is_none() {
         return proxy::handle(app, req, peer, ambiguous_framing).await;
     }
-    let method = req.method().as_str().to_owned();
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
+    // Clones of the parsed request's own bytes (reference counts, not copies).
+    let method = req.method().clone();
+    let path = req.uri().path_and_query().cloned();
+    // As sent; bytes that are not UTF-8 (obs-text a client may put in `Host`) become U+FFFD.
+    let host = match req.uri().authority() {
+        Some(a) => a.as_str().to_owned(),
+        None => req
+            .headers()
+            .get(http::header::HOST)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default(),
+    };
     let trace = Arc::new(OriginTrace::default());
     let res = TRACE
         .scope(
@@ -62,12 +58,10 @@ pub async fn handle(
         )
         .await;
     let (parts, body) = res.into_parts();
-    let cache_status = parts
-        .headers
-        .get("cache-status")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let cache_status = parts.headers.get("cache-status").cloned();
     let status = parts.status.as_u16();
+    let outcome =
+        CacheOutcome::classify(cache_status.as_ref().and_then(|v| v.to_str().ok()), status);
     let record = Record {
         telemetry,
         started,
@@ -77,7 +71,7 @@ pub async fn handle(
         host,
         path,
         status,
-        outcome: CacheOutcome::classify(cache_status.as_deref(), status),
+        outcome,
         cache_status,
         trace,
         bytes: 0,
@@ -98,12 +92,12 @@ struct Record {
     started: Instant,
     admin: bool,
     peer: SocketAddr,
-    method: String,
+    method: Method,
     host: String,
-    path: String,
+    path: Option<PathAndQuery>,
     status: u16,
     outcome: CacheOutcome,
-    cache_status: Option<String>,
+    cache_status: Option<HeaderValue>,
     trace: Arc<OriginTrace>,
     bytes: u64,
 }
@@ -112,10 +106,11 @@ impl Record {
     fn finish(self) {
         let duration = self.started.elapsed();
         let t = &self.telemetry;
+        let path = self.path.as_ref().map_or("/", PathAndQuery::as_str);
         if !self.admin {
-            let url = format!("{}{}", self.host, self.path);
+            let url = format!("{}{path}", self.host);
             t.record(&Finished {
-                method: &self.method,
+                method: self.method.as_str(),
                 status: self.status,
                 outcome: self.outcome,
                 bytes: self.bytes,
@@ -126,23 +121,23 @@ impl Record {
         if let Some(log) = &t.access_log {
             let origin_micros = self.trace.micros.load(Ordering::Relaxed);
             let origin_addr = *self.trace.addr.lock().unwrap_or_else(|e| e.into_inner());
-            log.log(Line {
-                time: rfc3339(SystemTime::now()),
-                client: self.peer.to_string(),
-                method: self.method,
-                host: self.host,
-                path: self.path,
+            log.log(&Line {
+                time: SystemTime::now(),
+                client: self.peer,
+                method: self.method.as_str(),
+                host: &self.host,
+                path,
                 status: self.status,
                 bytes: self.bytes,
-                duration_ms: (duration.as_secs_f64() * 1e6).round() / 1e3,
-                origin_ms: (origin_micros > 0).then(|| origin_micros as f64 / 1e3),
+                duration,
+                origin: (origin_micros > 0).then(|| Duration::from_micros(origin_micros)),
                 cache: if self.admin {
                     "admin"
                 } else {
                     self.outcome.as_str()
                 },
-                cache_status: self.cache_status,
-                origin_addr: origin_addr.map(|a| a.to_string()),
+                cache_status: self.cache_status.as_ref().and_then(|v| v.to_str().ok()),
+                origin_addr,
             });
         }
     }
