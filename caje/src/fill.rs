@@ -349,6 +349,8 @@ pub(crate) fn respond_from_origin(
     let (fill, spool) = match decision {
         Ok(storable) => {
             let variant = Variant::from_request(&storable.vary_names, &ctx.parts.headers);
+            // The flight's waiters judge the response by it (only a leader has waiters).
+            let shared_policy = leader.as_ref().map(|_| storable.policy.clone());
             let meta = EntryMeta {
                 host: ctx.key.host.clone(),
                 path: ctx.key.path.clone(),
@@ -373,22 +375,21 @@ pub(crate) fn respond_from_origin(
                 fill.expect(len, crc32);
             }
             let spool = Spool::new(content_length);
-            if let Some(leader) = leader {
+            if let (Some(leader), Some(policy)) = (leader, shared_policy) {
                 let mut shared = rparts.headers.clone();
                 shared.remove("surrogate-key");
                 shared.remove("surrogate-control");
                 headers::append_via(&mut shared);
-                leader.streaming(
-                    SharedHead {
-                        status: rparts.status,
-                        headers: shared,
-                        variant,
-                        content_length,
-                        body_complete: fill.finished_flag(),
-                        spool: spool.clone(),
-                    },
-                    fill.progress(),
-                );
+                let head = SharedHead {
+                    status: rparts.status,
+                    headers: shared,
+                    variant,
+                    content_length,
+                    body_complete: fill.finished_flag(),
+                    spool: spool.clone(),
+                    policy,
+                };
+                leader.streaming(head, fill.progress());
             }
             (Some(fill), Some(spool))
         }
