@@ -346,6 +346,8 @@ pub(crate) fn respond_from_origin(
     let stored = decision.as_ref().map(|_| ()).map_err(|e| *e);
     let outcome = Outcome::forwarded(fwd, status, stored);
     let tags = surrogate_keys(&rparts.headers);
+    // The waiters are told after the pump has started (below).
+    let mut publish = None;
     let (fill, spool) = match decision {
         Ok(storable) => {
             let variant = Variant::from_request(&storable.vary_names, &ctx.parts.headers);
@@ -389,7 +391,7 @@ pub(crate) fn respond_from_origin(
                     spool: spool.clone(),
                     policy,
                 };
-                leader.streaming(head, fill.progress());
+                publish = Some((leader, head, fill.progress()));
             }
             (Some(fill), Some(spool))
         }
@@ -423,6 +425,12 @@ pub(crate) fn respond_from_origin(
         (Some(spool), Some(progress)) => spool.start(tee, progress.clone()).boxed(),
         _ => tee.boxed(),
     };
+    // Only now, so that the pump is scheduled ahead of the waiters this wakes: it usually
+    // finds the first bytes already read with the head, and a herd of waiters then answers
+    // head and body in one go instead of each waiting once more for the pump's turn.
+    if let Some((leader, head, progress)) = publish {
+        leader.streaming(head, progress);
+    }
     Answer {
         response: Response::from_parts(rparts, body),
         stored,

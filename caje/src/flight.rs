@@ -327,6 +327,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn waiters_are_woken_in_the_order_they_started_waiting() {
+        let flights = Flights::default();
+        let Join::Leader(leader) = flights.join(&key()) else {
+            panic!("first must lead")
+        };
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let Join::Waiter(waiter) = flights.join(&key()) else {
+                panic!("must wait")
+            };
+            let order = order.clone();
+            tasks.push(tokio::spawn(async move {
+                waiter.settled().await;
+                order.lock().unwrap().push(i);
+            }));
+            // Let this one start waiting before the next joins.
+            tokio::task::yield_now().await;
+        }
+        drop(leader);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let order = order.lock().unwrap().clone();
+        assert_eq!(order, (0..40).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
     async fn uncacheable_marks_hit_for_miss() {
         let flights = Flights::default();
         let Join::Leader(leader) = flights.join(&key()) else {

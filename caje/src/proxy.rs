@@ -266,6 +266,8 @@ async fn wait_on_flight(
             return Waited::OnOwn;
         }
     }
+    // Bounded: the pump ends the body (complete, failed, idle past the origin body timeout).
+    head.spool.first_bytes().await;
     Stats::incr(&app.stats.collapsed);
     Waited::Serve(collapsed_response(&head, fwd))
 }
