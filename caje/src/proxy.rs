@@ -201,9 +201,9 @@ enum Waited {
     OnOwn,
 }
 
-/// Waits (until `deadline`) for the flight `rx` to settle, and decides what this request may
-/// reuse of it (RFC 9111 §4: collapsed requests may share one response only where each of
-/// them may reuse it):
+/// Waits (until `deadline`) for the flight `waiter` joined to settle, and decides what this
+/// request may reuse of it (RFC 9111 §4: collapsed requests may share one response only where
+/// each of them may reuse it):
 ///
 /// - A request that joined while the leader's request was at the origin shares the response
 ///   that request brings back, whatever its freshness (`no-cache`, `max-age=0` included).
