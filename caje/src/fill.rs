@@ -363,9 +363,13 @@ pub(crate) fn respond_from_origin(
     let stored = decision.as_ref().map(|_| ()).map_err(|e| *e);
     let outcome = Outcome::forwarded(fwd, status, stored);
     let tags = surrogate_keys(&rparts.headers);
+    // The waiters are told after the pump has started (below).
+    let mut publish = None;
     let (fill, spool) = match decision {
         Ok(storable) => {
             let variant = Variant::from_request(&storable.vary_names, &ctx.parts.headers);
+            // The flight's waiters judge the response by it (only a leader has waiters).
+            let shared_policy = leader.as_ref().map(|_| storable.policy.clone());
             let meta = EntryMeta {
                 host: ctx.key.host.clone(),
                 path: ctx.key.path.clone(),
@@ -390,22 +394,21 @@ pub(crate) fn respond_from_origin(
                 fill.expect(len, crc32);
             }
             let spool = Spool::new(content_length);
-            if let Some(leader) = leader {
+            if let (Some(leader), Some(policy)) = (leader, shared_policy) {
                 let mut shared = rparts.headers.clone();
                 shared.remove("surrogate-key");
                 shared.remove("surrogate-control");
                 headers::append_via(&mut shared);
-                leader.streaming(
-                    SharedHead {
-                        status: rparts.status,
-                        headers: shared,
-                        variant,
-                        content_length,
-                        body_complete: fill.finished_flag(),
-                        spool: spool.clone(),
-                    },
-                    fill.progress(),
-                );
+                let head = SharedHead {
+                    status: rparts.status,
+                    headers: shared,
+                    variant,
+                    content_length,
+                    body_complete: fill.finished_flag(),
+                    spool: spool.clone(),
+                    policy,
+                };
+                publish = Some((leader, head, fill.progress()));
             }
             (Some(fill), Some(spool))
         }
@@ -439,6 +442,12 @@ pub(crate) fn respond_from_origin(
         (Some(spool), Some(progress)) => spool.start(tee, progress.clone()).boxed(),
         _ => tee.boxed(),
     };
+    // Only now, so that the pump is scheduled ahead of the waiters this wakes: it usually
+    // finds the first bytes already read with the head, and a herd of waiters then answers
+    // head and body in one go instead of each waiting once more for the pump's turn.
+    if let Some((leader, head, progress)) = publish {
+        leader.streaming(head, progress);
+    }
     Answer {
         response: Response::from_parts(rparts, body),
         stored,

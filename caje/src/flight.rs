@@ -10,13 +10,18 @@
 //!
 //! A leader that is cancelled (its client went away, its task was dropped) releases its
 //! waiters from `Drop`, so nobody waits for a request that no longer exists.
+//!
+//! Waiters are woken in the order they started waiting (one FIFO [`Notify`]), so under a
+//! herd the clients that asked first are answered first. (A `watch` channel spreads its
+//! receivers over 8 wait lists at random, which answered a herd in a shuffled order: the
+//! slowest client was then often one that had asked early.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, StatusCode};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::cache::key::{CacheKey, Variant};
 use crate::cache::store::{Entry, FillProgress};
@@ -37,6 +42,9 @@ pub struct SharedHead {
     pub body_complete: Arc<std::sync::atomic::AtomicBool>,
     /// The fill's body, which every client of the flight reads at its own pace.
     pub spool: Arc<crate::spool::Spool>,
+    /// The response's RFC 9111 policy, as it will be stored: a request that joins once the
+    /// response has arrived may reuse it only while it is fresh for that request.
+    pub policy: http_cache_semantics::CachePolicy,
 }
 
 /// The state of one flight, as waiters see it.
@@ -58,7 +66,55 @@ pub enum FlightState {
 }
 
 struct Flight {
-    state: watch::Sender<FlightState>,
+    state: Mutex<FlightState>,
+    /// Wakes the waiters, in the order they started waiting, when `state` changes.
+    changed: Notify,
+}
+
+impl Flight {
+    fn new() -> Arc<Flight> {
+        Arc::new(Flight {
+            state: Mutex::new(FlightState::Fetching),
+            changed: Notify::new(),
+        })
+    }
+
+    fn state(&self) -> FlightState {
+        // Nothing panics while holding this lock; recover rather than poison every waiter.
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, state: FlightState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        self.changed.notify_waiters();
+    }
+}
+
+/// A request's hold on the flight it joined (or looked at).
+pub struct Waiter {
+    flight: Arc<Flight>,
+}
+
+impl Waiter {
+    /// The flight's state now.
+    pub fn state(&self) -> FlightState {
+        self.flight.state()
+    }
+
+    /// Waits until the leader has settled the flight (anything but `Fetching`).
+    pub async fn settled(&self) -> FlightState {
+        loop {
+            let changed = self.flight.changed.notified();
+            tokio::pin!(changed);
+            // Registered (in FIFO order) before the check, so a change in between is seen.
+            changed.as_mut().enable();
+            let state = self.flight.state();
+            if !matches!(state, FlightState::Fetching) {
+                return state;
+            }
+            changed.await;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -78,7 +134,7 @@ pub enum Join {
     /// Go to the origin; publish what you get through the guard.
     Leader(Leader),
     /// Wait for the leader's response.
-    Waiter(watch::Receiver<FlightState>),
+    Waiter(Waiter),
     /// The URL was recently found uncacheable: go to the origin without coalescing.
     Bypass,
 }
@@ -92,6 +148,10 @@ impl Flights {
     /// Joins the flight for `key`, starting one if none is in progress.
     pub fn join(&self, key: &CacheKey) -> Join {
         let mut inner = self.lock();
+        self.join_locked(&mut inner, key)
+    }
+
+    fn join_locked(&self, inner: &mut Inner, key: &CacheKey) -> Join {
         if let Some(until) = inner.uncacheable.get(key) {
             if *until > Instant::now() {
                 return Join::Bypass;
@@ -99,10 +159,9 @@ impl Flights {
             inner.uncacheable.remove(key);
         }
         if let Some(f) = inner.flights.get(key) {
-            return Join::Waiter(f.state.subscribe());
+            return Join::Waiter(Waiter { flight: f.clone() });
         }
-        let (state, _) = watch::channel(FlightState::Fetching);
-        let flight = Arc::new(Flight { state });
+        let flight = Flight::new();
         inner.flights.insert(key.clone(), flight.clone());
         Join::Leader(Leader {
             flights: self.clone(),
@@ -110,6 +169,23 @@ impl Flights {
             flight,
             settled: false,
         })
+    }
+
+    /// Joins the flight for `key` again after the flight `done` could not serve this request
+    /// (its fill is committed, and the entry is not fresh for the request): `done` is over
+    /// for this request, so it is replaced by a new flight this request leads, rather than
+    /// joined again (it stays in the table until its own task removes it, just after the
+    /// commit). Any other flight for `key` is joined as [`Flights::join`] does.
+    pub fn rejoin(&self, key: &CacheKey, done: &Waiter) -> Join {
+        let mut inner = self.lock();
+        let finished = inner
+            .flights
+            .get(key)
+            .is_some_and(|f| Arc::ptr_eq(f, &done.flight));
+        if finished {
+            inner.flights.remove(key);
+        }
+        self.join_locked(&mut inner, key)
     }
 
     /// Joins only if no flight is in progress (for background work that must happen at most
@@ -122,8 +198,11 @@ impl Flights {
     }
 
     /// The state of the flight in progress for `key`, if there is one; never starts one.
-    pub fn watch(&self, key: &CacheKey) -> Option<watch::Receiver<FlightState>> {
-        self.lock().flights.get(key).map(|f| f.state.subscribe())
+    pub fn watch(&self, key: &CacheKey) -> Option<Waiter> {
+        self.lock()
+            .flights
+            .get(key)
+            .map(|f| Waiter { flight: f.clone() })
     }
 
     /// Number of flights in progress.
@@ -171,7 +250,7 @@ impl Leader {
     /// flight stays joinable until the fill is committed or fails, so late arrivals share it.
     pub fn streaming(mut self, head: SharedHead, progress: watch::Receiver<FillProgress>) {
         self.settled = true;
-        self.flight.state.send_replace(FlightState::Streaming {
+        self.flight.set(FlightState::Streaming {
             head: Arc::new(head),
             progress: progress.clone(),
         });
@@ -187,7 +266,7 @@ impl Leader {
                 .is_ok_and(|p| matches!(*p, FillProgress::Committed(..)));
             if !committed {
                 // Requests joining from now on fetch on their own.
-                flight.state.send_replace(FlightState::Released);
+                flight.set(FlightState::Released);
             }
             flights.finish(&key, &flight);
         });
@@ -196,9 +275,7 @@ impl Leader {
     /// A revalidation confirmed or refreshed the stored entry: waiters serve it.
     pub fn refreshed(mut self, entry: Arc<Entry>) {
         self.settled = true;
-        self.flight
-            .state
-            .send_replace(FlightState::Refreshed(entry));
+        self.flight.set(FlightState::Refreshed(entry));
         self.flights.finish(&self.key, &self.flight);
     }
 
@@ -213,7 +290,7 @@ impl Leader {
     }
 
     fn release(&self) {
-        self.flight.state.send_replace(FlightState::Released);
+        self.flight.set(FlightState::Released);
         self.flights.finish(&self.key, &self.flight);
     }
 }
@@ -240,15 +317,41 @@ mod tests {
         let Join::Leader(leader) = flights.join(&key()) else {
             panic!("first must lead")
         };
-        let Join::Waiter(mut rx) = flights.join(&key()) else {
+        let Join::Waiter(waiter) = flights.join(&key()) else {
             panic!("second must wait")
         };
         drop(leader);
-        rx.wait_for(|s| matches!(s, FlightState::Released))
-            .await
-            .unwrap();
+        assert!(matches!(waiter.settled().await, FlightState::Released));
         assert!(flights.is_empty());
         assert!(matches!(flights.join(&key()), Join::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn waiters_are_woken_in_the_order_they_started_waiting() {
+        let flights = Flights::default();
+        let Join::Leader(leader) = flights.join(&key()) else {
+            panic!("first must lead")
+        };
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let Join::Waiter(waiter) = flights.join(&key()) else {
+                panic!("must wait")
+            };
+            let order = order.clone();
+            tasks.push(tokio::spawn(async move {
+                waiter.settled().await;
+                order.lock().unwrap().push(i);
+            }));
+            // Let this one start waiting before the next joins.
+            tokio::task::yield_now().await;
+        }
+        drop(leader);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let order = order.lock().unwrap().clone();
+        assert_eq!(order, (0..40).collect::<Vec<_>>());
     }
 
     #[tokio::test]

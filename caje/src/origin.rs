@@ -183,6 +183,9 @@ tokio::task_local! {
     pub static TRACE: Arc<OriginTrace>;
 }
 
+/// Bytes read from an origin connection at a time.
+const ORIGIN_READ_BUF: usize = 64 * 1024;
+
 impl OriginClient {
     /// Builds the pooled client.
     pub fn new(timeouts: &OriginTimeouts) -> OriginClient {
@@ -196,6 +199,11 @@ impl OriginClient {
             .enable_http1()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
+            // Reads of up to 64 KiB from the origin (hyper's adaptive default starts at 8 KiB):
+            // a response of a few dozen KiB then reaches the fill's spool as one chunk, and a
+            // herd of coalesced clients each gets it in one write. With 8 KiB reads a 16 KiB
+            // body came in two chunks, and every waiter was woken and wrote twice.
+            .http1_read_buf_exact_size(ORIGIN_READ_BUF)
             .pool_idle_timeout(timeouts.pool_idle())
             .pool_timer(TokioTimer::new())
             .build(https);

@@ -32,7 +32,7 @@ use crate::cache::policy::{self, Freshness};
 use crate::cache::store::{Entry, FillProgress, Lookup};
 use crate::cache_status::{Forward, Outcome};
 use crate::fill::{client_body, origin_request, pass_through, respond_from_origin, Ctx};
-use crate::flight::{FlightState, Join, Leader, SharedHead};
+use crate::flight::{FlightState, Join, Leader, SharedHead, Waiter};
 use crate::headers;
 use crate::hit;
 use crate::invalidate::forward_unsafe;
@@ -156,70 +156,127 @@ async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
     }
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(app.config.cache.lock_timeout_ms);
-    match app.flights.join(&ctx.key) {
-        Join::Leader(leader) => lead(&ctx, body, fwd, stale, leader).await,
-        Join::Bypass => forward(&ctx, Some(body), Forward::Miss, stale).await,
-        Join::Waiter(mut rx) => {
-            // A request that arrives once the leader's response is already being written
-            // may find the body complete: then it is a hit on the new entry. One that waited
-            // through the origin fetch was collapsed onto it.
-            let joined_late = !matches!(*rx.borrow(), FlightState::Fetching);
-            let settled = tokio::time::timeout_at(deadline, async {
-                // Clone inside: the watch guard must not live across an await.
-                rx.wait_for(|s| !matches!(s, FlightState::Fetching))
-                    .await
-                    .map(|state| state.clone())
-            })
-            .await;
-            let state = match settled {
-                Ok(Ok(state)) => state,
-                // Timed out, or the flight vanished: go on our own.
-                _ => FlightState::Released,
-            };
-            match state {
-                FlightState::Streaming { head, progress }
-                    if head.variant.matches(&ctx.parts.headers)
-                        && !matches!(*progress.borrow(), FillProgress::Failed) =>
-                {
-                    // The leader's body may already be complete and only being committed
-                    // (fsync, rename): then this is a hit on the new entry, not a collapse.
-                    let done = if joined_late {
-                        committed_soon(&progress, &head, deadline).await
-                    } else {
-                        None
-                    };
-                    if let Some(entry) = done {
-                        let ttl = policy::time_to_live(&entry.meta.policy, SystemTime::now());
-                        let outcome = Outcome::hit(ttl.as_secs() as i64);
-                        if let Some(res) = respond_stored(&ctx, &entry, outcome).await {
-                            Stats::incr(&app.stats.hits);
-                            return res;
-                        }
-                    }
-                    Stats::incr(&app.stats.collapsed);
-                    collapsed_response(&head, fwd)
-                }
-                FlightState::Refreshed(entry) if entry.meta.variant.matches(&ctx.parts.headers) => {
+    let (mut fwd, mut stale) = (fwd, stale);
+    let mut join = app.flights.join(&ctx.key);
+    let mut rejoined = false;
+    loop {
+        match join {
+            Join::Leader(leader) => return lead(&ctx, body, fwd, stale, leader).await,
+            Join::Bypass => return forward(&ctx, Some(body), Forward::Miss, stale).await,
+            Join::Waiter(waiter) => match wait_on_flight(&ctx, &waiter, fwd, deadline).await {
+                Waited::Serve(res) => return res,
+                Waited::Refreshed(entry) => {
                     let outcome = Outcome {
                         fwd: Some(Forward::Stale),
                         fwd_status: Some(304),
                         collapsed: true,
                         ..Outcome::default()
                     };
-                    serve_entry(&ctx, &entry, outcome, body, fwd).await
+                    return serve_entry(&ctx, &entry, outcome, body, fwd).await;
                 }
-                _ => forward(&ctx, Some(body), fwd, stale).await,
-            }
+                // The entry the flight stored must be revalidated before this request may
+                // use it: as any stale entry, through a flight of its own (once: a second
+                // flight's answer was fetched after this request arrived).
+                Waited::Revalidate(entry) if !rejoined => {
+                    (fwd, stale, rejoined) = (Forward::Stale, Some(entry), true);
+                    join = app.flights.rejoin(&ctx.key, &waiter);
+                }
+                Waited::Revalidate(_) | Waited::OnOwn => {
+                    return forward(&ctx, Some(body), fwd, stale).await
+                }
+            },
         }
     }
+}
+
+/// What a request that joined a flight as a waiter does next.
+enum Waited {
+    /// Its response: the flight's response, or the entry the flight stored, fresh for it.
+    Serve(Response<Body>),
+    /// The leader's revalidation refreshed this entry (a 304).
+    Refreshed(Arc<Entry>),
+    /// The flight stored this entry, but it is not fresh for this request.
+    Revalidate(Arc<Entry>),
+    /// Nothing to share (released, failed, another variant, timed out): go on its own.
+    OnOwn,
+}
+
+/// Waits (until `deadline`) for the flight `waiter` joined to settle, and decides what this
+/// request may reuse of it (RFC 9111 §4: collapsed requests may share one response only where
+/// each of them may reuse it):
+///
+/// - A request that joined while the leader's request was at the origin shares the response
+///   that request brings back, whatever its freshness (`no-cache`, `max-age=0` included).
+///   That response was produced after this request arrived, so it is exactly what forwarding
+///   this request would have fetched: the forward it stands for is the validation that
+///   `no-cache` (§5.2.2.4) asks for.
+/// - A request that joined once the response had arrived is a later request like any other:
+///   it may reuse the response only while it is fresh for it (§4.2), as if it were already
+///   stored. While the body is still arriving it then streams it; once the whole body has
+///   arrived it is a hit on the committed entry. A response that is not fresh for it
+///   (`no-cache`, a request's `max-age=0`) is revalidated with the stored entry's validators,
+///   or fetched on its own while its body is still arriving.
+async fn wait_on_flight(
+    ctx: &Ctx,
+    waiter: &Waiter,
+    fwd: Forward,
+    deadline: tokio::time::Instant,
+) -> Waited {
+    let app = &ctx.app;
+    let joined_late = !matches!(waiter.state(), FlightState::Fetching);
+    let settled = tokio::time::timeout_at(deadline, waiter.settled()).await;
+    let (head, progress) = match settled {
+        Ok(FlightState::Streaming { head, progress })
+            if head.variant.matches(&ctx.parts.headers)
+                && !matches!(*progress.borrow(), FillProgress::Failed) =>
+        {
+            (head, progress)
+        }
+        Ok(FlightState::Refreshed(entry)) if entry.meta.variant.matches(&ctx.parts.headers) => {
+            return Waited::Refreshed(entry)
+        }
+        // Timed out, released, or another variant.
+        _ => return Waited::OnOwn,
+    };
+    if joined_late {
+        let now = SystemTime::now();
+        // The leader's body may already be complete and only being committed (fsync,
+        // rename): then this is a lookup of the new entry, not a collapse.
+        if let Some(entry) = committed_soon(&progress, &head, deadline).await {
+            let fresh = if entry.meta.invalidated {
+                Freshness::Stale
+            } else {
+                policy::freshness(&entry.meta.policy, &ctx.parts, &ctx.host, now, &app.policy)
+            };
+            let Freshness::Fresh { age, ttl } = fresh else {
+                return Waited::Revalidate(entry);
+            };
+            let outcome = Outcome::hit(ttl.as_secs() as i64);
+            if let Ok(res) =
+                hit::respond(&app.store, &entry, &ctx.parts, age.as_secs(), outcome).await
+            {
+                Stats::incr(&app.stats.hits);
+                return Waited::Serve(res);
+            }
+            // The entry vanished or is corrupt: the spool still holds the body.
+        } else if !matches!(
+            policy::freshness(&head.policy, &ctx.parts, &ctx.host, now, &app.policy),
+            Freshness::Fresh { .. }
+        ) {
+            return Waited::OnOwn;
+        }
+    }
+    // Bounded: the pump ends the body (complete, failed, idle past the origin body timeout).
+    head.spool.first_bytes().await;
+    Stats::incr(&app.stats.collapsed);
+    Waited::Serve(collapsed_response(&head, fwd))
 }
 
 /// A range request for a URL whose fill has its whole body and is being committed: the
 /// range from the committed entry. `None` when there is no such fill (or it fails).
 async fn range_of_finished_fill(ctx: &Ctx) -> Option<Response<Body>> {
     let app = &ctx.app;
-    let rx = app.flights.watch(&ctx.key)?;
-    let FlightState::Streaming { head, progress } = rx.borrow().clone() else {
+    let FlightState::Streaming { head, progress } = app.flights.watch(&ctx.key)?.state() else {
         return None;
     };
     if !head.variant.matches(&ctx.parts.headers) {

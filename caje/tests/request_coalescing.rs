@@ -201,3 +201,130 @@ async fn lock_timeout_bounds_a_waiters_wait() {
     })
     .await
 }
+
+/// A request that arrives right after a client has read a whole response usually finds its
+/// fill still committing (the writer's fsync and rename), and joins that fill's flight. It
+/// may then reuse the response only as it could reuse a stored one: a `no-cache` response
+/// (fresh by `max-age`, RFC 9111 §5.2.2.4) is revalidated, never served as a hit. Large
+/// bodies make the commit (fsync of a 4 MB file) long enough for the second request to land
+/// in it on every round; the rounds that land after the commit take the ordinary lookup path,
+/// which revalidates too.
+#[tokio::test]
+async fn a_request_joining_a_committing_fill_revalidates_a_no_cache_response() {
+    within(60, async {
+        let origin = Origin::start();
+        let caje = Caje::start(&origin, "");
+        for round in 0..8 {
+            let name = format!("co-nc{round}");
+            let path = gen(
+                &name,
+                "cc=max-age%3D10000,%20no-cache&etag=abcd&bytes=4000000",
+            );
+            let first = caje.get(&path).await;
+            first.cache_status().assert_fwd("uri-miss", 200, true);
+            // At once: no settling, so that the fill is usually still being committed.
+            let second = caje.get(&path).await;
+            assert_eq!(second.status, 200);
+            support::assert_same_body(&second.body, &first.body, "revalidated body");
+            let cs = second.cache_status();
+            assert!(
+                !cs.is_hit(),
+                "round {round}: a no-cache response was reused without revalidation: `{}`",
+                cs.raw
+            );
+            let origin_path = format!("/gen/{name}");
+            assert_eq!(
+                origin.path_stat(&origin_path, "conditional").await,
+                1,
+                "round {round}: the second request must revalidate with the ETag (`{}`)",
+                cs.raw
+            );
+            assert_eq!(origin.requests(&origin_path).await, 2, "round {round}");
+        }
+    })
+    .await
+}
+
+/// The same race with a response that is fresh: the second request is a hit on the entry
+/// being committed (no second origin request), with `Age` and `ttl` of its own.
+#[tokio::test]
+async fn a_request_joining_a_committing_fill_of_a_fresh_response_is_a_hit() {
+    within(60, async {
+        let origin = Origin::start();
+        let caje = Caje::start(&origin, "");
+        for round in 0..4 {
+            let name = format!("co-fresh{round}");
+            let path = gen(&name, "cc=max-age%3D10000&etag=abcd&bytes=4000000");
+            let first = caje.get(&path).await;
+            first.cache_status().assert_fwd("uri-miss", 200, true);
+            let second = caje.get(&path).await;
+            assert_eq!(second.status, 200);
+            support::assert_same_body(&second.body, &first.body, "hit body");
+            let cs = second.cache_status();
+            assert!(cs.is_hit(), "round {round}: `{}`", cs.raw);
+            assert_eq!(origin.requests(&format!("/gen/{name}")).await, 1);
+        }
+    })
+    .await
+}
+
+/// A request that arrives while a `no-cache` response's body is still streaming in was not
+/// waiting when the origin produced it: it is not collapsed onto it, and fetches on its own.
+/// (Requests that were waiting for the origin's answer do share it: see the next test.)
+#[tokio::test]
+async fn a_late_request_does_not_share_a_no_cache_response_still_arriving() {
+    within(30, async {
+        let origin = Origin::start();
+        let caje = Caje::start(&origin, "");
+        // 10 chunks of 1000 bytes, 150 ms apart: the origin needs ~1.4 s for the body.
+        let path = gen(
+            "co-nc-stream",
+            "cc=max-age%3D60,%20no-cache&etag=abcd&bytes=10000&chunk_bytes=1000&stream_delay_ms=150",
+        );
+        let url = caje.url(&path);
+        let mut leader = open("GET", &url, &[], b"").await.expect("leader head");
+        assert_eq!(leader.status, 200);
+        let first = leader.chunk().await.expect("leader body").expect("a chunk");
+        assert!(!first.is_empty());
+
+        let late = support::get(&url, &[]).await;
+        assert_eq!(late.status, 200);
+        let cs = late.cache_status();
+        assert!(
+            !cs.has("collapsed") && !cs.is_hit(),
+            "a late request shared a no-cache response: `{}`",
+            cs.raw
+        );
+        assert_eq!(late.body.len(), 10_000);
+        assert_eq!(origin.requests("/gen/co-nc-stream").await, 2);
+        while leader.chunk().await.expect("leader body completes").is_some() {}
+    })
+    .await
+}
+
+/// Requests that were waiting while the leader's request was at the origin share its answer
+/// even when it is `no-cache`: it was produced after they arrived, so it is what their own
+/// forwards would have fetched (the leader's request is the validation they needed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_share_a_no_cache_response_they_waited_for() {
+    within(30, async {
+        let origin = Origin::start();
+        let caje = Caje::start(&origin, "");
+        let path = gen(
+            "co-nc-burst",
+            "cc=no-cache&etag=abcd&delay_ms=500&bytes=3000",
+        );
+        let responses = burst(20, "GET", &caje.url(&path), &[]).await;
+        let collapsed = responses
+            .iter()
+            .filter(|r| r.cache_status().has("collapsed"))
+            .count();
+        for r in &responses {
+            assert_eq!(r.status, 200);
+            assert_eq!(r.body.len(), 3000);
+        }
+        assert_eq!(origin.requests("/gen/co-nc-burst").await, 1);
+        assert_eq!(collapsed, 19);
+    })
+    .await
+}
