@@ -170,6 +170,16 @@ pub enum ManifestError {
 }
 
 impl ManifestError {
+    /// Opening or migrating failed because another connection held the lock
+    /// (`SQLITE_BUSY`): worth trying again.
+    pub(super) fn is_busy(&self) -> bool {
+        let source = match self {
+            ManifestError::Open { source, .. } | ManifestError::Migrate { source, .. } => source,
+            _ => return false,
+        };
+        source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+    }
+
     pub(super) fn sqlite(op: Op, source: rusqlite::Error) -> Self {
         ManifestError::Sqlite {
             op,

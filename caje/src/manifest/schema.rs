@@ -67,6 +67,27 @@ pub(super) fn open_connection(
     litefs: Option<&Database>,
     halt_timeout: Duration,
 ) -> Result<(Connection, Option<Duration>), ManifestError> {
+    // Two processes opening a new file at once both read it, then both need the write lock
+    // to switch it to WAL or migrate it: SQLite answers one of them SQLITE_BUSY at once,
+    // without waiting (its busy handler would deadlock there). Opening again is then safe:
+    // the other one has finished, or will have within the busy timeout.
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match open_once(path, litefs, halt_timeout) {
+            Err(e) if e.is_busy() && std::time::Instant::now() < deadline => {
+                tracing::debug!(path = %path.display(), "manifest busy while opening, retrying");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_once(
+    path: &Path,
+    litefs: Option<&Database>,
+    halt_timeout: Duration,
+) -> Result<(Connection, Option<Duration>), ManifestError> {
     let open_err = |source| ManifestError::Open {
         path: path.to_owned(),
         source,
