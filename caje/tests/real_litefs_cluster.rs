@@ -15,15 +15,16 @@
 //! `docs/cluster.md`.
 #![cfg(target_os = "linux")]
 
+#[path = "support/litefs.rs"]
+mod litefs;
 mod support;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use litefs::Litefs;
 use serde_json::Value;
 use support::{eventually, gen, within, Caje, CajeConfig, NodeDir, Origin, SITE_HOST};
 
@@ -47,137 +48,6 @@ const PEER: &str = "source = \"peer\"\n\
 // ---------------------------------------------------------------------------------------------
 // The LiteFS cluster
 // ---------------------------------------------------------------------------------------------
-
-/// A running LiteFS cluster; dropping it stops both nodes and unmounts.
-struct Litefs {
-    script: PathBuf,
-    bin: PathBuf,
-    home: Option<tempfile::TempDir>,
-    port: u16,
-}
-
-impl Litefs {
-    /// Starts n1 and n2, or says why this machine cannot.
-    fn start() -> Result<Litefs, String> {
-        let bin = std::env::var_os("LITEFS_BIN").ok_or("LITEFS_BIN not set")?;
-        let bin = resolve(Path::new(&bin))
-            .ok_or_else(|| format!("LITEFS_BIN={} does not exist", bin.to_string_lossy()))?;
-        let script = bin.with_file_name("cluster.sh");
-        if !script.is_file() {
-            return Err(format!("no cluster.sh beside {}", bin.display()));
-        }
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not root (LiteFS mounts FUSE as root)".into());
-        }
-        if !Path::new("/dev/fuse").exists() {
-            return Err("/dev/fuse missing".into());
-        }
-        let fusermount = Command::new("sh")
-            .args(["-c", "command -v fusermount3"])
-            .output()
-            .map_err(|e| format!("cannot run sh: {e}"))?;
-        if !fusermount.status.success() {
-            return Err("fusermount3 missing (apt-get install -y fuse3)".into());
-        }
-        // A free pair of ports can be taken between the probe and LiteFS's bind: try again.
-        let mut last = String::new();
-        for _ in 0..3 {
-            let mut cluster = Litefs {
-                script: script.clone(),
-                bin: bin.clone(),
-                home: Some(tempfile::tempdir().map_err(|e| e.to_string())?),
-                port: free_port_pair(),
-            };
-            let out = cluster.run(&["start"]);
-            if out.status.success() {
-                return Ok(cluster);
-            }
-            last = String::from_utf8_lossy(&out.stdout).into_owned();
-            cluster.stop();
-        }
-        panic!("cluster.sh start failed three times (this machine has LiteFS and FUSE, so this is a failure, not a skip):\n{last}");
-    }
-
-    fn home(&self) -> &Path {
-        self.home.as_ref().expect("home lives until drop").path()
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new(&self.script)
-            .args(args)
-            .env("LITEFS_HOME", self.home())
-            .env("LITEFS_BIN", &self.bin)
-            .env("LITEFS_PORT", self.port.to_string())
-            .output()
-            .expect("run cluster.sh")
-    }
-
-    /// `cluster.sh stop-node|start-node <node>`, which must succeed.
-    fn node(&self, action: &str, node: &str) {
-        let out = self.run(&[action, node]);
-        assert!(
-            out.status.success(),
-            "cluster.sh {action} {node}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn db(&self, node: &str) -> PathBuf {
-        self.home().join(node).join("mnt").join(DB)
-    }
-
-    fn stop(&mut self) {
-        let Some(home) = self.home.take() else {
-            return;
-        };
-        let out = Command::new(&self.script)
-            .arg("stop")
-            .env("LITEFS_HOME", home.path())
-            .env("LITEFS_BIN", &self.bin)
-            .env("LITEFS_PORT", self.port.to_string())
-            .output();
-        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-        let still = mounts
-            .lines()
-            .any(|l| l.contains(&*home.path().to_string_lossy()));
-        if still || !out.as_ref().is_ok_and(|o| o.status.success()) {
-            // Removing the folder would descend into a live mount: leave it for inspection.
-            let kept = home.keep();
-            eprintln!(
-                "real-litefs: cluster.sh stop did not finish cleanly ({out:?}); kept {}",
-                kept.display()
-            );
-        }
-    }
-}
-
-impl Drop for Litefs {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// `LITEFS_BIN` as given, or relative to the workspace root (`../shared/litefs/litefs`).
-fn resolve(bin: &Path) -> Option<PathBuf> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    [bin.to_path_buf(), workspace.join(bin)]
-        .into_iter()
-        .find(|p| p.is_file())
-        .and_then(|p| p.canonicalize().ok())
-}
-
-/// A port `p` such that `p` and `p + 1` were both free a moment ago.
-fn free_port_pair() -> u16 {
-    loop {
-        let a = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = a.local_addr().unwrap().port();
-        if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // caje on the cluster
@@ -207,8 +77,8 @@ impl Cluster {
         };
         // A creates the manifest on the primary; B may only open it once it has replicated
         // (HALT needs the database to exist on the replica).
-        let a = Caje::start_in(NodeDir::new(), config(litefs.db("n1")));
-        let replicated = litefs.db("n2");
+        let a = Caje::start_in(NodeDir::new(), config(litefs.db("n1", DB)));
+        let replicated = litefs.db("n2", DB);
         eventually(15, "the manifest replicated to n2", || {
             let exists = replicated.exists();
             async move { exists }
@@ -623,7 +493,7 @@ async fn kill_replica_mid_flush(c: &mut Cluster) {
     load.abort();
     let _ = load.await;
 
-    assert_eq!(integrity(&c.litefs.db("n1")), "ok");
+    assert_eq!(integrity(&c.litefs.db("n1", DB)), "ok");
     let on_primary: Vec<String> = c
         .a()
         .list_entries("/gen/k")
@@ -644,7 +514,7 @@ async fn kill_replica_mid_flush(c: &mut Cluster) {
 
     // Restarted, B reconciles: every copy it holds is listed (and A can see them).
     let b = Caje::start_in(b.dir.clone(), b.cfg.clone());
-    assert_eq!(integrity(&c.litefs.db("n2")), "ok");
+    assert_eq!(integrity(&c.litefs.db("n2", DB)), "ok");
     let held = b.stat("entries").await;
     eventually(30, "every copy B holds listed", || async {
         let list = b.list().await;

@@ -1,8 +1,8 @@
 //! A real two-node LiteFS cluster for a test (`../shared/litefs/cluster.sh`): n1 the primary,
 //! n2 a replica, FUSE mounts, in the test's own `LITEFS_HOME` on a free port pair.
 //!
-//! Included with `#[path = "support/litefs.rs"] mod litefs;` next to `mod support;`. (The same
-//! code as in `real_litefs_cluster.rs`, which keeps its own copy.)
+//! Included with `#[path = "support/litefs.rs"] mod litefs;` next to `mod support;`
+//! (`real_litefs_cluster.rs`, `convergence_litefs.rs`).
 //!
 //! Needs `LITEFS_BIN` (the LiteFS binary with `cluster.sh` beside it; `.ci/run` exports it),
 //! root, `/dev/fuse` and `fusermount3`: [`Litefs::start`] says which is missing, and the test
@@ -80,6 +80,17 @@ impl Litefs {
             .env("LITEFS_PORT", self.port.to_string())
             .output()
             .expect("run cluster.sh")
+    }
+
+    /// `cluster.sh stop-node|start-node <node>`, which must succeed.
+    pub fn node(&self, action: &str, node: &str) {
+        let out = self.run(&[action, node]);
+        assert!(
+            out.status.success(),
+            "cluster.sh {action} {node}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The database `name` on `node`'s mount (`n1` or `n2`).
