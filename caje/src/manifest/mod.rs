@@ -619,9 +619,51 @@ impl Manifest {
         }
     }
 
-    /// Queues a write unless [`ManifestOptions::max_queue`] writes already wait, and awaits its
-    /// answer.
-    async fn write<T>(&self, op: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T, ManifestError> {
+    /// [`announce`](Manifest::announce) for several rows: one message to the owner thread for
+    /// all of them, so a burst of fills wakes it once instead of once per row (each wake-up a
+    /// context switch away from the async worker on a busy core). The answers come in the
+    /// order of `rows`; each row is refused alone when the queue is full.
+    pub async fn announce_many(
+        &self,
+        rows: Vec<(PageRow, PurgeGuard)>,
+    ) -> Vec<Result<Upsert, ManifestError>> {
+        let mut ops = Vec::with_capacity(rows.len());
+        let mut answers = Vec::with_capacity(rows.len());
+        for (row, guard) in rows {
+            let record = match Record::encode(row) {
+                Ok(mut record) => {
+                    record.guard = Some(guard);
+                    record
+                }
+                Err(e) => {
+                    answers.push(Err(e));
+                    continue;
+                }
+            };
+            if let Err(e) = self.admit() {
+                answers.push(Err(e));
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            ops.push(Box::new(WriteOp::Upsert(Slot::new(record, reply))));
+            answers.push(Ok(answer));
+        }
+        let sent = ops.len();
+        if sent > 0 && self.commands.send(Command::Writes(ops)).is_err() {
+            self.shared.pending.fetch_sub(sent, Ordering::SeqCst);
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for answer in answers {
+            out.push(match answer {
+                Ok(answer) => answer.await.unwrap_or(Err(ManifestError::Closed)),
+                Err(e) => Err(e),
+            });
+        }
+        out
+    }
+
+    /// Counts one more queued write, unless [`ManifestOptions::max_queue`] already wait.
+    fn admit(&self) -> Result<(), ManifestError> {
         let shared = &self.shared;
         if shared.pending.fetch_add(1, Ordering::SeqCst) >= shared.max_queue {
             shared.pending.fetch_sub(1, Ordering::SeqCst);
@@ -641,6 +683,14 @@ impl Manifest {
             }
             return Err(ManifestError::QueueFull);
         }
+        Ok(())
+    }
+
+    /// Queues a write unless [`ManifestOptions::max_queue`] writes already wait, and awaits its
+    /// answer.
+    async fn write<T>(&self, op: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T, ManifestError> {
+        let shared = &self.shared;
+        self.admit()?;
         let (reply, answer) = oneshot::channel();
         if self
             .commands

@@ -119,21 +119,29 @@ impl Store {
             };
             let loaded = match self.inner.metas.get(&r) {
                 Some(e) => Loaded::Entry(e),
-                None => {
-                    let store = self.clone();
-                    let Ok(loaded) = tokio::task::spawn_blocking(move || {
-                        let loaded = store.read_entry(&r);
-                        if let (Loaded::Entry(e), true) = (&loaded, client) {
-                            store.inner.metas.insert(e.clone());
+                None => match self.read_entry_cached(&r, client) {
+                    Some(e) => {
+                        if client {
+                            self.inner.metas.insert(e.clone());
                         }
+                        Loaded::Entry(e)
+                    }
+                    None => {
+                        let store = self.clone();
+                        let Ok(loaded) = tokio::task::spawn_blocking(move || {
+                            let loaded = store.read_entry(&r);
+                            if let (Loaded::Entry(e), true) = (&loaded, client) {
+                                store.inner.metas.insert(e.clone());
+                            }
+                            loaded
+                        })
+                        .await
+                        else {
+                            return Lookup::Miss;
+                        };
                         loaded
-                    })
-                    .await
-                    else {
-                        return Lookup::Miss;
-                    };
-                    loaded
-                }
+                    }
+                },
             };
             match loaded {
                 // The name covers host and path; comparing them too costs little and keeps a
@@ -146,6 +154,57 @@ impl Store {
             }
         }
         Lookup::Miss
+    }
+
+    /// Reads entry `r` on the calling async worker, when its file is in the page cache (always,
+    /// on tmpfs): one `open` and one read of the header and, for a small body and a client's
+    /// lookup, of the body too, which is checked against the header's length and CRC and put
+    /// in the memory tier, where the hit that follows finds it.
+    ///
+    /// A lookup of an entry whose decoded metadata is not kept used to read the header on the
+    /// blocking pool, then the hit opened the file again and read the body: two opens, two
+    /// reads and two context switches per hit. On the bench's 10,000 x 16 KiB random hits
+    /// (more entries than the decoded copies kept) that hop was a fifth of the CPU.
+    ///
+    /// `None` when a read would wait for the disk, or when anything is unusual (the file is
+    /// gone, a header that does not decode, another version, a length or checksum mismatch):
+    /// the caller then takes the blocking path, which decides and reports those as before
+    /// (nothing is removed here).
+    fn read_entry_cached(&self, r: &EntryRef, client: bool) -> Option<Arc<Entry>> {
+        let len = r.body_len;
+        let with_body = client && len > 0 && len <= format::INLINE_MAX;
+        let file = File::open(self.path_of(r)).ok()?;
+        // One byte more than a whole file with a header under FIRST_READ holds, so that a
+        // file longer than its header says shows too.
+        let want = format::FIRST_READ + if with_body { len as usize + 1 } else { 0 };
+        let mut buf = vec![0u8; want];
+        let n = format::read_all_cached(&file, &mut buf, self.inner.memory_fs)?;
+        let (meta, fixed) = format::decode_header(&buf[..n]).ok()?;
+        if fixed.tag != r.file || fixed.body_len != len {
+            return None;
+        }
+        let offset = fixed.body_offset();
+        let entry = Arc::new(Entry::new(meta, *r, &self.inner.root, offset));
+        if !with_body {
+            return Some(entry);
+        }
+        let end = offset + len;
+        if n < want || end < want as u64 {
+            // The read reached the end of the file (or should have): it must end where the
+            // header says.
+            if n as u64 != end {
+                return None;
+            }
+            let body = &buf[offset as usize..n];
+            if crc32fast::hash(body) != fixed.body_crc {
+                return None;
+            }
+            // A copy without the header: the memory tier counts what it holds.
+            self.inner
+                .hot
+                .insert(&entry.meta.body_file, bytes::Bytes::copy_from_slice(body));
+        }
+        Some(entry)
     }
 
     /// Reads entry `r` for a hit. Blocking.
