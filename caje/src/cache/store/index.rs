@@ -2,7 +2,8 @@
 //! bytes per entry, and the eviction policy behind the same lock.
 //!
 //! Only what a lookup, the eviction policy and the removal of files need stays in memory:
-//! one 88-byte [`Rec`] per entry in a slab (`recs`, slots reused through a free list), found
+//! one 88-byte [`Rec`] per entry in a slab (`recs`, in chunks that never move, slots reused
+//! through a free list), found
 //! by the entry's name through `by_id` and by its page through `pages`: two
 //! `hashbrown::HashTable<u32>` of slab indices, 5 bytes a bucket. The variants of a page are
 //! chained through [`Rec::next`]. The response's policy, head, host, path and tags stay on
@@ -24,6 +25,7 @@ use hashbrown::HashTable;
 use http::HeaderMap;
 
 use super::interned::{Tags, VarySets};
+use super::slab::Slab;
 use super::EntryRef;
 use crate::cache::entry::EntryMeta;
 use crate::cache::evict::{Fifo, Node, Nodes, WarmRefused};
@@ -143,7 +145,7 @@ struct Rec {
     invalidated: bool,
 }
 
-impl Nodes for Vec<Rec> {
+impl Nodes for Slab<Rec> {
     fn node(&self, i: u32) -> Node {
         let r = &self[i as usize];
         Node {
@@ -167,6 +169,23 @@ impl Nodes for Vec<Rec> {
 }
 
 impl Rec {
+    /// What a slot no entry uses holds.
+    const FREE: Rec = Rec {
+        name: [0; 32],
+        page: 0,
+        file: 0,
+        body_len: 0,
+        stored_at: 0,
+        gen: 0,
+        vary: 0,
+        next: NONE,
+        weight: 0,
+        q_prev: NONE,
+        q_next: NONE,
+        q_bits: 0,
+        invalidated: false,
+    };
+
     fn id(&self) -> u128 {
         id_of(&self.name)
     }
@@ -217,7 +236,7 @@ pub(super) enum Selected {
 }
 
 pub(super) struct Index {
-    recs: Vec<Rec>,
+    recs: Slab<Rec>,
     free: Vec<u32>,
     by_id: HashTable<u32>,
     /// The first variant of each page.
@@ -235,7 +254,7 @@ pub(super) struct Index {
 impl Index {
     pub(super) fn new(limits: DiskLimits) -> Index {
         Index {
-            recs: Vec::new(),
+            recs: Slab::new(Rec::FREE),
             free: Vec::new(),
             by_id: HashTable::new(),
             pages: HashTable::new(),
@@ -538,8 +557,8 @@ impl Index {
                 i
             }
             None => {
-                self.recs.push(rec);
-                (self.recs.len() - 1) as u32
+                // A slab of more than `u32::MAX` entries would need 350 GiB of RAM.
+                self.recs.push(rec) as u32
             }
         };
         let recs = &self.recs;

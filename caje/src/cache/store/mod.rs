@@ -52,6 +52,7 @@ mod interned;
 mod lookup;
 mod metas;
 mod purge;
+mod slab;
 mod verify;
 
 use std::fs::{self, File};
