@@ -35,7 +35,6 @@ fn home(fp: u64, mask: usize) -> usize {
 
 impl Ghost {
     /// Fingerprints remembered.
-    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.live
     }

@@ -186,6 +186,11 @@ impl Policy {
         self.release_all(victims)
     }
 
+    /// Fingerprints the ghost remembers, and its heap bytes (part of [`Policy::heap_bytes`]).
+    pub fn ghost_usage(&self) -> (usize, usize) {
+        self.fifo.ghost_usage()
+    }
+
     /// Heap bytes held by the policy's slab, table and ghost, from their capacities (what the
     /// allocator gave them, not just what is in use).
     pub fn heap_bytes(&self) -> usize {

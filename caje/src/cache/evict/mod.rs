@@ -243,6 +243,11 @@ impl Fifo {
         self.ghost.heap_bytes()
     }
 
+    /// Fingerprints the ghost remembers, and its heap bytes.
+    pub fn ghost_usage(&self) -> (usize, usize) {
+        (self.ghost.len(), self.ghost.heap_bytes())
+    }
+
     /// Records a client's use of slot `i` (a hit), if resident. A warmed entry becomes a
     /// client entry.
     pub fn touch(&mut self, n: &mut impl Nodes, i: u32) {
