@@ -240,8 +240,10 @@ mod tests {
 
     #[test]
     fn sequence_numbers_are_rebased() {
-        let mut g = Ghost::default();
-        g.front = (REBASE_AT - 10) as u32;
+        let mut g = Ghost {
+            front: (REBASE_AT - 10) as u32,
+            ..Ghost::default()
+        };
         for fp in 0..100 {
             g.insert(fp, 50);
         }

@@ -27,6 +27,7 @@ impl<T: Copy> Slab<T> {
         }
     }
 
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.len
     }
@@ -45,11 +46,6 @@ impl<T: Copy> Slab<T> {
         self.len += 1;
         self[i] = value;
         i
-    }
-
-    /// The records of slots `from..to` (clamped to the length), in order.
-    pub(super) fn range(&self, from: usize, to: usize) -> impl Iterator<Item = &T> + '_ {
-        (from..to.min(self.len)).map(move |i| &self[i])
     }
 }
 
@@ -81,10 +77,5 @@ mod tests {
         s[CHUNK] = 1;
         assert_eq!(s[CHUNK], 1);
         assert_eq!(s[2 * CHUNK + 2], (2 * CHUNK as u64 + 2) * 7);
-        let tail: Vec<u64> = s.range(2 * CHUNK + 1, usize::MAX).copied().collect();
-        assert_eq!(
-            tail,
-            vec![(2 * CHUNK as u64 + 1) * 7, (2 * CHUNK as u64 + 2) * 7]
-        );
     }
 }
