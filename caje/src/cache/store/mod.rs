@@ -27,6 +27,7 @@
 //! - `format.rs`: the entry file's layout: writing one, reading its header, reading its body;
 //! - `index.rs`: the in-memory index (a slab of compact records, tables of slab indices by
 //!   name and by page, the eviction policy) and the operations on it;
+//! - `slab.rs`: the index's records, in fixed-size chunks that never move;
 //! - `interned.rs`: what the index keeps of `Vary` names and tags, shared between entries;
 //! - `lookup.rs`: lookups, and reading an entry's metadata from disk for them;
 //! - `metas.rs`: the decoded metadata of hot entries, bounded;
