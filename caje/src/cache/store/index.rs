@@ -818,6 +818,40 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_of_new_pages_does_not_evict_pages_clients_ask_for_again() {
+        // 100 blocks: 50 entries of two blocks each.
+        let limits = DiskLimits {
+            max_bytes: 100 * BLOCK,
+            max_entries: None,
+            max_warm_bytes: 0,
+        };
+        let mut idx = Index::new(limits);
+        let hot: Vec<EntryRef> = (0..20u64)
+            .map(|i| put(&mut idx, &meta(&format!("/hot{i}"), None, i, &[]), 8).entry)
+            .collect();
+        for r in &hot {
+            idx.touch(r);
+        }
+        // A one-time crawl of four times the capacity.
+        let mut evicted = Vec::new();
+        for i in 0..200u64 {
+            let done = put(&mut idx, &meta(&format!("/scan{i}"), None, i, &[]), 8);
+            evicted.extend(done.evicted);
+        }
+        assert!(
+            hot.iter().all(|r| idx.is_current(r)),
+            "a hot page was evicted"
+        );
+        assert!(!evicted.iter().any(|e| hot.contains(e)));
+        assert_eq!(evicted.len(), 200 + 20 - 50);
+        let (used, cap) = idx.disk_usage();
+        assert!(used <= cap, "{used} bytes used of {cap}");
+        // Every evicted entry left the index and its record was freed for reuse.
+        assert_eq!(idx.entries, 50);
+        assert_eq!(idx.free.len() + 50, idx.recs.len());
+    }
+
+    #[test]
     fn slots_are_reused_and_the_policy_names_victims_by_slot() {
         let limits = DiskLimits {
             max_bytes: 10 * BLOCK,
