@@ -19,57 +19,18 @@
 //! record itself and its queues are linked through the slab by slot index, so the policy
 //! needs no table of its own; it names victims by slot.
 
-use std::collections::{HashMap, VecDeque};
-
 use hashbrown::HashTable;
 use http::HeaderMap;
 
+use super::cap::Evicted;
+pub(super) use super::cap::{estimated_blocks, file_blocks};
+pub use super::cap::{DiskLimits, BLOCK};
 use super::interned::{Tags, VarySets};
 use super::slab::Slab;
 use super::EntryRef;
 use crate::cache::entry::EntryMeta;
 use crate::cache::evict::{Fifo, Node, Nodes, WarmRefused};
 use crate::cache::key::{entry_digest, page_hash, CacheKey, Digest, Variant};
-
-/// Disk usage is counted in blocks of this size, as a filesystem allocates them.
-pub const BLOCK: u64 = 4096;
-
-/// Blocks an entry file (header and body) of `file_len` bytes occupies, as a file system
-/// allocates them (what `du` counts for it).
-pub(super) fn file_blocks(file_len: u64) -> u64 {
-    file_len.div_ceil(BLOCK)
-}
-
-/// Blocks a page of `body_len` bytes will take, before its header is known: one block more
-/// than its body needs, which covers any header up to 4 KiB (nearly all of them).
-pub(super) fn estimated_blocks(body_len: u64) -> u64 {
-    body_len.div_ceil(BLOCK) + 1
-}
-
-/// The limits of the disk tier.
-#[derive(Debug, Clone, Copy)]
-pub struct DiskLimits {
-    /// Bodies plus metadata, in bytes, as they occupy the disk.
-    pub max_bytes: u64,
-    /// Most entries, if bounded.
-    pub max_entries: Option<usize>,
-    /// Most bytes (as blocks on disk) that pages brought in by edge warming and not yet asked
-    /// for by a client may occupy (`populate.max_fraction` of `max_bytes`).
-    pub max_warm_bytes: u64,
-}
-
-impl DiskLimits {
-    /// No limit (tests and tools).
-    pub const UNLIMITED: DiskLimits = DiskLimits {
-        max_bytes: u64::MAX,
-        max_entries: None,
-        max_warm_bytes: u64::MAX,
-    };
-
-    fn policy(self) -> Fifo {
-        Fifo::new(self.max_bytes / BLOCK, self.max_entries)
-    }
-}
 
 /// What [`Index::insert`] did: the new entry, the replaced or dropped variants, and the
 /// entries evicted to stay within the disk limits (already out of the index; their files are
@@ -78,31 +39,6 @@ pub(super) struct Inserted {
     pub(super) entry: EntryRef,
     pub(super) gone: Vec<EntryRef>,
     pub(super) evicted: Vec<EntryRef>,
-}
-
-/// How many evicted page versions are remembered (about 40 bytes each).
-const EVICTED_REMEMBERED: usize = 16_384;
-
-/// Pages evicted to stay within the cap, with the `stored_at` of the copy that was evicted, so
-/// edge warming does not bring a page back until its manifest row changes. Bounded: the oldest
-/// are forgotten first.
-#[derive(Default)]
-struct Evicted {
-    stored_at: HashMap<u128, i64>,
-    order: VecDeque<u128>,
-}
-
-impl Evicted {
-    fn record(&mut self, id: u128, stored_at: i64) {
-        if self.stored_at.insert(id, stored_at).is_none() {
-            self.order.push_back(id);
-        }
-        while self.order.len() > EVICTED_REMEMBERED {
-            if let Some(old) = self.order.pop_front() {
-                self.stored_at.remove(&old);
-            }
-        }
-    }
 }
 
 /// No slot (end of a page's chain).
