@@ -211,6 +211,11 @@ impl Policy {
         self.map.contains_key(&K::new(key))
     }
 
+    /// The weight `key` is admitted with, if resident (does not count as a use).
+    pub fn weight(&self, key: Key) -> Option<u64> {
+        self.map.get(&K::new(key)).map(|m| u64::from(m.weight))
+    }
+
     /// Records a client's use of `key` (a hit). Returns whether it is resident. A warmed
     /// entry becomes a client entry.
     pub fn touch(&mut self, key: Key) -> bool {

@@ -20,6 +20,11 @@ use std::collections::{HashMap, VecDeque};
 use hashbrown::HashTable;
 use http::HeaderMap;
 
+#[path = "index_snap.rs"]
+mod snap;
+
+pub(super) use snap::{Known, SnapRec};
+
 use super::interned::{Tags, VarySets};
 use super::EntryRef;
 use crate::cache::entry::EntryMeta;
@@ -179,6 +184,8 @@ pub(super) struct Index {
     policy: Policy,
     pub(super) limits: DiskLimits,
     evicted: Evicted,
+    /// Set while entries loaded from a snapshot are checked against the directory.
+    check: Option<snap::CheckState>,
 }
 
 impl Index {
@@ -196,6 +203,7 @@ impl Index {
             policy: limits.policy(),
             limits,
             evicted: Evicted::default(),
+            check: None,
         }
     }
 
@@ -313,9 +321,13 @@ impl Index {
     /// What was evicted is still remembered (warming keeps leaving those versions out).
     pub(super) fn take_all(&mut self) -> Vec<EntryRef> {
         let all = self.all();
+        self.note_all_removed();
         let evicted = std::mem::take(&mut self.evicted);
+        let (check, next_gen) = (self.check.take(), self.next_gen);
         *self = Index::new(self.limits);
         self.evicted = evicted;
+        // Generations go on growing: the snapshot check tells loaded entries by them.
+        (self.check, self.next_gen) = (check, next_gen);
         all
     }
 
@@ -493,6 +505,7 @@ impl Index {
     /// Takes slot `i` out of both tables, its page's chain and the policy, and frees it.
     fn unlink(&mut self, i: u32) {
         let r = self.recs[i as usize];
+        self.note_removed(&r);
         if let Ok(e) = self.by_id.find_entry(id_hash(r.id()), |&j| j == i) {
             e.remove();
         }
