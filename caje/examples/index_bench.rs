@@ -12,9 +12,14 @@
 //!    fsync (`OpenOptions::skip_fsync`: 3 million fsyncs would take hours here).
 //! 2. Prints the index's heap bytes per entry (`Store::index_memory`: its tables and the
 //!    eviction policy's) and the process's RSS, before and after.
-//! 3. Drops the store (a clean shutdown) and opens it again: prints the time until the store
-//!    is open, the time to its first hit (lookup, metadata read, body read and checked), and
-//!    the RSS then.
+//! 3. Writes the index snapshot and drops the store (a clean shutdown), and opens it again:
+//!    prints the time until the store is open, the time to its first hit (lookup, metadata
+//!    read, body read and checked), and the RSS then; then waits for the background check of
+//!    the directory against the snapshot and prints how long it took.
+//!
+//! Run again on a DIR that holds entries, the process does only step 3, and the times are
+//! from the process's start: `INDEX_BENCH_NO_SNAPSHOT=1` removes the snapshot first (the
+//! start then scans every entry's header), to compare.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -144,6 +149,7 @@ async fn first_hit(store: &Store, i: u64) -> Option<usize> {
 }
 
 fn main() {
+    let process_start = Instant::now();
     let mut args = std::env::args().skip(1);
     let n: u64 = args
         .next()
@@ -165,13 +171,13 @@ fn main() {
     let (rss0, _) = rss();
     println!("dir {} ; baseline RSS {}", dir.display(), mib(rss0));
 
-    let store = open(&dir);
-    let held = store.usage().0;
-    if held == 0 {
-        rt.block_on(fill_all(&store, n, Bytes::from(vec![b'x'; body_len])));
-    } else {
-        println!("reusing {held} entries already in {}", dir.display());
+    let reuse = std::fs::read_dir(dir.join("v2")).is_ok_and(|mut d| d.next().is_some());
+    if reuse {
+        reopen(&rt, &dir, process_start);
+        return;
     }
+    let store = open(&dir);
+    rt.block_on(fill_all(&store, n, Bytes::from(vec![b'x'; body_len])));
     let (entries, _) = store.usage();
     let (heap, _) = store.index_memory();
     let (rss1, hwm1) = rss();
@@ -183,29 +189,56 @@ fn main() {
         mib(hwm1),
         rss1.saturating_sub(rss0) as f64 / entries.max(1) as f64,
     );
+    let started = Instant::now();
+    let written = store.write_snapshot(true).expect("the snapshot is written");
+    println!(
+        "clean shutdown: index snapshot of {written:?} entries written in {:.2} s ({} bytes)",
+        started.elapsed().as_secs_f64(),
+        std::fs::metadata(dir.join("index.snapshot")).map_or(0, |m| m.len())
+    );
     drop(store);
     // The writer threads and the evictor let go of the directory lock within moments.
     std::thread::sleep(Duration::from_millis(500));
-
-    let started = Instant::now();
-    let store = open(&dir);
-    let opened = started.elapsed();
-    let hit = rt.block_on(first_hit(&store, entries / 2));
-    let first = started.elapsed();
-    let (rss2, hwm2) = rss();
-    println!(
-        "reopen: open {:.3} s ; first hit {:.3} s after start ({:?} bytes) ; entries {} ; RSS {} (peak {})",
-        opened.as_secs_f64(),
-        first.as_secs_f64(),
-        hit,
-        store.usage().0,
-        mib(rss2),
-        mib(hwm2),
-    );
-    drop(store);
+    reopen(&rt, &dir, Instant::now());
     if given.is_none() {
         let _ = std::fs::remove_dir_all(&temp);
     }
+}
+
+/// Opens the store in `dir` and answers one hit; prints the times from `start`, then waits
+/// for the background check (after a start from the snapshot) and writes the snapshot again.
+fn reopen(rt: &tokio::runtime::Runtime, dir: &std::path::Path, start: Instant) {
+    if std::env::var_os("INDEX_BENCH_NO_SNAPSHOT").is_some() {
+        let _ = std::fs::remove_file(dir.join("index.snapshot"));
+    }
+    let store = open(dir);
+    let opened = start.elapsed();
+    let entries = store.usage().0;
+    let hit = rt.block_on(first_hit(&store, entries / 2));
+    let first = start.elapsed();
+    let (rss2, hwm2) = rss();
+    println!(
+        "reopen ({}): open {:.3} s ; first hit {:.3} s after start ({:?} bytes) ; entries {} ; RSS {} (peak {})",
+        if store.is_checked() { "scanned" } else { "from the snapshot" },
+        opened.as_secs_f64(),
+        first.as_secs_f64(),
+        hit,
+        entries,
+        mib(rss2),
+        mib(hwm2),
+    );
+    rt.block_on(store.checked());
+    println!(
+        "index checked against the directory {:.1} s after start ; entries {} ; RSS {} (peak {})",
+        start.elapsed().as_secs_f64(),
+        store.usage().0,
+        mib(rss().0),
+        mib(rss().1),
+    );
+    if let Err(e) = store.write_snapshot(true) {
+        println!("snapshot not written: {e}");
+    }
+    drop(store);
 }
 
 /// A new directory under `$TMPDIR` (not removed on a crash: its path is printed).
