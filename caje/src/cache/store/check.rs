@@ -76,6 +76,18 @@ impl Store {
     /// The check itself. Blocking.
     pub(super) fn check_dir(&self, written_at: SystemTime) -> Checked {
         let started = std::time::Instant::now();
+        // The eviction policy first: until it has the loaded entries, it counts only what
+        // was stored since the start.
+        let mut from = Some(0);
+        while let Some(at) = from {
+            let (evicted, next) = self.index().admit_loaded(at, SWEEP_CHUNK);
+            from = next;
+            for e in &evicted {
+                self.inner.hot.remove(&e.body_file());
+                self.inner.metas.remove(e.id());
+            }
+            self.inner.evictor.evict(evicted);
+        }
         let trust_before = nanos(written_at) - TRUST_MARGIN.as_nanos() as i128;
         let opened = nanos(self.inner.opened_at);
         let mut done = Checked::default();

@@ -44,6 +44,9 @@ pub(super) struct CheckState {
     removed: HashSet<u128>,
     /// Slab slots of loaded entries whose file the check has found, one bit each.
     seen: Vec<u64>,
+    /// The disk blocks of each loaded entry, by slot, until the eviction policy has admitted
+    /// it ([`Index::admit_loaded`]); emptied then.
+    blocks: Vec<u32>,
 }
 
 /// What the index knows of an entry file the check found.
@@ -113,27 +116,23 @@ impl Index {
     }
 
     /// Fills the empty index from a snapshot's records, `Vary` sets and tags, and starts
-    /// tracking what the background check needs. The eviction policy admits every entry
-    /// afresh in the snapshot's order (its queues and counts are not kept). Returns the
-    /// entries it evicted to stay within the limits (their files are still on disk).
+    /// tracking what the background check needs. The eviction policy is not told here: it
+    /// is a third of the load's time, and a lookup does not need it, so the check admits the
+    /// loaded entries afresh, in the snapshot's order, as entries seen once
+    /// ([`Index::admit_loaded`]; its queues and counts are not kept).
     pub(in crate::cache::store) fn load_snapshot(
         &mut self,
         recs: impl ExactSizeIterator<Item = SnapRec>,
         vary_sets: &[Vec<String>],
         tags: &[(String, Vec<u128>)],
-    ) -> Vec<EntryRef> {
+    ) {
         let count = recs.len();
         self.recs.reserve_exact(count);
         let slab = &self.recs;
         self.by_id
             .reserve(count, |&j| id_hash(slab[j as usize].id()));
         self.pages.reserve(count, |&j| slab[j as usize].page);
-        self.check = Some(CheckState {
-            loaded: 0,
-            removed: HashSet::new(),
-            seen: Vec::new(),
-        });
-        let mut evicted = Vec::new();
+        let mut blocks: Vec<u32> = Vec::with_capacity(count);
         // Each set is interned once, then only counted.
         let mut interned: Vec<Option<u32>> = vec![None; vary_sets.len()];
         for s in recs {
@@ -167,13 +166,8 @@ impl Index {
                 invalidated: s.invalidated,
             };
             self.link(rec);
-            for victim in self.policy.admit(rec.id(), u64::from(s.blocks)) {
-                if let Some(j) = self.slot_of_id(victim) {
-                    let r = self.recs[j as usize];
-                    self.unlink(j);
-                    evicted.push(r.as_ref());
-                }
-            }
+            // Nothing was removed during the load, so slots were taken in order.
+            blocks.push(s.blocks);
         }
         for (tag, ids) in tags {
             for &id in ids {
@@ -183,12 +177,49 @@ impl Index {
                 }
             }
         }
-        let loaded = self.next_gen;
-        if let Some(c) = &mut self.check {
-            c.loaded = loaded;
-            c.seen = vec![0; self.recs.len().div_ceil(64)];
+        self.check = Some(CheckState {
+            loaded: self.next_gen,
+            removed: HashSet::new(),
+            seen: vec![0; self.recs.len().div_ceil(64)],
+            blocks,
+        });
+    }
+
+    /// Admits the loaded entries of up to `n` slots from `from` into the eviction policy
+    /// (those still as loaded: a fill since has admitted its own). Returns the entries it
+    /// evicted to stay within the limits (out of the index; their files are still on disk)
+    /// and the slot to continue from (`None` at the end).
+    pub(in crate::cache::store) fn admit_loaded(
+        &mut self,
+        from: usize,
+        n: usize,
+    ) -> (Vec<EntryRef>, Option<usize>) {
+        let Some(c) = &self.check else {
+            return (Vec::new(), None);
+        };
+        let (loaded, end) = (c.loaded, from.saturating_add(n).min(c.blocks.len()));
+        let mut evicted = Vec::new();
+        for i in from..end {
+            let r = self.recs[i];
+            let blocks = self.check.as_ref().map_or(0, |c| c.blocks[i]);
+            if r.gen == 0 || r.gen > loaded || self.policy.contains(r.id()) {
+                continue;
+            }
+            for victim in self.policy.admit(r.id(), u64::from(blocks)) {
+                if let Some(j) = self.slot_of_id(victim) {
+                    let v = self.recs[j as usize];
+                    self.unlink(j);
+                    evicted.push(v.as_ref());
+                }
+            }
         }
-        evicted
+        let more = self.check.as_ref().is_some_and(|c| end < c.blocks.len());
+        if !more {
+            if let Some(c) = &mut self.check {
+                c.blocks = Vec::new();
+            }
+        }
+        (evicted, more.then_some(end))
     }
 
     /// What changed the index since: compared between two periodic snapshots.

@@ -428,6 +428,20 @@ impl Store {
     /// system call.
     pub(super) fn load_snapshot(&self) -> Option<SystemTime> {
         let started = std::time::Instant::now();
+        // What a stop in the middle of a write left (this process holds the lock: no other
+        // writer).
+        let prefix = format!(".{SNAPSHOT_FILE}.");
+        for e in fs::read_dir(&self.inner.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&prefix) && name.ends_with(".tmp") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
         let snapshot = instance_of(&self.inner.root)
             .map_err(SnapshotError::Io)
             .and_then(|instance| read(&self.inner.dir, instance));
@@ -442,15 +456,15 @@ impl Store {
                 return None;
             }
         };
-        let evicted =
-            self.index()
-                .load_snapshot(snapshot.recs(), &snapshot.vary_sets, &snapshot.tags);
-        self.inner.evictor.evict(evicted);
+        let read_ms = started.elapsed().as_millis() as u64;
+        self.index()
+            .load_snapshot(snapshot.recs(), &snapshot.vary_sets, &snapshot.tags);
         let (entries, bytes) = self.usage();
         tracing::info!(
             entries,
             bytes,
             clean = snapshot.clean,
+            read_ms,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "cache index loaded from its snapshot; checking the directory in the background"
         );
@@ -622,6 +636,27 @@ mod tests {
                 "{why}"
             );
         }
+    }
+
+    /// A stop in the middle of a snapshot's write leaves its temp file: the next start removes
+    /// it, and uses the previous snapshot.
+    #[tokio::test]
+    async fn a_torn_snapshot_write_leaves_the_previous_snapshot_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _rx) = open(dir.path());
+            put(&store, "/a", b"aaa", &[]).await;
+            store.write_snapshot(true).unwrap();
+        }
+        let torn = dir
+            .path()
+            .join(format!(".{SNAPSHOT_FILE}.00000000000000ff.tmp"));
+        fs::write(&torn, b"CAJEIDX\0half").unwrap();
+        let (store, _rx) = open(dir.path());
+        assert!(!torn.exists());
+        assert_eq!(store.usage(), (1, 3));
+        checked(&store).await;
+        assert_eq!(hit(&store, "/a").await.as_deref(), Some(&b"aaa"[..]));
     }
 
     /// The layout directory deleted and made again (its entries gone): a snapshot of the old
