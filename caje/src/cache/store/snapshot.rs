@@ -46,8 +46,9 @@ const FORMAT: u32 = 1;
 const LAYOUT: u32 = 2;
 /// Bytes per record: name, page, tag, body length, stored_at, `Vary` set, blocks, flags.
 pub(super) const REC: usize = 32 + 8 + 8 + 8 + 4 + 4 + 4 + 1;
-/// Records copied per hold of the index lock.
-const CHUNK: usize = 16_384;
+/// Records copied per hold of the index lock: a few milliseconds at most, so lookups (which
+/// take the same lock) barely wait while a periodic snapshot is written.
+const CHUNK: usize = 4096;
 
 /// Why a snapshot was not used.
 #[derive(Debug, thiserror::Error)]
