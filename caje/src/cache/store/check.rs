@@ -37,8 +37,12 @@ use crate::stats::Stats;
 /// from the kernel's coarse clock (a tick behind) and clock steps of that order.
 const TRUST_MARGIN: Duration = Duration::from_secs(1);
 
-/// Slots per hold of the index lock when looking for entries whose file is gone.
+/// Slots per hold of the index lock when looking for entries whose file is gone (a plain
+/// pass over the slab).
 const SWEEP_CHUNK: usize = 65_536;
+/// Loaded entries admitted into the eviction policy per hold of the index lock: a few
+/// milliseconds, so lookups barely wait.
+const ADMIT_CHUNK: usize = 8192;
 
 /// Unix nanoseconds of `t` (0 before the epoch).
 fn nanos(t: SystemTime) -> i128 {
@@ -80,7 +84,7 @@ impl Store {
         // was stored since the start.
         let mut from = Some(0);
         while let Some(at) = from {
-            let (evicted, next) = self.index().admit_loaded(at, SWEEP_CHUNK);
+            let (evicted, next) = self.index().admit_loaded(at, ADMIT_CHUNK);
             from = next;
             for e in &evicted {
                 self.inner.hot.remove(&e.body_file());

@@ -200,7 +200,10 @@ impl Index {
         let (loaded, end) = (c.loaded, from.saturating_add(n).min(c.blocks.len()));
         let mut evicted = Vec::new();
         for i in from..end {
-            let r = self.recs[i];
+            // A clear since the load emptied the slab.
+            let Some(r) = self.recs.get(i).copied() else {
+                break;
+            };
             let blocks = self.check.as_ref().map_or(0, |c| c.blocks[i]);
             if r.gen == 0 || r.gen > loaded || self.policy.contains(r.id()) {
                 continue;

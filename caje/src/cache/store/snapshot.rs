@@ -747,6 +747,29 @@ mod tests {
         assert_eq!(files, 1, "its file is removed");
     }
 
+    /// A clear while the check runs (or before it starts): nothing the snapshot listed or the
+    /// check finds comes back, and what is stored after the clear stays.
+    #[tokio::test]
+    async fn a_clear_during_the_check_is_not_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _rx) = open(dir.path());
+            put(&store, "/a", b"aaa", &[]).await;
+            put(&store, "/b", b"bbb", &[]).await;
+            store.write_snapshot(false).unwrap();
+            put(&store, "/late", b"late", &[]).await;
+        }
+        let (store, _rx) = open(dir.path());
+        store.clear();
+        put(&store, "/new", b"new", &[]).await;
+        checked(&store).await;
+        assert_eq!(store.usage(), (1, 3));
+        assert_eq!(hit(&store, "/new").await.as_deref(), Some(&b"new"[..]));
+        for p in ["/a", "/b", "/late"] {
+            assert_eq!(hit(&store, p).await, None, "{p}");
+        }
+    }
+
     /// Every file name under `dir`, recursively.
     fn walk(dir: &Path) -> impl Iterator<Item = String> {
         let mut out = Vec::new();
