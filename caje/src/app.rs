@@ -112,7 +112,9 @@ impl App {
     /// [`App::start`], opening the cache directory with `store` options (a graceful upgrade
     /// takes the directory over from the previous process: see [`crate::upgrade`]).
     pub async fn start_with(config: Config, store: OpenOptions) -> Result<Arc<App>, StartError> {
-        let open_options = store;
+        let mut open_options = store;
+        open_options.snapshot_every =
+            Some(Duration::from_secs(config.cache.index_snapshot_secs)).filter(|d| !d.is_zero());
         let origins = Origins::from_config(&config.origins).map_err(StartError::Config)?;
         let admin_allow = config
             .admin

@@ -242,6 +242,13 @@ async fn serve(
                 drop(listener);
                 server.drain().await;
                 flush_access_log(&app).await;
+                // The next start reads this instead of every entry's header.
+                let store = app.store.clone();
+                match tokio::task::spawn_blocking(move || store.write_snapshot(true)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!("index snapshot not written: {e}"),
+                    Err(e) => tracing::warn!("index snapshot not written: {e}"),
+                }
                 return Ok(());
             }
             Stop::HandOver(successor) => successor,

@@ -142,6 +142,13 @@ impl Tombstones {
         let after = known.unwrap_or(0);
         let log = manifest.tombstone_log(after).await?;
         let mut report = CatchUp::default();
+        if log.missed || known.is_none() {
+            // A gap compares every copy this node holds with the manifest: after a start from
+            // an index snapshot, the copies the background check has still to find too.
+            // (Without a gap, the purges below are logged in the store, and the check never
+            // adds back a copy one covers.)
+            store.checked().await;
+        }
         let held = store.usage().0;
         // A node that holds nothing has nothing a purge could cover.
         let gap = (log.missed || known.is_none()) && held > 0;

@@ -15,7 +15,11 @@ use support::{files_under, flip_middle_bytes, gen, within, Caje, Origin};
 /// Fetches `path` (a stored miss) and returns the files it added under the cache dir.
 /// These tests are about the disk tier's checks: with the memory tier on, the hit in
 /// [`store`] would keep a verified copy in RAM that answers instead of the corrupted file.
-const DISK_ONLY: &str = "[cache]\nmemory_bytes = 0\n";
+/// Edge warming is off: after a restart, the damaged copy may be found and dropped before
+/// the request comes (the start-up scan, or the check that follows a start from the index
+/// snapshot), and warming would then fetch the page the manifest lists, so the request would
+/// be a hit on a good copy instead of the miss these tests look for.
+const DISK_ONLY: &str = "[cache]\nmemory_bytes = 0\n[populate]\nenabled = false\n";
 
 async fn store(caje: &Caje, path: &str) -> (support::Resp, Vec<PathBuf>) {
     let before: BTreeSet<PathBuf> = files_under(&caje.cache_dir()).into_iter().collect();

@@ -148,6 +148,10 @@ pub struct CacheConfig {
     pub max_disk_bytes: u64,
     /// Most entries on disk, if set (the byte cap applies either way).
     pub max_entries: Option<usize>,
+    /// Write the index snapshot (`cache_dir/index.snapshot`) this often when the index has
+    /// changed, besides at a clean shutdown (0: only at a clean shutdown). A start reads it
+    /// instead of every entry's header, and checks the directory in the background.
+    pub index_snapshot_secs: u64,
 }
 
 impl Default for CacheConfig {
@@ -168,6 +172,7 @@ impl Default for CacheConfig {
             // 10 GiB: safe on the small volumes nodes usually get; raise it to use more.
             max_disk_bytes: 10 << 30,
             max_entries: None,
+            index_snapshot_secs: 300,
         }
     }
 }

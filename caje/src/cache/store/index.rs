@@ -22,6 +22,11 @@
 use hashbrown::HashTable;
 use http::HeaderMap;
 
+#[path = "index_snap.rs"]
+mod snap;
+
+pub(super) use snap::{Known, SnapRec};
+
 use super::cap::Evicted;
 pub(super) use super::cap::{estimated_blocks, file_blocks};
 pub use super::cap::{DiskLimits, BLOCK};
@@ -185,6 +190,8 @@ pub(super) struct Index {
     policy: Fifo,
     pub(super) limits: DiskLimits,
     evicted: Evicted,
+    /// Set while entries loaded from a snapshot are checked against the directory.
+    check: Option<snap::CheckState>,
 }
 
 impl Index {
@@ -202,6 +209,7 @@ impl Index {
             policy: limits.policy(),
             limits,
             evicted: Evicted::default(),
+            check: None,
         }
     }
 
@@ -319,9 +327,13 @@ impl Index {
     /// What was evicted is still remembered (warming keeps leaving those versions out).
     pub(super) fn take_all(&mut self) -> Vec<EntryRef> {
         let all = self.all();
+        self.note_all_removed();
         let evicted = std::mem::take(&mut self.evicted);
+        let (check, next_gen) = (self.check.take(), self.next_gen);
         *self = Index::new(self.limits);
         self.evicted = evicted;
+        // Generations go on growing: the snapshot check tells loaded entries by them.
+        (self.check, self.next_gen) = (check, next_gen);
         all
     }
 
@@ -521,6 +533,7 @@ impl Index {
     /// Takes slot `i` out of both tables, its page's chain and the policy, and frees it.
     fn unlink(&mut self, i: u32) {
         let r = self.recs[i as usize];
+        self.note_removed(&r);
         if let Ok(e) = self.by_id.find_entry(id_hash(r.id()), |&j| j == i) {
             e.remove();
         }

@@ -35,6 +35,11 @@ impl VarySets {
         i
     }
 
+    /// One more entry uses set `i` (a snapshot's load: each set interned once, then counted).
+    pub(super) fn add_ref(&mut self, i: u32) {
+        self.sets[i as usize].1 += 1;
+    }
+
     /// One entry fewer uses set `i`.
     pub(super) fn release(&mut self, i: u32) {
         let slot = &mut self.sets[i as usize];
@@ -94,6 +99,11 @@ impl Tags {
         if let Some(v) = self.map.remove(tag) {
             self.pairs -= v.len();
         }
+    }
+
+    /// Every tag recorded (some may have only stale pairs).
+    pub(super) fn tags(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(|t| &**t)
     }
 
     pub(super) fn should_compact(&self) -> bool {

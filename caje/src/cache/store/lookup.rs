@@ -223,6 +223,13 @@ impl Store {
             {
                 Loaded::Changed
             }
+            Err(MetaError::Io(e)) if e.kind() == io::ErrorKind::NotFound && !self.is_checked() => {
+                // Listed by a snapshot older than the directory (removed after it was
+                // written): not damage. The background check would drop it too.
+                self.inner.metas.remove(r.id());
+                self.index().remove(r);
+                Loaded::Gone
+            }
             Err(e) => {
                 self.remove_corrupt_ref(r, &e);
                 Loaded::Gone

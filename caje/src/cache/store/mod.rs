@@ -10,8 +10,11 @@
 //! consistent bytes through its descriptor. Which version a reader opened it tells by the tag
 //! in the header ([`format::tag_of`]). Nothing is fsynced: the header's checksum and the
 //! body's length and CRC reject what a crash tore, and a lost entry is a miss. At start-up
-//! the directory is scanned (headers only): temp files are removed, entries that fail to
-//! decode are removed and counted. A `v1` directory (the two-file layout of earlier
+//! the index is read from its snapshot (`cache_dir/index.snapshot`, one file, written at a
+//! clean shutdown and periodically) and the directory is checked against it in the
+//! background while requests are served; without a usable snapshot the directory is scanned
+//! (headers only) before serving. Either way temp files are removed, and entries that fail
+//! to decode are removed and counted. A `v1` directory (the two-file layout of earlier
 //! versions) is dropped whole at start.
 //!
 //! The index is the authority on what this node serves. It keeps about a hundred bytes per
@@ -38,6 +41,9 @@
 //!   the index update), metadata-only updates, and unlinking the files of entries that left
 //!   the index;
 //! - `verify.rs`: the start-up scan and the removal of entries found corrupt;
+//! - `snapshot.rs`: the index snapshot: its format, writing it, loading it;
+//! - `index_snap.rs` (a child of `index.rs`): the index's side of the snapshot;
+//! - `check.rs`: the background check of the directory after a start from a snapshot;
 //! - `purge.rs`: purges (by page or tag, hard or soft, local or replicated) and clearing, and
 //!   the log of recent purges that fills still being written are checked against;
 //! - `evictor.rs`: the thread that unlinks evicted entries' files.
@@ -46,6 +52,7 @@
 //! [`crate::file_body`], which calls back into [`Store::remove_corrupt`].
 
 mod cap;
+mod check;
 mod evictor;
 mod files;
 mod fill;
@@ -56,6 +63,7 @@ mod lookup;
 mod metas;
 mod purge;
 mod slab;
+mod snapshot;
 mod verify;
 
 use std::fs::{self, File};
@@ -267,6 +275,13 @@ struct Inner {
     /// The cache directory is on a memory file system (tmpfs): its reads never wait for a
     /// disk, so small hits may read on the async worker (see [`crate::file_body`]).
     memory_fs: bool,
+    /// `cache_dir` itself (the lock, the snapshot).
+    dir: PathBuf,
+    /// When this store was opened: files changed before are from earlier processes.
+    opened_at: std::time::SystemTime,
+    /// Whether the index agrees with the directory: false while a start from a snapshot
+    /// checks it in the background (`check.rs`).
+    checked: tokio::sync::watch::Sender<bool>,
 }
 
 /// Whether `dir` is on tmpfs (false if that cannot be told).
@@ -280,6 +295,9 @@ fn on_memory_fs(dir: &Path) -> bool {
 pub struct OpenOptions {
     /// A graceful upgrade: the directory belongs to a previous process that still serves.
     pub handover: Option<Handover>,
+    /// Write the index snapshot this often when the index changed (`None`: only when asked,
+    /// [`Store::write_snapshot`]).
+    pub snapshot_every: Option<std::time::Duration>,
 }
 
 /// Taking the directory over from a previous process (see [`crate::upgrade`]).
@@ -395,6 +413,9 @@ impl Store {
             lock: Mutex::new(lock),
             lock_path,
             memory_fs: on_memory_fs(dir),
+            dir: dir.to_owned(),
+            opened_at: std::time::SystemTime::now(),
+            checked: tokio::sync::watch::Sender::new(false),
         });
         inner
             .evictor
@@ -404,14 +425,39 @@ impl Store {
         let Some(handover) = options.handover else {
             // Not during a hand-over: the previous process may still serve from it.
             drop_old_layout(dir);
-            store.scan(false)?;
+            // A snapshot serves at once, and the directory is checked against it in the
+            // background. Without a usable one, every entry's header is read now.
+            match store.load_snapshot() {
+                Some(written_at) => store.spawn_check(written_at).map_err(io_err(dir))?,
+                None => {
+                    store.scan(false)?;
+                    store.inner.checked.send_replace(true);
+                }
+            }
+            store.spawn_snapshots(options.snapshot_every);
             return Ok(store);
         };
+        // The previous process still changes the directory while this one reads it: its
+        // snapshot would be stale at once, so the directory is read.
         let read = store.scan(true)?;
         (handover.ask)().map_err(io_err(dir))?;
         store.relock(handover.wait)?;
         store.rescan_changed(&read)?;
+        store.inner.checked.send_replace(true);
+        store.spawn_snapshots(options.snapshot_every);
         Ok(store)
+    }
+
+    /// Whether the index agrees with the directory: true once the background check that
+    /// follows a start from a snapshot is done (at once after any other start).
+    pub fn is_checked(&self) -> bool {
+        *self.inner.checked.borrow()
+    }
+
+    /// Waits until [`Store::is_checked`] (the check is bounded by the directory's size).
+    pub async fn checked(&self) {
+        let mut rx = self.inner.checked.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
     }
 
     /// Whether the cache directory is on a memory file system (tmpfs), whose reads never wait

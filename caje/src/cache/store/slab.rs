@@ -27,7 +27,7 @@ impl<T: Copy> Slab<T> {
         }
     }
 
-    #[cfg(test)]
+    /// Slots used (live or free), the first `len` of the slab.
     pub(super) fn len(&self) -> usize {
         self.len
     }

@@ -7,7 +7,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::{format, index, shard_dir, EntryRef, Store, StoreError};
+use super::format::{self, Fixed};
+use super::{index, shard_dir, EntryRef, Store, StoreError};
+use crate::cache::entry::EntryMeta;
 use crate::cache::key::{entry_digest, hex_name};
 use crate::stats::Stats;
 
@@ -141,28 +143,11 @@ impl Store {
             let Some(name) = file_name.strip_suffix(".entry") else {
                 continue;
             };
-            let file = match fs::File::open(&path) {
-                Ok(f) => f,
-                // Removed since it was listed (by the previous process, in a hand-over).
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    tracing::warn!("cannot open {}: {e}", path.display());
-                    continue;
-                }
+            let checked = match read_checked(&path) {
+                Ok(None) => continue,
+                Ok(Some(found)) => Ok(found),
+                Err(e) => Err(e),
             };
-            // The header, and the file's length against it: a crash (nothing is fsynced)
-            // can leave a file shorter than its header says. The body's CRC is checked when
-            // it is served.
-            let checked = format::read_header(&file)
-                .map_err(|e| e.to_string())
-                .and_then(|(meta, fixed)| {
-                    let len = file.metadata().map_err(|e| e.to_string())?.len();
-                    let want = fixed.body_offset() + fixed.body_len;
-                    if len != want {
-                        return Err(format!("file is {len} bytes, its header says {want}"));
-                    }
-                    Ok((meta, fixed))
-                });
             match checked {
                 Ok((meta, fixed))
                     if hex_name(&entry_digest(&meta.key(), &meta.variant)) == name =>
@@ -193,6 +178,30 @@ impl Store {
         }
         loaded
     }
+}
+
+/// Reads the header of the entry file at `path` and checks the file's length against it: a
+/// crash (nothing is fsynced) can leave a file shorter than its header says. The body's CRC
+/// is checked when it is served. `Ok(None)`: the file is gone (removed since it was listed),
+/// or cannot be opened.
+/// Blocking.
+pub(super) fn read_checked(path: &Path) -> Result<Option<(EntryMeta, Fixed)>, String> {
+    let file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            // Not the file's fault (permissions, descriptors): left alone, not loaded.
+            tracing::warn!("cannot open {}: {e}", path.display());
+            return Ok(None);
+        }
+    };
+    let (meta, fixed) = format::read_header(&file).map_err(|e| e.to_string())?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let want = fixed.body_offset() + fixed.body_len;
+    if len != want {
+        return Err(format!("file is {len} bytes, its header says {want}"));
+    }
+    Ok(Some((meta, fixed)))
 }
 
 #[cfg(test)]
