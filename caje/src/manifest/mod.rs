@@ -645,7 +645,7 @@ impl Manifest {
                 continue;
             }
             let (reply, answer) = oneshot::channel();
-            ops.push(Box::new(WriteOp::Upsert(Slot::new(record, reply))));
+            ops.push(WriteOp::Upsert(Slot::new(record, reply)));
             answers.push(Ok(answer));
         }
         let sent = ops.len();
@@ -762,6 +762,38 @@ mod tests {
             assert_eq!(m.upsert(no_etag.clone()).await.unwrap(), Upsert::Updated);
             assert_eq!(m.upsert(no_etag).await.unwrap(), Upsert::Unchanged);
             assert_eq!(m.count().await.unwrap(), 1);
+        })
+        .await
+    }
+
+    /// A batch of announcements is one message to the owner thread and one transaction,
+    /// answered row by row in the order given.
+    #[tokio::test]
+    async fn announce_many_answers_each_row_in_order_in_one_transaction() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            m.upsert(page("a.example", "/kept")).await.unwrap();
+            let before = m.stats().await.unwrap().write_transactions;
+            let guard = || PurgeGuard {
+                applied: 0,
+                also: Vec::new(),
+            };
+            let rows = ["/kept", "/1", "/2"]
+                .map(|p| (page("a.example", p), guard()))
+                .to_vec();
+            let answers: Vec<Upsert> = m
+                .announce_many(rows)
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(
+                answers,
+                [Upsert::Unchanged, Upsert::Inserted, Upsert::Inserted]
+            );
+            assert_eq!(m.stats().await.unwrap().write_transactions - before, 1);
+            assert_eq!(paths(&m.list().await.unwrap()), ["/1", "/2", "/kept"]);
         })
         .await
     }

@@ -60,7 +60,7 @@ pub(super) enum Command {
     /// Boxed: a write is much larger than a read's reply, and it waits in the queue.
     Write(Box<WriteOp>),
     /// Several writes in one message (one wake-up of this thread for a burst).
-    Writes(Vec<Box<WriteOp>>),
+    Writes(Vec<WriteOp>),
     List(Reply<Vec<PageRow>>),
     ListPage(Box<super::ListQuery>, Reply<super::ListPage>),
     Count(Reply<u64>),
@@ -222,7 +222,7 @@ impl Owner {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Write(op) => self.enqueue(op),
-            Command::Writes(ops) => ops.into_iter().for_each(|op| self.enqueue(op)),
+            Command::Writes(ops) => ops.into_iter().for_each(|op| self.enqueue(Box::new(op))),
             Command::List(reply) => drop(reply.send(self.list())),
             Command::ListPage(query, reply) => {
                 drop(reply.send(super::list::page(&self.conn, &query)))
