@@ -371,13 +371,49 @@ pub(super) mod tests {
         .await
     }
 
+    /// A node started while HALT cannot be had (on LiteFS: a primary halted by a dead
+    /// holder's HALT for 30-35 s) waits for it within `open_timeout` instead of exiting.
+    #[tokio::test]
+    async fn opening_on_a_replica_retries_a_halt_that_is_not_available_yet() {
+        bounded(async {
+            let dir = replica_dir();
+            let path = dir.path().join("manifest.db");
+            let lock = hold_halt(&path);
+            let held = Duration::from_millis(1200);
+            let releaser = std::thread::spawn(move || {
+                std::thread::sleep(held);
+                drop(lock);
+            });
+            let started = Instant::now();
+            let opening = path.clone();
+            let m = tokio::task::spawn_blocking(move || {
+                Manifest::open_with(
+                    &opening,
+                    ManifestOptions {
+                        open_timeout: Duration::from_secs(10),
+                        ..quick(LitefsMode::On)
+                    },
+                )
+            })
+            .await
+            .unwrap()
+            .expect("opening waits for HALT instead of failing");
+            assert!(started.elapsed() >= held, "{:?}", started.elapsed());
+            releaser.join().unwrap();
+            m.upsert(page("a.example", "/1")).await.unwrap();
+            assert_eq!(m.count().await.unwrap(), 1);
+        })
+        .await
+    }
+
     #[tokio::test]
     async fn opening_on_a_replica_writes_only_under_halt() {
         bounded(async {
             let dir = replica_dir();
             let path = dir.path().join("manifest.db");
 
-            // A new file needs its schema: without HALT the open fails, and says why.
+            // A new file needs its schema: without HALT the open fails (after `open_timeout`),
+            // and says why.
             let lock = hold_halt(&path);
             let err = Manifest::open_with(&path, quick(LitefsMode::On)).unwrap_err();
             assert!(matches!(err, ManifestError::Halt { .. }), "{err:?}");

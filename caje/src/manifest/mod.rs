@@ -156,6 +156,10 @@ pub struct ManifestOptions {
     /// Cap of the backoff between attempts of a failing flush (which starts at 100 ms and
     /// doubles). Default 5 s.
     pub retry_max_backoff: Duration,
+    /// How long [`Manifest::open_with`] goes on retrying transient failures on a LiteFS mount
+    /// (a primary halted by a HALT whose holder died, a replica catching up) before it gives
+    /// up. Default 60 s: LiteFS keeps a stuck HALT 30-35 s.
+    pub open_timeout: Duration,
     /// Test hook, called inside every write transaction after its writes and before `COMMIT`
     /// (on the owner thread, so it must not call the manifest).
     #[doc(hidden)]
@@ -175,6 +179,7 @@ impl Default for ManifestOptions {
             max_queue: 100_000,
             halt_timeout: Duration::from_secs(10),
             retry_max_backoff: Duration::from_secs(5),
+            open_timeout: Duration::from_secs(60),
             on_flush: None,
             #[cfg(test)]
             halt_clock: None,
@@ -191,6 +196,7 @@ impl fmt::Debug for ManifestOptions {
             .field("max_queue", &self.max_queue)
             .field("halt_timeout", &self.halt_timeout)
             .field("retry_max_backoff", &self.retry_max_backoff)
+            .field("open_timeout", &self.open_timeout)
             .field("on_flush", &self.on_flush.as_ref().map(|_| "Fn"))
             .finish()
     }
@@ -394,7 +400,12 @@ impl Manifest {
                 "manifest in LiteFS mode: writes from a replica take HALT"
             );
         }
-        let (conn, held) = open_connection(path, litefs.as_ref(), options.halt_timeout)?;
+        let (conn, held) = open_connection(
+            path,
+            litefs.as_ref(),
+            options.halt_timeout,
+            options.open_timeout,
+        )?;
         let shared = Arc::new(Shared {
             pending: AtomicUsize::new(0),
             max_queue: options.max_queue.max(1),
