@@ -240,6 +240,11 @@ pub struct ManifestConfig {
     /// answers `202 Accepted`: the local copies are dropped at once, and the write stays queued
     /// and lands when the manifest is writable again.
     pub purge_wait_ms: u64,
+    /// Not configurable: the executable the manifest runs as its HALT helper on a real LiteFS
+    /// mount. The binary sets it to itself (which serves the helper when it finds
+    /// `LITEFS_HALT_BROKER`); `None` (a library user) takes HALT in-process.
+    #[serde(skip)]
+    pub halt_helper: Option<std::path::PathBuf>,
 }
 
 impl Default for ManifestConfig {
@@ -252,6 +257,7 @@ impl Default for ManifestConfig {
             halt_timeout_ms: 10_000,
             open_timeout_ms: 60_000,
             purge_wait_ms: 2_000,
+            halt_helper: None,
         }
     }
 }

@@ -75,6 +75,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Started by this binary's manifest as its HALT helper (litefs-rs's broker): serve that,
+    // nothing else. See `manifest/litefs.rs`, `HaltHelper`.
+    if let Some(lock) = std::env::var_os(litefs::BROKER_ENV) {
+        return match litefs::serve_broker(std::path::Path::new(&lock)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("caje HALT helper for {}: {e}", lock.to_string_lossy());
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = Args::parse();
     init_logging();
     // Both change the environment: before any other thread exists.
@@ -86,13 +97,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = match load_config(&args) {
+    let mut config = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("caje: {e:#}");
             return ExitCode::from(2);
         }
     };
+    // HALTs on a real LiteFS mount go through a helper process, this binary again: a kill -9
+    // of this process then never cuts an acquisition short (which LiteFS cannot recover from).
+    // `CAJE_HALT_HELPER=off` takes them in-process (to compare; see docs/cluster.md).
+    if std::env::var("CAJE_HALT_HELPER").as_deref() != Ok("off") {
+        config.manifest.halt_helper = std::env::current_exe().ok();
+    }
     limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -116,8 +116,8 @@ pub use self::tombstone::{Purge, PurgeOutcome, Tombstone, TombstoneKind, Tombsto
 
 // The LiteFS glue is the only module that names litefs-rs; the others take its types from here.
 use self::litefs::{
-    commit_under, halt_unless_primary, litefs_database, release_halt, Database, HaltGuard,
-    LitefsError,
+    commit_under, halt_for_flush, halt_unless_primary, litefs_database, release_flush_halt,
+    release_halt, Database, Halt, HaltHelper, LitefsError,
 };
 use self::owner::{Command, LogLimit, Owner, Reply};
 use self::row::{check_tag, encode_vary, Key, Record};
@@ -160,6 +160,10 @@ pub struct ManifestOptions {
     /// (a primary halted by a HALT whose holder died, a replica catching up) before it gives
     /// up. Default 60 s: LiteFS keeps a stuck HALT 30-35 s.
     pub open_timeout: Duration,
+    /// The executable to run as the HALT helper on a real LiteFS mount (caje's own binary,
+    /// which serves it when it finds [`litefs::BROKER_ENV`]); `None` takes HALT in this
+    /// process. See `litefs.rs`'s `HaltHelper` for why.
+    pub halt_helper: Option<std::path::PathBuf>,
     /// Test hook, called inside every write transaction after its writes and before `COMMIT`
     /// (on the owner thread, so it must not call the manifest).
     #[doc(hidden)]
@@ -180,6 +184,7 @@ impl Default for ManifestOptions {
             halt_timeout: Duration::from_secs(10),
             retry_max_backoff: Duration::from_secs(5),
             open_timeout: Duration::from_secs(60),
+            halt_helper: None,
             on_flush: None,
             #[cfg(test)]
             halt_clock: None,
@@ -197,6 +202,7 @@ impl fmt::Debug for ManifestOptions {
             .field("halt_timeout", &self.halt_timeout)
             .field("retry_max_backoff", &self.retry_max_backoff)
             .field("open_timeout", &self.open_timeout)
+            .field("halt_helper", &self.halt_helper)
             .field("on_flush", &self.on_flush.as_ref().map(|_| "Fn"))
             .finish()
     }
@@ -416,6 +422,7 @@ impl Manifest {
         let owner = Owner {
             conn,
             rx,
+            halt_helper: options.halt_helper.clone().map(HaltHelper::new),
             litefs: litefs.clone(),
             options,
             shared: Arc::clone(&shared),

@@ -17,8 +17,9 @@ use super::tombstone::{
 use super::write::{is_retryable, Step, WriteOp};
 // Only named by doc links.
 use super::{
-    commit_under, duration_ms, halt_unless_primary, release_halt, Database, HaltGuard, LitefsError,
-    ManifestError, ManifestOptions, ManifestStats, Op, PageRow, Shared, Tombstone, Upsert,
+    commit_under, duration_ms, halt_for_flush, release_flush_halt, Database, Halt, HaltHelper,
+    LitefsError, ManifestError, ManifestOptions, ManifestStats, Op, PageRow, Shared, Tombstone,
+    Upsert,
 };
 #[cfg(doc)]
 use super::{write::Slot, Manifest};
@@ -76,6 +77,8 @@ pub(super) struct Owner {
     pub(super) rx: mpsc::Receiver<Command>,
     /// The LiteFS database in LiteFS mode: its role is read before every flush.
     pub(super) litefs: Option<Database>,
+    /// Takes the flushes' HALTs out of process on a real LiteFS mount, when configured.
+    pub(super) halt_helper: Option<HaltHelper>,
     pub(super) options: ManifestOptions,
     pub(super) shared: Arc<Shared>,
     /// Counters; `pending` and `overflow` live in `shared` and are filled in by `stats`.
@@ -308,7 +311,11 @@ impl Owner {
     fn flush_batch(&mut self, n: usize) -> Result<(), FlushError> {
         // The role is re-read every time: `.primary` appears and disappears with failovers.
         let waited = Instant::now();
-        let halt = halt_unless_primary(self.litefs.as_ref(), self.options.halt_timeout);
+        let halt = halt_for_flush(
+            self.litefs.as_ref(),
+            self.halt_helper.as_mut(),
+            self.options.halt_timeout,
+        );
         self.stats.halt_wait_micros += micros(waited.elapsed());
         let halt = halt.map_err(FlushError::Halt)?;
         if halt.is_some() {
@@ -325,7 +332,7 @@ impl Owner {
             Batch::OneWrite(op, source) => self.write_one_by_one(n, halt.as_ref(), op, &source),
         };
         // After the transaction ended: holding HALT across COMMIT/ROLLBACK is the point.
-        if let Some(held) = release_halt(halt) {
+        if let Some(held) = release_flush_halt(halt, self.halt_helper.as_mut()) {
             self.stats.halt_max_held_ms = self.stats.halt_max_held_ms.max(duration_ms(held));
         }
         result
@@ -336,7 +343,7 @@ impl Owner {
     fn write_one_by_one(
         &mut self,
         n: usize,
-        halt: Option<&HaltGuard>,
+        halt: Option<&Halt>,
         op: Op,
         cause: &rusqlite::Error,
     ) -> Result<(), FlushError> {
@@ -364,7 +371,7 @@ impl Owner {
     /// only while its lease lasts: past it the transaction is rolled back and the batch retried
     /// under a new HALT. Outcomes are kept in the queued writes and answered by the caller
     /// after a commit; any other end forgets them.
-    fn transaction(&mut self, n: usize, halt: Option<&HaltGuard>) -> Batch {
+    fn transaction(&mut self, n: usize, halt: Option<&Halt>) -> Batch {
         let Owner {
             conn,
             pending,
