@@ -63,8 +63,15 @@ pub fn serve_broker(lock_path: &Path) -> std::io::Result<()> {
         .read(true)
         .write(true)
         .open(lock_path)?;
-    let mut input = std::io::stdin().lock();
-    let mut output = std::io::stdout().lock();
+    serve(&file, std::io::stdin().lock(), std::io::stdout().lock())
+}
+
+/// The helper's loop on `file` (the open lock file), reading commands from `input`.
+fn serve(
+    file: &std::fs::File,
+    mut input: impl Read,
+    mut output: impl Write,
+) -> std::io::Result<()> {
     let mut held = false;
     let mut command = [0u8; 1];
     loop {
@@ -72,7 +79,7 @@ pub fn serve_broker(lock_path: &Path) -> std::io::Result<()> {
             break;
         }
         match command[0] {
-            b'A' => match ofd::lock_wait(&file, LockKind::Write, LockRange::HALT) {
+            b'A' => match ofd::lock_wait(file, LockKind::Write, LockRange::HALT) {
                 Ok(_) => {
                     held = true;
                     output.write_all(b"K")?;
@@ -84,7 +91,7 @@ pub fn serve_broker(lock_path: &Path) -> std::io::Result<()> {
                 }
             },
             b'R' => {
-                let _ = ofd::unlock(&file, LockRange::HALT);
+                let _ = ofd::unlock(file, LockRange::HALT);
                 held = false;
                 output.write_all(b"k")?;
             }
@@ -93,7 +100,7 @@ pub fn serve_broker(lock_path: &Path) -> std::io::Result<()> {
         output.flush()?;
     }
     if held {
-        let _ = ofd::unlock(&file, LockRange::HALT);
+        let _ = ofd::unlock(file, LockRange::HALT);
     }
     Ok(())
 }
@@ -282,5 +289,66 @@ impl Drop for HaltBroker {
                     let _ = child.wait();
                 });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// Whether another open file description can take the HALT byte right now.
+    fn free(path: &Path) -> bool {
+        let other = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let ok = ofd::try_lock(&other, LockKind::Write, LockRange::HALT).is_ok();
+        if ok {
+            ofd::unlock(&other, LockRange::HALT).unwrap();
+        }
+        ok
+    }
+
+    /// The helper's protocol on a plain file (a real OFD lock): `A` takes the byte, `R` gives
+    /// it back, and end-of-file while it is held releases it: what a dead application leaves.
+    #[test]
+    fn the_helper_takes_releases_and_lets_go_at_end_of_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db-lock");
+        std::fs::write(&path, b"").unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        // Kept open here too: only an explicit unlock can free the byte, not the close.
+        let file = std::sync::Arc::new(file);
+        let helper_file = std::sync::Arc::clone(&file);
+        let (mut app, helper) = UnixStream::pair().unwrap();
+        let served = std::thread::spawn(move || {
+            let output = helper.try_clone().unwrap();
+            serve(&helper_file, helper, output)
+        });
+        let mut reply = [0u8; 1];
+
+        app.write_all(b"A").unwrap();
+        app.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"K");
+        assert!(!free(&path), "taken by the helper");
+        app.write_all(b"R").unwrap();
+        app.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"k");
+        assert!(free(&path), "released on R");
+
+        app.write_all(b"A").unwrap();
+        app.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"K");
+        // The application dies while the helper holds the byte.
+        app.shutdown(std::net::Shutdown::Write).unwrap();
+        served.join().unwrap().unwrap();
+        assert!(free(&path), "released at end-of-file");
+        drop(file);
     }
 }

@@ -161,7 +161,20 @@ struct Node {
 impl Node {
     fn start(&mut self) {
         self.started = Instant::now();
-        self.caje = Some(Caje::start_in(self.spec.dir.clone(), self.spec.cfg.clone()));
+        let (dir, cfg) = (self.spec.dir.clone(), self.spec.cfg.clone());
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Caje::start_in(dir, cfg))) {
+            Ok(caje) => self.caje = Some(caje),
+            Err(panic) => {
+                // A node that cannot start is a finding: keep its directory (every process's
+                // stderr) for inspection, like any other failure.
+                eprintln!(
+                    "node in {} did not start; directory kept",
+                    self.spec.dir.root().display()
+                );
+                std::mem::forget(self.spec.dir.clone());
+                std::panic::resume_unwind(panic);
+            }
+        }
     }
 }
 
