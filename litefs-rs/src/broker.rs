@@ -91,7 +91,7 @@ fn serve(
                 }
             },
             b'R' => {
-                let _ = ofd::unlock(file, LockRange::HALT);
+                release(file);
                 held = false;
                 output.write_all(b"k")?;
             }
@@ -100,9 +100,39 @@ fn serve(
         output.flush()?;
     }
     if held {
-        let _ = ofd::unlock(file, LockRange::HALT);
+        release(file);
     }
     Ok(())
+}
+
+/// Attempts at giving a HALT back when LiteFS refuses the release.
+const RELEASE_ATTEMPTS: u32 = 3;
+
+/// Releases the HALT `file` holds. A release LiteFS refuses (its local clean-up, a checkpoint,
+/// failed, or the primary did not answer) can leave the halt recorded on this replica, or
+/// held on the primary, or both: the first wedges replication at the primary's next
+/// transaction, the second halts the primary until it expires the halt. Taking HALT again
+/// through the same handle asks for the same halt id, which the primary answers as already
+/// granted, and releasing that clears both; so a refused release is retried that way a few
+/// times, and each failure is reported on stderr (the application's log).
+fn release(file: &std::fs::File) {
+    for attempt in 1..=RELEASE_ATTEMPTS {
+        match ofd::unlock(file, LockRange::HALT) {
+            Ok(()) => return,
+            Err(e) => {
+                eprintln!(
+                    "litefs HALT helper: releasing HALT failed (attempt {attempt} of {RELEASE_ATTEMPTS}): {e}"
+                );
+                if attempt == RELEASE_ATTEMPTS {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100 * u64::from(attempt)));
+                if let Err(e) = ofd::lock_wait(file, LockKind::Write, LockRange::HALT) {
+                    eprintln!("litefs HALT helper: taking HALT again to release it failed: {e}");
+                }
+            }
+        }
+    }
 }
 
 /// A HALT held by the helper: what [`crate::HaltGuard`] is for an in-process lock, without
