@@ -259,6 +259,7 @@ async fn serve(
                 drop(listener);
                 server.drain().await;
                 flush_access_log(&app).await;
+                close_manifest(&app).await;
                 return Ok(());
             }
             Stop::HandOver(successor) => successor,
@@ -282,6 +283,7 @@ async fn serve(
                 drop(listener);
                 let _ = drain.await;
                 flush_access_log(&app).await;
+                close_manifest(&app).await;
                 return Ok(());
             }
             Err(e) => {
@@ -316,6 +318,22 @@ async fn flush_access_log(app: &App) {
         tracing::warn!(
             "access log: not every line was written before exit (the disk is slow or failing)"
         );
+    }
+}
+
+/// Writes the manifest's queue and stops its writer before the process exits: rows of the
+/// last fills are not lost, and no COMMIT is cut in the middle (which on a LiteFS replica makes
+/// LiteFS exit with a fatal error). Bounded: a manifest that cannot be written is given up.
+async fn close_manifest(app: &App) {
+    let limit = Duration::from_millis(app.config.manifest.halt_timeout_ms) + Duration::from_secs(5);
+    match tokio::time::timeout(limit, app.manifest.close()).await {
+        Ok(Ok(0)) => tracing::info!("manifest written and closed before exit"),
+        Ok(Ok(left)) => tracing::warn!(
+            left,
+            "manifest closed before exit with writes it could not write"
+        ),
+        Ok(Err(e)) => tracing::warn!("closing the manifest failed: {e}"),
+        Err(_) => tracing::warn!(?limit, "the manifest did not close in time; exiting anyway"),
     }
 }
 

@@ -602,6 +602,15 @@ impl Manifest {
         self.call(Command::Count).await
     }
 
+    /// Writes what is queued (one attempt per batch) and stops the owner thread; answers how
+    /// many writes were left unwritten. Once it returns no manifest write is in flight and none
+    /// will start, so the process may exit: on a LiteFS replica an exit in the middle of a
+    /// COMMIT makes LiteFS itself exit (`docs/cluster.md`). Every later call, on any clone,
+    /// fails with [`ManifestError::Closed`].
+    pub async fn close(&self) -> Result<u64, ManifestError> {
+        self.call(Command::Close).await
+    }
+
     /// Counters of this handle's owner thread, e.g. to check that writes are batched.
     pub async fn stats(&self) -> Result<ManifestStats, ManifestError> {
         self.call(Command::Stats).await

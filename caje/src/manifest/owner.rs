@@ -69,6 +69,9 @@ pub(super) enum Command {
     Tombstones(i64, Reply<Vec<(i64, Tombstone)>>),
     /// [`Manifest::tombstone_log`]: ids above the first field, and whether any is missing.
     TombstoneLog(i64, Reply<TombstoneLog>),
+    /// [`Manifest::close`]: write what is queued (one attempt per batch), answer with how many
+    /// writes are left unwritten, and stop.
+    Close(Reply<u64>),
 }
 
 /// The thread that owns the connection.
@@ -184,6 +187,10 @@ impl Owner {
                 Some(_) => Err(RecvTimeoutError::Timeout),
             };
             match received {
+                Ok(Command::Close(reply)) => {
+                    self.close(reply);
+                    break;
+                }
                 Ok(command) => {
                     if due.is_some_and(|at| at <= now) {
                         drained += 1;
@@ -230,6 +237,8 @@ impl Owner {
             Command::Count(reply) => drop(reply.send(self.count())),
             Command::DataVersion(reply) => drop(reply.send(self.data_version())),
             Command::Stats(reply) => drop(reply.send(Ok(self.stats()))),
+            // Handled by `run`, which stops after it.
+            Command::Close(reply) => self.close(reply),
             Command::Tombstones(after_id, reply) => {
                 drop(reply.send(self.tombstones_since(after_id)))
             }
@@ -237,6 +246,28 @@ impl Owner {
                 drop(reply.send(self.tombstone_log(after_id)))
             }
         }
+    }
+
+    /// Writes the queue, one attempt per batch, so a process about to exit leaves no write in
+    /// memory that it could have written; then drops the HALT helper (which releases and exits)
+    /// and answers with the writes left. Nothing is written after this: on a LiteFS replica an
+    /// exit in the middle of a COMMIT (the remote commit is a FUSE write LiteFS ships to the
+    /// primary) makes LiteFS itself exit with `fatal error occurred while committing WAL`.
+    fn close(&mut self, reply: Reply<u64>) {
+        self.retry = None;
+        while !self.pending.is_empty() {
+            let before = self.pending.len();
+            self.flush();
+            if self.pending.len() >= before {
+                break;
+            }
+        }
+        self.halt_helper = None;
+        let left = self.pending.len() as u64;
+        if left > 0 {
+            tracing::warn!(left, "manifest closed with writes it could not write");
+        }
+        drop(reply.send(Ok(left)));
     }
 
     fn enqueue(&mut self, mut op: Box<WriteOp>) {
