@@ -66,22 +66,37 @@ pub fn serve_broker(lock_path: &Path) -> std::io::Result<()> {
     serve(&file, std::io::stdin().lock(), std::io::stdout().lock())
 }
 
-/// The helper's loop on `file` (the open lock file), reading commands from `input`.
+/// The helper's loop on `file` (the open lock file), reading commands from `input`. Whatever
+/// ends it (end-of-file, an answer that cannot be written because the application is gone, a
+/// read error), a HALT it holds is released first.
 fn serve(
     file: &std::fs::File,
     mut input: impl Read,
     mut output: impl Write,
 ) -> std::io::Result<()> {
     let mut held = false;
+    let ended = serve_until_gone(file, &mut input, &mut output, &mut held);
+    if held {
+        release(file);
+    }
+    ended
+}
+
+fn serve_until_gone(
+    file: &std::fs::File,
+    input: &mut impl Read,
+    output: &mut impl Write,
+    held: &mut bool,
+) -> std::io::Result<()> {
     let mut command = [0u8; 1];
     loop {
         if input.read(&mut command)? == 0 {
-            break;
+            return Ok(());
         }
         match command[0] {
             b'A' => match ofd::lock_wait(file, LockKind::Write, LockRange::HALT) {
                 Ok(_) => {
-                    held = true;
+                    *held = true;
                     output.write_all(b"K")?;
                 }
                 Err(e) => {
@@ -92,17 +107,13 @@ fn serve(
             },
             b'R' => {
                 release(file);
-                held = false;
+                *held = false;
                 output.write_all(b"k")?;
             }
-            _ => break,
+            _ => return Ok(()),
         }
         output.flush()?;
     }
-    if held {
-        release(file);
-    }
-    Ok(())
 }
 
 /// Attempts at giving a HALT back when LiteFS refuses the release.
@@ -380,5 +391,39 @@ mod tests {
         served.join().unwrap().unwrap();
         assert!(free(&path), "released at end-of-file");
         drop(file);
+    }
+
+    /// The application dies between asking for HALT and reading the answer: the helper cannot
+    /// write its answer, and must still give the HALT back.
+    #[test]
+    fn the_helper_releases_when_its_answer_cannot_be_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db-lock");
+        std::fs::write(&path, b"").unwrap();
+        let file = std::sync::Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap(),
+        );
+        let helper_file = std::sync::Arc::clone(&file);
+        let (mut app, helper) = UnixStream::pair().unwrap();
+        let input = helper.try_clone().unwrap();
+        // The answer goes to a writer that fails, as a pipe to a dead process does (EPIPE).
+        struct Gone;
+        impl Write for Gone {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        app.write_all(b"A").unwrap();
+        let ended = serve(&helper_file, input, Gone);
+        assert!(ended.is_err(), "{ended:?}");
+        assert!(free(&path), "HALT kept after the application vanished");
+        drop((file, helper));
     }
 }
