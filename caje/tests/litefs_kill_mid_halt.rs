@@ -42,7 +42,7 @@ async fn killing_a_replica_node_during_its_halts_leaves_the_primary_writable() {
             return;
         }
     };
-    within(240, async {
+    within(170, async {
         let origin = Origin::start();
         let cfg = |db| CajeConfig {
             db: Some(db),
@@ -61,14 +61,30 @@ async fn killing_a_replica_node_during_its_halts_leaves_the_primary_writable() {
         .await;
         let b_dir = NodeDir::new();
         let mut slowest = Duration::ZERO;
-        for round in 0..KILLS {
+        // Rounds whose kill landed in a COMMIT instead: LiteFS exits then (`fatal error
+        // occurred while committing WAL`), a behaviour caje cannot prevent (docs/cluster.md,
+        // "A node killed during a HALT"). Such a round proves nothing about HALT; it is
+        // counted, reported, n2 is restarted, and the test waits for the primary to be
+        // writable again (LiteFS expires the dead node's halt) before the next round.
+        let mut commit_kills = 0;
+        let mut round = 0;
+        let mut conclusive = 0;
+        while conclusive < KILLS {
+            assert!(
+                round < KILLS + 4,
+                "{commit_kills} of {round} kills landed in a COMMIT and stopped n2's LiteFS: \
+                 too few rounds tested HALT"
+            );
+            let fatal_before = litefs.log("n2").matches("fatal error occurred while committing WAL").count();
             let b = Caje::start_in(b_dir.clone(), b_cfg.clone());
             // A burst of distinct misses on B: each stored page is a manifest row written
             // under HALT. Kill B while they are being written.
             let mut burst = tokio::task::JoinSet::new();
             for i in 0..40 {
                 let url = b.url(&gen(&format!("k{round}-{i}"), "cc=max-age%3D600"));
-                burst.spawn(async move { support::get(&url, &[("host", SITE_HOST)]).await });
+                burst.spawn(async move {
+                    support::http::try_request("GET", &url, &[("host", SITE_HOST)], b"").await
+                });
             }
             tokio::time::sleep(Duration::from_millis(60 + 23 * round as u64 % 120)).await;
             // SAFETY: a plain syscall on our own, not yet reaped, child.
@@ -85,6 +101,19 @@ async fn killing_a_replica_node_during_its_halts_leaves_the_primary_writable() {
                 .admin("POST", &format!("/_caje/purge?tag=round{round}"))
                 .await;
             let took = began.elapsed();
+            let fatal = litefs.log("n2").matches("fatal error occurred while committing WAL").count();
+            if fatal > fatal_before {
+                commit_kills += 1;
+                println!("kill-mid-halt: round {round}: the kill landed in a COMMIT; n2's LiteFS exited (restarting it)");
+                litefs.node("stop-node", "n2");
+                litefs.node("start-node", "n2");
+                eventually(60, "the primary writable again after n2's LiteFS exited", || async {
+                    a.admin("POST", "/_caje/purge?tag=probe").await.status == 200
+                })
+                .await;
+                round += 1;
+                continue;
+            }
             slowest = slowest.max(took);
             assert_eq!(
                 r.status,
@@ -94,6 +123,8 @@ async fn killing_a_replica_node_during_its_halts_leaves_the_primary_writable() {
                  the dead process's HALT)",
                 r.text()
             );
+            conclusive += 1;
+            round += 1;
         }
         // The replica still replicates: a node started on n2 sees the last purge.
         let last = a.admin("GET", "/_caje/status").await.json()["recent_purges"][0]["id"]
@@ -107,7 +138,8 @@ async fn killing_a_replica_node_during_its_halts_leaves_the_primary_writable() {
         .await;
         println!(
             "kill-mid-halt: {KILLS} kill -9 of the replica's node during its flushes; the \
-             primary's slowest purge afterwards {} ms",
+             primary's slowest purge afterwards {} ms; {commit_kills} more kills landed in a \
+             COMMIT and stopped n2's LiteFS",
             slowest.as_millis()
         );
         drop(b);

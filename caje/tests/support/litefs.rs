@@ -93,6 +93,12 @@ impl Litefs {
         );
     }
 
+    /// What `node`'s LiteFS has logged so far.
+    pub fn log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.home().join("logs").join(format!("{node}.log")))
+            .unwrap_or_default()
+    }
+
     /// The database `name` on `node`'s mount (`n1` or `n2`).
     pub fn db(&self, node: &str, name: &str) -> PathBuf {
         self.home().join(node).join("mnt").join(name)
