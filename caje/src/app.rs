@@ -159,6 +159,8 @@ impl App {
             max_batch: m.max_batch.max(1),
             max_queue: m.max_queue.max(1),
             halt_timeout: std::time::Duration::from_millis(m.halt_timeout_ms),
+            open_timeout: std::time::Duration::from_millis(m.open_timeout_ms),
+            halt_helper: m.halt_helper.clone(),
             ..ManifestOptions::default()
         };
         let (store, manifest, tombstones) = tokio::task::spawn_blocking(move || {

@@ -112,6 +112,18 @@ pub struct ManifestConfig {
     pub max_queue: usize,
     /// Longest wait for the LiteFS HALT lock before a flush is retried.
     pub halt_timeout_ms: u64,
+    /// At start, how long transient failures to open the manifest on a LiteFS mount (a
+    /// halted primary, a replica catching up) are retried before caje exits.
+    pub open_timeout_ms: u64,
+    /// Longest an admin purge waits for its manifest write (rows and tombstone) before it
+    /// answers `202 Accepted`: the local copies are dropped at once, and the write stays queued
+    /// and lands when the manifest is writable again.
+    pub purge_wait_ms: u64,
+    /// Not configurable: the executable the manifest runs as its HALT helper on a real LiteFS
+    /// mount. The binary sets it to itself (which serves the helper when it finds
+    /// `LITEFS_HALT_BROKER`); `None` (a library user) takes HALT in-process.
+    #[serde(skip)]
+    pub halt_helper: Option<std::path::PathBuf>,
 }
 
 impl Default for ManifestConfig {
@@ -122,6 +134,9 @@ impl Default for ManifestConfig {
             max_batch: 512,
             max_queue: 100_000,
             halt_timeout_ms: 10_000,
+            open_timeout_ms: 60_000,
+            purge_wait_ms: 2_000,
+            halt_helper: None,
         }
     }
 }

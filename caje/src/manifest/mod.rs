@@ -116,8 +116,8 @@ pub use self::tombstone::{Purge, PurgeOutcome, Tombstone, TombstoneKind, Tombsto
 
 // The LiteFS glue is the only module that names litefs-rs; the others take its types from here.
 use self::litefs::{
-    commit_under, halt_unless_primary, litefs_database, release_halt, Database, HaltGuard,
-    LitefsError,
+    commit_under, halt_for_flush, halt_unless_primary, litefs_database, release_flush_halt,
+    release_halt, Database, Halt, HaltHelper, LitefsError,
 };
 use self::owner::{Command, LogLimit, Owner, Reply};
 use self::row::{check_tag, encode_vary, Key, Record};
@@ -156,6 +156,14 @@ pub struct ManifestOptions {
     /// Cap of the backoff between attempts of a failing flush (which starts at 100 ms and
     /// doubles). Default 5 s.
     pub retry_max_backoff: Duration,
+    /// How long [`Manifest::open_with`] goes on retrying transient failures on a LiteFS mount
+    /// (a primary halted by a HALT whose holder died, a replica catching up) before it gives
+    /// up. Default 60 s: LiteFS keeps a stuck HALT 30-35 s.
+    pub open_timeout: Duration,
+    /// The executable to run as the HALT helper on a real LiteFS mount (caje's own binary,
+    /// which serves it when it finds [`litefs::BROKER_ENV`]); `None` takes HALT in this
+    /// process. See `litefs.rs`'s `HaltHelper` for why.
+    pub halt_helper: Option<std::path::PathBuf>,
     /// Test hook, called inside every write transaction after its writes and before `COMMIT`
     /// (on the owner thread, so it must not call the manifest).
     #[doc(hidden)]
@@ -175,6 +183,8 @@ impl Default for ManifestOptions {
             max_queue: 100_000,
             halt_timeout: Duration::from_secs(10),
             retry_max_backoff: Duration::from_secs(5),
+            open_timeout: Duration::from_secs(60),
+            halt_helper: None,
             on_flush: None,
             #[cfg(test)]
             halt_clock: None,
@@ -191,6 +201,8 @@ impl fmt::Debug for ManifestOptions {
             .field("max_queue", &self.max_queue)
             .field("halt_timeout", &self.halt_timeout)
             .field("retry_max_backoff", &self.retry_max_backoff)
+            .field("open_timeout", &self.open_timeout)
+            .field("halt_helper", &self.halt_helper)
             .field("on_flush", &self.on_flush.as_ref().map(|_| "Fn"))
             .finish()
     }
@@ -394,7 +406,12 @@ impl Manifest {
                 "manifest in LiteFS mode: writes from a replica take HALT"
             );
         }
-        let (conn, held) = open_connection(path, litefs.as_ref(), options.halt_timeout)?;
+        let (conn, held) = open_connection(
+            path,
+            litefs.as_ref(),
+            options.halt_timeout,
+            options.open_timeout,
+        )?;
         let shared = Arc::new(Shared {
             pending: AtomicUsize::new(0),
             max_queue: options.max_queue.max(1),
@@ -405,6 +422,7 @@ impl Manifest {
         let owner = Owner {
             conn,
             rx,
+            halt_helper: options.halt_helper.clone().map(HaltHelper::new),
             litefs: litefs.clone(),
             options,
             shared: Arc::clone(&shared),
@@ -582,6 +600,15 @@ impl Manifest {
     /// Number of rows.
     pub async fn count(&self) -> Result<u64, ManifestError> {
         self.call(Command::Count).await
+    }
+
+    /// Writes what is queued (one attempt per batch) and stops the owner thread; answers how
+    /// many writes were left unwritten. Once it returns no manifest write is in flight and none
+    /// will start, so the process may exit: on a LiteFS replica an exit in the middle of a
+    /// COMMIT makes LiteFS itself exit (`docs/cluster.md`). Every later call, on any clone,
+    /// fails with [`ManifestError::Closed`].
+    pub async fn close(&self) -> Result<u64, ManifestError> {
+        self.call(Command::Close).await
     }
 
     /// Counters of this handle's owner thread, e.g. to check that writes are batched.
