@@ -49,10 +49,30 @@ use crate::lease::Lease;
 use crate::ofd::{self, LockError, LockKind, LockRange};
 
 /// The environment variable that makes a process the HALT helper of the lock file it names.
+///
+/// The application checks it first thing in `main`:
+///
+/// ```no_run
+/// fn main() -> std::io::Result<()> {
+///     if let Some(lock) = std::env::var_os(litefs::BROKER_ENV) {
+///         // This process is the helper: serve until the application is gone.
+///         return litefs::serve_broker(std::path::Path::new(&lock));
+///     }
+///     // ... the application itself ...
+///     Ok(())
+/// }
+/// ```
 pub const BROKER_ENV: &str = "LITEFS_HALT_BROKER";
 
 /// The helper side: serves HALT requests for `lock_path` (a database's `-lock` file) on
 /// stdin/stdout until end-of-file. Blocking; returns when the application is gone.
+///
+/// ```no_run
+/// // In the helper process, started by `HaltBroker::spawn` with `BROKER_ENV` set.
+/// let lock = std::env::var_os(litefs::BROKER_ENV).expect("started as the helper");
+/// litefs::serve_broker(std::path::Path::new(&lock))?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn serve_broker(lock_path: &Path) -> std::io::Result<()> {
     // The acquisition must finish, whatever signal the group gets; end-of-file stops us.
     for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR2] {
@@ -149,6 +169,20 @@ fn release(file: &std::fs::File) {
 /// A HALT held by the helper: what [`crate::HaltGuard`] is for an in-process lock, without
 /// the file. Give it back with [`HaltBroker::release`]; dropping it releases nothing (the
 /// helper keeps the lock until the next request or the application's exit).
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// let db = litefs::Mount::open("/litefs")?.database("caje.db")?;
+/// let me = std::process::Command::new(std::env::current_exe()?);
+/// let mut broker = litefs::HaltBroker::spawn(me, &db)?;
+/// let halt = broker.acquire(&db, Duration::from_secs(1))?;
+/// halt.write(|| { /* BEGIN; INSERT ...; COMMIT; with any SQLite connection */ })?;
+/// let held = broker.release(halt)?;
+/// assert!(held < Duration::from_secs(30));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+
 #[derive(Debug)]
 pub struct BrokeredHalt {
     lease: Lease,
@@ -157,11 +191,33 @@ pub struct BrokeredHalt {
 
 impl BrokeredHalt {
     /// How long since the lock was requested.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// let db = litefs::Mount::open("/litefs")?.database("caje.db")?;
+    /// let me = std::process::Command::new(std::env::current_exe()?);
+    /// let mut broker = litefs::HaltBroker::spawn(me, &db)?;
+    /// let halt = broker.acquire(&db, Duration::from_secs(1))?;
+    /// assert!(halt.held_for() < Duration::from_secs(30));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn held_for(&self) -> Duration {
         self.lease.elapsed()
     }
 
     /// [`Error::HaltExpired`] once the lease has run out (see [`crate::HaltGuard::check_lease`]).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// let db = litefs::Mount::open("/litefs")?.database("caje.db")?;
+    /// let me = std::process::Command::new(std::env::current_exe()?);
+    /// let mut broker = litefs::HaltBroker::spawn(me, &db)?;
+    /// let halt = broker.acquire(&db, Duration::from_secs(1))?;
+    /// halt.check_lease()?; // still ours: the COMMIT may go
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn check_lease(&self) -> Result<()> {
         if self.lease.is_expired() {
             return Err(Error::HaltExpired {
@@ -174,6 +230,18 @@ impl BrokeredHalt {
     }
 
     /// Runs `f` (a COMMIT) only while the lease lasts, like [`crate::HaltGuard::write`].
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// let db = litefs::Mount::open("/litefs")?.database("caje.db")?;
+    /// let me = std::process::Command::new(std::env::current_exe()?);
+    /// let mut broker = litefs::HaltBroker::spawn(me, &db)?;
+    /// let halt = broker.acquire(&db, Duration::from_secs(1))?;
+    /// let rows = halt.write(|| 1 /* conn.execute("INSERT ...") */)?;
+    /// assert_eq!(rows, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
         self.check_lease()?;
         Ok(f())
@@ -181,6 +249,18 @@ impl BrokeredHalt {
 }
 
 /// The application side: one helper process for one database's lock file.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// let db = litefs::Mount::open("/litefs")?.database("caje.db")?;
+/// let me = std::process::Command::new(std::env::current_exe()?);
+/// let mut broker = litefs::HaltBroker::spawn(me, &db)?;
+/// let halt = broker.acquire(&db, Duration::from_secs(1))?;
+/// halt.write(|| { /* COMMIT */ })?;
+/// broker.release(halt)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct HaltBroker {
     child: Option<Child>,
@@ -197,6 +277,17 @@ impl HaltBroker {
     /// Starts the helper: `command` (normally the application's own executable) with
     /// [`BROKER_ENV`] naming `db`'s lock file, stdin and stdout piped. The database must exist
     /// (the helper opens `<db>-lock` without creating it).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// let db = litefs::Mount::open("/litefs")?.database("caje.db")?;
+    /// let me = std::process::Command::new(std::env::current_exe()?);
+    /// let mut broker = litefs::HaltBroker::spawn(me, &db)?;
+    /// let halt = broker.acquire(&db, Duration::from_secs(1))?;
+    /// broker.release(halt)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn spawn(mut command: Command, db: &Database) -> Result<HaltBroker> {
         let lock_path = db.lock_path().to_owned();
         let mut child = command
@@ -222,6 +313,17 @@ impl HaltBroker {
     /// on acquiring; the next call first collects (and releases) that late HALT. An error
     /// other than [`Error::Timeout`] or [`Error::Lock`] means the helper is gone: drop this
     /// broker and spawn a new one.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// let db = litefs::Mount::open("/litefs")?.database("caje.db")?;
+    /// let me = std::process::Command::new(std::env::current_exe()?);
+    /// let mut broker = litefs::HaltBroker::spawn(me, &db)?;
+    /// let halt = broker.acquire(&db, Duration::from_secs(1))?;
+    /// broker.release(halt)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn acquire(&mut self, db: &Database, timeout: Duration) -> Result<BrokeredHalt> {
         let deadline = Instant::now() + timeout;
         if self.held {
@@ -248,6 +350,18 @@ impl HaltBroker {
 
     /// Releases a HALT taken with [`acquire`](HaltBroker::acquire); returns how long it was
     /// held.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// let db = litefs::Mount::open("/litefs")?.database("caje.db")?;
+    /// let me = std::process::Command::new(std::env::current_exe()?);
+    /// let mut broker = litefs::HaltBroker::spawn(me, &db)?;
+    /// let halt = broker.acquire(&db, Duration::from_secs(1))?;
+    /// let held = broker.release(halt)?;
+    /// println!("HALT held {held:?}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn release(&mut self, halt: BrokeredHalt) -> Result<Duration> {
         let held_for = halt.held_for();
         self.release_held()?;
