@@ -83,6 +83,12 @@ async fn warming_stays_within_its_share_and_never_evicts_a_client_page() {
             s["warm_bytes"].as_u64().unwrap() == 60 * 4096
         })
         .await;
+        // B can fill its share before A's last rows reach the manifest; the pass below must
+        // list all 24. A node's own listing returns once every page it stored is in the
+        // manifest (read-your-writes).
+        b.admin("GET", "/_caje/list?limit=100").await;
+        let listed = a.admin("GET", "/_caje/list?limit=100").await;
+        assert_eq!(listed.json()["count"], 24, "{}", listed.text());
         let report = pass(&b).await;
         let stats = b.stats().await;
         assert_eq!(stats["max_warm_bytes"], 262_144, "{stats}");
