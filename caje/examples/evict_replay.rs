@@ -355,17 +355,30 @@ fn main() {
     let max_bpe = bytes_per_entry.iter().cloned().fold(0.0, f64::max);
     println!("policy heap per resident entry at the end of a run: at most {max_bpe:.0} bytes");
 
-    // The policy's own memory at 1,000,000 resident entries, ghost full.
+    // The policy's own memory at 1,000,000 resident entries with the ghost full: a million
+    // entries all used twice (so they reach the main queue), then a million new ones used
+    // once (evicted from the small queue into the ghost, which remembers about as many as
+    // the main queue holds).
     let mut p = Policy::new(1_000_000, None);
-    for id in 0..2_000_000u64 {
+    for id in 0..1_000_000u64 {
+        p.admit(key_of(id), 1);
+    }
+    for id in 0..1_000_000u64 {
+        p.touch(key_of(id));
+    }
+    for id in 1_000_000..2_000_000u64 {
         p.admit(key_of(id), 1);
     }
     let u = p.usage();
+    let (ghosts, ghost_bytes) = p.ghost_usage();
     println!(
-        "1,000,000-entry policy (full, ghost populated): {} entries, {:.1} MiB heap, {:.0} bytes per entry",
+        "1,000,000-entry policy (full, ghost populated): {} entries, {:.1} MiB heap, {:.0} bytes per entry; of which the ghost: {} fingerprints, {:.1} MiB, {:.1} bytes per fingerprint",
         u.entries,
         p.heap_bytes() as f64 / 1048576.0,
-        p.heap_bytes() as f64 / u.entries as f64
+        p.heap_bytes() as f64 / u.entries as f64,
+        ghosts,
+        ghost_bytes as f64 / 1048576.0,
+        ghost_bytes as f64 / ghosts.max(1) as f64,
     );
     println!("took {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -6,7 +6,6 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
-use crate::cache::key::CacheKey;
 use crate::cache::policy::{self, PolicyOptions};
 use crate::cache::store::{DiskLimits, Entry, OpenOptions, Store, StoreError, StoreEvent};
 use crate::config::{Config, IpNet};
@@ -160,6 +159,8 @@ impl App {
             max_batch: m.max_batch.max(1),
             max_queue: m.max_queue.max(1),
             halt_timeout: std::time::Duration::from_millis(m.halt_timeout_ms),
+            open_timeout: std::time::Duration::from_millis(m.open_timeout_ms),
+            halt_helper: m.halt_helper.clone(),
             ..ManifestOptions::default()
         };
         let (store, manifest, tombstones) = tokio::task::spawn_blocking(move || {
@@ -317,11 +318,11 @@ async fn record_stored(
                 Err(_) => break,
             }
         }
-        let mut pending = tokio::task::JoinSet::new();
         let stored = batch
             .iter()
             .filter(|e| matches!(e, StoreEvent::Stored { .. }))
             .count() as u64;
+        let mut rows = Vec::new();
         for event in batch {
             // Local removals (old variants, corrupt copies) leave the manifest alone: it
             // says which pages exist in the cluster, not what this node holds. Purges
@@ -338,25 +339,29 @@ async fn record_stored(
             if !store.is_current(&entry) {
                 continue;
             }
-            let row = page_row(&entry, &node);
-            let manifest = manifest.clone();
-            pending.spawn(async move {
-                let key = CacheKey {
-                    host: row.host.clone(),
-                    path: row.path.clone(),
-                };
-                match manifest.announce(row, guard).await {
-                    Ok(Upsert::Purged) => {
-                        tracing::debug!(host = %key.host, path = %key.path, "not announced: a purge this node has not applied covers it");
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(host = %key.host, path = %key.path, "manifest upsert failed: {e}");
-                    }
-                }
-            });
+            rows.push((page_row(&entry, &node), guard));
         }
-        while pending.join_next().await.is_some() {}
+        // One message to the manifest's thread for the whole batch.
+        let keys: Vec<(String, String)> = rows
+            .iter()
+            .map(|(r, _)| (r.host.clone(), r.path.clone()))
+            .collect();
+        let answers = if rows.is_empty() {
+            Vec::new()
+        } else {
+            manifest.announce_many(rows).await
+        };
+        for ((host, path), answer) in keys.iter().zip(answers) {
+            match answer {
+                Ok(Upsert::Purged) => {
+                    tracing::debug!(%host, %path, "not announced: a purge this node has not applied covers it");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(%host, %path, "manifest upsert failed: {e}");
+                }
+            }
+        }
         store.recorded(stored);
     }
 }

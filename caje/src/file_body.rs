@@ -208,7 +208,7 @@ pub async fn hit_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitErro
 }
 
 /// Largest body [`inline_hit`] reads on the async worker.
-const INLINE_MAX: u64 = 64 * 1024;
+const INLINE_MAX: u64 = format::INLINE_MAX;
 
 /// Serves a small body straight from the page cache, on the async worker, when it is there.
 ///
@@ -232,14 +232,7 @@ fn inline_hit(store: &Store, entry: &Arc<Entry>) -> Option<Body> {
     // Header and body in one read, and one byte more than the file should hold, so a longer
     // file shows too.
     let mut buf = vec![0u8; (offset + len + 1) as usize];
-    let mut done = 0usize;
-    while done < buf.len() {
-        let n = pread_nowait(&file, &mut buf[done..], done as u64, memory)?;
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
+    let done = format::read_all_cached(&file, &mut buf, memory)?;
     if done as u64 != offset + len {
         return None;
     }
@@ -261,23 +254,6 @@ fn inline_hit(store: &Store, entry: &Arc<Entry>) -> Option<Body> {
     let body = Bytes::copy_from_slice(body);
     store.hot().insert(&entry.meta.body_file, body.clone());
     Some(full(body))
-}
-
-/// `preadv2(RWF_NOWAIT)` (a plain `pread` on a memory file system): bytes read, or `None` if
-/// the data is not in the page cache (or the file system does not support the flag, or any
-/// other error).
-fn pread_nowait(file: &File, buf: &mut [u8], pos: u64, memory_fs: bool) -> Option<usize> {
-    use std::os::fd::AsRawFd;
-    let iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let pos = libc::off_t::try_from(pos).ok()?;
-    let flags = if memory_fs { 0 } else { libc::RWF_NOWAIT };
-    // SAFETY: `iov` points at `buf`, which is valid for writes of `buf.len()` bytes and
-    // outlives the call; the fd is owned by `file`, open for the duration of the call.
-    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, pos, flags) };
-    usize::try_from(n).ok()
 }
 
 /// A stored entry's file was not what the entry says: `Gone` if the entry was replaced or

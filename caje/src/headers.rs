@@ -20,18 +20,24 @@ const HOP_BY_HOP: &[&str] = &[
 
 /// Removes hop-by-hop headers, including every field named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    let mut named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
+    // The fields present are compared with the list (a request or response has a handful),
+    // rather than each name of the list parsed and looked up in the map: this runs on every
+    // request, hits included.
+    named.extend(
+        headers
+            .keys()
+            .filter(|k| HOP_BY_HOP.contains(&k.as_str()))
+            .cloned(),
+    );
     for name in named {
         headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
     }
 }
 
@@ -99,38 +105,51 @@ pub const VIA: &str = "1.1 caje";
 /// client must not be able to claim another address, host or scheme. With `trust` true
 /// (behind a proxy the operator runs), caje appends to the chains instead and keeps the rest.
 pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, client_host: &str, trust: bool) {
-    let prev_xff = headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let prev_fwd = headers
-        .get("forwarded")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if !trust {
-        for name in FORWARDING {
-            headers.remove(*name);
+    // Names made once (a `&str` name is parsed on every lookup; this runs on every request).
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+    const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+    const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+    let previous = |headers: &HeaderMap, name: &HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (prev_xff, prev_fwd) = if trust {
+        (previous(headers, &XFF), previous(headers, &FORWARDED))
+    } else {
+        // Only the fields present are compared with the list.
+        let claimed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| FORWARDING.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for name in claimed {
+            headers.remove(name);
         }
-    }
+        (None, None)
+    };
     let client = client.to_canonical();
     let ip = client.to_string();
     let xff = match prev_xff {
-        Some(prev) if trust => format!("{prev}, {ip}"),
-        _ => ip.clone(),
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.clone(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(XFF, v);
     }
-    if !(trust && headers.contains_key("x-forwarded-proto")) {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if !(trust && headers.contains_key(XFP)) {
+        headers.insert(XFP, HeaderValue::from_static("http"));
     }
-    if !(trust && headers.contains_key("x-real-ip")) {
+    if !(trust && headers.contains_key(X_REAL_IP)) {
         if let Ok(v) = HeaderValue::from_str(&ip) {
-            headers.insert("x-real-ip", v);
+            headers.insert(X_REAL_IP, v);
         }
     }
     if let Ok(v) = HeaderValue::from_str(client_host) {
-        headers.insert("x-forwarded-host", v);
+        headers.insert(XFH, v);
     }
     // RFC 7239: IPv6 nodes are quoted and bracketed.
     let node = if client.is_ipv6() {
@@ -140,11 +159,11 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, client_host: &str,
     };
     let element = format!("for={node};host={client_host};proto=http");
     let forwarded = match prev_fwd {
-        Some(prev) if trust => format!("{prev}, {element}"),
-        _ => element,
+        Some(prev) => format!("{prev}, {element}"),
+        None => element,
     };
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert("forwarded", v);
+        headers.insert(FORWARDED, v);
     }
     append_via(headers);
 }

@@ -75,6 +75,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Started by this binary's manifest as its HALT helper (litefs-rs's broker): serve that,
+    // nothing else. See `manifest/litefs.rs`, `HaltHelper`.
+    if let Some(lock) = std::env::var_os(litefs::BROKER_ENV) {
+        return match litefs::serve_broker(std::path::Path::new(&lock)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("caje HALT helper for {}: {e}", lock.to_string_lossy());
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = Args::parse();
     init_logging();
     // Both change the environment: before any other thread exists.
@@ -86,13 +97,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = match load_config(&args) {
+    let mut config = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("caje: {e:#}");
             return ExitCode::from(2);
         }
     };
+    // HALTs on a real LiteFS mount go through a helper process, this binary again: a kill -9
+    // of this process then never cuts an acquisition short (which LiteFS cannot recover from).
+    // `CAJE_HALT_HELPER=off` takes them in-process (to compare; see docs/cluster.md).
+    if std::env::var("CAJE_HALT_HELPER").as_deref() != Ok("off") {
+        config.manifest.halt_helper = std::env::current_exe().ok();
+    }
     limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -249,6 +266,7 @@ async fn serve(
                     Ok(Err(e)) => tracing::warn!("index snapshot not written: {e}"),
                     Err(e) => tracing::warn!("index snapshot not written: {e}"),
                 }
+                close_manifest(&app).await;
                 return Ok(());
             }
             Stop::HandOver(successor) => successor,
@@ -272,6 +290,7 @@ async fn serve(
                 drop(listener);
                 let _ = drain.await;
                 flush_access_log(&app).await;
+                close_manifest(&app).await;
                 return Ok(());
             }
             Err(e) => {
@@ -306,6 +325,22 @@ async fn flush_access_log(app: &App) {
         tracing::warn!(
             "access log: not every line was written before exit (the disk is slow or failing)"
         );
+    }
+}
+
+/// Writes the manifest's queue and stops its writer before the process exits: rows of the
+/// last fills are not lost, and no COMMIT is cut in the middle (which on a LiteFS replica makes
+/// LiteFS exit with a fatal error). Bounded: a manifest that cannot be written is given up.
+async fn close_manifest(app: &App) {
+    let limit = Duration::from_millis(app.config.manifest.halt_timeout_ms) + Duration::from_secs(5);
+    match tokio::time::timeout(limit, app.manifest.close()).await {
+        Ok(Ok(0)) => tracing::info!("manifest written and closed before exit"),
+        Ok(Ok(left)) => tracing::warn!(
+            left,
+            "manifest closed before exit with writes it could not write"
+        ),
+        Ok(Err(e)) => tracing::warn!("closing the manifest failed: {e}"),
+        Err(_) => tracing::warn!(?limit, "the manifest did not close in time; exiting anyway"),
     }
 }
 

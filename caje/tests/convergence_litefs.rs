@@ -26,14 +26,19 @@ use support::{eventually, within, Caje, CajeConfig, NodeDir, Origin};
 /// The manifest's file name on both mounts.
 const DB: &str = "caje.db";
 
-// Not in the default run: on some seeds a kill -9 of a replica node in the middle of a HALT
-// leaves the primary halted until LiteFS expires the halt (a purge through the primary's node
-// then waits 15-30 s), and a replica node restarted after that once could not open the
-// manifest on n2 (SQLITE_CANTOPEN) (docs/cluster.md, "Convergence test"). Those are LiteFS
-// behaviours under kill -9 that caje does not handle yet, and a test that fails on some seeds
-// would make CI red at random. Run it on purpose: scripts/convergence.sh --litefs.
+// Not in the default run, still: LiteFS v0.5.14 exits (`fatal error occurred while committing
+// WAL ... context canceled`, exit code 99) when a process on a replica is killed in the middle
+// of a COMMIT under HALT (the remote commit is cut short), and this workload kill -9s the
+// replica's nodes 20-100 times a run; 5 of 8 runs of 60 s failed: 2 that way, 3 with n2's
+// reads failing `SQLITE_PROTOCOL` (one traced to a HALT helper that exited without releasing,
+// since fixed; the others not explained) (docs/cluster.md, "Convergence test"). caje cannot prevent a
+// kill -9 from interrupting its own COMMIT without moving its manifest writer out of process.
+// What it could fix is fixed and tested in CI: a kill -9 during a HALT acquisition
+// (`litefs_kill_mid_halt.rs`), purges and opening that wait boundedly, and a SIGTERM that no
+// longer cuts a COMMIT (`graceful_shutdown.rs`). Run this on purpose:
+// scripts/convergence.sh --litefs.
 #[tokio::test]
-#[ignore = "kill -9 of a replica node mid-HALT stalls or wedges LiteFS on some seeds; run scripts/convergence.sh --litefs"]
+#[ignore = "LiteFS exits when a replica's writer is kill -9'd mid-COMMIT; run scripts/convergence.sh --litefs"]
 async fn nodes_on_real_litefs_converge_under_purges_and_restarts() {
     let litefs = match Litefs::start() {
         Ok(l) => l,
@@ -43,7 +48,7 @@ async fn nodes_on_real_litefs_converge_under_purges_and_restarts() {
         }
     };
     let secs = workload_secs(20);
-    within(secs + 300, async {
+    within(secs + 120, async {
         let origin = Origin::start();
         // A HALT wait bounded well below the 10 s LiteFS allows, as in real_litefs_cluster.rs.
         let toml = node_toml("litefs = \"auto\"\nhalt_timeout_ms = 1000");
@@ -81,10 +86,8 @@ async fn nodes_on_real_litefs_converge_under_purges_and_restarts() {
             secs,
             grace: Duration::from_secs(3),
             quiet: Duration::from_secs(5),
-            // A kill -9 of a replica node that holds (or is acquiring) HALT can leave the
-            // primary halted until LiteFS expires the halt (30-35 s): writes on every node,
-            // purges included, wait until then.
-            request_limit: Duration::from_secs(60),
+            // As in the local test: a node that does not answer within 15 s is a failure.
+            request_limit: Duration::from_secs(15),
             label: "convergence-litefs",
         };
         let report = convergence::run(&origin, specs, &opts).await;

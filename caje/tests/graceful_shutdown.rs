@@ -104,3 +104,75 @@ async fn sigterm_while_a_fill_streams_without_its_client_exits_zero() {
     })
     .await
 }
+
+/// SIGTERM writes the manifest's queue before the process exits, and stops its writer first:
+/// a row still waiting for its batch is not lost, and no COMMIT is cut in the middle (on a
+/// LiteFS replica that makes LiteFS itself exit: docs/cluster.md, "A node killed during a
+/// HALT"). Here the node is a replica (`litefs = "on"`, `.primary` names another node) whose
+/// HALT the test holds when SIGTERM arrives and releases 1 s later: the last flush must wait
+/// for it. Before, the process exited while its writer waited, and the row was lost.
+#[tokio::test]
+async fn sigterm_writes_the_manifest_queue_before_exiting() {
+    use std::os::fd::AsFd;
+    within(60, async {
+        let origin = Origin::start();
+        let dir = support::NodeDir::new();
+        std::fs::write(dir.root().join(".primary"), "other-node\n").unwrap();
+        let mut caje = Caje::start_in(
+            dir.clone(),
+            support::CajeConfig::for_origin(
+                &origin.base(),
+                "[populate]\nenabled = false\n[manifest]\nlitefs = \"on\"\nflush_interval_ms = 20\n\
+                 halt_timeout_ms = 4000\n",
+            ),
+        );
+        let mut lock = dir.db().into_os_string();
+        lock.push("-lock");
+        let ours = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&lock)
+            .unwrap();
+        litefs::ofd::try_lock(
+            ours.as_fd(),
+            litefs::ofd::LockKind::Write,
+            litefs::ofd::LockRange::HALT,
+        )
+        .expect("take HALT");
+        assert_eq!(
+            caje.get(&gen("queued", "cc=max-age%3D600")).await.status,
+            200
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            drop(ours);
+        });
+        let st = caje.stop();
+        releaser.join().unwrap();
+        assert_eq!(
+            st.code(),
+            Some(0),
+            "exit status {st}; stderr:\n{}",
+            caje.stderr()
+        );
+        std::fs::remove_file(dir.root().join(".primary")).unwrap();
+        let db = dir.db();
+        let rows = tokio::task::spawn_blocking(move || caje::manifest::Manifest::open(&db))
+            .await
+            .unwrap()
+            .unwrap()
+            .list()
+            .await
+            .unwrap();
+        assert_eq!(
+            rows.iter()
+                .filter(|r| r.path.starts_with("/gen/queued"))
+                .count(),
+            1,
+            "the queued row was lost at exit: {rows:?}\n{}",
+            caje.stderr()
+        );
+    })
+    .await
+}

@@ -120,3 +120,72 @@ async fn replica_writes_under_halt_and_primary_writes_directly() {
     })
     .await
 }
+
+/// A purge on a node whose manifest cannot be written (here: another holder keeps the HALT
+/// byte; on LiteFS: a HALT left on the primary by a process killed while acquiring it, kept
+/// 30-35 s) answers within `manifest.purge_wait_ms`: `202` with `"queued": true`, this node's
+/// copy already dropped. The rows and the tombstone land once HALT can be had again.
+#[tokio::test]
+async fn a_purge_answers_in_bounded_time_when_the_manifest_cannot_be_written() {
+    within(90, async {
+        let origin = Origin::start();
+        let dir = NodeDir::new();
+        std::fs::write(dir.root().join(".primary"), "other-node\n").unwrap();
+        let node = Caje::start_in(
+            dir.clone(),
+            CajeConfig::for_origin(
+                &origin.base(),
+                "[populate]\nenabled = false\n[manifest]\nlitefs = \"on\"\nflush_interval_ms = 20\n\
+                 halt_timeout_ms = 300\npurge_wait_ms = 500\n",
+            ),
+        );
+        let page = gen("held", "cc=max-age%3D600");
+        assert_eq!(node.get(&page).await.status, 200);
+        node.settle_listed("/gen/held").await;
+
+        let ours = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(lock_path(&dir))
+            .unwrap();
+        ofd::try_lock(ours.as_fd(), LockKind::Write, LockRange::HALT).expect("take HALT");
+        let began = Instant::now();
+        let r = node
+            .admin("POST", &format!("/_caje/purge?url={}", enc(&page)))
+            .await;
+        let took = began.elapsed();
+        assert_eq!(r.status, 202, "{}", r.text());
+        let j = r.json();
+        assert_eq!(j["queued"], true, "{j}");
+        assert_eq!(j["entries"], 1, "the local copy is dropped at once: {j}");
+        assert!(j["tombstone"].is_null(), "{j}");
+        assert!(took < Duration::from_secs(3), "the purge took {took:?}");
+        // This node no longer serves its copy, though the row is still listed.
+        let again = node.get(&page).await;
+        let cache_status = again.header("cache-status").unwrap_or_default();
+        assert!(cache_status.contains("fwd="), "{cache_status}");
+
+        // HALT is free again: the queued purge lands, with its tombstone.
+        drop(ours);
+        eventually(15, "the queued purge's tombstone lands", || async {
+            let status = node.admin("GET", "/_caje/status").await.json();
+            status["recent_purges"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty())
+        })
+        .await;
+    })
+    .await
+}
+
+/// Percent-encodes a query parameter value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -91,6 +91,8 @@
 //! - `http`: the HTTP API client (feature `http`).
 #![deny(missing_docs)]
 
+#[cfg(target_os = "linux")]
+mod broker;
 mod consistency;
 mod coordinator;
 mod database;
@@ -109,6 +111,8 @@ mod retry;
 #[cfg(feature = "http")]
 pub mod http;
 
+#[cfg(target_os = "linux")]
+pub use broker::{serve_broker, BrokeredHalt, HaltBroker, BROKER_ENV};
 #[cfg(feature = "tokio")]
 pub use consistency::check_consistency_async;
 pub use consistency::{

@@ -9,6 +9,7 @@
 //! the origin or slip past authentication.
 
 mod list;
+mod purge;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,10 +22,7 @@ use serde_json::{json, Value};
 
 use crate::app::App;
 use crate::body::{self, Body};
-use crate::cache::key::CacheKey;
 use crate::cache_status::Outcome;
-use crate::host::Host;
-use crate::manifest::Purge;
 use crate::secret::constant_time_eq;
 
 /// The admin prefix.
@@ -75,13 +73,13 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) ->
         return *res;
     }
     if req.method().as_str() == "PURGE" {
-        return purge_method(app, &req).await;
+        return purge::purge_method(app, &req).await;
     }
     let path = normalize_path(req.uri().path());
     let route = path.strip_prefix(PREFIX).unwrap_or("");
     let method = req.method().clone();
     match (route, &method) {
-        ("/purge", &Method::POST) => purge_endpoint(app, &req).await,
+        ("/purge", &Method::POST) => purge::purge_endpoint(app, &req).await,
         ("/purge", _) => method_not_allowed("POST"),
         ("/populate", &Method::POST) => populate(app).await,
         ("/populate", _) => method_not_allowed("POST"),
@@ -233,7 +231,7 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
     res
 }
 
-fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+pub(super) fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     let mut text = value.to_string();
     text.push('\n');
     let mut res = Response::new(body::full(text));
@@ -383,7 +381,7 @@ async fn status(app: &App) -> Response<Body> {
 }
 
 /// The value of query parameter `name`, percent-decoded (`+` is kept as is: values are URLs).
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(super) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then(|| percent_decode(v))
@@ -412,167 +410,8 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn truthy(v: Option<String>) -> bool {
+pub(super) fn truthy(v: Option<String>) -> bool {
     matches!(v.as_deref(), Some("1" | "true" | "yes" | "on"))
-}
-
-/// `POST /_caje/purge?url=<url>[&soft=true]` or `?tag=<tag>[&soft=true]`.
-async fn purge_endpoint<B>(app: &App, req: &Request<B>) -> Response<Body> {
-    let query = req.uri().query();
-    let soft = truthy(query_param(query, "soft"));
-    let what = match (query_param(query, "url"), query_param(query, "tag")) {
-        (Some(url), None) => match purge_target(&url, req) {
-            Ok(key) => Purge::Url {
-                host: key.host,
-                path: key.path,
-            },
-            Err(msg) => return json_response(StatusCode::BAD_REQUEST, &json!({ "error": msg })),
-        },
-        (None, Some(tag)) if !tag.is_empty() && !tag.contains(char::is_whitespace) => {
-            Purge::Tag(tag)
-        }
-        (None, Some(_)) => {
-            return json_response(
-                StatusCode::BAD_REQUEST,
-                &json!({"error": "tag must be a non-empty token without spaces"}),
-            )
-        }
-        _ => {
-            return json_response(
-                StatusCode::BAD_REQUEST,
-                &json!({"error": "give exactly one of ?url=<url or /path?query> or ?tag=<tag> (add &soft=true to mark stale instead of deleting)"}),
-            )
-        }
-    };
-    purge(app, what, soft).await
-}
-
-/// `PURGE /path?query` with the request's Host: purges that URL (all variants). A
-/// `Caje-Soft-Purge: 1` header makes it soft.
-async fn purge_method<B>(app: &App, req: &Request<B>) -> Response<Body> {
-    let target = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    let target = match req.uri().authority() {
-        Some(a) => format!("http://{a}{target}"),
-        None => target,
-    };
-    let soft = truthy(
-        req.headers()
-            .get("caje-soft-purge")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim().to_ascii_lowercase()),
-    );
-    match purge_target(&target, req) {
-        Ok(key) => {
-            purge(
-                app,
-                Purge::Url {
-                    host: key.host,
-                    path: key.path,
-                },
-                soft,
-            )
-            .await
-        }
-        Err(msg) => json_response(StatusCode::BAD_REQUEST, &json!({ "error": msg })),
-    }
-}
-
-/// The page a purge URL names: absolute (`http://host/path?q`) or a path meaning the
-/// request's own Host.
-fn purge_target<B>(url: &str, req: &Request<B>) -> Result<CacheKey, String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("url {url:?} is not a URL: {e}"))?;
-    let path = uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    if !path.starts_with('/') {
-        return Err(format!("url {url:?} must be absolute or start with /"));
-    }
-    let (raw, scheme) = match uri.authority() {
-        Some(a) => (a.as_str(), uri.scheme_str().unwrap_or("http")),
-        None => (
-            req.headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .ok_or("a path-only url needs the request's Host header")?,
-            "http",
-        ),
-    };
-    let host = Host::parse(raw, scheme).map_err(|e| format!("host {raw:?} is not valid: {e}"))?;
-    Ok(CacheKey::new(&host, &path))
-}
-
-/// Applies a purge in the manifest (rows + tombstone, one transaction), then locally.
-///
-/// The manifest first: while the row exists, this node's populate may fetch the page again
-/// (from a peer that still holds the old copy, or from the origin without a client asking),
-/// and a copy stored after a local removal would survive it, since this node does not apply
-/// its own tombstone again. Once the row is gone nothing lists the page; a fill from an
-/// older listing is dropped at its commit by the local removal below (populate fills carry
-/// the purge epoch of their listing). Only after the local removal does this node count the
-/// tombstone as applied, so nothing it announces in between can put the row back.
-async fn purge(app: &App, what: Purge, soft: bool) -> Response<Body> {
-    let ttl = app.config.cache.tombstone_ttl_secs as i64;
-    let manifest = app.manifest.purge(what.clone(), soft, ttl).await;
-    let store = app.store.clone();
-    let local_what = what.clone();
-    let local = tokio::task::spawn_blocking(move || match (&local_what, soft) {
-        (Purge::Url { host, path }, false) => store
-            .remove_page(&CacheKey {
-                host: host.clone(),
-                path: path.clone(),
-            })
-            .len(),
-        (Purge::Url { host, path }, true) => store.invalidate(
-            Some(&CacheKey {
-                host: host.clone(),
-                path: path.clone(),
-            }),
-            None,
-        ),
-        (Purge::Tag(tag), false) => store.remove_tag(tag).len(),
-        (Purge::Tag(tag), true) => store.invalidate(None, Some(tag)),
-        (Purge::All, false) => store.clear().0 as usize,
-        (Purge::All, true) => store.invalidate(None, None),
-    })
-    .await
-    .unwrap_or(0);
-    app.stats
-        .purged
-        .fetch_add(local as u64, std::sync::atomic::Ordering::Relaxed);
-    let (rows, tombstone) = match manifest {
-        Ok(out) => {
-            // Applied above: not to be applied again here.
-            app.tombstones.purged_here(out.tombstone_id);
-            // This node's own commit does not move its `data_version`: wake the background
-            // task so its cursor (saved on disk) moves past this tombstone now.
-            app.populate.wake();
-            (out.rows.len(), Some(out.tombstone_id))
-        }
-        Err(e) => {
-            tracing::warn!("purge: manifest update failed: {e}");
-            return json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"error": format!("removed {local} local entries, but the manifest update failed: {e}; retry the purge"), "entries": local}),
-            );
-        }
-    };
-    let target = match &what {
-        Purge::Url { host, path } => json!({"host": host, "path": path}),
-        Purge::Tag(t) => json!({ "tag": t }),
-        Purge::All => json!("all"),
-    };
-    tracing::info!(?what, soft, local, rows, "purged");
-    json_response(
-        StatusCode::OK,
-        &json!({"purged": target, "soft": soft, "entries": local, "rows": rows, "tombstone": tombstone}),
-    )
 }
 
 #[cfg(test)]

@@ -180,6 +180,46 @@ impl ManifestError {
         source.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
     }
 
+    /// Opening failed in a way a LiteFS mount answers for a while and then stops answering:
+    /// worth trying again (for a bounded time) on a LiteFS mount, not on a plain one, where
+    /// the same codes mean a wrong path or a broken disk.
+    ///
+    /// Seen on the real cluster (`docs/cluster.md`): while a HALT is stuck on the primary
+    /// (its holder was killed during the acquisition; LiteFS keeps it 30-35 s) the primary's
+    /// writers and a migration fail with `SQLITE_PROTOCOL` after 10 s, a replica answers
+    /// `SQLITE_CANTOPEN` or `SQLITE_PROTOCOL`, and HALT itself fails (`EIO`, or caje's own
+    /// `halt_timeout`).
+    pub(super) fn is_transient_open(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        let source = match self {
+            ManifestError::Halt { .. } => return true,
+            ManifestError::Open { source, .. } | ManifestError::Migrate { source, .. } => source,
+            _ => return false,
+        };
+        matches!(
+            source.sqlite_error_code(),
+            Some(
+                C::DatabaseBusy
+                    | C::DatabaseLocked
+                    | C::CannotOpen
+                    | C::FileLockingProtocolFailed
+                    | C::SystemIoFailure
+            )
+        )
+    }
+
+    /// This error and its causes, `: `-separated, for a log line.
+    pub(super) fn with_causes(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        text
+    }
+
     pub(super) fn sqlite(op: Op, source: rusqlite::Error) -> Self {
         ManifestError::Sqlite {
             op,

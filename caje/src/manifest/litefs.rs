@@ -159,6 +159,127 @@ pub(super) fn halt_unless_primary(
     db.halt_timeout(timeout).map(Some)
 }
 
+/// A HALT a flush holds: taken in this process (litefs-rs's [`HaltGuard`]), or by the HALT
+/// helper process ([`HaltHelper`]) on a real LiteFS mount.
+#[derive(Debug)]
+pub(super) enum Halt {
+    Guard(HaltGuard),
+    Brokered(litefs::BrokeredHalt),
+}
+
+impl Halt {
+    /// [`LitefsError::HaltExpired`] once the lease has run out.
+    pub(super) fn check_lease(&self) -> Result<(), LitefsError> {
+        match self {
+            Halt::Guard(g) => g.check_lease(),
+            Halt::Brokered(b) => b.check_lease(),
+        }
+    }
+
+    fn write<T>(&self, f: impl FnOnce() -> T) -> Result<T, LitefsError> {
+        match self {
+            Halt::Guard(g) => g.write(f),
+            Halt::Brokered(b) => b.write(f),
+        }
+    }
+}
+
+/// The HALT helper of one manifest: caje's own executable run as litefs-rs's broker
+/// ([`litefs::serve_broker`]), started when first needed and again after it died.
+///
+/// Why a helper: a caje process killed while LiteFS acquires its HALT leaves the primary
+/// halted for 30-35 s and can wedge this replica's replication until LiteFS restarts (see
+/// litefs-rs's `broker.rs` and `docs/cluster.md`). The helper outlives caje long enough to
+/// finish the acquisition and give the HALT back. Only on a real LiteFS (FUSE) mount; on a
+/// plain directory in `litefs = "on"` mode the lock is a local OFD lock that a killed process
+/// releases cleanly, and stays in-process.
+#[derive(Debug)]
+pub(super) struct HaltHelper {
+    executable: std::path::PathBuf,
+    broker: Option<litefs::HaltBroker>,
+}
+
+impl HaltHelper {
+    pub(super) fn new(executable: std::path::PathBuf) -> HaltHelper {
+        HaltHelper {
+            executable,
+            broker: None,
+        }
+    }
+
+    fn acquire(&mut self, db: &Database, timeout: Duration) -> Result<Halt, LitefsError> {
+        let broker = match &mut self.broker {
+            Some(broker) => broker,
+            None => {
+                let mut command = std::process::Command::new(&self.executable);
+                // Its stderr stays caje's; it logs nothing itself.
+                command.stderr(std::process::Stdio::inherit());
+                self.broker.insert(litefs::HaltBroker::spawn(command, db)?)
+            }
+        };
+        match broker.acquire(db, timeout) {
+            Ok(halt) => Ok(Halt::Brokered(halt)),
+            Err(e @ (LitefsError::Timeout { .. } | LitefsError::Lock { .. })) => Err(e),
+            Err(e) => {
+                // The helper is gone or confused: a new one next time.
+                tracing::warn!(error = %e, "the HALT helper failed; starting a new one for the next flush");
+                self.broker = None;
+                Err(e)
+            }
+        }
+    }
+
+    fn release(&mut self, halt: litefs::BrokeredHalt) -> Result<Duration, LitefsError> {
+        let held = halt.held_for();
+        let Some(broker) = &mut self.broker else {
+            return Ok(held);
+        };
+        broker.release(halt).inspect_err(|_| self.broker = None)
+    }
+}
+
+/// Takes HALT for a flush, like [`halt_unless_primary`], through `helper` on a real LiteFS
+/// mount when one is configured.
+pub(super) fn halt_for_flush(
+    db: Option<&litefs::Database>,
+    helper: Option<&mut HaltHelper>,
+    timeout: Duration,
+) -> Result<Option<Halt>, litefs::Error> {
+    let Some(db) = db else {
+        return Ok(None);
+    };
+    match (helper, db.mount().is_fuse_mount()) {
+        (Some(helper), true) => {
+            match db.mount().role() {
+                Ok(Role::Primary) => return Ok(None),
+                Ok(role) => tracing::trace!(%role, "manifest write takes HALT (helper)"),
+                Err(e) => tracing::debug!(error = %e, "cannot read the LiteFS role; taking HALT"),
+            }
+            helper.acquire(db, timeout).map(Some)
+        }
+        _ => Ok(halt_unless_primary(Some(db), timeout)?.map(Halt::Guard)),
+    }
+}
+
+/// Releases a flush's HALT ([`release_halt`] for a [`Halt`]) and returns how long it was held.
+pub(super) fn release_flush_halt(
+    halt: Option<Halt>,
+    helper: Option<&mut HaltHelper>,
+) -> Option<Duration> {
+    match halt? {
+        Halt::Guard(guard) => release_halt(Some(guard)),
+        Halt::Brokered(halt) => {
+            let held = halt.held_for();
+            if let Some(helper) = helper {
+                if let Err(e) = helper.release(halt) {
+                    tracing::warn!(error = %e, held = ?held, "releasing the manifest HALT through its helper failed");
+                }
+            }
+            Some(held)
+        }
+    }
+}
+
 /// Releases HALT after the transaction ended, and returns how long it was held (from just
 /// before the lock request to the release), for [`super::ManifestStats::halt_max_held_ms`].
 /// A failed release is only logged: the commits already reached the primary, and closing the
@@ -179,7 +300,7 @@ pub(super) fn release_halt(guard: Option<HaltGuard>) -> Option<Duration> {
 /// without telling this node and a commit could land while the primary writes too. Without a
 /// guard (the primary, plain SQLite) it just runs.
 pub(super) fn commit_under<T>(
-    halt: Option<&HaltGuard>,
+    halt: Option<&Halt>,
     commit: impl FnOnce() -> T,
 ) -> Result<T, LitefsError> {
     match halt {
@@ -371,13 +492,49 @@ pub(super) mod tests {
         .await
     }
 
+    /// A node started while HALT cannot be had (on LiteFS: a primary halted by a dead
+    /// holder's HALT for 30-35 s) waits for it within `open_timeout` instead of exiting.
+    #[tokio::test]
+    async fn opening_on_a_replica_retries_a_halt_that_is_not_available_yet() {
+        bounded(async {
+            let dir = replica_dir();
+            let path = dir.path().join("manifest.db");
+            let lock = hold_halt(&path);
+            let held = Duration::from_millis(1200);
+            let releaser = std::thread::spawn(move || {
+                std::thread::sleep(held);
+                drop(lock);
+            });
+            let started = Instant::now();
+            let opening = path.clone();
+            let m = tokio::task::spawn_blocking(move || {
+                Manifest::open_with(
+                    &opening,
+                    ManifestOptions {
+                        open_timeout: Duration::from_secs(10),
+                        ..quick(LitefsMode::On)
+                    },
+                )
+            })
+            .await
+            .unwrap()
+            .expect("opening waits for HALT instead of failing");
+            assert!(started.elapsed() >= held, "{:?}", started.elapsed());
+            releaser.join().unwrap();
+            m.upsert(page("a.example", "/1")).await.unwrap();
+            assert_eq!(m.count().await.unwrap(), 1);
+        })
+        .await
+    }
+
     #[tokio::test]
     async fn opening_on_a_replica_writes_only_under_halt() {
         bounded(async {
             let dir = replica_dir();
             let path = dir.path().join("manifest.db");
 
-            // A new file needs its schema: without HALT the open fails, and says why.
+            // A new file needs its schema: without HALT the open fails (after `open_timeout`),
+            // and says why.
             let lock = hold_halt(&path);
             let err = Manifest::open_with(&path, quick(LitefsMode::On)).unwrap_err();
             assert!(matches!(err, ManifestError::Halt { .. }), "{err:?}");

@@ -116,8 +116,8 @@ pub use self::tombstone::{Purge, PurgeOutcome, Tombstone, TombstoneKind, Tombsto
 
 // The LiteFS glue is the only module that names litefs-rs; the others take its types from here.
 use self::litefs::{
-    commit_under, halt_unless_primary, litefs_database, release_halt, Database, HaltGuard,
-    LitefsError,
+    commit_under, halt_for_flush, halt_unless_primary, litefs_database, release_flush_halt,
+    release_halt, Database, Halt, HaltHelper, LitefsError,
 };
 use self::owner::{Command, LogLimit, Owner, Reply};
 use self::row::{check_tag, encode_vary, Key, Record};
@@ -156,6 +156,14 @@ pub struct ManifestOptions {
     /// Cap of the backoff between attempts of a failing flush (which starts at 100 ms and
     /// doubles). Default 5 s.
     pub retry_max_backoff: Duration,
+    /// How long [`Manifest::open_with`] goes on retrying transient failures on a LiteFS mount
+    /// (a primary halted by a HALT whose holder died, a replica catching up) before it gives
+    /// up. Default 60 s: LiteFS keeps a stuck HALT 30-35 s.
+    pub open_timeout: Duration,
+    /// The executable to run as the HALT helper on a real LiteFS mount (caje's own binary,
+    /// which serves it when it finds [`litefs::BROKER_ENV`]); `None` takes HALT in this
+    /// process. See `litefs.rs`'s `HaltHelper` for why.
+    pub halt_helper: Option<std::path::PathBuf>,
     /// Test hook, called inside every write transaction after its writes and before `COMMIT`
     /// (on the owner thread, so it must not call the manifest).
     #[doc(hidden)]
@@ -175,6 +183,8 @@ impl Default for ManifestOptions {
             max_queue: 100_000,
             halt_timeout: Duration::from_secs(10),
             retry_max_backoff: Duration::from_secs(5),
+            open_timeout: Duration::from_secs(60),
+            halt_helper: None,
             on_flush: None,
             #[cfg(test)]
             halt_clock: None,
@@ -191,6 +201,8 @@ impl fmt::Debug for ManifestOptions {
             .field("max_queue", &self.max_queue)
             .field("halt_timeout", &self.halt_timeout)
             .field("retry_max_backoff", &self.retry_max_backoff)
+            .field("open_timeout", &self.open_timeout)
+            .field("halt_helper", &self.halt_helper)
             .field("on_flush", &self.on_flush.as_ref().map(|_| "Fn"))
             .finish()
     }
@@ -394,7 +406,12 @@ impl Manifest {
                 "manifest in LiteFS mode: writes from a replica take HALT"
             );
         }
-        let (conn, held) = open_connection(path, litefs.as_ref(), options.halt_timeout)?;
+        let (conn, held) = open_connection(
+            path,
+            litefs.as_ref(),
+            options.halt_timeout,
+            options.open_timeout,
+        )?;
         let shared = Arc::new(Shared {
             pending: AtomicUsize::new(0),
             max_queue: options.max_queue.max(1),
@@ -405,6 +422,7 @@ impl Manifest {
         let owner = Owner {
             conn,
             rx,
+            halt_helper: options.halt_helper.clone().map(HaltHelper::new),
             litefs: litefs.clone(),
             options,
             shared: Arc::clone(&shared),
@@ -584,6 +602,15 @@ impl Manifest {
         self.call(Command::Count).await
     }
 
+    /// Writes what is queued (one attempt per batch) and stops the owner thread; answers how
+    /// many writes were left unwritten. Once it returns no manifest write is in flight and none
+    /// will start, so the process may exit: on a LiteFS replica an exit in the middle of a
+    /// COMMIT makes LiteFS itself exit (`docs/cluster.md`). Every later call, on any clone,
+    /// fails with [`ManifestError::Closed`].
+    pub async fn close(&self) -> Result<u64, ManifestError> {
+        self.call(Command::Close).await
+    }
+
     /// Counters of this handle's owner thread, e.g. to check that writes are batched.
     pub async fn stats(&self) -> Result<ManifestStats, ManifestError> {
         self.call(Command::Stats).await
@@ -619,9 +646,51 @@ impl Manifest {
         }
     }
 
-    /// Queues a write unless [`ManifestOptions::max_queue`] writes already wait, and awaits its
-    /// answer.
-    async fn write<T>(&self, op: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T, ManifestError> {
+    /// [`announce`](Manifest::announce) for several rows: one message to the owner thread for
+    /// all of them, so a burst of fills wakes it once instead of once per row (each wake-up a
+    /// context switch away from the async worker on a busy core). The answers come in the
+    /// order of `rows`; each row is refused alone when the queue is full.
+    pub async fn announce_many(
+        &self,
+        rows: Vec<(PageRow, PurgeGuard)>,
+    ) -> Vec<Result<Upsert, ManifestError>> {
+        let mut ops = Vec::with_capacity(rows.len());
+        let mut answers = Vec::with_capacity(rows.len());
+        for (row, guard) in rows {
+            let record = match Record::encode(row) {
+                Ok(mut record) => {
+                    record.guard = Some(guard);
+                    record
+                }
+                Err(e) => {
+                    answers.push(Err(e));
+                    continue;
+                }
+            };
+            if let Err(e) = self.admit() {
+                answers.push(Err(e));
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            ops.push(WriteOp::Upsert(Slot::new(record, reply)));
+            answers.push(Ok(answer));
+        }
+        let sent = ops.len();
+        if sent > 0 && self.commands.send(Command::Writes(ops)).is_err() {
+            self.shared.pending.fetch_sub(sent, Ordering::SeqCst);
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for answer in answers {
+            out.push(match answer {
+                Ok(answer) => answer.await.unwrap_or(Err(ManifestError::Closed)),
+                Err(e) => Err(e),
+            });
+        }
+        out
+    }
+
+    /// Counts one more queued write, unless [`ManifestOptions::max_queue`] already wait.
+    fn admit(&self) -> Result<(), ManifestError> {
         let shared = &self.shared;
         if shared.pending.fetch_add(1, Ordering::SeqCst) >= shared.max_queue {
             shared.pending.fetch_sub(1, Ordering::SeqCst);
@@ -641,6 +710,14 @@ impl Manifest {
             }
             return Err(ManifestError::QueueFull);
         }
+        Ok(())
+    }
+
+    /// Queues a write unless [`ManifestOptions::max_queue`] writes already wait, and awaits its
+    /// answer.
+    async fn write<T>(&self, op: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T, ManifestError> {
+        let shared = &self.shared;
+        self.admit()?;
         let (reply, answer) = oneshot::channel();
         if self
             .commands
@@ -712,6 +789,38 @@ mod tests {
             assert_eq!(m.upsert(no_etag.clone()).await.unwrap(), Upsert::Updated);
             assert_eq!(m.upsert(no_etag).await.unwrap(), Upsert::Unchanged);
             assert_eq!(m.count().await.unwrap(), 1);
+        })
+        .await
+    }
+
+    /// A batch of announcements is one message to the owner thread and one transaction,
+    /// answered row by row in the order given.
+    #[tokio::test]
+    async fn announce_many_answers_each_row_in_order_in_one_transaction() {
+        bounded(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m = Manifest::open(&dir.path().join("manifest.db")).unwrap();
+            m.upsert(page("a.example", "/kept")).await.unwrap();
+            let before = m.stats().await.unwrap().write_transactions;
+            let guard = || PurgeGuard {
+                applied: 0,
+                also: Vec::new(),
+            };
+            let rows = ["/kept", "/1", "/2"]
+                .map(|p| (page("a.example", p), guard()))
+                .to_vec();
+            let answers: Vec<Upsert> = m
+                .announce_many(rows)
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(
+                answers,
+                [Upsert::Unchanged, Upsert::Inserted, Upsert::Inserted]
+            );
+            assert_eq!(m.stats().await.unwrap().write_transactions - before, 1);
+            assert_eq!(paths(&m.list().await.unwrap()), ["/1", "/2", "/kept"]);
         })
         .await
     }

@@ -17,8 +17,9 @@ use super::tombstone::{
 use super::write::{is_retryable, Step, WriteOp};
 // Only named by doc links.
 use super::{
-    commit_under, duration_ms, halt_unless_primary, release_halt, Database, HaltGuard, LitefsError,
-    ManifestError, ManifestOptions, ManifestStats, Op, PageRow, Shared, Tombstone, Upsert,
+    commit_under, duration_ms, halt_for_flush, release_flush_halt, Database, Halt, HaltHelper,
+    LitefsError, ManifestError, ManifestOptions, ManifestStats, Op, PageRow, Shared, Tombstone,
+    Upsert,
 };
 #[cfg(doc)]
 use super::{write::Slot, Manifest};
@@ -59,6 +60,8 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, ManifestError>>;
 pub(super) enum Command {
     /// Boxed: a write is much larger than a read's reply, and it waits in the queue.
     Write(Box<WriteOp>),
+    /// Several writes in one message (one wake-up of this thread for a burst).
+    Writes(Vec<WriteOp>),
     List(Reply<Vec<PageRow>>),
     ListPage(Box<super::ListQuery>, Reply<super::ListPage>),
     Count(Reply<u64>),
@@ -68,6 +71,9 @@ pub(super) enum Command {
     Tombstones(i64, Reply<Vec<(i64, Tombstone)>>),
     /// [`Manifest::tombstone_log`]: ids above the first field, and whether any is missing.
     TombstoneLog(i64, Reply<TombstoneLog>),
+    /// [`Manifest::close`]: write what is queued (one attempt per batch), answer with how many
+    /// writes are left unwritten, and stop.
+    Close(Reply<u64>),
 }
 
 /// The thread that owns the connection.
@@ -76,6 +82,8 @@ pub(super) struct Owner {
     pub(super) rx: mpsc::Receiver<Command>,
     /// The LiteFS database in LiteFS mode: its role is read before every flush.
     pub(super) litefs: Option<Database>,
+    /// Takes the flushes' HALTs out of process on a real LiteFS mount, when configured.
+    pub(super) halt_helper: Option<HaltHelper>,
     pub(super) options: ManifestOptions,
     pub(super) shared: Arc<Shared>,
     /// Counters; `pending` and `overflow` live in `shared` and are filled in by `stats`.
@@ -181,6 +189,10 @@ impl Owner {
                 Some(_) => Err(RecvTimeoutError::Timeout),
             };
             match received {
+                Ok(Command::Close(reply)) => {
+                    self.close(reply);
+                    break;
+                }
                 Ok(command) => {
                     if due.is_some_and(|at| at <= now) {
                         drained += 1;
@@ -220,6 +232,7 @@ impl Owner {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Write(op) => self.enqueue(op),
+            Command::Writes(ops) => ops.into_iter().for_each(|op| self.enqueue(Box::new(op))),
             Command::List(reply) => drop(reply.send(self.list())),
             Command::ListPage(query, reply) => {
                 drop(reply.send(super::list::page(&self.conn, &query)))
@@ -227,6 +240,8 @@ impl Owner {
             Command::Count(reply) => drop(reply.send(self.count())),
             Command::DataVersion(reply) => drop(reply.send(self.data_version())),
             Command::Stats(reply) => drop(reply.send(Ok(self.stats()))),
+            // Handled by `run`, which stops after it.
+            Command::Close(reply) => self.close(reply),
             Command::Tombstones(after_id, reply) => {
                 drop(reply.send(self.tombstones_since(after_id)))
             }
@@ -234,6 +249,28 @@ impl Owner {
                 drop(reply.send(self.tombstone_log(after_id)))
             }
         }
+    }
+
+    /// Writes the queue, one attempt per batch, so a process about to exit leaves no write in
+    /// memory that it could have written; then drops the HALT helper (which releases and exits)
+    /// and answers with the writes left. Nothing is written after this: on a LiteFS replica an
+    /// exit in the middle of a COMMIT (the remote commit is a FUSE write LiteFS ships to the
+    /// primary) makes LiteFS itself exit with `fatal error occurred while committing WAL`.
+    fn close(&mut self, reply: Reply<u64>) {
+        self.retry = None;
+        while !self.pending.is_empty() {
+            let before = self.pending.len();
+            self.flush();
+            if self.pending.len() >= before {
+                break;
+            }
+        }
+        self.halt_helper = None;
+        let left = self.pending.len() as u64;
+        if left > 0 {
+            tracing::warn!(left, "manifest closed with writes it could not write");
+        }
+        drop(reply.send(Ok(left)));
     }
 
     fn enqueue(&mut self, mut op: Box<WriteOp>) {
@@ -308,7 +345,11 @@ impl Owner {
     fn flush_batch(&mut self, n: usize) -> Result<(), FlushError> {
         // The role is re-read every time: `.primary` appears and disappears with failovers.
         let waited = Instant::now();
-        let halt = halt_unless_primary(self.litefs.as_ref(), self.options.halt_timeout);
+        let halt = halt_for_flush(
+            self.litefs.as_ref(),
+            self.halt_helper.as_mut(),
+            self.options.halt_timeout,
+        );
         self.stats.halt_wait_micros += micros(waited.elapsed());
         let halt = halt.map_err(FlushError::Halt)?;
         if halt.is_some() {
@@ -325,7 +366,7 @@ impl Owner {
             Batch::OneWrite(op, source) => self.write_one_by_one(n, halt.as_ref(), op, &source),
         };
         // After the transaction ended: holding HALT across COMMIT/ROLLBACK is the point.
-        if let Some(held) = release_halt(halt) {
+        if let Some(held) = release_flush_halt(halt, self.halt_helper.as_mut()) {
             self.stats.halt_max_held_ms = self.stats.halt_max_held_ms.max(duration_ms(held));
         }
         result
@@ -336,7 +377,7 @@ impl Owner {
     fn write_one_by_one(
         &mut self,
         n: usize,
-        halt: Option<&HaltGuard>,
+        halt: Option<&Halt>,
         op: Op,
         cause: &rusqlite::Error,
     ) -> Result<(), FlushError> {
@@ -364,7 +405,7 @@ impl Owner {
     /// only while its lease lasts: past it the transaction is rolled back and the batch retried
     /// under a new HALT. Outcomes are kept in the queued writes and answered by the caller
     /// after a commit; any other end forgets them.
-    fn transaction(&mut self, n: usize, halt: Option<&HaltGuard>) -> Batch {
+    fn transaction(&mut self, n: usize, halt: Option<&Halt>) -> Batch {
         let Owner {
             conn,
             pending,

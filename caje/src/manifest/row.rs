@@ -262,8 +262,13 @@ mod tests {
     #[test]
     fn upsert_sql_reports_outcomes_inside_a_transaction() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut conn, _) =
-            open_connection(&dir.path().join("manifest.db"), None, Duration::ZERO).unwrap();
+        let (mut conn, _) = open_connection(
+            &dir.path().join("manifest.db"),
+            None,
+            Duration::ZERO,
+            Duration::ZERO,
+        )
+        .unwrap();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .unwrap();

@@ -58,28 +58,68 @@ pub const MIGRATIONS: &[&str] = &[
 /// practice; SQLITE_BUSY surfacing would mean something is stuck (the flush is then retried).
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// First pause before opening a manifest again after a transient failure on a LiteFS mount;
+/// it doubles up to [`OPEN_MAX_BACKOFF`].
+const OPEN_FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause between two attempts to open a manifest on a LiteFS mount.
+const OPEN_MAX_BACKOFF: Duration = Duration::from_secs(2);
+
 /// Opens and configures the connection, checks the file is ours, migrates. Runs on the caller's
 /// thread (startup), before the owner thread exists. Returns how long it held HALT, if it took
 /// it: in LiteFS mode, off the primary, when the file needs a write (a new file, a migration,
 /// WAL).
+///
+/// Transient failures are retried until `open_timeout` has passed (see
+/// [`ManifestError::is_transient_open`]): `SQLITE_BUSY` anywhere, and on a LiteFS mount what a
+/// halted primary or a replica that is catching up answers (`SQLITE_CANTOPEN`,
+/// `SQLITE_PROTOCOL`, an I/O error, a HALT that cannot be taken). A node started while another
+/// process's HALT is stuck on the primary (LiteFS keeps it 30-35 s) then waits for it instead of
+/// exiting.
 pub(super) fn open_connection(
     path: &Path,
     litefs: Option<&Database>,
     halt_timeout: Duration,
+    open_timeout: Duration,
 ) -> Result<(Connection, Option<Duration>), ManifestError> {
-    // Two processes opening a new file at once both read it, then both need the write lock
-    // to switch it to WAL or migrate it: SQLite answers one of them SQLITE_BUSY at once,
-    // without waiting (its busy handler would deadlock there). Opening again is then safe:
-    // the other one has finished, or will have within the busy timeout.
-    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let started = std::time::Instant::now();
+    // SQLITE_BUSY is retried at least as long as before the timeout existed: two processes
+    // opening a new file at once both read it, then both need the write lock to switch it to
+    // WAL or migrate it, and SQLite answers one of them SQLITE_BUSY at once, without waiting
+    // (its busy handler would deadlock there). Opening again is then safe.
+    let deadline = started + open_timeout.max(BUSY_TIMEOUT);
+    let mut pause = OPEN_FIRST_BACKOFF;
+    let mut attempts = 0u32;
     loop {
-        match open_once(path, litefs, halt_timeout) {
-            Err(e) if e.is_busy() && std::time::Instant::now() < deadline => {
-                tracing::debug!(path = %path.display(), "manifest busy while opening, retrying");
-                std::thread::sleep(Duration::from_millis(20));
+        attempts += 1;
+        let error = match open_once(path, litefs, halt_timeout) {
+            Ok(opened) => {
+                if attempts > 1 && litefs.is_some() {
+                    tracing::info!(path = %path.display(), attempts, waited = ?started.elapsed(), "manifest opened after transient failures");
+                }
+                return Ok(opened);
             }
-            other => return other,
+            Err(e) => e,
+        };
+        let now = std::time::Instant::now();
+        if error.is_busy() && now < deadline {
+            tracing::debug!(path = %path.display(), "manifest busy while opening, retrying");
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
         }
+        if !(litefs.is_some() && error.is_transient_open()) || now >= deadline {
+            return Err(error);
+        }
+        let wait = pause.min(deadline - now);
+        tracing::warn!(
+            path = %path.display(),
+            error = %error.with_causes(),
+            attempts,
+            retry_in = ?wait,
+            gives_up_in = ?(deadline - now),
+            "manifest cannot be opened yet on this LiteFS mount (a halted primary or a replica catching up); retrying"
+        );
+        std::thread::sleep(wait);
+        pause = (pause * 2).min(OPEN_MAX_BACKOFF);
     }
 }
 

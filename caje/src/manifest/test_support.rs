@@ -89,6 +89,8 @@ pub(super) fn quick(litefs: LitefsMode) -> ManifestOptions {
         flush_interval: Duration::from_millis(10),
         halt_timeout: Duration::from_millis(200),
         retry_max_backoff: Duration::from_millis(200),
+        // A test that wants opening to fail on a held HALT gets its answer quickly.
+        open_timeout: Duration::from_millis(300),
         ..ManifestOptions::default()
     }
 }

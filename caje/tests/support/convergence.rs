@@ -161,7 +161,20 @@ struct Node {
 impl Node {
     fn start(&mut self) {
         self.started = Instant::now();
-        self.caje = Some(Caje::start_in(self.spec.dir.clone(), self.spec.cfg.clone()));
+        let (dir, cfg) = (self.spec.dir.clone(), self.spec.cfg.clone());
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Caje::start_in(dir, cfg))) {
+            Ok(caje) => self.caje = Some(caje),
+            Err(panic) => {
+                // A node that cannot start is a finding: keep its directory (every process's
+                // stderr) for inspection, like any other failure.
+                eprintln!(
+                    "node in {} did not start; directory kept",
+                    self.spec.dir.root().display()
+                );
+                std::mem::forget(self.spec.dir.clone());
+                std::panic::resume_unwind(panic);
+            }
+        }
     }
 }
 
@@ -194,6 +207,9 @@ pub struct Report {
     pub peer_fills: u64,
     /// The longest a purge request took.
     pub slowest_purge: Duration,
+    /// Purges answered `202` (queued: the manifest was not writable within the node's
+    /// `purge_wait_ms`); checked only once they land, at the heal.
+    pub queued_purges: usize,
     /// From the heal to every node having applied the last purge.
     pub applied_after: Duration,
     /// Each node's manifest role at the end (`/_caje/status`), and the HALTs its last
@@ -318,7 +334,10 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
                 .await
             };
             report.slowest_purge = report.slowest_purge.max(purge_began.elapsed());
-            let Some(r) = r.filter(|r| r.status == 200) else {
+            // 202: the manifest could not be written within `purge_wait_ms` (a HALT left on
+            // the primary by a node killed while acquiring it); the purge is queued on that
+            // node and is not complete for the other nodes until it lands.
+            let Some(r) = r.filter(|r| r.status == 200 || r.status == 202) else {
                 panic!(
                     "{label}: seed {seed}: a purge through node {via} failed or took over \
                      {request_limit:?}\n{}{}",
@@ -326,6 +345,10 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
                     keep_dirs(&nodes)
                 );
             };
+            let queued = r.status == 202;
+            if queued {
+                report.queued_purges += 1;
+            }
             last_tombstone = last_tombstone.max(r.json()["tombstone"].as_i64().unwrap_or(0));
             if down.is_some() {
                 report.purges_while_down += 1;
@@ -338,6 +361,9 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
             };
             for q in covered {
                 read_since_purge[q] = false;
+                if queued {
+                    continue;
+                }
                 if let Some(version) = latest[q] {
                     purges.push(PurgeDone {
                         page: q,
@@ -399,6 +425,36 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
     // purge, which may reach the origin (its copy is dropped at its commit); from then on,
     // nothing may fetch a purged page without a client asking.
     let applied = Instant::now();
+    // Queued purges land first: every node's manifest queue empty, then the last tombstone
+    // id is whatever the manifest holds (a queued purge's id was not in its answer).
+    for (i, node) in nodes.iter().enumerate() {
+        let caje = node.caje.as_ref().unwrap();
+        loop {
+            let status = bounded(request_limit, caje.admin("GET", "/_caje/status"))
+                .await
+                .filter(|r| r.status == 200)
+                .map(|r| r.json());
+            let pending = status
+                .as_ref()
+                .and_then(|s| s["manifest"]["queue"]["pending"].as_u64());
+            if pending == Some(0) {
+                if let Some(ids) = status.as_ref().and_then(|s| s["recent_purges"].as_array()) {
+                    let newest = ids.iter().filter_map(|p| p["id"].as_i64()).max();
+                    last_tombstone = last_tombstone.max(newest.unwrap_or(0));
+                }
+                break;
+            }
+            if applied.elapsed() > Duration::from_secs(60) {
+                panic!(
+                    "{label}: seed {seed}: node {i} still had manifest writes queued 60 s \
+                     after the heal (status: {status:?})\n{}{}",
+                    trace.last(),
+                    keep_dirs(&nodes)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     for (i, node) in nodes.iter().enumerate() {
         let caje = node.caje.as_ref().unwrap();
         loop {
@@ -525,7 +581,7 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
     report.origin_requests = origin.total().await;
     println!(
         "{label}: seed {seed}: {} reads, {} bump+purge ({} while a node was down), {} kill -9, \
-         {} SIGTERM; slowest purge {} ms; every purge applied everywhere {} ms after the heal; \
+         {} SIGTERM; slowest purge {} ms ({} answered 202 queued); every purge applied everywhere {} ms after the heal; \
          origin {} requests ({} while quiet); {} peer fills",
         report.reads,
         report.bumps,
@@ -533,6 +589,7 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
         report.kills,
         report.terms,
         report.slowest_purge.as_millis(),
+        report.queued_purges,
         report.applied_after.as_millis(),
         report.origin_requests,
         report.quiet_requests,

@@ -93,6 +93,12 @@ impl Litefs {
         );
     }
 
+    /// What `node`'s LiteFS has logged so far.
+    pub fn log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.home().join("logs").join(format!("{node}.log")))
+            .unwrap_or_default()
+    }
+
     /// The database `name` on `node`'s mount (`n1` or `n2`).
     pub fn db(&self, node: &str, name: &str) -> PathBuf {
         self.home().join(node).join("mnt").join(name)
@@ -102,6 +108,11 @@ impl Litefs {
         let Some(home) = self.home.take() else {
             return;
         };
+        // A failed test keeps LiteFS's own logs: what LiteFS did (a halt expired, a node
+        // that exited) is half of what a failure on the real cluster means.
+        if std::thread::panicking() {
+            keep_logs(home.path());
+        }
         let out = Command::new(&self.script)
             .arg("stop")
             .env("LITEFS_HOME", home.path())
@@ -127,6 +138,19 @@ impl Drop for Litefs {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Copies `home/logs` (n1.log, n2.log) to a new temp directory and says where.
+fn keep_logs(home: &Path) {
+    let Ok(kept) = tempfile::Builder::new().prefix("litefs-logs-").tempdir() else {
+        return;
+    };
+    let kept = kept.keep();
+    for node in ["n1", "n2"] {
+        let from = home.join("logs").join(format!("{node}.log"));
+        let _ = std::fs::copy(&from, kept.join(format!("{node}.log")));
+    }
+    eprintln!("real-litefs: LiteFS logs kept in {}", kept.display());
 }
 
 /// `LITEFS_BIN` as given, or relative to the workspace root (`../shared/litefs/litefs`).

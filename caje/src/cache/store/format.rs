@@ -48,7 +48,7 @@ const FIXED: usize = 32;
 /// allocate gigabytes. Stored heads are far smaller (caje limits response heads).
 const MAX_META: u32 = 4 << 20;
 /// The first read of a header: one page holds the header of nearly every entry.
-const FIRST_READ: usize = 4096;
+pub(super) const FIRST_READ: usize = 4096;
 
 /// Why an entry file's header could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +235,42 @@ pub fn read_header(file: &File) -> Result<(EntryMeta, Fixed), ReadError> {
         buf.extend(read_up_to(file, buf.len() as u64, end - buf.len())?);
     }
     Ok(decode_header(&buf)?)
+}
+
+/// Largest body read on the async worker, with its header, when it is in the page cache (a
+/// hit, and a lookup of an entry whose decoded metadata is not kept).
+pub const INLINE_MAX: u64 = 64 * 1024;
+
+/// `preadv2(RWF_NOWAIT)` (a plain `pread` on a memory file system, which does not support the
+/// flag but never waits for a disk either): bytes read, or `None` if the data is not in the
+/// page cache (or the file system does not support the flag, or any other error). Never
+/// blocks on the disk, so the async workers may call it.
+pub fn read_cached(file: &File, buf: &mut [u8], pos: u64, memory_fs: bool) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let pos = libc::off_t::try_from(pos).ok()?;
+    let flags = if memory_fs { 0 } else { libc::RWF_NOWAIT };
+    // SAFETY: `iov` points at `buf`, which is valid for writes of `buf.len()` bytes and
+    // outlives the call; the fd is owned by `file`, open for the duration of the call.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, pos, flags) };
+    usize::try_from(n).ok()
+}
+
+/// Reads from `pos` until `buf` is full or the file ends, with [`read_cached`]: the bytes
+/// read, or `None` as soon as one read would have to wait for the disk (or fails).
+pub fn read_all_cached(file: &File, buf: &mut [u8], memory_fs: bool) -> Option<usize> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let n = read_cached(file, &mut buf[done..], done as u64, memory_fs)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Some(done)
 }
 
 /// Reads `len` bytes of the body at `pos` (from the body's start; `body_offset` is where it

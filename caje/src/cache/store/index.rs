@@ -2,7 +2,8 @@
 //! bytes per entry, and the eviction policy behind the same lock.
 //!
 //! Only what a lookup, the eviction policy and the removal of files need stays in memory:
-//! one 80-byte [`Rec`] per entry in a slab (`recs`, slots reused through a free list), found
+//! one 88-byte [`Rec`] per entry in a slab (`recs`, in chunks that never move, slots reused
+//! through a free list), found
 //! by the entry's name through `by_id` and by its page through `pages`: two
 //! `hashbrown::HashTable<u32>` of slab indices, 5 bytes a bucket. The variants of a page are
 //! chained through [`Rec::next`]. The response's policy, head, host, path and tags stay on
@@ -11,11 +12,12 @@
 //! variant a request selects without reading the disk. Tags are kept only for tagged
 //! entries, as tag → (id, generation) lists cleaned lazily ([`Tags`]).
 //!
-//! The eviction policy ([`crate::cache::evict`]) lives here, behind the same lock, so what
-//! the index serves and what the policy counts against `cache.max_disk_bytes` never
+//! The eviction policy ([`crate::cache::evict::Fifo`]) lives here, behind the same lock, so
+//! what the index serves and what the policy counts against `cache.max_disk_bytes` never
 //! disagree: an entry leaves both in one critical section, before its files are unlinked.
-
-use std::collections::{HashMap, VecDeque};
+//! Its per-entry state (weight, queue, frequency, queue neighbours: 13 bytes) is kept in the
+//! record itself and its queues are linked through the slab by slot index, so the policy
+//! needs no table of its own; it names victims by slot.
 
 use hashbrown::HashTable;
 use http::HeaderMap;
@@ -25,51 +27,15 @@ mod snap;
 
 pub(super) use snap::{Known, SnapRec};
 
+use super::cap::Evicted;
+pub(super) use super::cap::{estimated_blocks, file_blocks};
+pub use super::cap::{DiskLimits, BLOCK};
 use super::interned::{Tags, VarySets};
+use super::slab::Slab;
 use super::EntryRef;
 use crate::cache::entry::EntryMeta;
-use crate::cache::evict::{Policy, WarmRefused};
+use crate::cache::evict::{Fifo, Node, Nodes, WarmRefused};
 use crate::cache::key::{entry_digest, page_hash, CacheKey, Digest, Variant};
-
-/// Disk usage is counted in blocks of this size, as a filesystem allocates them.
-pub const BLOCK: u64 = 4096;
-
-/// Blocks an entry file (header and body) of `file_len` bytes occupies, as a file system
-/// allocates them (what `du` counts for it).
-pub(super) fn file_blocks(file_len: u64) -> u64 {
-    file_len.div_ceil(BLOCK)
-}
-
-/// Blocks a page of `body_len` bytes will take, before its header is known: one block more
-/// than its body needs, which covers any header up to 4 KiB (nearly all of them).
-pub(super) fn estimated_blocks(body_len: u64) -> u64 {
-    body_len.div_ceil(BLOCK) + 1
-}
-
-/// The limits of the disk tier.
-#[derive(Debug, Clone, Copy)]
-pub struct DiskLimits {
-    /// Bodies plus metadata, in bytes, as they occupy the disk.
-    pub max_bytes: u64,
-    /// Most entries, if bounded.
-    pub max_entries: Option<usize>,
-    /// Most bytes (as blocks on disk) that pages brought in by edge warming and not yet asked
-    /// for by a client may occupy (`populate.max_fraction` of `max_bytes`).
-    pub max_warm_bytes: u64,
-}
-
-impl DiskLimits {
-    /// No limit (tests and tools).
-    pub const UNLIMITED: DiskLimits = DiskLimits {
-        max_bytes: u64::MAX,
-        max_entries: None,
-        max_warm_bytes: u64::MAX,
-    };
-
-    fn policy(self) -> Policy {
-        Policy::new(self.max_bytes / BLOCK, self.max_entries)
-    }
-}
 
 /// What [`Index::insert`] did: the new entry, the replaced or dropped variants, and the
 /// entries evicted to stay within the disk limits (already out of the index; their files are
@@ -80,35 +46,17 @@ pub(super) struct Inserted {
     pub(super) evicted: Vec<EntryRef>,
 }
 
-/// How many evicted page versions are remembered (about 40 bytes each).
-const EVICTED_REMEMBERED: usize = 16_384;
-
-/// Pages evicted to stay within the cap, with the `stored_at` of the copy that was evicted, so
-/// edge warming does not bring a page back until its manifest row changes. Bounded: the oldest
-/// are forgotten first.
-#[derive(Default)]
-struct Evicted {
-    stored_at: HashMap<u128, i64>,
-    order: VecDeque<u128>,
-}
-
-impl Evicted {
-    fn record(&mut self, id: u128, stored_at: i64) {
-        if self.stored_at.insert(id, stored_at).is_none() {
-            self.order.push_back(id);
-        }
-        while self.order.len() > EVICTED_REMEMBERED {
-            if let Some(old) = self.order.pop_front() {
-                self.stored_at.remove(&old);
-            }
-        }
-    }
-}
-
 /// No slot (end of a page's chain).
 const NONE: u32 = u32::MAX;
 
-/// One entry: 80 bytes.
+/// One entry: 88 bytes.
+///
+/// For a snapshot of the slab: `name`, `page`, `file`, `body_len`, `stored_at`, `gen`
+/// (0: a free slot), `weight` and `invalidated` describe the entry and must be kept; `vary`
+/// is an index into [`VarySets`] and `next` into this slab, so they are only meaningful with
+/// those tables (rebuild them by interning and linking again); `q_prev`, `q_next` and
+/// `q_bits` are the eviction policy's queue state and may be reset to [`Node::default`]
+/// (then admitted again, e.g. every entry into the main queue in slab order).
 #[derive(Clone, Copy)]
 struct Rec {
     /// The entry's name (SHA-256 of page and variant): where its files are.
@@ -127,13 +75,71 @@ struct Rec {
     vary: u32,
     /// The next variant of the same page, or [`NONE`].
     next: u32,
+    /// The eviction policy's state ([`Node`]): the entry file's disk blocks (its weight),
+    /// its neighbours in its queue and its queue and frequency bits. Stored as fields, not as
+    /// a `Node`, so that the record has no padding inside (a `Node` is 13 bytes in 16).
+    weight: u32,
+    q_prev: u32,
+    q_next: u32,
+    q_bits: u8,
     /// Soft-purged: stale until refreshed.
     invalidated: bool,
 }
 
+impl Nodes for Slab<Rec> {
+    fn node(&self, i: u32) -> Node {
+        let r = &self[i as usize];
+        Node {
+            weight: r.weight,
+            prev: r.q_prev,
+            next: r.q_next,
+            bits: r.q_bits,
+        }
+    }
+    fn set_node(&mut self, i: u32, n: Node) {
+        let r = &mut self[i as usize];
+        r.weight = n.weight;
+        r.q_prev = n.prev;
+        r.q_next = n.next;
+        r.q_bits = n.bits;
+    }
+    /// The low 64 bits of the policy id (the name's bytes 8..16), as the ghost always used.
+    fn fingerprint(&self, i: u32) -> u64 {
+        self[i as usize].id() as u64
+    }
+}
+
 impl Rec {
+    /// What a slot no entry uses holds.
+    const FREE: Rec = Rec {
+        name: [0; 32],
+        page: 0,
+        file: 0,
+        body_len: 0,
+        stored_at: 0,
+        gen: 0,
+        vary: 0,
+        next: NONE,
+        weight: 0,
+        q_prev: NONE,
+        q_next: NONE,
+        q_bits: 0,
+        invalidated: false,
+    };
+
     fn id(&self) -> u128 {
         id_of(&self.name)
+    }
+
+    /// The policy state of `other`, kept when this record replaces it in its slot.
+    fn with_policy_of(self, other: &Rec) -> Rec {
+        Rec {
+            weight: other.weight,
+            q_prev: other.q_prev,
+            q_next: other.q_next,
+            q_bits: other.q_bits,
+            ..self
+        }
     }
 
     fn as_ref(&self) -> EntryRef {
@@ -171,7 +177,7 @@ pub(super) enum Selected {
 }
 
 pub(super) struct Index {
-    recs: Vec<Rec>,
+    recs: Slab<Rec>,
     free: Vec<u32>,
     by_id: HashTable<u32>,
     /// The first variant of each page.
@@ -181,7 +187,7 @@ pub(super) struct Index {
     pub(super) entries: u64,
     pub(super) bytes: u64,
     next_gen: u32,
-    policy: Policy,
+    policy: Fifo,
     pub(super) limits: DiskLimits,
     evicted: Evicted,
     /// Set while entries loaded from a snapshot are checked against the directory.
@@ -191,7 +197,7 @@ pub(super) struct Index {
 impl Index {
     pub(super) fn new(limits: DiskLimits) -> Index {
         Index {
-            recs: Vec::new(),
+            recs: Slab::new(Rec::FREE),
             free: Vec::new(),
             by_id: HashTable::new(),
             pages: HashTable::new(),
@@ -207,7 +213,7 @@ impl Index {
         }
     }
 
-    /// Heap bytes of the index's own tables (not the policy's), from their capacities.
+    /// Heap bytes of the index's tables and the policy's ghost, from their capacities.
     pub(super) fn heap_bytes(&self) -> usize {
         use std::mem::size_of;
         self.recs.capacity() * size_of::<Rec>()
@@ -345,8 +351,12 @@ impl Index {
     /// Whether a warmed page of `blocks` disk blocks would be admitted now under `id` (an
     /// `id` already resident only needs room for its growth).
     pub(super) fn warm_check(&self, id: u128, blocks: u64) -> Result<(), WarmRefused> {
+        self.warm_check_slot(self.slot_of_id(id), blocks)
+    }
+
+    fn warm_check_slot(&self, slot: Option<u32>, blocks: u64) -> Result<(), WarmRefused> {
         self.policy
-            .warm_check(id, blocks, self.limits.max_warm_bytes / BLOCK)
+            .warm_check(&self.recs, slot, blocks, self.limits.max_warm_bytes / BLOCK)
     }
 
     /// Whether an entry with this policy id (so this name) is in the index.
@@ -370,7 +380,9 @@ impl Index {
 
     /// Records a client's use of an entry for the eviction policy.
     pub(super) fn touch(&mut self, r: &EntryRef) {
-        self.policy.touch(r.id());
+        if let Some(i) = self.slot(&r.name) {
+            self.policy.touch(&mut self.recs, i);
+        }
     }
 
     /// Inserts or replaces the entry named `name` (stored version `file`, an entry file of
@@ -393,11 +405,13 @@ impl Index {
     ) -> Result<Inserted, WarmRefused> {
         let id = id_of(&name);
         if warm {
-            let share = self.limits.max_warm_bytes / BLOCK;
-            self.policy.admit_warm(id, blocks, share)?;
+            // Checked before anything changes; dropping variants below only frees room, so
+            // the admission at the end cannot be refused.
+            self.warm_check_slot(self.slot(&name), blocks)?;
         }
         let page = page_hash(&meta.key());
         let gen = self.new_gen();
+        let unqueued = Node::default();
         let rec = Rec {
             name,
             page,
@@ -407,6 +421,10 @@ impl Index {
             gen,
             vary: self.vary.intern(meta.variant.names()),
             next: NONE,
+            weight: 0,
+            q_prev: unqueued.prev,
+            q_next: unqueued.next,
+            q_bits: unqueued.bits,
             invalidated: meta.invalidated,
         };
         let mut gone = Vec::new();
@@ -416,9 +434,11 @@ impl Index {
                 gone.push(old.as_ref());
                 self.vary.release(old.vary);
                 self.bytes = self.bytes - old.body_len + rec.body_len;
+                // Same slot, same place in the policy's queues (the admission below updates
+                // the weight).
                 self.recs[i as usize] = Rec {
                     next: old.next,
-                    ..rec
+                    ..rec.with_policy_of(&old)
                 };
             }
             None => self.link(rec),
@@ -439,28 +459,36 @@ impl Index {
             self.unlink(oldest);
         }
         let entry = rec.as_ref();
-        if !self.is_current(&entry) {
+        let Some(i) = self
+            .slot(&name)
+            .filter(|&i| self.recs[i as usize].gen == gen)
+        else {
             // The new entry was itself the oldest variant: nothing under its name is left.
             return Ok(Inserted {
                 entry,
                 gone,
                 evicted: Vec::new(),
             });
+        };
+        let mut victims = Vec::new();
+        if warm {
+            // Admitted into free room only: evicts nothing.
+            let share = self.limits.max_warm_bytes / BLOCK;
+            if let Err(why) = self.policy.admit_warm(&mut self.recs, i, blocks, share) {
+                // Not reached (checked above); if it were, the entry must not stay unweighed.
+                self.unlink(i);
+                return Err(why);
+            }
+        } else {
+            self.policy.admit(&mut self.recs, i, blocks, &mut victims);
         }
         let mut evicted = Vec::new();
-        // A warmed entry is already admitted (and evicts nothing).
-        let victims = if warm {
-            Vec::new()
-        } else {
-            self.policy.admit(id, blocks)
-        };
-        for victim in victims {
-            if let Some(j) = self.slot_of_id(victim) {
-                let r = self.recs[j as usize];
-                self.unlink(j);
-                self.evicted.record(victim, i64::from(r.stored_at));
-                evicted.push(r.as_ref());
-            }
+        for j in victims {
+            // Already out of the policy.
+            let r = self.recs[j as usize];
+            self.unlink(j);
+            self.evicted.record(r.id(), i64::from(r.stored_at));
+            evicted.push(r.as_ref());
         }
         Ok(Inserted {
             entry,
@@ -477,8 +505,8 @@ impl Index {
                 i
             }
             None => {
-                self.recs.push(rec);
-                (self.recs.len() - 1) as u32
+                // A slab of more than `u32::MAX` entries would need 350 GiB of RAM.
+                self.recs.push(rec) as u32
             }
         };
         let recs = &self.recs;
@@ -530,7 +558,7 @@ impl Index {
             }
         }
         self.vary.release(r.vary);
-        self.policy.remove(r.id());
+        self.policy.remove(&mut self.recs, i);
         self.entries -= 1;
         self.bytes -= r.body_len;
         self.recs[i as usize].next = NONE;
@@ -643,8 +671,8 @@ mod tests {
     }
 
     #[test]
-    fn a_record_stays_80_bytes() {
-        assert_eq!(std::mem::size_of::<Rec>(), 80);
+    fn a_record_stays_88_bytes() {
+        assert_eq!(std::mem::size_of::<Rec>(), 88);
     }
 
     #[test]
@@ -736,6 +764,40 @@ mod tests {
         }
         assert!(idx.tags.pairs() < 3_000, "{} pairs", idx.tags.pairs());
         assert_eq!(idx.tagged("v").len(), 10);
+    }
+
+    #[test]
+    fn a_scan_of_new_pages_does_not_evict_pages_clients_ask_for_again() {
+        // 100 blocks: 50 entries of two blocks each.
+        let limits = DiskLimits {
+            max_bytes: 100 * BLOCK,
+            max_entries: None,
+            max_warm_bytes: 0,
+        };
+        let mut idx = Index::new(limits);
+        let hot: Vec<EntryRef> = (0..20u64)
+            .map(|i| put(&mut idx, &meta(&format!("/hot{i}"), None, i, &[]), 8).entry)
+            .collect();
+        for r in &hot {
+            idx.touch(r);
+        }
+        // A one-time crawl of four times the capacity.
+        let mut evicted = Vec::new();
+        for i in 0..200u64 {
+            let done = put(&mut idx, &meta(&format!("/scan{i}"), None, i, &[]), 8);
+            evicted.extend(done.evicted);
+        }
+        assert!(
+            hot.iter().all(|r| idx.is_current(r)),
+            "a hot page was evicted"
+        );
+        assert!(!evicted.iter().any(|e| hot.contains(e)));
+        assert_eq!(evicted.len(), 200 + 20 - 50);
+        let (used, cap) = idx.disk_usage();
+        assert!(used <= cap, "{used} bytes used of {cap}");
+        // Every evicted entry left the index and its record was freed for reuse.
+        assert_eq!(idx.entries, 50);
+        assert_eq!(idx.free.len() + 50, idx.recs.len());
     }
 
     #[test]

@@ -6,7 +6,9 @@
 
 use std::collections::HashSet;
 
+use super::super::slab::Slab;
 use super::{id_hash, id_of, Index, Rec, NONE};
+use crate::cache::evict::Nodes;
 use crate::cache::key::Digest;
 use crate::cache::store::EntryRef;
 
@@ -54,7 +56,7 @@ pub(super) struct CheckState {
 /// that sort key: the hash rotated right by the returned number of bits. hashbrown takes the bucket from the hash's low bits, in a power-of-two
 /// number of buckets of which `capacity` is seven eighths; a wrong guess costs only speed.
 fn bucket_order(
-    slab: &[Rec],
+    slab: &Slab<Rec>,
     capacity: usize,
     hash: impl Fn(&Rec) -> u64,
 ) -> (u32, Vec<(u64, u32)>) {
@@ -64,9 +66,8 @@ fn bucket_order(
         capacity / 7 * 8
     };
     let bits = buckets.next_power_of_two().trailing_zeros();
-    let mut order: Vec<(u64, u32)> = slab
-        .iter()
-        .enumerate()
+    let mut order: Vec<(u64, u32)> = (0..slab.len())
+        .map(|i| (i, &slab[i]))
         .filter(|(_, r)| r.gen != 0)
         .map(|(i, r)| (hash(r).rotate_right(bits), i as u32))
         .collect();
@@ -98,7 +99,8 @@ impl Index {
         // Numbered per chunk by the set's slot, which cannot be reused within one hold of
         // the lock.
         let mut numbered: Vec<(u32, u32)> = Vec::new();
-        for r in self.recs.get(from..end).unwrap_or_default() {
+        for i in from..end {
+            let r = &self.recs[i];
             if r.gen == 0 {
                 continue;
             }
@@ -110,10 +112,16 @@ impl Index {
                     n
                 }
             };
-            let blocks = self
-                .policy
-                .weight(r.id())
-                .unwrap_or_else(|| super::estimated_blocks(r.body_len));
+            // The weight the policy admitted it with; a loaded entry the background check has
+            // not admitted yet still has its weight from the snapshot it came from.
+            let blocks = if self.recs.node(i as u32).resident() {
+                u64::from(r.weight)
+            } else {
+                self.check
+                    .as_ref()
+                    .and_then(|c| c.blocks.get(i).copied())
+                    .map_or_else(|| super::estimated_blocks(r.body_len), u64::from)
+            };
             out.push(SnapRec {
                 name: r.name,
                 page: r.page,
@@ -151,12 +159,11 @@ impl Index {
         vary_sets: &[Vec<String>],
         tags: &[(String, Vec<u128>)],
     ) {
-        if !self.recs.is_empty() {
+        if self.recs.len() != 0 {
             // Only an empty index is filled (at open); slots below are numbered from 0.
             return;
         }
         let count = recs.len();
-        self.recs.reserve_exact(count);
         let mut blocks: Vec<u32> = Vec::with_capacity(count);
         // The slab first, in the snapshot's order. Each `Vary` set is interned once, then
         // only counted.
@@ -187,6 +194,8 @@ impl Index {
                 vary,
                 next: NONE,
                 invalidated: s.invalidated,
+                // Not in the eviction policy until the check admits it.
+                ..Rec::FREE
             });
             blocks.push(s.blocks);
             self.entries += 1;
@@ -268,19 +277,22 @@ impl Index {
         let mut evicted = Vec::new();
         for i in from..end {
             // A clear since the load emptied the slab.
-            let Some(r) = self.recs.get(i).copied() else {
+            if i >= self.recs.len() {
                 break;
-            };
+            }
+            let r = self.recs[i];
             let blocks = self.check.as_ref().map_or(0, |c| c.blocks[i]);
-            if r.gen == 0 || r.gen > loaded || self.policy.contains(r.id()) {
+            if r.gen == 0 || r.gen > loaded || self.recs.node(i as u32).resident() {
                 continue;
             }
-            for victim in self.policy.admit(r.id(), u64::from(blocks)) {
-                if let Some(j) = self.slot_of_id(victim) {
-                    let v = self.recs[j as usize];
-                    self.unlink(j);
-                    evicted.push(v.as_ref());
-                }
+            let mut victims = Vec::new();
+            self.policy
+                .admit(&mut self.recs, i as u32, u64::from(blocks), &mut victims);
+            for j in victims {
+                // Already out of the policy.
+                let v = self.recs[j as usize];
+                self.unlink(j);
+                evicted.push(v.as_ref());
             }
         }
         let more = self.check.as_ref().is_some_and(|c| end < c.blocks.len());
@@ -359,14 +371,11 @@ impl Index {
         };
         let end = from.saturating_add(n).min(self.recs.len());
         let mut out = Vec::new();
-        for (i, r) in self
-            .recs
-            .iter()
-            .enumerate()
-            .take(end)
-            .skip(from)
-            .filter(|(_, r)| r.gen != 0 && r.gen <= c.loaded)
-        {
+        for i in from..end {
+            let r = &self.recs[i];
+            if r.gen == 0 || r.gen > c.loaded {
+                continue;
+            }
             let seen = c.seen.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0);
             if !seen {
                 out.push(r.as_ref());

@@ -30,6 +30,8 @@
 //! - `format.rs`: the entry file's layout: writing one, reading its header, reading its body;
 //! - `index.rs`: the in-memory index (a slab of compact records, tables of slab indices by
 //!   name and by page, the eviction policy) and the operations on it;
+//! - `slab.rs`: the index's records, in fixed-size chunks that never move;
+//! - `cap.rs`: the disk cap's limits, block arithmetic, and the page versions it evicted;
 //! - `interned.rs`: what the index keeps of `Vary` names and tags, shared between entries;
 //! - `lookup.rs`: lookups, and reading an entry's metadata from disk for them;
 //! - `metas.rs`: the decoded metadata of hot entries, bounded;
@@ -49,6 +51,7 @@
 //! Serving a hit (reading and checking a body against its header, length and CRC) is in
 //! [`crate::file_body`], which calls back into [`Store::remove_corrupt`].
 
+mod cap;
 mod check;
 mod evictor;
 mod files;
@@ -59,6 +62,7 @@ mod interned;
 mod lookup;
 mod metas;
 mod purge;
+mod slab;
 mod snapshot;
 mod verify;
 

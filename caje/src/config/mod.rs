@@ -6,11 +6,18 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
 pub use crate::ipnet::IpNet;
+
+mod cluster;
+mod origin;
+mod server;
+
+pub use cluster::{ClusterConfig, ManifestConfig, PopulateConfig, PopulateSource};
+pub use origin::{HostHeader, OriginConfig, OriginTimeouts};
+pub use server::{AdminConfig, Limits, LogConfig, MetricsConfig, ServerConfig};
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -75,36 +82,6 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-/// `[metrics]`: `GET /metrics` (Prometheus text format) on its own listener.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsConfig {
-    /// Address of the metrics listener, e.g. `0.0.0.0:9091`; absent: no listener.
-    pub listen: Option<SocketAddr>,
-}
-
-/// `[log]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// `"off"`, `"stdout"`, or the path of a file: one JSON line per request.
-    pub access: String,
-    /// Lines (in full buffers) that may wait for the access log's writer before new ones drop.
-    pub access_queue: usize,
-    /// How often the writer takes every thread's buffered lines (nginx's `flush=`), in ms.
-    pub access_flush_ms: u64,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            access: "off".into(),
-            access_queue: 65_536,
-            access_flush_ms: 100,
-        }
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -124,152 +101,6 @@ impl Default for Config {
             log: LogConfig::default(),
         }
     }
-}
-
-/// `[cluster]`: how nodes reach each other to fill pages from one another.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClusterConfig {
-    /// The URL other nodes reach this node's listener at, recorded in the manifest rows this
-    /// node stores (e.g. `http://[fdaa::3]:8080`). `{port}` is replaced by the port the node
-    /// listens on. Empty: on Fly (`FLY_PRIVATE_IP` set) the machine's private address with
-    /// the listen port; elsewhere none, and no node fills from this one.
-    pub advertise_url: String,
-    /// The secret peers present (`Caje-Peer-Token`) to fill from this node; also read from
-    /// `CAJE_CLUSTER_TOKEN`. Empty: this node answers no peer and asks none.
-    pub token: String,
-    /// Longest wait for a peer's response head before populate asks the origin instead.
-    pub peer_timeout_ms: u64,
-}
-
-impl ClusterConfig {
-    /// The advertised URL once the node listens on `port`: the configured one with `{port}`
-    /// replaced, else the Fly private address `fly_private_ip` (IPv6 on Fly) if given.
-    pub fn resolve_advertise_url(&self, port: u16, fly_private_ip: Option<&str>) -> String {
-        if !self.advertise_url.is_empty() {
-            return self.advertise_url.replace("{port}", &port.to_string());
-        }
-        match fly_private_ip.map(str::trim).filter(|ip| !ip.is_empty()) {
-            Some(ip) if ip.contains(':') => format!("http://[{ip}]:{port}"),
-            Some(ip) => format!("http://{ip}:{port}"),
-            None => String::new(),
-        }
-    }
-
-    /// The peer timeout (1 s when unset).
-    pub fn peer_timeout(&self) -> Duration {
-        Duration::from_millis(if self.peer_timeout_ms == 0 {
-            1000
-        } else {
-            self.peer_timeout_ms
-        })
-    }
-}
-
-/// Where populate fetches a page from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PopulateSource {
-    /// From the node the manifest row names (`cluster.advertise_url`), answered only from
-    /// its cache; the origin when that node does not answer, misses or is this node.
-    Peer,
-    /// Always from the origin.
-    Origin,
-}
-
-/// `[populate]`: fetching pages other nodes cached.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PopulateConfig {
-    /// Run the background populate task (tombstones are applied either way).
-    pub enabled: bool,
-    /// Populate fetches in flight at once.
-    pub concurrency: usize,
-    /// Populate requests per second per origin (0 = unlimited).
-    pub rate_per_origin: f64,
-    /// Retries of a failed populate fetch.
-    pub retries: u32,
-    /// How often the manifest is checked for changes (a cheap `PRAGMA data_version`).
-    pub poll_ms: u64,
-    /// A full pass runs at least this often even without changes.
-    pub interval_secs: u64,
-    /// Most of `cache.max_disk_bytes` that pages brought in by warming and not yet asked for
-    /// by a client of this node may occupy (0.0 to 1.0). Warming never evicts anything; it
-    /// only uses free room within this share.
-    pub max_fraction: f64,
-    /// `peer` or `origin`; unset means `peer` when `cluster.advertise_url` and
-    /// `cluster.token` are set, else `origin`.
-    pub source: Option<PopulateSource>,
-}
-
-impl Default for PopulateConfig {
-    fn default() -> Self {
-        PopulateConfig {
-            enabled: true,
-            concurrency: 8,
-            rate_per_origin: 100.0,
-            retries: 2,
-            poll_ms: 250,
-            interval_secs: 60,
-            max_fraction: 0.5,
-            source: None,
-        }
-    }
-}
-
-/// `[manifest]`: how the manifest is written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ManifestConfig {
-    /// `auto`: use LiteFS HALT when `db` is on a LiteFS mount; `on`: treat the directory as a
-    /// LiteFS mount even if it is a plain directory; `off`: plain SQLite.
-    pub litefs: crate::manifest::LitefsMode,
-    /// Longest a new row waits before its batch is written.
-    pub flush_interval_ms: u64,
-    /// Most rows written in one transaction.
-    pub max_batch: usize,
-    /// Most write operations queued; beyond it new writes are refused (counted and logged as
-    /// overflow). Queued writes are never dropped.
-    pub max_queue: usize,
-    /// Longest wait for the LiteFS HALT lock before a flush is retried.
-    pub halt_timeout_ms: u64,
-}
-
-impl Default for ManifestConfig {
-    fn default() -> Self {
-        ManifestConfig {
-            litefs: crate::manifest::LitefsMode::Auto,
-            flush_interval_ms: 100,
-            max_batch: 512,
-            max_queue: 100_000,
-            halt_timeout_ms: 10_000,
-        }
-    }
-}
-
-/// One `[[origins]]` entry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OriginConfig {
-    /// Client `Host` served by this origin (`*` = any host). Compared without case and with
-    /// the default port removed.
-    pub host: String,
-    /// Base URL of the origin, `http://` or `https://`.
-    pub url: String,
-    /// Which `Host` header to send to the origin.
-    #[serde(default)]
-    pub host_header: HostHeader,
-}
-
-/// The `Host` header caje sends to an origin.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HostHeader {
-    /// The origin URL's own host (what `nginx proxy_pass` does by default).
-    #[default]
-    Origin,
-    /// The Host the client asked for (virtual hosting at the origin).
-    Client,
 }
 
 /// `[cache]`
@@ -342,133 +173,6 @@ impl Default for CacheConfig {
             max_disk_bytes: 10 << 30,
             max_entries: None,
             index_snapshot_secs: 300,
-        }
-    }
-}
-
-/// `[origin_timeouts]`, all in milliseconds.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OriginTimeouts {
-    /// TCP (and TLS) connect timeout.
-    pub connect_ms: u64,
-    /// Time from sending the request to receiving the response head.
-    pub first_byte_ms: u64,
-    /// Longest pause between two body chunks before the transfer is aborted.
-    pub body_idle_ms: u64,
-    /// Idle pooled connections are closed after this.
-    pub pool_idle_ms: u64,
-}
-
-impl Default for OriginTimeouts {
-    fn default() -> Self {
-        OriginTimeouts {
-            connect_ms: 5_000,
-            first_byte_ms: 30_000,
-            body_idle_ms: 30_000,
-            pool_idle_ms: 90_000,
-        }
-    }
-}
-
-impl OriginTimeouts {
-    /// Connect timeout as a `Duration`.
-    pub fn connect(&self) -> Duration {
-        Duration::from_millis(self.connect_ms)
-    }
-    /// First-byte timeout as a `Duration`.
-    pub fn first_byte(&self) -> Duration {
-        Duration::from_millis(self.first_byte_ms)
-    }
-    /// Body idle timeout as a `Duration`.
-    pub fn body_idle(&self) -> Duration {
-        Duration::from_millis(self.body_idle_ms)
-    }
-    /// Pool idle timeout as a `Duration`.
-    pub fn pool_idle(&self) -> Duration {
-        Duration::from_millis(self.pool_idle_ms)
-    }
-}
-
-/// `[limits]` on what a client may send.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    /// Longest method + request target accepted (414 beyond).
-    pub max_request_line_bytes: usize,
-    /// Largest header section accepted (431 beyond).
-    pub max_header_bytes: usize,
-    /// Most header fields accepted (431 beyond).
-    pub max_headers: usize,
-    /// Largest request body forwarded (413 beyond).
-    pub max_request_body_bytes: u64,
-    /// Time a client has to send its complete request head.
-    pub header_read_timeout_ms: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_request_line_bytes: 8 * 1024,
-            max_header_bytes: 64 * 1024,
-            max_headers: 100,
-            max_request_body_bytes: 10 * 1024 * 1024,
-            header_read_timeout_ms: 30_000,
-        }
-    }
-}
-
-/// `[admin]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    /// Bearer token for `/_caje/`; empty means "no token": only `allow_from` clients.
-    pub token: String,
-    /// Networks allowed to use the admin API when no token is set.
-    pub allow_from: Vec<String>,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            token: String::new(),
-            allow_from: vec!["127.0.0.0/8".into(), "::1/128".into()],
-        }
-    }
-}
-
-/// `[server]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// How long in-flight requests may run after SIGTERM/SIGINT, or after a graceful upgrade
-    /// (SIGUSR2) handed the listener to the new process.
-    pub shutdown_grace_ms: u64,
-    /// On SIGUSR2, how long the new process gets to load its configuration, and then to load
-    /// the cache index, before the old one gives up on it and goes on serving.
-    pub upgrade_timeout_ms: u64,
-    /// Trust `X-Forwarded-For` / `X-Forwarded-Proto` sent by the client (set this only behind
-    /// a proxy you control, such as Fly's edge).
-    pub trust_forwarded: bool,
-    /// A client that reads nothing of a response for this long is disconnected (nginx's
-    /// `send_timeout`), so a stalled reader cannot hold a connection and what feeds it.
-    pub send_timeout_ms: u64,
-    /// Request fields removed before anything else looks at the request: fields with which
-    /// some frameworks rewrite the method or URL after the cache has keyed the request.
-    pub strip_request_headers: Vec<String>,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            shutdown_grace_ms: 10_000,
-            upgrade_timeout_ms: 30_000,
-            trust_forwarded: false,
-            send_timeout_ms: 60_000,
-            strip_request_headers: crate::headers::REWRITE_DEFAULT
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
         }
     }
 }
