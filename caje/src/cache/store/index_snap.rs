@@ -6,7 +6,8 @@
 
 use std::collections::HashSet;
 
-use super::{id_hash, id_of, Index, Rec, Slab, NONE};
+use super::super::slab::Slab;
+use super::{id_hash, id_of, Index, Rec, NONE};
 use crate::cache::evict::Nodes;
 use crate::cache::key::Digest;
 use crate::cache::store::EntryRef;
