@@ -71,6 +71,14 @@ async fn bounded(limit: Duration, fut: impl std::future::Future<Output = Resp>) 
     tokio::time::timeout(limit, fut).await.ok()
 }
 
+/// A node's `/_caje/status`, if it answered 200 within `limit`.
+async fn status_json(caje: &Caje, limit: Duration) -> Option<serde_json::Value> {
+    bounded(limit, caje.admin("GET", "/_caje/status"))
+        .await
+        .filter(|r| r.status == 200)
+        .map(|r| r.json())
+}
+
 /// The last operations of a run, with their times, for a failure report.
 struct Trace {
     began: Instant,
@@ -430,10 +438,7 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
     for (i, node) in nodes.iter().enumerate() {
         let caje = node.caje.as_ref().unwrap();
         loop {
-            let status = bounded(request_limit, caje.admin("GET", "/_caje/status"))
-                .await
-                .filter(|r| r.status == 200)
-                .map(|r| r.json());
+            let status = status_json(caje, request_limit).await;
             let pending = status
                 .as_ref()
                 .and_then(|s| s["manifest"]["queue"]["pending"].as_u64());
@@ -458,10 +463,7 @@ pub async fn run(origin: &Origin, specs: Vec<NodeSpec>, opts: &Options) -> Repor
     for (i, node) in nodes.iter().enumerate() {
         let caje = node.caje.as_ref().unwrap();
         loop {
-            let status = bounded(request_limit, caje.admin("GET", "/_caje/status"))
-                .await
-                .filter(|r| r.status == 200)
-                .map(|r| r.json());
+            let status = status_json(caje, request_limit).await;
             let cursor = status
                 .as_ref()
                 .and_then(|s| s["tombstones"]["cursor"].as_i64());
