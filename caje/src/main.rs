@@ -75,8 +75,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Started by this binary's manifest as its HALT helper (litefs-rs's broker): serve that,
-    // nothing else. See `manifest/litefs.rs`, `HaltHelper`.
+    // Started by this binary's manifest as its writer helper: serve that, nothing else. See
+    // `manifest/writer.rs`.
+    if std::env::var_os(caje::manifest::WRITER_ENV).is_some() {
+        init_logging();
+        return match caje::manifest::serve_writer() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("caje manifest writer helper: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // The HALT helper of earlier versions (litefs-rs's broker), still served: a process of an
+    // earlier version, upgraded in place, starts its helper from this file.
     if let Some(lock) = std::env::var_os(litefs::BROKER_ENV) {
         return match litefs::serve_broker(std::path::Path::new(&lock)) {
             Ok(()) => ExitCode::SUCCESS,
@@ -104,11 +116,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // HALTs on a real LiteFS mount go through a helper process, this binary again: a kill -9
-    // of this process then never cuts an acquisition short (which LiteFS cannot recover from).
-    // `CAJE_HALT_HELPER=off` takes them in-process (to compare; see docs/cluster.md).
+    // On a real LiteFS mount the manifest's batches (HALT and COMMIT) are written by a helper
+    // process, this binary again: a kill -9 of this process then never cuts a COMMIT short
+    // (LiteFS exits then) nor a HALT acquisition (the primary stays halted). `/proc/self/exe`
+    // is this very binary even after an upgrade replaced the file, so both sides speak the
+    // same protocol. `CAJE_HALT_HELPER=off` writes in-process (to compare; docs/cluster.md).
     if std::env::var("CAJE_HALT_HELPER").as_deref() != Ok("off") {
-        config.manifest.halt_helper = std::env::current_exe().ok();
+        let this = std::path::Path::new("/proc/self/exe");
+        config.manifest.halt_helper = if this.exists() {
+            Some(this.to_owned())
+        } else {
+            std::env::current_exe().ok()
+        };
     }
     limit_malloc_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -119,9 +119,10 @@ pub struct ManifestConfig {
     /// answers `202 Accepted`: the local copies are dropped at once, and the write stays queued
     /// and lands when the manifest is writable again.
     pub purge_wait_ms: u64,
-    /// Not configurable: the executable the manifest runs as its HALT helper on a real LiteFS
-    /// mount. The binary sets it to itself (which serves the helper when it finds
-    /// `LITEFS_HALT_BROKER`); `None` (a library user) takes HALT in-process.
+    /// Not configurable: the executable the manifest runs as its writer helper on a real
+    /// LiteFS mount (HALT and COMMIT out of process). The binary sets it to itself (which
+    /// serves the helper when it finds `CAJE_MANIFEST_WRITER`); `None` (a library user) writes
+    /// in-process.
     #[serde(skip)]
     pub halt_helper: Option<std::path::PathBuf>,
 }

@@ -12,7 +12,7 @@ use super::{LitefsError, APPLICATION_ID};
 use super::{Manifest, ManifestOptions, ManifestStats, PageRow, SCHEMA_VERSION};
 
 /// What the manifest was doing when a statement failed: the `op` of [`ManifestError::Sqlite`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Op {
     /// Starting a write transaction (`BEGIN IMMEDIATE`).

@@ -1,13 +1,14 @@
 //! LiteFS glue, the only module of caje that names litefs-rs: whether a manifest is in LiteFS
 //! mode ([`LitefsMode`]), this node's role ([`ManifestRole`]), and taking and releasing HALT
 //! around the writes of a node that is not the primary. The other modules take litefs-rs's
-//! types (`Database`, `HaltGuard`, `LitefsError`) from here.
+//! types (`Database`, `HaltGuard`, `LitefsError`) from here. Where the writes run (this
+//! process or the writer helper) is `writer.rs`'s business; the HALT code is the same.
 
 use std::path::Path;
 use std::time::Duration;
 
 use litefs::Role;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Manifest;
 use super::ManifestError;
@@ -19,7 +20,7 @@ pub(super) use litefs::{Database, Error as LitefsError, HaltGuard};
 
 /// Whether the manifest is written the LiteFS way; see the module docs. Configured as
 /// `litefs = "off" | "auto" | "on"`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LitefsMode {
     /// Plain SQLite: never HALT, ignore `.primary`.
@@ -143,10 +144,11 @@ pub(super) fn litefs_database(
 
 /// Takes HALT when this node may not write the database directly: LiteFS mode, and the role
 /// (read now) is not the primary: a replica, no primary known, or unreadable. `None`: write
-/// directly. Must be called outside any transaction.
+/// directly. Must be called outside any transaction. `timeout` bounds the wait; without one it
+/// waits as long as LiteFS does (10 s, then `EIO`).
 pub(super) fn halt_unless_primary(
     db: Option<&litefs::Database>,
-    timeout: Duration,
+    timeout: Option<Duration>,
 ) -> Result<Option<HaltGuard>, litefs::Error> {
     let Some(db) = db else {
         return Ok(None);
@@ -156,127 +158,9 @@ pub(super) fn halt_unless_primary(
         Ok(role) => tracing::trace!(%role, "manifest write takes HALT"),
         Err(e) => tracing::debug!(error = %e, "cannot read the LiteFS role; taking HALT"),
     }
-    db.halt_timeout(timeout).map(Some)
-}
-
-/// A HALT a flush holds: taken in this process (litefs-rs's [`HaltGuard`]), or by the HALT
-/// helper process ([`HaltHelper`]) on a real LiteFS mount.
-#[derive(Debug)]
-pub(super) enum Halt {
-    Guard(HaltGuard),
-    Brokered(litefs::BrokeredHalt),
-}
-
-impl Halt {
-    /// [`LitefsError::HaltExpired`] once the lease has run out.
-    pub(super) fn check_lease(&self) -> Result<(), LitefsError> {
-        match self {
-            Halt::Guard(g) => g.check_lease(),
-            Halt::Brokered(b) => b.check_lease(),
-        }
-    }
-
-    fn write<T>(&self, f: impl FnOnce() -> T) -> Result<T, LitefsError> {
-        match self {
-            Halt::Guard(g) => g.write(f),
-            Halt::Brokered(b) => b.write(f),
-        }
-    }
-}
-
-/// The HALT helper of one manifest: caje's own executable run as litefs-rs's broker
-/// ([`litefs::serve_broker`]), started when first needed and again after it died.
-///
-/// Why a helper: a caje process killed while LiteFS acquires its HALT leaves the primary
-/// halted for 30-35 s and can wedge this replica's replication until LiteFS restarts (see
-/// litefs-rs's `broker.rs` and `docs/cluster.md`). The helper outlives caje long enough to
-/// finish the acquisition and give the HALT back. Only on a real LiteFS (FUSE) mount; on a
-/// plain directory in `litefs = "on"` mode the lock is a local OFD lock that a killed process
-/// releases cleanly, and stays in-process.
-#[derive(Debug)]
-pub(super) struct HaltHelper {
-    executable: std::path::PathBuf,
-    broker: Option<litefs::HaltBroker>,
-}
-
-impl HaltHelper {
-    pub(super) fn new(executable: std::path::PathBuf) -> HaltHelper {
-        HaltHelper {
-            executable,
-            broker: None,
-        }
-    }
-
-    fn acquire(&mut self, db: &Database, timeout: Duration) -> Result<Halt, LitefsError> {
-        let broker = match &mut self.broker {
-            Some(broker) => broker,
-            None => {
-                let mut command = std::process::Command::new(&self.executable);
-                // Its stderr stays caje's; it logs nothing itself.
-                command.stderr(std::process::Stdio::inherit());
-                self.broker.insert(litefs::HaltBroker::spawn(command, db)?)
-            }
-        };
-        match broker.acquire(db, timeout) {
-            Ok(halt) => Ok(Halt::Brokered(halt)),
-            Err(e @ (LitefsError::Timeout { .. } | LitefsError::Lock { .. })) => Err(e),
-            Err(e) => {
-                // The helper is gone or confused: a new one next time.
-                tracing::warn!(error = %e, "the HALT helper failed; starting a new one for the next flush");
-                self.broker = None;
-                Err(e)
-            }
-        }
-    }
-
-    fn release(&mut self, halt: litefs::BrokeredHalt) -> Result<Duration, LitefsError> {
-        let held = halt.held_for();
-        let Some(broker) = &mut self.broker else {
-            return Ok(held);
-        };
-        broker.release(halt).inspect_err(|_| self.broker = None)
-    }
-}
-
-/// Takes HALT for a flush, like [`halt_unless_primary`], through `helper` on a real LiteFS
-/// mount when one is configured.
-pub(super) fn halt_for_flush(
-    db: Option<&litefs::Database>,
-    helper: Option<&mut HaltHelper>,
-    timeout: Duration,
-) -> Result<Option<Halt>, litefs::Error> {
-    let Some(db) = db else {
-        return Ok(None);
-    };
-    match (helper, db.mount().is_fuse_mount()) {
-        (Some(helper), true) => {
-            match db.mount().role() {
-                Ok(Role::Primary) => return Ok(None),
-                Ok(role) => tracing::trace!(%role, "manifest write takes HALT (helper)"),
-                Err(e) => tracing::debug!(error = %e, "cannot read the LiteFS role; taking HALT"),
-            }
-            helper.acquire(db, timeout).map(Some)
-        }
-        _ => Ok(halt_unless_primary(Some(db), timeout)?.map(Halt::Guard)),
-    }
-}
-
-/// Releases a flush's HALT ([`release_halt`] for a [`Halt`]) and returns how long it was held.
-pub(super) fn release_flush_halt(
-    halt: Option<Halt>,
-    helper: Option<&mut HaltHelper>,
-) -> Option<Duration> {
-    match halt? {
-        Halt::Guard(guard) => release_halt(Some(guard)),
-        Halt::Brokered(halt) => {
-            let held = halt.held_for();
-            if let Some(helper) = helper {
-                if let Err(e) = helper.release(halt) {
-                    tracing::warn!(error = %e, held = ?held, "releasing the manifest HALT through its helper failed");
-                }
-            }
-            Some(held)
-        }
+    match timeout {
+        Some(timeout) => db.halt_timeout(timeout).map(Some),
+        None => db.halt().map(Some),
     }
 }
 
@@ -300,7 +184,7 @@ pub(super) fn release_halt(guard: Option<HaltGuard>) -> Option<Duration> {
 /// without telling this node and a commit could land while the primary writes too. Without a
 /// guard (the primary, plain SQLite) it just runs.
 pub(super) fn commit_under<T>(
-    halt: Option<&Halt>,
+    halt: Option<&HaltGuard>,
     commit: impl FnOnce() -> T,
 ) -> Result<T, LitefsError> {
     match halt {

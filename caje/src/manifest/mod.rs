@@ -14,10 +14,15 @@
 //!   or across a HALT acquisition. They see committed rows, not writes still queued.
 //!
 //! # Files
-//! - `mod.rs`: the [`Manifest`] handle, its options and row types;
+//! - `mod.rs`: the options and row types;
+//! - `handle.rs`: the [`Manifest`] handle: opening, and every call, sent to the owner thread;
+//! - `stats.rs`: [`ManifestStats`], and the rate limit of repeated warnings;
 //! - `error.rs`: [`ManifestError`] and [`Op`];
-//! - `owner.rs`: the owner thread: its queue, batching, flush policy, retries and backoff;
-//! - `write.rs`: one queued write, and how it runs inside a batch transaction;
+//! - `owner.rs`: the owner thread: its queue, batching, flush policy, retries and backoff,
+//!   and the reads;
+//! - `batch.rs`: one batch in one transaction under HALT: the only code that writes;
+//! - `write.rs`: one write's input and output, and how it runs inside a batch transaction;
+//! - `writer.rs`: the writer helper process that runs the batches on a real LiteFS mount;
 //! - `schema.rs`: opening a file, checking that it is a manifest, [`MIGRATIONS`];
 //! - `row.rs`: a [`PageRow`] in its stored form (vary and tag encoding) and the page SQL;
 //! - `tombstone.rs`: [`Purge`] targets and their [`Tombstone`]s;
@@ -27,8 +32,9 @@
 //! - Every write (upsert, remove, purge, tombstones, clear) joins the owner thread's queue and is
 //!   answered once its batch commits. A batch is flushed when its oldest write has waited
 //!   [`ManifestOptions::flush_interval`], or at once when [`ManifestOptions::max_batch`] writes
-//!   wait, in one transaction opened by `Owner::transaction`: after `open`, the only place that
-//!   writes. A burst of cache fills costs one commit (and one HALT), not one per page.
+//!   wait, in one transaction opened by `BatchWriter::write` (`batch.rs`): after `open`, the
+//!   only code that writes. A burst of cache fills costs one commit (and one HALT), not one
+//!   per page.
 //! - A flush that fails as a whole (HALT refused or timed out, `SQLITE_BUSY` beyond the busy
 //!   timeout, an I/O error, a read-only file) keeps every write of its batch queued and is
 //!   retried with capped exponential backoff; callers simply wait longer (in caje they are
@@ -55,6 +61,13 @@
 //! write (a new file, a migration) on a replica takes HALT too, or fails with
 //! [`ManifestError::Halt`]. Outside LiteFS
 //! mode writes rely on SQLite's own locking, so several local processes can share one file.
+//!
+//! On a real LiteFS (FUSE) mount, when [`ManifestOptions::halt_helper`] names caje's binary,
+//! the batches (HALT, transaction, `COMMIT`, release) run in a writer helper process
+//! (`writer.rs`), on the primary too, so that a kill -9 of caje never interrupts a `COMMIT` (on
+//! a replica LiteFS exits then) or a HALT acquisition (the primary stays halted). The owner
+//! thread keeps the queue, the batching and the reads, and sends each batch's inputs to the
+//! helper, which runs the same `batch.rs` code and answers each write's outcome.
 //!
 //! # Vary encoding
 //! A page's identity includes the request headers its response's `Vary` names. In [`PageRow`]
@@ -86,44 +99,40 @@
 //! marked with `PRAGMA application_id` = [`APPLICATION_ID`] so that a random SQLite file is never
 //! adopted (and silently modified) as a manifest.
 
+mod batch;
 mod error;
+mod handle;
 mod list;
 mod litefs;
 mod owner;
 mod row;
 mod schema;
+mod stats;
 #[cfg(test)]
 mod test_support;
 mod tombstone;
 mod write;
+mod writer;
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use serde::{Deserialize, Serialize};
 
 pub use self::error::{ManifestError, Op};
+pub use self::handle::Manifest;
 pub use self::list::{Cursor, ListPage, ListQuery};
 pub use self::litefs::{LitefsMode, ManifestRole};
 pub use self::row::PurgeGuard;
 pub use self::schema::{APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION};
+pub use self::stats::ManifestStats;
 pub use self::tombstone::{Purge, PurgeOutcome, Tombstone, TombstoneKind, TombstoneLog};
+pub use self::writer::{serve_writer, WRITER_ENV};
 
 // The LiteFS glue is the only module that names litefs-rs; the others take its types from here.
-use self::litefs::{
-    commit_under, halt_for_flush, halt_unless_primary, litefs_database, release_flush_halt,
-    release_halt, Database, Halt, HaltHelper, LitefsError,
-};
-use self::owner::{Command, LogLimit, Owner, Reply};
-use self::row::{check_tag, encode_vary, Key, Record};
-use self::schema::open_connection;
-use self::tombstone::{check_tombstone, unix_now};
-use self::write::{Slot, WriteOp};
+use self::handle::Shared;
+use self::litefs::{Database, HaltGuard, LitefsError};
 
 /// `d` in whole milliseconds, saturating.
 fn duration_ms(d: Duration) -> u64 {
@@ -160,10 +169,14 @@ pub struct ManifestOptions {
     /// (a primary halted by a HALT whose holder died, a replica catching up) before it gives
     /// up. Default 60 s: LiteFS keeps a stuck HALT 30-35 s.
     pub open_timeout: Duration,
-    /// The executable to run as the HALT helper on a real LiteFS mount (caje's own binary,
-    /// which serves it when it finds [`litefs::BROKER_ENV`]); `None` takes HALT in this
-    /// process. See `litefs.rs`'s `HaltHelper` for why.
+    /// The executable to run as the writer helper on a real LiteFS mount (caje's own binary,
+    /// which serves it when it finds [`WRITER_ENV`]); `None` writes (HALT and COMMIT) in this
+    /// process. See `writer.rs` for why.
     pub halt_helper: Option<std::path::PathBuf>,
+    /// Test hook: run the writer helper on a thread of this process even on a plain directory
+    /// (unit tests have no caje binary to start).
+    #[cfg(test)]
+    pub(crate) writer_thread: bool,
     /// Test hook, called inside every write transaction after its writes and before `COMMIT`
     /// (on the owner thread, so it must not call the manifest).
     #[doc(hidden)]
@@ -187,6 +200,8 @@ impl Default for ManifestOptions {
             halt_helper: None,
             on_flush: None,
             #[cfg(test)]
+            writer_thread: false,
+            #[cfg(test)]
             halt_clock: None,
         }
     }
@@ -209,7 +224,7 @@ impl fmt::Debug for ManifestOptions {
 }
 
 /// One cached page as recorded in the manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageRow {
     /// Lower-case `host[:port]` the client asked for.
     pub host: String,
@@ -246,7 +261,7 @@ pub struct PageRow {
 }
 
 /// What [`Manifest::upsert`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Upsert {
     /// No row had this identity; one was added.
     Inserted,
@@ -268,475 +283,6 @@ impl Upsert {
             Upsert::Unchanged => "unchanged",
             Upsert::Purged => "purged",
         }
-    }
-}
-
-/// Counters of one [`Manifest`]'s owner thread (shared by its clones, not by other handles).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ManifestStats {
-    /// Upsert requests received.
-    pub upserts: u64,
-    /// Write transactions committed.
-    pub write_transactions: u64,
-    /// Rows inserted, updated or deleted by committed transactions.
-    pub rows_written: u64,
-    /// Batches answered without a write transaction because every upsert in them was identical
-    /// to its stored row.
-    pub skipped_batches: u64,
-    /// Write operations waiting now: queued, or in a batch being written.
-    pub pending: u64,
-    /// Flushes that wrote their batch (committed, or answered a refused write with its error).
-    pub flushes: u64,
-    /// Flushes that failed as a whole and left their batch queued for a retry.
-    pub failed_flushes: u64,
-    /// HALT locks taken (LiteFS mode, on a replica or with no primary known), including one at
-    /// open for a migration.
-    pub halts: u64,
-    /// The longest any of those HALTs was held, in milliseconds, from just before the lock
-    /// request to its release (acquisition, transaction and commit round trips included).
-    /// LiteFS expires a HALT after 30 s without telling this node; caje's flushes keep theirs
-    /// in milliseconds, and a commit past the lease is refused and retried under a new HALT.
-    pub halt_max_held_ms: u64,
-    /// Writes refused with [`ManifestError::QueueFull`].
-    pub overflow: u64,
-    /// Time spent in flushes that wrote (or failed), HALT included, in microseconds.
-    pub flush_micros: u64,
-    /// Time spent waiting for HALT, in microseconds.
-    pub halt_wait_micros: u64,
-    /// The most recent flush failure. Kept after the flushes recover; compare
-    /// [`failed_flushes`](Self::failed_flushes) and [`pending`](Self::pending) to tell.
-    pub last_error: Option<String>,
-}
-
-/// Handle to the manifest. Cloning is cheap; all clones talk to the same owner thread, which
-/// exits (closing the database) once the last clone is dropped and its queue is written.
-#[derive(Debug, Clone)]
-pub struct Manifest {
-    /// Commands to the owner thread; the thread's only way to learn it should stop is this
-    /// channel closing. Unbounded: writes are bounded by [`Shared::pending`], and each reader
-    /// waits for its answer before sending again.
-    commands: mpsc::Sender<Command>,
-    /// Counters the handle itself keeps, so that a full queue is refused without waiting.
-    shared: Arc<Shared>,
-    /// The LiteFS database in LiteFS mode, for [`Manifest::role`] and [`Manifest::txid`], which
-    /// read its files without asking the owner thread (it may be waiting for HALT).
-    litefs: Option<Database>,
-}
-
-/// State shared by the handles and the owner thread.
-#[derive(Debug)]
-struct Shared {
-    /// Writes sent and not yet answered: incremented by the handle before sending, decremented by
-    /// the owner thread when it answers.
-    pending: AtomicUsize,
-    /// [`ManifestOptions::max_queue`].
-    max_queue: usize,
-    /// Writes refused because `pending` reached `max_queue`.
-    overflow: AtomicU64,
-    /// Rate limit of the "queue full" warning. A std mutex: never held across an `.await`.
-    overflow_log: Mutex<LogLimit>,
-}
-
-impl Manifest {
-    /// Opens (creating if needed) the database at `path` with the default
-    /// [`ManifestOptions`]: [`LitefsMode::Auto`], so plain SQLite unless `path` is on a real
-    /// LiteFS mount. See [`Manifest::open_with`].
-    ///
-    /// # Examples
-    ///
-    /// Opening blocks (it may create or migrate the file), so an async caller runs it on a
-    /// blocking thread; the handle's methods are async.
-    ///
-    /// ```
-    /// use caje::manifest::{Manifest, PageRow, Upsert};
-    ///
-    /// #[tokio::main(flavor = "current_thread")]
-    /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    ///     let dir = tempfile::tempdir()?;
-    ///     let path = dir.path().join("manifest.db");
-    ///     let manifest = tokio::task::spawn_blocking(move || Manifest::open(&path)).await??;
-    ///
-    ///     let page = PageRow {
-    ///         host: "example.com".to_owned(),
-    ///         method: "GET".to_owned(),
-    ///         path: "/index.html".to_owned(),
-    ///         vary: Vec::new(),
-    ///         status: 200,
-    ///         stored_at: 1_700_000_000,
-    ///         expires_at: 1_700_000_060,
-    ///         size: 1234,
-    ///         etag: None,
-    ///         last_modified: None,
-    ///         tags: vec!["home".to_owned()],
-    ///         node: "http://10.0.0.1:8080".to_owned(),
-    ///     };
-    ///     assert_eq!(manifest.upsert(page.clone()).await?, Upsert::Inserted);
-    ///     // The same page again is not written.
-    ///     assert_eq!(manifest.upsert(page.clone()).await?, Upsert::Unchanged);
-    ///     assert_eq!(manifest.list().await?, vec![page]);
-    ///     Ok(())
-    /// }
-    /// ```
-    pub fn open(path: &Path) -> Result<Manifest, ManifestError> {
-        Manifest::open_with(path, ManifestOptions::default())
-    }
-
-    /// Opens (creating if needed) the database at `path`, applies migrations (under HALT on a
-    /// LiteFS replica), spawns the owner thread.
-    ///
-    /// Blocking: call from startup or `spawn_blocking`. Fails with
-    /// [`ManifestError::NotAManifest`] for a foreign SQLite file, [`ManifestError::TooNew`] for a
-    /// manifest from a newer caje, [`ManifestError::Open`] for anything that is not a database,
-    /// [`ManifestError::Litefs`] / [`ManifestError::Halt`] when LiteFS mode cannot be set up or
-    /// a needed migration cannot take HALT.
-    pub fn open_with(path: &Path, mut options: ManifestOptions) -> Result<Manifest, ManifestError> {
-        options.max_batch = options.max_batch.max(1);
-        let litefs = litefs_database(path, options.litefs)?;
-        #[cfg(test)]
-        let litefs = match (litefs, &options.halt_clock) {
-            (Some(db), Some(clock)) => Some(db.with_clock(clock.clone())),
-            (litefs, _) => litefs,
-        };
-        if let Some(db) = &litefs {
-            tracing::info!(
-                path = %path.display(),
-                mode = options.litefs.as_str(),
-                fuse = db.mount().is_fuse_mount(),
-                "manifest in LiteFS mode: writes from a replica take HALT"
-            );
-        }
-        let (conn, held) = open_connection(
-            path,
-            litefs.as_ref(),
-            options.halt_timeout,
-            options.open_timeout,
-        )?;
-        let shared = Arc::new(Shared {
-            pending: AtomicUsize::new(0),
-            max_queue: options.max_queue.max(1),
-            overflow: AtomicU64::new(0),
-            overflow_log: Mutex::new(LogLimit::default()),
-        });
-        let (commands, rx) = mpsc::channel();
-        let owner = Owner {
-            conn,
-            rx,
-            halt_helper: options.halt_helper.clone().map(HaltHelper::new),
-            litefs: litefs.clone(),
-            options,
-            shared: Arc::clone(&shared),
-            stats: ManifestStats {
-                halts: u64::from(held.is_some()),
-                halt_max_held_ms: held.map_or(0, duration_ms),
-                ..ManifestStats::default()
-            },
-            pending: VecDeque::new(),
-            retry: None,
-            failure_log: LogLimit::default(),
-        };
-        std::thread::Builder::new()
-            .name("caje-manifest".into())
-            .spawn(move || owner.run())
-            .map_err(ManifestError::Spawn)?;
-        Ok(Manifest {
-            commands,
-            shared,
-            litefs,
-        })
-    }
-
-    /// Inserts the row or updates it when any column differs; a row that is identical is not
-    /// written (no write per hit).
-    ///
-    /// Once this returns `Inserted` or `Updated` the change is committed. If the caller is
-    /// cancelled after sending, the write still happens: the page is on disk either way.
-    pub async fn upsert(&self, row: PageRow) -> Result<Upsert, ManifestError> {
-        let record = Record::encode(row)?;
-        self.write(|reply| WriteOp::Upsert(Slot::new(record, reply)))
-            .await
-    }
-
-    /// Like [`upsert`](Manifest::upsert), for a node announcing a copy it holds: the row is
-    /// not written, and [`Upsert::Purged`] is answered, when a tombstone that `guard` does not
-    /// name as applied covers the page (its URL, one of its tags, or everything). The check
-    /// runs in the write transaction, so a purge and an announcement of the same page are
-    /// ordered: either the purge comes first and refuses the row, or it comes after and
-    /// deletes it. A copy that predates a purge never puts its row back.
-    pub async fn announce(&self, row: PageRow, guard: PurgeGuard) -> Result<Upsert, ManifestError> {
-        let mut record = Record::encode(row)?;
-        record.guard = Some(guard);
-        self.write(|reply| WriteOp::Upsert(Slot::new(record, reply)))
-            .await
-    }
-
-    /// Every row, ordered by host, path, vary (then method). Vary orders by its stored JSON text,
-    /// so it is deterministic but not meant to be meaningful.
-    pub async fn list(&self) -> Result<Vec<PageRow>, ManifestError> {
-        self.call(Command::List).await
-    }
-
-    /// One page of the listing (see [`ListQuery`]), in [`Manifest::list`]'s order.
-    pub async fn list_page(&self, query: ListQuery) -> Result<ListPage, ManifestError> {
-        self.call(|reply| Command::ListPage(Box::new(query), reply))
-            .await
-    }
-
-    /// Deletes one page (all identity columns must match). Returns whether a row was removed.
-    pub async fn remove(
-        &self,
-        host: &str,
-        method: &str,
-        path: &str,
-        vary: &[(String, String)],
-    ) -> Result<bool, ManifestError> {
-        let key = Key {
-            host: host.to_owned(),
-            method: method.to_owned(),
-            path: path.to_owned(),
-            vary: encode_vary(vary),
-        };
-        self.write(|reply| WriteOp::Remove(Slot::new(key, reply)))
-            .await
-    }
-
-    /// Deletes every row; returns how many.
-    pub async fn clear(&self) -> Result<u64, ManifestError> {
-        self.write(|reply| WriteOp::Clear(Slot::new((), reply)))
-            .await
-    }
-
-    /// Deletes every row of one page (all methods and `Vary` variants of `host` + `path`, both
-    /// compared exactly) and returns them, in [`list`](Manifest::list) order. Records no
-    /// tombstone: see [`purge`](Manifest::purge) for that.
-    pub async fn remove_page(&self, host: &str, path: &str) -> Result<Vec<PageRow>, ManifestError> {
-        let target = Purge::Url {
-            host: host.to_owned(),
-            path: path.to_owned(),
-        };
-        self.write(|reply| WriteOp::RemoveRows(Slot::new(target, reply)))
-            .await
-    }
-
-    /// Deletes every row carrying exactly `tag` (`a` does not match `ab`; case matters) and
-    /// returns them, in [`list`](Manifest::list) order. Records no tombstone: see
-    /// [`purge`](Manifest::purge) for that. Fails with [`ManifestError::InvalidTag`] for a tag
-    /// that is empty or contains whitespace.
-    pub async fn remove_tag(&self, tag: &str) -> Result<Vec<PageRow>, ManifestError> {
-        check_tag(tag)?;
-        let target = Purge::Tag(tag.to_owned());
-        self.write(|reply| WriteOp::RemoveRows(Slot::new(target, reply)))
-            .await
-    }
-
-    /// Purges `what` and records its tombstone (created now, expiring `tombstone_ttl_secs`
-    /// later) in one transaction: either both happen or neither.
-    ///
-    /// A hard purge deletes the matching rows; a soft one (`soft`) leaves them, since the nodes
-    /// only mark their copies stale. Either way the matching rows are returned, for the caller
-    /// to invalidate its own copies. Fails with [`ManifestError::InvalidTag`] for a
-    /// [`Purge::Tag`] that is empty or contains whitespace.
-    pub async fn purge(
-        &self,
-        what: Purge,
-        soft: bool,
-        tombstone_ttl_secs: i64,
-    ) -> Result<PurgeOutcome, ManifestError> {
-        let created_at = unix_now();
-        let tombstone = Tombstone {
-            kind: what,
-            soft,
-            created_at,
-            expires_at: created_at.saturating_add(tombstone_ttl_secs),
-        };
-        check_tombstone(&tombstone)?;
-        self.write(|reply| WriteOp::Purge(Slot::new(tombstone, reply)))
-            .await
-    }
-
-    /// Records a tombstone without touching any page (e.g. one learned from elsewhere); returns
-    /// its id. Fails with [`ManifestError::InvalidTag`] for a [`Purge::Tag`] that is empty or
-    /// contains whitespace.
-    pub async fn add_tombstone(&self, t: Tombstone) -> Result<i64, ManifestError> {
-        check_tombstone(&t)?;
-        self.write(|reply| WriteOp::AddTombstone(Slot::new(t, reply)))
-            .await
-    }
-
-    /// Every stored tombstone with an id above `after_id` (0 for all), by increasing id, which
-    /// is the order they were committed in. Expired tombstones are included until
-    /// [`expire_tombstones`](Manifest::expire_tombstones) deletes them.
-    pub async fn tombstones_since(
-        &self,
-        after_id: i64,
-    ) -> Result<Vec<(i64, Tombstone)>, ManifestError> {
-        self.call(|reply| Command::Tombstones(after_id, reply))
-            .await
-    }
-
-    /// The tombstones above `after_id`, with what a node needs to know whether it missed any:
-    /// the last id ever issued, and whether some id above `after_id` was deleted (expired)
-    /// before this read, or `after_id` is beyond the last id (a cursor from another manifest).
-    pub async fn tombstone_log(&self, after_id: i64) -> Result<TombstoneLog, ManifestError> {
-        self.call(|reply| Command::TombstoneLog(after_id, reply))
-            .await
-    }
-
-    /// Deletes the tombstones that expired by `now` (`expires_at <= now`, unix seconds);
-    /// returns how many.
-    pub async fn expire_tombstones(&self, now: i64) -> Result<u64, ManifestError> {
-        self.write(|reply| WriteOp::ExpireTombstones(Slot::new(now, reply)))
-            .await
-    }
-
-    /// SQLite `PRAGMA data_version` of the owner connection: it changes when ANOTHER connection
-    /// (another process, or another `Manifest` opened on the same file, or LiteFS applying a
-    /// replicated transaction) commits, and not for this handle's own commits. For change
-    /// detection.
-    pub async fn data_version(&self) -> Result<i64, ManifestError> {
-        self.call(Command::DataVersion).await
-    }
-
-    /// Number of rows.
-    pub async fn count(&self) -> Result<u64, ManifestError> {
-        self.call(Command::Count).await
-    }
-
-    /// Writes what is queued (one attempt per batch) and stops the owner thread; answers how
-    /// many writes were left unwritten. Once it returns no manifest write is in flight and none
-    /// will start, so the process may exit: on a LiteFS replica an exit in the middle of a
-    /// COMMIT makes LiteFS itself exit (`docs/cluster.md`). Every later call, on any clone,
-    /// fails with [`ManifestError::Closed`].
-    pub async fn close(&self) -> Result<u64, ManifestError> {
-        self.call(Command::Close).await
-    }
-
-    /// Counters of this handle's owner thread, e.g. to check that writes are batched.
-    pub async fn stats(&self) -> Result<ManifestStats, ManifestError> {
-        self.call(Command::Stats).await
-    }
-
-    /// This node's role as a writer, read now from the LiteFS files (`.primary`, `.lag`);
-    /// [`ManifestRole::Standalone`] outside LiteFS mode, [`ManifestRole::Unknown`] if the files
-    /// cannot be read. Answered without the owner thread.
-    pub async fn role(&self) -> ManifestRole {
-        let Some(db) = self.litefs.clone() else {
-            return ManifestRole::Standalone;
-        };
-        match tokio::task::spawn_blocking(move || db.mount().role()).await {
-            Ok(Ok(role)) => role.into(),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "cannot read the LiteFS role");
-                ManifestRole::Unknown
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "reading the LiteFS role panicked");
-                ManifestRole::Unknown
-            }
-        }
-    }
-
-    /// The TXID LiteFS reports in `<db>-pos`: how far this node's copy has been replicated.
-    /// `None` outside LiteFS mode or without a readable `-pos` file.
-    pub async fn txid(&self) -> Option<u64> {
-        let db = self.litefs.clone()?;
-        match tokio::task::spawn_blocking(move || db.txid()).await {
-            Ok(Ok(txid)) => Some(txid.into()),
-            Ok(Err(_)) | Err(_) => None,
-        }
-    }
-
-    /// [`announce`](Manifest::announce) for several rows: one message to the owner thread for
-    /// all of them, so a burst of fills wakes it once instead of once per row (each wake-up a
-    /// context switch away from the async worker on a busy core). The answers come in the
-    /// order of `rows`; each row is refused alone when the queue is full.
-    pub async fn announce_many(
-        &self,
-        rows: Vec<(PageRow, PurgeGuard)>,
-    ) -> Vec<Result<Upsert, ManifestError>> {
-        let mut ops = Vec::with_capacity(rows.len());
-        let mut answers = Vec::with_capacity(rows.len());
-        for (row, guard) in rows {
-            let record = match Record::encode(row) {
-                Ok(mut record) => {
-                    record.guard = Some(guard);
-                    record
-                }
-                Err(e) => {
-                    answers.push(Err(e));
-                    continue;
-                }
-            };
-            if let Err(e) = self.admit() {
-                answers.push(Err(e));
-                continue;
-            }
-            let (reply, answer) = oneshot::channel();
-            ops.push(WriteOp::Upsert(Slot::new(record, reply)));
-            answers.push(Ok(answer));
-        }
-        let sent = ops.len();
-        if sent > 0 && self.commands.send(Command::Writes(ops)).is_err() {
-            self.shared.pending.fetch_sub(sent, Ordering::SeqCst);
-        }
-        let mut out = Vec::with_capacity(answers.len());
-        for answer in answers {
-            out.push(match answer {
-                Ok(answer) => answer.await.unwrap_or(Err(ManifestError::Closed)),
-                Err(e) => Err(e),
-            });
-        }
-        out
-    }
-
-    /// Counts one more queued write, unless [`ManifestOptions::max_queue`] already wait.
-    fn admit(&self) -> Result<(), ManifestError> {
-        let shared = &self.shared;
-        if shared.pending.fetch_add(1, Ordering::SeqCst) >= shared.max_queue {
-            shared.pending.fetch_sub(1, Ordering::SeqCst);
-            let overflow = shared.overflow.fetch_add(1, Ordering::Relaxed) + 1;
-            let allowed = shared
-                .overflow_log
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .allow();
-            if let Some(suppressed) = allowed {
-                tracing::warn!(
-                    max_queue = shared.max_queue,
-                    overflow,
-                    suppressed,
-                    "manifest write queue full: refusing writes until queued ones are written"
-                );
-            }
-            return Err(ManifestError::QueueFull);
-        }
-        Ok(())
-    }
-
-    /// Queues a write unless [`ManifestOptions::max_queue`] writes already wait, and awaits its
-    /// answer.
-    async fn write<T>(&self, op: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T, ManifestError> {
-        let shared = &self.shared;
-        self.admit()?;
-        let (reply, answer) = oneshot::channel();
-        if self
-            .commands
-            .send(Command::Write(Box::new(op(reply))))
-            .is_err()
-        {
-            shared.pending.fetch_sub(1, Ordering::SeqCst);
-            return Err(ManifestError::Closed);
-        }
-        // A dropped reply sender means the thread died mid-command (a panic).
-        answer.await.map_err(|_| ManifestError::Closed)?
-    }
-
-    async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, ManifestError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(command(reply))
-            .map_err(|_| ManifestError::Closed)?;
-        answer.await.map_err(|_| ManifestError::Closed)?
     }
 }
 

@@ -1,59 +1,39 @@
-//! The owner thread: the one connection, the write queue, batching, retries with backoff.
+//! The owner thread: the one connection, the write queue, batching, the flush policy,
+//! retries with backoff, and the reads. Where a batch is written (here, or in the writer
+//! helper) is the writer's choice; the batch code is `batch.rs` either way.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection};
 use tokio::sync::oneshot;
 
+use super::batch::{BatchStats, BatchWriter, FlushError, Flushed};
 use super::row::{page_from_row, Record, IDENTICAL_SQL, PAGE_COLUMNS, PAGE_ORDER};
+use super::stats::LogLimit;
 use super::tombstone::{
     tombstone_from_row, TombstoneLog, TOMBSTONES_SINCE_SQL, TOMBSTONE_SPAN_SQL,
 };
-use super::write::{is_retryable, Step, WriteOp};
-// Only named by doc links.
+use super::write::{Outcome, WriteInput, WriteOp, WriteOutput};
+use super::writer::WriterHelper;
 use super::{
-    commit_under, duration_ms, halt_for_flush, release_flush_halt, Database, Halt, HaltHelper,
-    LitefsError, ManifestError, ManifestOptions, ManifestStats, Op, PageRow, Shared, Tombstone,
-    Upsert,
+    Database, ManifestError, ManifestOptions, ManifestStats, Op, PageRow, Shared, Tombstone, Upsert,
 };
+// Only named by doc links.
 #[cfg(doc)]
-use super::{write::Slot, Manifest};
+use super::Manifest;
+
+/// How much longer than [`ManifestOptions::halt_timeout`] the owner thread (reads included)
+/// waits for the writer helper's answer to a batch: about a commit's time. An answer that
+/// comes later is not lost: the next attempt reads it.
+const HELPER_GRACE: Duration = Duration::from_secs(1);
 
 /// First pause before a failed flush is retried; it doubles up to
 /// [`ManifestOptions::retry_max_backoff`].
 const RETRY_FIRST_BACKOFF: Duration = Duration::from_millis(100);
-
-/// A failing flush or a full queue is logged at most this often (with the number of events not
-/// logged), so that an outage of the primary does not flood the log.
-const LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// Lets an event be logged at most once per [`LOG_EVERY`].
-#[derive(Debug, Default)]
-pub(super) struct LogLimit {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimit {
-    /// `Some(events not logged since the last time)` when this one may be logged.
-    pub(super) fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < LOG_EVERY)
-        {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, ManifestError>>;
 
@@ -82,8 +62,9 @@ pub(super) struct Owner {
     pub(super) rx: mpsc::Receiver<Command>,
     /// The LiteFS database in LiteFS mode: its role is read before every flush.
     pub(super) litefs: Option<Database>,
-    /// Takes the flushes' HALTs out of process on a real LiteFS mount, when configured.
-    pub(super) halt_helper: Option<HaltHelper>,
+    /// Writes the batches in a helper process (real LiteFS mounts); `None` writes them on this
+    /// thread's connection.
+    pub(super) writer: Option<WriterHelper>,
     pub(super) options: ManifestOptions,
     pub(super) shared: Arc<Shared>,
     /// Counters; `pending` and `overflow` live in `shared` and are filled in by `stats`.
@@ -98,7 +79,7 @@ pub(super) struct Owner {
 }
 
 pub(super) struct Queued {
-    op: Box<WriteOp>,
+    op: WriteOp,
     /// When it was queued: the batch it starts is due `flush_interval` later.
     since: Instant,
 }
@@ -115,49 +96,23 @@ pub(super) struct Retry {
     at: Instant,
 }
 
-/// Why a flush failed as a whole; its batch stays queued.
-#[derive(Debug)]
-enum FlushError {
-    Halt(LitefsError),
-    Sqlite { op: Op, source: rusqlite::Error },
-}
-
-impl fmt::Display for FlushError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FlushError::Halt(e) => write!(f, "LiteFS {e}"),
-            FlushError::Sqlite { op, source } => write!(f, "manifest {op} failed: {source}"),
-        }
-    }
-}
-
-/// How one write transaction ended.
-enum Batch {
-    /// Committed: every write has its outcome.
-    Committed,
-    /// Rolled back for a reason that is not one write's: retry the batch later.
-    Retry(FlushError),
-    /// Rolled back because of one write (its error rolled back the whole transaction, or the
-    /// commit refused a constraint): find it by writing the batch one write at a time.
-    OneWrite(Op, Arc<rusqlite::Error>),
-}
-
-impl Batch {
-    fn from_error(op: Op, source: rusqlite::Error) -> Batch {
-        if is_retryable(&source) {
-            Batch::Retry(FlushError::Sqlite { op, source })
-        } else {
-            Batch::OneWrite(op, Arc::new(source))
-        }
-    }
-}
-
 /// The pause before retry number `failures` (1-based): 100 ms doubling, capped at `max`.
 fn backoff(failures: u32, max: Duration) -> Duration {
     let factor = 1u32
         .checked_shl(failures.saturating_sub(1))
         .unwrap_or(u32::MAX);
     RETRY_FIRST_BACKOFF.saturating_mul(factor).min(max)
+}
+
+impl ManifestStats {
+    /// Adds what one batch did.
+    fn absorb(&mut self, batch: &BatchStats) {
+        self.write_transactions += batch.write_transactions;
+        self.rows_written += batch.rows_written;
+        self.halts += batch.halts;
+        self.halt_max_held_ms = self.halt_max_held_ms.max(batch.halt_max_held_ms);
+        self.halt_wait_micros += batch.halt_wait_micros;
+    }
 }
 
 impl Owner {
@@ -231,8 +186,8 @@ impl Owner {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Write(op) => self.enqueue(op),
-            Command::Writes(ops) => ops.into_iter().for_each(|op| self.enqueue(Box::new(op))),
+            Command::Write(op) => self.enqueue(*op),
+            Command::Writes(ops) => ops.into_iter().for_each(|op| self.enqueue(op)),
             Command::List(reply) => drop(reply.send(self.list())),
             Command::ListPage(query, reply) => {
                 drop(reply.send(super::list::page(&self.conn, &query)))
@@ -252,10 +207,11 @@ impl Owner {
     }
 
     /// Writes the queue, one attempt per batch, so a process about to exit leaves no write in
-    /// memory that it could have written; then drops the HALT helper (which releases and exits)
-    /// and answers with the writes left. Nothing is written after this: on a LiteFS replica an
-    /// exit in the middle of a COMMIT (the remote commit is a FUSE write LiteFS ships to the
-    /// primary) makes LiteFS itself exit with `fatal error occurred while committing WAL`.
+    /// memory that it could have written; then drops the writer helper (which finishes what it
+    /// writes and exits) and answers with the writes left. Nothing is written by this process
+    /// after this: on a LiteFS replica an exit in the middle of a COMMIT (the remote commit is a
+    /// FUSE write LiteFS ships to the primary) makes LiteFS itself exit with `fatal error
+    /// occurred while committing WAL`.
     fn close(&mut self, reply: Reply<u64>) {
         self.retry = None;
         while !self.pending.is_empty() {
@@ -265,7 +221,7 @@ impl Owner {
                 break;
             }
         }
-        self.halt_helper = None;
+        self.writer = None;
         let left = self.pending.len() as u64;
         if left > 0 {
             tracing::warn!(left, "manifest closed with writes it could not write");
@@ -273,16 +229,15 @@ impl Owner {
         drop(reply.send(Ok(left)));
     }
 
-    fn enqueue(&mut self, mut op: Box<WriteOp>) {
-        if let WriteOp::Upsert(slot) = &mut *op {
+    fn enqueue(&mut self, op: WriteOp) {
+        if let WriteInput::Upsert(record) = &op.input {
             self.stats.upserts += 1;
             // Repeated fills of an unchanged page must not write (nor take the write lock or
             // HALT, a round trip to the primary). With nothing queued before it, answering now
             // cannot reorder it against an earlier write of the same key.
-            if self.pending.is_empty() && self.is_identical(&slot.input) {
-                slot.outcome = Some(Ok(Upsert::Unchanged));
+            if self.pending.is_empty() && self.is_identical(record) {
                 self.stats.skipped_batches += 1;
-                self.answer(op, None);
+                self.answer(op, Ok(WriteOutput::Upsert(Upsert::Unchanged)));
                 return;
             }
         }
@@ -293,20 +248,20 @@ impl Owner {
     }
 
     /// Sends a write's answer and stops counting it as pending.
-    fn answer(&self, op: Box<WriteOp>, error: Option<ManifestError>) {
-        op.finish(error);
+    fn answer(&self, op: WriteOp, outcome: Outcome) {
+        op.answer.send(outcome);
         self.shared.pending.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Answers the oldest queued write; see [`Slot::finish`].
-    fn answer_front(&mut self, error: Option<ManifestError>) {
+    /// Answers the oldest queued write.
+    fn answer_front(&mut self, outcome: Outcome) {
         if let Some(queued) = self.pending.pop_front() {
-            self.answer(queued.op, error);
+            self.answer(queued.op, outcome);
         }
     }
 
-    /// Writes the oldest batch. On failure the batch stays queued and the next attempt is
-    /// scheduled with backoff.
+    /// Writes the oldest batch. On failure the writes not answered stay queued and the next
+    /// attempt is scheduled with backoff.
     fn flush(&mut self) {
         let n = self.pending.len().min(self.options.max_batch);
         if n == 0 {
@@ -314,157 +269,58 @@ impl Owner {
         }
         // A batch made only of no-op upserts needs no transaction. Only a whole batch is
         // answered here: answering part of one early could reorder it against a later write of
-        // the same key.
-        if self.all_identical(n) {
+        // the same key. Not while the writer helper owes the answer of the queue's first
+        // writes: they are its to answer.
+        let helper_owes = self.writer.as_ref().is_some_and(WriterHelper::in_flight);
+        if !helper_owes && self.all_identical(n) {
             self.stats.skipped_batches += 1;
-            for queued in self.pending.iter_mut().take(n) {
-                if let WriteOp::Upsert(slot) = &mut *queued.op {
-                    slot.outcome = Some(Ok(Upsert::Unchanged));
-                }
-            }
             for _ in 0..n {
-                self.answer_front(None);
+                self.answer_front(Ok(WriteOutput::Upsert(Upsert::Unchanged)));
             }
             self.recovered();
             return;
         }
         let started = Instant::now();
-        let flushed = self.flush_batch(n);
+        let flushed = self.write_batch(n);
         self.stats.flush_micros += micros(started.elapsed());
-        match flushed {
-            Ok(()) => {
+        self.stats.absorb(&flushed.stats);
+        let answered = flushed.outcomes.len();
+        for outcome in flushed.outcomes {
+            self.answer_front(outcome);
+        }
+        match flushed.error {
+            None => {
                 self.stats.flushes += 1;
-                tracing::debug!(writes = n, elapsed = ?started.elapsed(), "manifest batch written");
+                tracing::debug!(writes = answered, elapsed = ?started.elapsed(), "manifest batch written");
                 self.recovered();
             }
-            Err(e) => self.failed(e),
+            Some(e) => self.failed(e),
         }
     }
 
-    /// HALT when needed, then the batch's transaction(s), then the release.
-    fn flush_batch(&mut self, n: usize) -> Result<(), FlushError> {
-        // The role is re-read every time: `.primary` appears and disappears with failovers.
-        let waited = Instant::now();
-        let halt = halt_for_flush(
-            self.litefs.as_ref(),
-            self.halt_helper.as_mut(),
-            self.options.halt_timeout,
-        );
-        self.stats.halt_wait_micros += micros(waited.elapsed());
-        let halt = halt.map_err(FlushError::Halt)?;
-        if halt.is_some() {
-            self.stats.halts += 1;
-        }
-        let result = match self.transaction(n, halt.as_ref()) {
-            Batch::Committed => {
-                for _ in 0..n {
-                    self.answer_front(None);
-                }
-                Ok(())
-            }
-            Batch::Retry(e) => Err(e),
-            Batch::OneWrite(op, source) => self.write_one_by_one(n, halt.as_ref(), op, &source),
-        };
-        // After the transaction ended: holding HALT across COMMIT/ROLLBACK is the point.
-        if let Some(held) = release_flush_halt(halt, self.halt_helper.as_mut()) {
-            self.stats.halt_max_held_ms = self.stats.halt_max_held_ms.max(duration_ms(held));
-        }
-        result
-    }
-
-    /// Replays a batch that one write aborted as one transaction per write, so that only that
-    /// write fails. Rare (a write's error normally undoes only its own statement).
-    fn write_one_by_one(
-        &mut self,
-        n: usize,
-        halt: Option<&Halt>,
-        op: Op,
-        cause: &rusqlite::Error,
-    ) -> Result<(), FlushError> {
-        tracing::warn!(%op, error = %cause, writes = n, "a manifest write aborted its batch; writing the batch one write at a time");
-        for _ in 0..n {
-            // Past the lease the rest stays queued (the writes already committed are answered)
-            // and is retried under a fresh HALT; `transaction` checks again right before COMMIT.
-            if let Some(halt) = halt {
-                halt.check_lease().map_err(FlushError::Halt)?;
-            }
-            match self.transaction(1, halt) {
-                Batch::Committed => self.answer_front(None),
-                Batch::OneWrite(op, source) => {
-                    tracing::warn!(%op, error = %source, "manifest write refused");
-                    self.answer_front(Some(ManifestError::Sqlite { op, source }));
-                }
-                Batch::Retry(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs the oldest `n` queued writes in one `BEGIN IMMEDIATE` transaction: after `open`,
-    /// the only place that writes. HALT, if needed, is already held as `halt`, and `COMMIT` runs
-    /// only while its lease lasts: past it the transaction is rolled back and the batch retried
-    /// under a new HALT. Outcomes are kept in the queued writes and answered by the caller
-    /// after a commit; any other end forgets them.
-    fn transaction(&mut self, n: usize, halt: Option<&Halt>) -> Batch {
+    /// The oldest `n` writes, written in this process or by the writer helper.
+    fn write_batch(&mut self, n: usize) -> Flushed {
         let Owner {
             conn,
-            pending,
+            litefs,
+            writer,
             options,
-            stats,
+            pending,
             ..
         } = self;
-        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(tx) => tx,
-            // Not being able to begin is never one write's fault.
-            Err(source) => {
-                return Batch::Retry(FlushError::Sqlite {
-                    op: Op::Begin,
-                    source,
-                })
+        let inputs: Vec<&WriteInput> = pending.iter().take(n).map(|q| &q.op.input).collect();
+        match writer {
+            // The helper takes HALT for as long as LiteFS lets it; this thread (reads
+            // included) waits for its answer about as long as it would for HALT and a commit.
+            Some(writer) => writer.write(&inputs, options.halt_timeout + HELPER_GRACE),
+            None => BatchWriter {
+                conn,
+                litefs: litefs.as_ref(),
+                halt_timeout: Some(options.halt_timeout),
+                on_flush: options.on_flush.as_deref(),
             }
-        };
-        let mut rows = 0;
-        let mut aborted = None;
-        for queued in pending.iter_mut().take(n) {
-            match queued.op.run(&mut tx) {
-                Step::Done(changed) => rows += changed,
-                // SQLite undid the whole transaction, not just the statement.
-                Step::Failed(op, source) if tx.is_autocommit() => {
-                    aborted = Some(Batch::OneWrite(op, source));
-                    break;
-                }
-                // The write answers with its own error; the others go on.
-                Step::Failed(..) => {}
-                Step::Retry(op, source) => {
-                    aborted = Some(Batch::Retry(FlushError::Sqlite { op, source }));
-                    break;
-                }
-            }
+            .write(&inputs),
         }
-        let ended = match aborted {
-            Some(batch) => batch, // dropping `tx` rolls back
-            None => {
-                if let Some(hook) = &options.on_flush {
-                    hook();
-                }
-                // `tx` moves into the closure only when the lease allows the commit; refused,
-                // the closure (and `tx` with it) is dropped, which rolls back.
-                match commit_under(halt, move || tx.commit()) {
-                    Ok(Ok(())) => {
-                        stats.write_transactions += 1;
-                        stats.rows_written += rows;
-                        return Batch::Committed;
-                    }
-                    // A failed commit was rolled back when `commit` dropped the transaction.
-                    Ok(Err(source)) => Batch::from_error(Op::Commit, source),
-                    Err(expired) => Batch::Retry(FlushError::Halt(expired)),
-                }
-            }
-        };
-        for queued in pending.iter_mut().take(n) {
-            queued.op.reset();
-        }
-        ended
     }
 
     fn failed(&mut self, e: FlushError) {
@@ -510,10 +366,13 @@ impl Owner {
 
     /// Whether the oldest `n` queued writes are all upserts identical to their stored rows.
     fn all_identical(&self, n: usize) -> bool {
-        self.pending.iter().take(n).all(|queued| match &*queued.op {
-            WriteOp::Upsert(slot) => self.is_identical(&slot.input),
-            _ => false,
-        })
+        self.pending
+            .iter()
+            .take(n)
+            .all(|queued| match &queued.op.input {
+                WriteInput::Upsert(record) => self.is_identical(record),
+                _ => false,
+            })
     }
 
     /// Whether the upsert matches its stored row exactly. Each check is its own short implicit

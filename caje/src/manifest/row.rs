@@ -1,6 +1,7 @@
 //! A page row in its stored form: vary and tag encoding, row <-> struct, the page SQL.
 
 use rusqlite::{params, Connection};
+use serde::{Deserialize, Serialize};
 
 use super::{ManifestError, PageRow, Upsert, VARY_ABSENT};
 // Only named by doc links.
@@ -8,6 +9,7 @@ use super::{ManifestError, PageRow, Upsert, VARY_ABSENT};
 use super::Manifest;
 
 /// The identity columns of a page, vary already encoded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Key {
     pub(super) host: String,
     pub(super) method: String,
@@ -17,6 +19,7 @@ pub(super) struct Key {
 
 /// A [`PageRow`] in its stored form. Encoded on the caller's task so that a row the database
 /// cannot hold is refused before it reaches a batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Record {
     pub(super) key: Key,
     pub(super) status: u16,
@@ -36,7 +39,7 @@ pub(super) struct Record {
 
 /// Which tombstones an announced copy has already been through: every id up to `applied`,
 /// and the ids in `also` (purges its node made itself, applied when they were made).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurgeGuard {
     /// The node's tombstone cursor: every tombstone with an id up to this one was applied.
     pub applied: i64,
@@ -251,6 +254,7 @@ pub(super) fn upsert_one(conn: &Connection, r: &Record) -> rusqlite::Result<Upse
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::schema::open_connection;
     use crate::manifest::test_support::*;
     use crate::manifest::*;
 

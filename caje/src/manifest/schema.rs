@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-use super::{halt_unless_primary, release_halt, Database, ManifestError};
+use super::litefs::{halt_unless_primary, release_halt};
+use super::{Database, ManifestError};
 
 /// `PRAGMA application_id` of a caje manifest: the ASCII bytes `caje`.
 pub const APPLICATION_ID: i32 = 0x6361_6a65;
@@ -147,7 +148,7 @@ fn open_once(
     let version = user_version(&conn).map_err(open_err)?;
     let needs_write = !wal || (0..SCHEMA_VERSION).contains(&version);
     let halt = if needs_write {
-        halt_unless_primary(litefs, halt_timeout).map_err(|source| ManifestError::Halt {
+        halt_unless_primary(litefs, Some(halt_timeout)).map_err(|source| ManifestError::Halt {
             path: path.to_owned(),
             source,
         })?

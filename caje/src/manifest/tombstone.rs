@@ -1,6 +1,7 @@
 //! Purges and their tombstones: the purge target, selecting its rows, the tombstone rows.
 
 use rusqlite::{params, params_from_iter, Connection};
+use serde::{Deserialize, Serialize};
 
 use super::row::{check_tag, page_from_row, PAGE_COLUMNS, PAGE_ORDER};
 use super::{ManifestError, PageRow};
@@ -10,7 +11,7 @@ use super::Manifest;
 
 /// The target of a purge: which rows [`Manifest::purge`] removes, and what its [`Tombstone`]
 /// tells other nodes to invalidate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Purge {
     /// Every row of one page: all methods and `Vary` variants of `host` + `path`, compared
     /// exactly as stored (the caller canonicalises them as it does for [`PageRow`]).
@@ -30,7 +31,7 @@ pub enum Purge {
 pub type TombstoneKind = Purge;
 
 /// A record that a purge happened, kept until `expires_at` so that other nodes can apply it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tombstone {
     /// What was purged.
     pub kind: TombstoneKind,
@@ -57,7 +58,7 @@ pub struct TombstoneLog {
 }
 
 /// What [`Manifest::purge`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurgeOutcome {
     /// The rows that matched, in [`Manifest::list`] order: deleted by a hard purge, still
     /// present after a soft one. Either way the caller invalidates these copies.
@@ -202,6 +203,7 @@ pub(super) fn insert_tombstone(conn: &Connection, t: &Tombstone) -> rusqlite::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::row::encode_vary;
     use crate::manifest::test_support::*;
     use crate::manifest::*;
 

@@ -1,8 +1,11 @@
-//! One queued write, and how it runs inside a batch transaction.
+//! One write: its input (what a caller asked for), its output, and how it runs inside a batch
+//! transaction. Inputs and outputs are plain data (serde), so that the same write runs in this
+//! process or in the manifest's writer helper (`writer.rs`), from the same code.
 
 use std::sync::Arc;
 
 use rusqlite::{params, Transaction};
+use serde::{Deserialize, Serialize};
 
 use super::owner::Reply;
 use super::row::{upsert_one, Key, Record, REMOVE_SQL};
@@ -12,94 +15,95 @@ use super::{ManifestError, Op, PageRow, Purge, PurgeOutcome, Tombstone, Upsert};
 #[cfg(doc)]
 use super::Manifest;
 
-/// One queued write: its input, its caller's reply, and — between running inside a transaction
-/// and that transaction's end — its outcome. The outcome is sent only after the commit, and
-/// forgotten if the transaction rolls back, so the write can run again in a later batch.
-pub(super) struct Slot<I, T> {
-    pub(super) input: I,
-    pub(super) reply: Reply<T>,
-    pub(super) outcome: Option<Result<T, ManifestError>>,
-}
-
-impl<I, T> Slot<I, T> {
-    pub(super) fn new(input: I, reply: Reply<T>) -> Self {
-        Slot {
-            input,
-            reply,
-            outcome: None,
-        }
-    }
-
-    /// Runs `write` in the current transaction; `rows` counts what a success changed.
-    pub(super) fn run(
-        &mut self,
-        op: Op,
-        write: impl FnOnce(&I) -> rusqlite::Result<T>,
-        rows: impl FnOnce(&I, &T) -> u64,
-    ) -> Step {
-        match write(&self.input) {
-            Ok(value) => {
-                let rows = rows(&self.input, &value);
-                self.outcome = Some(Ok(value));
-                Step::Done(rows)
-            }
-            Err(e) if is_retryable(&e) => Step::Retry(op, e),
-            Err(e) => {
-                let e = Arc::new(e);
-                self.outcome = Some(Err(ManifestError::Sqlite {
-                    op,
-                    source: Arc::clone(&e),
-                }));
-                Step::Failed(op, e)
-            }
-        }
-    }
-
-    /// Answers the caller with its outcome, or with `error` when it has none (its transaction
-    /// did not commit because of it).
-    pub(super) fn finish(self, error: Option<ManifestError>) {
-        // A send fails only if the caller stopped waiting; the write stands regardless. Having
-        // neither an outcome nor an error cannot happen; the dropped reply would read as
-        // `Closed` rather than hang the caller.
-        if let Some(outcome) = self.outcome.or(error.map(Err)) {
-            drop(self.reply.send(outcome));
-        }
-    }
-}
-
-/// A write waiting in the owner thread's queue.
-pub(super) enum WriteOp {
-    Upsert(Slot<Record, Upsert>),
-    Remove(Slot<Key, bool>),
+/// What one queued write asks for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) enum WriteInput {
+    Upsert(Record),
+    Remove(Key),
     /// [`Manifest::remove_page`] and [`Manifest::remove_tag`]: a hard purge without tombstone.
-    RemoveRows(Slot<Purge, Vec<PageRow>>),
+    RemoveRows(Purge),
     /// The target is `tombstone.kind`; hard unless `tombstone.soft`.
-    Purge(Slot<Tombstone, PurgeOutcome>),
-    AddTombstone(Slot<Tombstone, i64>),
+    Purge(Tombstone),
+    AddTombstone(Tombstone),
     /// Deletes the tombstones expired at this unix time.
-    ExpireTombstones(Slot<i64, u64>),
-    Clear(Slot<(), u64>),
+    ExpireTombstones(i64),
+    Clear,
 }
 
-/// Runs `$body` with `$slot` bound to the [`Slot`] of whichever variant `$op` is.
-macro_rules! with_slot {
-    ($op:expr, $slot:ident => $body:expr) => {
-        match $op {
-            WriteOp::Upsert($slot) => $body,
-            WriteOp::Remove($slot) => $body,
-            WriteOp::RemoveRows($slot) => $body,
-            WriteOp::Purge($slot) => $body,
-            WriteOp::AddTombstone($slot) => $body,
-            WriteOp::ExpireTombstones($slot) => $body,
-            WriteOp::Clear($slot) => $body,
+/// What one write did, once its transaction committed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) enum WriteOutput {
+    Upsert(Upsert),
+    Removed(bool),
+    Rows(Vec<PageRow>),
+    Purged(PurgeOutcome),
+    TombstoneId(i64),
+    Count(u64),
+}
+
+/// One queued write: what it asks for, and where its answer goes. The answer is sent only
+/// once the write's transaction committed (or the write alone was refused), so the write can
+/// run again in a later batch after a rollback.
+pub(super) struct WriteOp {
+    pub(super) input: WriteInput,
+    pub(super) answer: Answer,
+}
+
+/// A write's answer: its output, or why it alone was refused.
+pub(super) type Outcome = Result<WriteOutput, ManifestError>;
+
+/// Where a write's answer goes: its caller's typed reply.
+pub(super) enum Answer {
+    Upsert(Reply<Upsert>),
+    Bool(Reply<bool>),
+    Rows(Reply<Vec<PageRow>>),
+    Purge(Reply<PurgeOutcome>),
+    Id(Reply<i64>),
+    Count(Reply<u64>),
+}
+
+impl Answer {
+    /// Sends `outcome` to the caller. A send fails only if the caller stopped waiting; the
+    /// write stands regardless. An output of another kind than the caller's cannot come from
+    /// [`WriteInput::run`]; it would read as [`ManifestError::Closed`] rather than hang.
+    pub(super) fn send(self, outcome: Outcome) {
+        fn pick<T>(reply: Reply<T>, outcome: Outcome, take: impl FnOnce(WriteOutput) -> Option<T>) {
+            let answer = outcome.and_then(|out| take(out).ok_or(ManifestError::Closed));
+            drop(reply.send(answer));
         }
-    };
+        match self {
+            Answer::Upsert(r) => pick(r, outcome, |o| match o {
+                WriteOutput::Upsert(u) => Some(u),
+                _ => None,
+            }),
+            Answer::Bool(r) => pick(r, outcome, |o| match o {
+                WriteOutput::Removed(b) => Some(b),
+                _ => None,
+            }),
+            Answer::Rows(r) => pick(r, outcome, |o| match o {
+                WriteOutput::Rows(rows) => Some(rows),
+                _ => None,
+            }),
+            Answer::Purge(r) => pick(r, outcome, |o| match o {
+                WriteOutput::Purged(p) => Some(p),
+                _ => None,
+            }),
+            Answer::Id(r) => pick(r, outcome, |o| match o {
+                WriteOutput::TombstoneId(id) => Some(id),
+                _ => None,
+            }),
+            Answer::Count(r) => pick(r, outcome, |o| match o {
+                WriteOutput::Count(n) => Some(n),
+                _ => None,
+            }),
+        }
+    }
 }
 
 /// How one write went inside a transaction.
 pub(super) enum Step {
     /// Done, changing this many rows (pages and tombstones).
-    Done(u64),
+    Done(WriteOutput, u64),
     /// Refused for a reason of its own (a constraint): its outcome is that error. The others
     /// go on, unless SQLite rolled the whole transaction back.
     Failed(Op, Arc<rusqlite::Error>),
@@ -108,78 +112,92 @@ pub(super) enum Step {
     Retry(Op, rusqlite::Error),
 }
 
-impl WriteOp {
+impl Step {
+    fn of<T>(
+        op: Op,
+        result: rusqlite::Result<T>,
+        output: impl FnOnce(T) -> WriteOutput,
+        rows: impl FnOnce(&T) -> u64,
+    ) -> Step {
+        match result {
+            Ok(value) => {
+                let changed = rows(&value);
+                Step::Done(output(value), changed)
+            }
+            Err(e) if is_retryable(&e) => Step::Retry(op, e),
+            Err(e) => Step::Failed(op, Arc::new(e)),
+        }
+    }
+}
+
+impl WriteInput {
     /// Runs the write inside the batch's transaction. A write made of several statements runs
     /// in a savepoint, so that it fails whole.
-    pub(super) fn run(&mut self, tx: &mut Transaction<'_>) -> Step {
+    pub(super) fn run(&self, tx: &mut Transaction<'_>) -> Step {
         match self {
-            WriteOp::Upsert(slot) => slot.run(
+            WriteInput::Upsert(record) => Step::of(
                 Op::Upsert,
-                |record| upsert_one(tx, record),
-                |_, outcome| u64::from(matches!(outcome, Upsert::Inserted | Upsert::Updated)),
+                upsert_one(tx, record),
+                WriteOutput::Upsert,
+                |outcome| u64::from(matches!(outcome, Upsert::Inserted | Upsert::Updated)),
             ),
-            WriteOp::Remove(slot) => slot.run(
+            WriteInput::Remove(key) => Step::of(
                 Op::Remove,
-                |key| {
-                    tx.prepare_cached(REMOVE_SQL)?
-                        .execute(params![key.host, key.method, key.path, key.vary])
+                tx.prepare_cached(REMOVE_SQL).and_then(|mut stmt| {
+                    stmt.execute(params![key.host, key.method, key.path, key.vary])
                         .map(|n| n > 0)
-                },
-                |_, removed| u64::from(*removed),
+                }),
+                WriteOutput::Removed,
+                |removed| u64::from(*removed),
             ),
-            WriteOp::RemoveRows(slot) => slot.run(
+            WriteInput::RemoveRows(target) => Step::of(
                 Op::Purge,
-                |target| select_rows(tx, target, RowAction::Delete),
-                |_, rows| rows.len() as u64,
+                select_rows(tx, target, RowAction::Delete),
+                WriteOutput::Rows,
+                |rows| rows.len() as u64,
             ),
-            WriteOp::Purge(slot) => slot.run(
+            WriteInput::Purge(tombstone) => Step::of(
                 Op::Purge,
-                |tombstone| {
-                    let sp = tx.savepoint()?;
-                    let action = if tombstone.soft {
-                        RowAction::Expire(tombstone.created_at)
-                    } else {
-                        RowAction::Delete
-                    };
-                    let rows = select_rows(&sp, &tombstone.kind, action)?;
-                    let tombstone_id = insert_tombstone(&sp, tombstone)?;
-                    sp.commit()?;
-                    Ok(PurgeOutcome { rows, tombstone_id })
-                },
+                purge(tx, tombstone),
+                WriteOutput::Purged,
                 // The matching rows (deleted, or expired by a soft purge) and the tombstone.
-                |_, outcome| outcome.rows.len() as u64 + 1,
+                |outcome| outcome.rows.len() as u64 + 1,
             ),
-            WriteOp::AddTombstone(slot) => slot.run(
+            WriteInput::AddTombstone(tombstone) => Step::of(
                 Op::AddTombstone,
-                |tombstone| insert_tombstone(tx, tombstone),
-                |_, _| 1,
+                insert_tombstone(tx, tombstone),
+                WriteOutput::TombstoneId,
+                |_| 1,
             ),
-            WriteOp::ExpireTombstones(slot) => slot.run(
+            WriteInput::ExpireTombstones(now) => Step::of(
                 Op::ExpireTombstones,
-                |now| {
-                    tx.prepare_cached(EXPIRE_TOMBSTONES_SQL)?
-                        .execute([now])
-                        .map(|n| n as u64)
-                },
-                |_, n| *n,
+                tx.prepare_cached(EXPIRE_TOMBSTONES_SQL)
+                    .and_then(|mut stmt| stmt.execute([now]).map(|n| n as u64)),
+                WriteOutput::Count,
+                |n| *n,
             ),
-            WriteOp::Clear(slot) => slot.run(
+            WriteInput::Clear => Step::of(
                 Op::Clear,
-                |()| tx.execute("DELETE FROM pages", []).map(|n| n as u64),
-                |_, n| *n,
+                tx.execute("DELETE FROM pages", []).map(|n| n as u64),
+                WriteOutput::Count,
+                |n| *n,
             ),
         }
     }
+}
 
-    /// Forgets the outcome of a run whose transaction rolled back.
-    pub(super) fn reset(&mut self) {
-        with_slot!(self, slot => slot.outcome = None)
-    }
-
-    /// Answers the caller; see [`Slot::finish`].
-    pub(super) fn finish(self, error: Option<ManifestError>) {
-        with_slot!(self, slot => slot.finish(error))
-    }
+/// A purge: its rows and its tombstone in one savepoint, so that it fails whole.
+fn purge(tx: &mut Transaction<'_>, tombstone: &Tombstone) -> rusqlite::Result<PurgeOutcome> {
+    let sp = tx.savepoint()?;
+    let action = if tombstone.soft {
+        RowAction::Expire(tombstone.created_at)
+    } else {
+        RowAction::Delete
+    };
+    let rows = select_rows(&sp, &tombstone.kind, action)?;
+    let tombstone_id = insert_tombstone(&sp, tombstone)?;
+    sp.commit()?;
+    Ok(PurgeOutcome { rows, tombstone_id })
 }
 
 /// Whether a failed statement says nothing about the write itself, so that the same write may
