@@ -145,8 +145,14 @@ impl Owner {
             };
             match received {
                 Ok(Command::Close(reply)) => {
-                    self.close(reply);
-                    break;
+                    let left = self.close();
+                    // The connection is closed (SQLite's close may checkpoint and unlink the
+                    // WAL and `-shm` on the mount) before the answer lets the process exit:
+                    // an exit in the middle of that close left a `-shm` that made the next
+                    // process on that LiteFS mount die of SIGBUS.
+                    drop(self);
+                    drop(reply.send(Ok(left)));
+                    return;
                 }
                 Ok(command) => {
                     if due.is_some_and(|at| at <= now) {
@@ -196,7 +202,7 @@ impl Owner {
             Command::DataVersion(reply) => drop(reply.send(self.data_version())),
             Command::Stats(reply) => drop(reply.send(Ok(self.stats()))),
             // Handled by `run`, which stops after it.
-            Command::Close(reply) => self.close(reply),
+            Command::Close(reply) => drop(reply.send(Ok(self.close()))),
             Command::Tombstones(after_id, reply) => {
                 drop(reply.send(self.tombstones_since(after_id)))
             }
@@ -207,12 +213,12 @@ impl Owner {
     }
 
     /// Writes the queue, one attempt per batch, so a process about to exit leaves no write in
-    /// memory that it could have written; then drops the writer helper (which finishes what it
-    /// writes and exits) and answers with the writes left. Nothing is written by this process
+    /// memory that it could have written; then stops the writer helper (waiting, bounded, for
+    /// it to finish what it writes and exit) and returns the number of writes left. Nothing is written by this process
     /// after this: on a LiteFS replica an exit in the middle of a COMMIT (the remote commit is a
     /// FUSE write LiteFS ships to the primary) makes LiteFS itself exit with `fatal error
     /// occurred while committing WAL`.
-    fn close(&mut self, reply: Reply<u64>) {
+    fn close(&mut self) -> u64 {
         self.retry = None;
         while !self.pending.is_empty() {
             let before = self.pending.len();
@@ -221,12 +227,14 @@ impl Owner {
                 break;
             }
         }
-        self.writer = None;
+        if let Some(writer) = self.writer.take() {
+            writer.finish(self.options.halt_timeout + HELPER_GRACE);
+        }
         let left = self.pending.len() as u64;
         if left > 0 {
             tracing::warn!(left, "manifest closed with writes it could not write");
         }
-        drop(reply.send(Ok(left)));
+        left
     }
 
     fn enqueue(&mut self, op: WriteOp) {
