@@ -155,10 +155,28 @@ fn open_once(
     } else {
         None
     };
-    let configured = configure(&mut conn, path, wal);
+    let configured = configure(&mut conn, path, wal).and_then(|()| {
+        if litefs.is_some_and(|db| db.mount().is_fuse_mount()) {
+            no_checkpoint_on_close(&conn).map_err(open_err)?;
+        }
+        Ok(())
+    });
     let held = release_halt(halt);
     configured?;
     Ok((conn, held))
+}
+
+/// Makes closing `conn` change no file. On a real LiteFS mount a close that finds itself the
+/// last connection checkpoints, deletes the WAL and unlinks `-shm`; a process starting on the
+/// same mount at that moment, mapping `-shm`, died of SIGBUS (seen on the real cluster when a
+/// node was restarted right after a clean stop). The writer's commits checkpoint on their own
+/// (SQLite's automatic checkpoint), which keeps the WAL short.
+pub(super) fn no_checkpoint_on_close(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .map(|_| ())
 }
 
 /// Switches to WAL unless `wal`, sets the connection's pragmas, migrates.

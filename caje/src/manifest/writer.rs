@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::{BatchStats, BatchWriter, FlushError, Flushed};
 use super::litefs::litefs_database;
-use super::schema::open_connection;
+use super::schema::{no_checkpoint_on_close, open_connection};
 use super::write::{WriteInput, WriteOutput};
 use super::{LitefsMode, ManifestError, Op};
 
@@ -204,16 +204,10 @@ fn serve(mut input: impl Read, mut output: impl Write) -> std::io::Result<()> {
         Ok((litefs, conn))
     });
     let (litefs, mut conn) = opened.map_err(|e| std::io::Error::other(e.with_causes()))?;
-    // This connection closes after caje exited, maybe while a new caje opens the file. A
-    // close that finds itself last checkpoints, deletes the WAL and unlinks `-shm`, which on
-    // a LiteFS mount killed a process mapping `-shm` at that moment (SIGBUS, seen on the real
-    // cluster). Without it the close changes no file; caje's own connection and SQLite's
-    // automatic checkpoints at commit keep the WAL short.
-    conn.set_db_config(
-        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-        true,
-    )
-    .map_err(std::io::Error::other)?;
+    // This connection closes after caje exited, maybe while a new caje opens the file: its
+    // close must change no file (see `no_checkpoint_on_close`; already so on a real LiteFS
+    // mount, and here for any file).
+    no_checkpoint_on_close(&conn).map_err(std::io::Error::other)?;
     while let Some(batch) = read_frame::<Vec<WriteInput>>(&mut input)? {
         let inputs: Vec<&WriteInput> = batch.iter().collect();
         let flushed = BatchWriter {
