@@ -160,7 +160,9 @@ pub struct ManifestOptions {
     pub max_queue: usize,
     /// Longest wait for HALT before a flush counts as failed and is retried later. Default 10 s,
     /// LiteFS's own acquisition limit. The owner thread (reads included) waits this long at
-    /// most per attempt.
+    /// most per attempt. With the writer helper, the owner thread waits this long plus 1 s
+    /// for the helper's answer to a batch (the helper itself never gives up an acquisition;
+    /// a late answer is read at the next attempt).
     pub halt_timeout: Duration,
     /// Cap of the backoff between attempts of a failing flush (which starts at 100 ms and
     /// doubles). Default 5 s.
