@@ -632,6 +632,41 @@ mod tests {
         .await
     }
 
+    /// A helper that dies without answering (here: an executable that exits at once) fails
+    /// the batch as a whole, unanswered; the next attempt starts a new helper, which writes
+    /// it.
+    #[test]
+    fn a_batch_whose_helper_died_is_written_by_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.db");
+        drop(Manifest::open(&path).unwrap());
+        let mut helper = WriterHelper::new(
+            Spawn::Process("/bin/true".into()),
+            path.clone(),
+            LitefsMode::Off,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        let input = WriteInput::Upsert(Record::encode(page("a.example", "/a")).unwrap());
+        let died = helper.write(&[&input], Duration::from_secs(5));
+        assert!(died.outcomes.is_empty(), "{died:?}");
+        let error = died.error.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            error.contains("a new one writes the batch again"),
+            "{error}"
+        );
+        assert!(!helper.in_flight());
+
+        helper.spawn = Spawn::Thread;
+        let written = helper.write(&[&input], Duration::from_secs(5));
+        assert!(written.error.is_none(), "{written:?}");
+        assert!(matches!(
+            written.outcomes[..],
+            [Ok(WriteOutput::Upsert(Upsert::Inserted))]
+        ));
+        assert_eq!(written.stats.write_transactions, 1);
+    }
+
     /// caje dies right after sending a batch (end-of-file, and its answer cannot be
     /// delivered): the helper writes the batch all the same, then stops.
     #[test]
