@@ -352,7 +352,10 @@ async fn five_sigusr2_upgrades() {
         println!("old processes' exits: {exits:?}; last: {last:?}");
         // The hand-over pauses (nobody accepts) and their catch-up, from the logs.
         for line in stderrs(&dir).lines() {
-            if line.contains("pause_ms") || line.contains("caught up") {
+            if line.contains("pause_ms")
+                || line.contains("caught up")
+                || line.contains("checked against the index snapshot")
+            {
                 println!("{line}");
             }
         }
