@@ -1,6 +1,7 @@
 //! The index snapshot: the in-memory index written to `cache_dir/index.snapshot` at a clean
-//! shutdown and every `cache.index_snapshot_secs` (when the index changed), so that a start
-//! reads one file instead of every entry's header, and serves at once.
+//! shutdown, every `cache.index_snapshot_secs` (when the index changed) and when a SIGUSR2
+//! upgrade begins (for the new process), so that a start reads one file instead of every
+//! entry's header, and serves at once.
 //!
 //! A snapshot is a hint, never trusted blindly. It is used only if its magic, format
 //! version, layout version, cache directory instance (the `v2` directory's device, inode and
