@@ -614,6 +614,8 @@ async fn an_upgrade_hands_the_index_over_in_a_snapshot() {
         let logs = plain_stderrs(&dir);
         let new = last_ready_pid(&dir).unwrap_or_else(|| panic!("no pid in:\n{logs}"));
         assert_ne!(new, first.id() as i32);
+        // A failed assertion below must not leave the new caje running.
+        let mut guard = KillOnDrop(Some(new));
         assert!(
             logs.contains("upgrade: index snapshot written for the new process"),
             "{logs}"
@@ -660,8 +662,20 @@ async fn an_upgrade_hands_the_index_over_in_a_snapshot() {
             assert_eq!(origin.requests(&format!("/gen/kept-{i}")).await, 1);
         }
         assert_eq!(origin.requests("/gen/gone").await, 2);
+        guard.0 = None;
         kill(new, libc::SIGTERM);
         assert_eq!(wait_orphan(new, Duration::from_secs(15)).await, Ok(0));
     })
     .await
+}
+
+/// Kills the caje it names when dropped, unless disarmed (`.0 = None`).
+struct KillOnDrop(Option<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            kill(pid, libc::SIGKILL);
+        }
+    }
 }
