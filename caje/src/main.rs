@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use caje::app::App;
-use caje::cache::store::{Handover, OpenOptions};
+use caje::cache::store::{Handover, OpenOptions, Store};
 use caje::config::{Config, HostHeader, OriginConfig};
 use caje::listen::Source;
 use caje::server::Server;
@@ -270,7 +270,10 @@ async fn serve(
     loop {
         let server = Server::new(app.clone());
         let stop = server
-            .accept_until(&listener, signals.next_stop(&listener, upgrade_timeout))
+            .accept_until(
+                &listener,
+                signals.next_stop(&listener, &app.store, upgrade_timeout),
+            )
             .await;
         let successor = match stop {
             Stop::Terminate => {
@@ -387,7 +390,12 @@ impl Signals {
 
     /// Completes on SIGTERM/SIGINT, or once a new process started on SIGUSR2 is prepared. A
     /// new process that fails is logged and forgotten, and the wait goes on.
-    async fn next_stop(&mut self, listener: &TcpListener, timeout: Duration) -> Stop {
+    async fn next_stop(
+        &mut self,
+        listener: &TcpListener,
+        store: &Store,
+        timeout: Duration,
+    ) -> Stop {
         use std::os::fd::AsRawFd;
         loop {
             tokio::select! {
@@ -402,6 +410,10 @@ impl Signals {
                 _ = self.usr2.recv() => {}
             }
             tracing::info!("SIGUSR2 received: starting a new caje process to take over");
+            // A fresh index snapshot first, written while this process still serves: the new
+            // one loads it instead of reading every entry's header, and checks the directory
+            // against it for what changes before it takes over.
+            handover_snapshot(store).await;
             let mut successor = match Successor::spawn(listener.as_raw_fd()) {
                 Ok(s) => s,
                 Err(e) => {
@@ -424,6 +436,28 @@ impl Signals {
                 }
             }
         }
+    }
+}
+
+/// Writes the index snapshot a new process started by SIGUSR2 loads. Not written (logged) if
+/// the index is still being checked against the directory after this process's own start
+/// from a snapshot: the new process then loads that one. A failure leaves the new process to
+/// read the directory instead (slower, never wrong).
+async fn handover_snapshot(store: &Store) {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.write_snapshot(false)).await {
+        Ok(Ok(Some(entries))) => {
+            tracing::info!(
+                entries,
+                "upgrade: index snapshot written for the new process"
+            )
+        }
+        Ok(Ok(None)) => tracing::info!(
+            "upgrade: the index is still being checked; the new process loads the snapshot \
+             this one started from"
+        ),
+        Ok(Err(e)) => tracing::warn!("upgrade: index snapshot not written: {e}"),
+        Err(e) => tracing::warn!("upgrade: index snapshot not written: {e}"),
     }
 }
 

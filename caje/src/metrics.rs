@@ -211,6 +211,46 @@ impl Scrape {
             "Disk entries evicted to stay within cache.max_disk_bytes / cache.max_entries.",
             Count(g(&st.evictions)),
         );
+        let start = app.store.start_report();
+        s.labelled(
+            "caje_cache_index_source",
+            "Where the disk index came from at start-up (1 for the current one): the snapshot, or a scan of every header.",
+            ["snapshot", "scan"]
+                .iter()
+                .map(|src| {
+                    (
+                        vec![("source", (*src).to_owned())],
+                        Gauge(i64::from(start.source.as_str() == *src)),
+                    )
+                })
+                .collect(),
+        );
+        let check = start.check;
+        s.one(
+            "caje_cache_index_checking",
+            "1 while the directory is checked against the index snapshot the start loaded.",
+            Gauge(i64::from(check.is_some_and(|c| !c.done))),
+        );
+        if let Some(c) = check {
+            s.one(
+                "caje_cache_index_check_files",
+                "Entry files the start-up check has looked at.",
+                Gauge(c.files_checked as i64),
+            );
+            s.labelled(
+                "caje_cache_index_check_entries",
+                "Entries the start-up check trusted, read again, added or dropped.",
+                [
+                    ("trusted", c.trusted),
+                    ("reread", c.reread),
+                    ("added", c.added),
+                    ("dropped", c.dropped),
+                ]
+                .iter()
+                .map(|(r, n)| (vec![("result", (*r).to_owned())], Gauge(*n as i64)))
+                .collect(),
+            );
+        }
         s.one(
             "caje_populate_warm_refused",
             "Edge-warming fills dropped at commit for lack of free room or warming share.",

@@ -3,20 +3,25 @@
 //!
 //! The hand-over, with the old process `O` and the new one `N`:
 //!
-//! 1. `O` starts `N` from `argv[0]` (so a binary replaced on disk is the one that runs) with
-//!    the same arguments, the listening socket's fd in `CAJE_LISTEN_FD` and the write end of
-//!    a pipe in `CAJE_UPGRADE_FD`. `O` keeps accepting.
-//! 2. `N` loads and checks its configuration, reads the cache index (without the lock,
-//!    deleting nothing) and writes [`PREPARED`]: all it still needs is the cache directory,
+//! 1. `O` writes a fresh index snapshot (`cache_dir/index.snapshot`, atomically, while it
+//!    goes on serving), then starts `N` from `argv[0]` (so a binary replaced on disk is the
+//!    one that runs) with the same arguments, the listening socket's fd in `CAJE_LISTEN_FD`
+//!    and the write end of a pipe in `CAJE_UPGRADE_FD`. `O` keeps accepting.
+//! 2. `N` loads and checks its configuration, loads the cache index from that snapshot
+//!    (without the lock, deleting nothing; without a usable snapshot it reads every entry's
+//!    header instead) and writes [`PREPARED`]: all it still needs is the cache directory,
 //!    which `O` holds locked.
 //! 3. `O` stops accepting (new connections wait in the socket's accept queue, which both
 //!    hold), lets its open connections finish their current request, and releases the store
 //!    lock. Its in-flight requests, long streams included, go on with the files they have
 //!    open.
-//! 4. `N` takes the lock, reads again only the shard directories that changed since it read
-//!    them (deleting nothing `O` may still be writing), opens the manifest, applies the purges
-//!    other nodes recorded, writes [`READY`] and starts accepting.
-//! 5. `O` drains (bounded by `server.shutdown_grace_ms`) and exits 0.
+//! 4. `N` takes the lock and starts checking the directory against the snapshot in the
+//!    background (what `O` stored, replaced or removed since it was written; deleting no
+//!    temp file `O` may still be writing), or, after a read of every header, reads again the
+//!    shard directories that changed since; it opens the manifest, applies the purges other
+//!    nodes recorded, writes [`READY`] and starts accepting.
+//! 5. `O` drains (bounded by `server.shutdown_grace_ms`) and exits 0. Fills of its drain
+//!    that commit after `N` took the lock are not in `N`'s index (the next start finds them).
 //!
 //! If `N` exits, or stays silent past `server.upgrade_timeout_ms` in step 2 or 4, `O` kills
 //! it, takes the lock back and goes on accepting: a bad configuration or a crash at start

@@ -89,6 +89,17 @@ async fn metrics_are_valid_and_move_with_traffic() {
         let hit = r#"caje_http_requests_total{cache="hit",method="GET",status="2xx"}"#;
         let miss = r#"caje_http_requests_total{cache="miss",method="GET",status="2xx"}"#;
         assert_eq!(v(&before, hit) + v(&before, miss), 0.0);
+        // A fresh cache directory: no snapshot, the index came from a scan, nothing to check.
+        assert_eq!(
+            v(&before, r#"caje_cache_index_source{source="scan"}"#),
+            1.0,
+            "{text}"
+        );
+        assert_eq!(
+            v(&before, r#"caje_cache_index_source{source="snapshot"}"#),
+            0.0
+        );
+        assert_eq!(v(&before, "caje_cache_index_checking"), 0.0);
 
         let path = gen("m", "cc=max-age%3D60&bytes=1000");
         let first = caje.get(&path).await;

@@ -352,7 +352,10 @@ async fn five_sigusr2_upgrades() {
         println!("old processes' exits: {exits:?}; last: {last:?}");
         // The hand-over pauses (nobody accepts) and their catch-up, from the logs.
         for line in stderrs(&dir).lines() {
-            if line.contains("pause_ms") || line.contains("caught up") {
+            if line.contains("pause_ms")
+                || line.contains("caught up")
+                || line.contains("checked against the index snapshot")
+            {
                 println!("{line}");
             }
         }
@@ -491,4 +494,188 @@ async fn a_failed_upgrade_leaves_the_old_process_serving() {
         assert_eq!(st.code(), Some(0), "stderr:\n{}", caje.stderr());
     })
     .await
+}
+
+/// `dir`'s stderr files without the terminal colours the log puts around field names.
+fn plain_stderrs(dir: &NodeDir) -> String {
+    let mut out = String::new();
+    let logs = stderrs(dir);
+    let mut chars = logs.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // `ESC [ ... m`
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The pid of the last caje that logged `caje ready` in `dir`'s stderr files.
+fn last_ready_pid(dir: &NodeDir) -> Option<i32> {
+    let logs = plain_stderrs(dir);
+    let line = logs.lines().rev().find(|l| l.contains("caje ready"))?;
+    let rest = line.split("pid=").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The entry file under the cache dir whose header names `path`.
+fn entry_file_of(dir: &NodeDir, path: &str) -> std::path::PathBuf {
+    let found: Vec<_> = support::files_with_suffix(&dir.cache_dir(), ".entry")
+        .into_iter()
+        .filter(|f| support::contains_bytes(&std::fs::read(f).unwrap_or_default(), path.as_bytes()))
+        .collect();
+    assert_eq!(found.len(), 1, "entry files of {path}: {found:?}");
+    found.into_iter().next().unwrap()
+}
+
+/// A SIGUSR2 upgrade hands the cache index over through a snapshot: the old process writes it
+/// as the upgrade begins, the new one loads it (no scan of the headers) and answers hits for
+/// the pages it lists without asking the origin, while the background check, once the new
+/// process holds the directory, repairs what the snapshot got wrong (here a page whose file
+/// was deleted behind the old process's back: dropped, then a miss). `/_caje/status` shows
+/// the state throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_hands_the_index_over_in_a_snapshot() {
+    within(60, async {
+        // SAFETY: prctl with these arguments only changes this process's reaping role (the
+        // new caje outlives the one this test started, and is re-parented here).
+        assert_eq!(
+            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+            0
+        );
+        let origin = Origin::start();
+        let dir = NodeDir::new();
+        // No edge warming: it could fetch the deleted page again before the check runs.
+        let cfg = CajeConfig::for_origin(&origin.base(), "[populate]\nenabled = false\n");
+        std::fs::write(dir.config_path(), cfg.toml()).unwrap();
+        let mut cmd = Command::new(caje_bin());
+        cmd.args(["--listen", "127.0.0.1:0"]);
+        let (mut first, listening) = spawn_caje(&dir, cmd);
+        let addr = next_listening(&listening, &dir);
+        let status = |addr: String| async move {
+            let r = try_request("GET", &format!("{addr}/_caje/status"), &[], b"")
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+            r.json()["cache"]["index"].clone()
+        };
+        let index = status(addr.clone()).await;
+        assert_eq!(index["source"], "scan", "{index}");
+        assert_eq!(index["state"], "scanned", "{index}");
+
+        let pages: Vec<String> = (0..4)
+            .map(|i| gen(&format!("kept-{i}"), "cc=max-age%3D600&bytes=3000"))
+            .collect();
+        let gone = gen("gone", "cc=max-age%3D600&bytes=3000");
+        for p in pages.iter().chain([&gone]) {
+            let url = format!("{addr}{p}");
+            assert_eq!(
+                try_request("GET", &url, &[], b"").await.unwrap().status,
+                200
+            );
+            // Stored once a second request is a hit.
+            let mut tries = 0;
+            while !try_request("GET", &url, &[], b"")
+                .await
+                .unwrap()
+                .cache_status()
+                .is_hit()
+            {
+                tries += 1;
+                assert!(tries < 200, "{p} was not stored");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        std::fs::remove_file(entry_file_of(&dir, "/gen/gone")).unwrap();
+
+        kill(first.id() as i32, libc::SIGUSR2);
+        let got = tokio::task::block_in_place(|| next_listening(&listening, &dir));
+        assert_eq!(got, addr);
+        let code = tokio::task::block_in_place(|| {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if let Some(st) = first.try_wait().unwrap() {
+                    break st.code();
+                }
+                assert!(Instant::now() < deadline, "the old caje did not exit");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        assert_eq!(code, Some(0), "stderr:\n{}", stderrs(&dir));
+        let logs = plain_stderrs(&dir);
+        let new = last_ready_pid(&dir).unwrap_or_else(|| panic!("no pid in:\n{logs}"));
+        assert_ne!(new, first.id() as i32);
+        // A failed assertion below must not leave the new caje running.
+        let mut guard = KillOnDrop(Some(new));
+        assert!(
+            logs.contains("upgrade: index snapshot written for the new process"),
+            "{logs}"
+        );
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("cache index loaded from its snapshot")
+                    && l.contains("handover=true")),
+            "the new process did not load the snapshot:\n{logs}"
+        );
+
+        for p in &pages {
+            let r = try_request("GET", &format!("{addr}{p}"), &[], b"")
+                .await
+                .unwrap();
+            assert!(
+                r.cache_status().is_hit(),
+                "{p} after the upgrade: `{}`",
+                r.cache_status().raw
+            );
+            assert_eq!(r.body.len(), 3000);
+        }
+        let index = status(addr.clone()).await;
+        assert_eq!(index["source"], "snapshot", "{index}");
+        assert_eq!(index["handover"], true, "{index}");
+        assert_eq!(index["loaded_entries"], 5, "{index}");
+        let a = addr.clone();
+        support::eventually(20, "the check of the directory ends", || {
+            let a = a.clone();
+            async move { status(a).await["state"] == "checked" }
+        })
+        .await;
+        let check = status(addr.clone()).await["check"].clone();
+        assert_eq!(check["files_checked"], 4, "{check}");
+        assert_eq!(check["dropped"], 1, "{check}");
+        assert_eq!(check["added"], 0, "{check}");
+        assert!(check["finished_at"].as_u64().is_some(), "{check}");
+        let r = try_request("GET", &format!("{addr}{gone}"), &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert!(!r.cache_status().is_hit(), "{}", r.cache_status().raw);
+        for (i, _) in pages.iter().enumerate() {
+            assert_eq!(origin.requests(&format!("/gen/kept-{i}")).await, 1);
+        }
+        assert_eq!(origin.requests("/gen/gone").await, 2);
+        guard.0 = None;
+        kill(new, libc::SIGTERM);
+        assert_eq!(wait_orphan(new, Duration::from_secs(15)).await, Ok(0));
+    })
+    .await
+}
+
+/// Kills the caje it names when dropped, unless disarmed (`.0 = None`).
+struct KillOnDrop(Option<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            kill(pid, libc::SIGKILL);
+        }
+    }
 }

@@ -291,6 +291,7 @@ fn stats(app: &App) -> Response<Body> {
             "peer_fallbacks": S::get(&s.peer_fallbacks),
             "entries": entries,
             "bytes": bytes,
+            "index": index_json(&app.store.start_report()),
             "memory_cap_bytes": app.config.cache.memory_bytes,
             "live": app.telemetry.live_json(&app.client.latency, S::get(&s.origin_body_bytes)),
             "uptime_secs": SystemTime::now()
@@ -369,6 +370,7 @@ async fn status(app: &App) -> Response<Body> {
                 "max_disk_bytes": max_disk_bytes,
                 "evictions": evictions,
                 "flights": app.flights.len(),
+                "index": index_json(&app.store.start_report()),
             },
             "populate": app.populate.status(),
             "tombstones": {
@@ -378,6 +380,48 @@ async fn status(app: &App) -> Response<Body> {
             },
         }),
     )
+}
+
+/// How the index was built at start-up and where its background check is: `state` is
+/// `scanned` (every header read before serving), `checking` (loaded from the snapshot, the
+/// directory still being checked against it) or `checked`. Until `check.admitted`, the disk
+/// cap evicts only among the entries stored since the start (`disk_bytes` counts the loaded
+/// ones all the same).
+fn index_json(r: &crate::cache::store::StartReport) -> Value {
+    let unix = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let state = match &r.check {
+        None => "scanned",
+        Some(c) if c.done => "checked",
+        Some(_) => "checking",
+    };
+    json!({
+        "source": r.source.as_str(),
+        "handover": r.handover,
+        "state": state,
+        "loaded_entries": r.loaded_entries,
+        "load_ms": r.load_ms,
+        "check": r.check.map(|c| json!({
+            "admitted": c.admitted,
+            "admit_ms": c.admit_ms,
+            "shards_checked": c.shards_checked,
+            "shards_total": c.shards_total,
+            "files_checked": c.files_checked,
+            "trusted": c.trusted,
+            "reread": c.reread,
+            "added": c.added,
+            "dropped": c.dropped,
+            "started_at": unix(c.started_at),
+            "finished_at": c.finished_at.map(unix),
+            "elapsed_ms": c
+                .finished_at
+                .unwrap_or_else(SystemTime::now)
+                .duration_since(c.started_at)
+                .map_or(0, |d| d.as_millis() as u64),
+        })),
+    })
 }
 
 /// The value of query parameter `name`, percent-decoded (`+` is kept as is: values are URLs).

@@ -17,6 +17,9 @@
 //! any of them): a purge applied meanwhile, a tombstone from another node included, is never
 //! undone by it.
 //!
+//! Its progress (shard directories and files checked, entries trusted, read again, added and
+//! dropped) is kept for `/_caje/status` (`startup.rs`) and logged every few seconds.
+//!
 //! A hit on an entry not yet checked reads its header from disk and checks the tag and the
 //! body's length and CRC as always, so the check is about misses and disk accounting, not
 //! about serving wrong bytes.
@@ -28,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::index::{self, Known};
 use super::verify::read_checked;
-use super::{EntryRef, Store};
+use super::{CheckProgress, EntryRef, Store};
 use crate::cache::key::{entry_digest, hex_name, parse_name, Digest};
 use crate::stats::Stats;
 
@@ -50,6 +53,22 @@ fn nanos(t: SystemTime) -> i128 {
         .map_or(0, |d| d.as_nanos() as i128)
 }
 
+/// How often a long check logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// What the check compares the directory with, and whose files it must leave alone.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Since {
+    /// When the copy of the index into the loaded snapshot began.
+    pub(super) snapshot: SystemTime,
+    /// Files changed from this time on are this process's own (its open; on a hand-over, when
+    /// it took the lock).
+    pub(super) own: SystemTime,
+    /// A hand-over: the previous process may still write temp files (its in-flight fills),
+    /// so none is removed.
+    pub(super) handover: bool,
+}
+
 /// What one check did, for the log and the tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Checked {
@@ -64,22 +83,35 @@ pub(super) struct Checked {
     pub(super) dropped: u64,
 }
 
+impl Checked {
+    /// Copies the counts into the progress the admin API reports.
+    fn publish(&self, c: &mut CheckProgress) {
+        c.trusted = self.trusted;
+        c.reread = self.reread;
+        c.added = self.added;
+        c.dropped = self.dropped;
+    }
+}
+
 impl Store {
-    /// Starts the background check of the directory against the index loaded from a snapshot
-    /// whose copy began at `written_at`. [`Store::is_checked`] turns true when it is done.
-    pub(super) fn spawn_check(&self, written_at: SystemTime) -> std::io::Result<()> {
+    /// Starts the background check of the directory against the index loaded from a snapshot.
+    /// [`Store::is_checked`] turns true when it is done.
+    pub(super) fn spawn_check(&self, since: Since) -> std::io::Result<()> {
+        // Reported as under way from now, before the thread first runs.
+        self.inner.start.check(|_| {});
         let store = self.clone();
         std::thread::Builder::new()
             .name("caje-check".into())
             .spawn(move || {
-                store.check_dir(written_at);
+                store.check_dir(since);
             })?;
         Ok(())
     }
 
     /// The check itself. Blocking.
-    pub(super) fn check_dir(&self, written_at: SystemTime) -> Checked {
+    pub(super) fn check_dir(&self, since: Since) -> Checked {
         let started = std::time::Instant::now();
+        let start = &self.inner.start;
         // The eviction policy first: until it has the loaded entries, it counts only what
         // was stored since the start.
         let mut from = Some(0);
@@ -92,8 +124,13 @@ impl Store {
             }
             self.inner.evictor.evict(evicted);
         }
-        let trust_before = nanos(written_at) - TRUST_MARGIN.as_nanos() as i128;
-        let opened = nanos(self.inner.opened_at);
+        let admit_ms = started.elapsed().as_millis() as u64;
+        start.check(|c| {
+            c.admitted = true;
+            c.admit_ms = admit_ms;
+        });
+        let trust_before = nanos(since.snapshot) - TRUST_MARGIN.as_nanos() as i128;
+        let own = nanos(since.own);
         let mut done = Checked::default();
         let root = self.inner.root.clone();
         let mut shards = Vec::new();
@@ -107,8 +144,30 @@ impl Store {
                 }
             }
         }
-        for dir in shards {
-            self.check_shard(&dir, trust_before, opened, &mut done);
+        let total = shards.len() as u64;
+        start.check(|c| c.shards_total = total);
+        let mut logged = std::time::Instant::now();
+        let mut files_checked = 0;
+        for (i, dir) in shards.iter().enumerate() {
+            files_checked += self.check_shard(dir, trust_before, own, since.handover, &mut done);
+            start.check(|c| {
+                c.shards_checked = i as u64 + 1;
+                c.files_checked = files_checked;
+                done.publish(c);
+            });
+            if logged.elapsed() >= PROGRESS_EVERY {
+                logged = std::time::Instant::now();
+                tracing::info!(
+                    shards_checked = i + 1,
+                    shards_total = total,
+                    files_checked,
+                    reread = done.reread,
+                    added = done.added,
+                    dropped = done.dropped,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "checking the cache directory against the index snapshot"
+                );
+            }
         }
         // Loaded entries whose file no shard held: removed after the snapshot.
         let mut from = Some(0);
@@ -122,24 +181,39 @@ impl Store {
             }
         }
         self.index().end_check();
+        start.check(|c| {
+            done.publish(c);
+            c.done = true;
+            c.finished_at = Some(SystemTime::now());
+        });
         self.inner.checked.send_replace(true);
         let (entries, bytes) = self.usage();
         tracing::info!(
             entries,
             bytes,
+            files_checked,
             trusted = done.trusted,
             reread = done.reread,
             added = done.added,
             dropped = done.dropped,
+            admit_ms,
+            handover = since.handover,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "cache directory checked against the index snapshot"
         );
         done
     }
 
-    /// Checks one shard directory.
-    fn check_shard(&self, dir: &Path, trust_before: i128, opened: i128, done: &mut Checked) {
-        let Ok(rd) = fs::read_dir(dir) else { return };
+    /// Checks one shard directory; returns the number of entry files it held.
+    fn check_shard(
+        &self,
+        dir: &Path,
+        trust_before: i128,
+        own: i128,
+        handover: bool,
+        done: &mut Checked,
+    ) -> u64 {
+        let Ok(rd) = fs::read_dir(dir) else { return 0 };
         let mut files: Vec<(Digest, std::path::PathBuf, i128)> = Vec::new();
         for f in rd.flatten() {
             let file_name = f.file_name();
@@ -152,8 +226,9 @@ impl Store {
                 continue;
             };
             if file_name.ends_with(".tmp") {
-                // Older than this start: a leftover; newer ones are this process's fills.
-                if changed < opened {
+                // Older than this start: a leftover; newer ones are this process's fills (on
+                // a hand-over any may be the previous process's).
+                if changed < own && !handover {
                     let _ = fs::remove_file(f.path());
                 }
                 continue;
@@ -167,15 +242,17 @@ impl Store {
             let mut idx = self.index();
             files.iter().map(|(d, _, _)| idx.known(d)).collect()
         };
+        let count = files.len() as u64;
         for ((digest, path, changed), known) in files.into_iter().zip(known) {
             match known {
                 Known::Changed => {}
                 Known::Loaded(_) if changed < trust_before => done.trusted += 1,
                 Known::Loaded(r) => self.reread(&digest, &path, Some(r), done),
-                Known::Unknown if changed >= opened => {}
+                Known::Unknown if changed >= own => {}
                 Known::Unknown => self.reread(&digest, &path, None, done),
             }
         }
+        count
     }
 
     /// Reads the entry file of `digest` at `path` and puts what it holds in the index in

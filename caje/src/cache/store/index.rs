@@ -335,13 +335,20 @@ impl Index {
         self.evicted = evicted;
         // Generations go on growing: the snapshot check tells loaded entries by them.
         (self.check, self.next_gen) = (check, next_gen);
+        if let Some(c) = &mut self.check {
+            // Nothing loaded is left to weigh.
+            c.pending = 0;
+        }
         all
     }
 
-    /// Disk blocks the policy counts and the capacity in blocks.
+    /// Bytes (whole blocks) the entries occupy, and the capacity. The entries loaded from a
+    /// snapshot count from the start, though the policy counts them only once the background
+    /// check has admitted them (until then it evicts among the entries stored since).
     pub(super) fn disk_usage(&self) -> (u64, u64) {
         let u = self.policy.usage();
-        (u.used * BLOCK, u.capacity.saturating_mul(BLOCK))
+        let pending = self.check.as_ref().map_or(0, |c| c.pending);
+        ((u.used + pending) * BLOCK, u.capacity.saturating_mul(BLOCK))
     }
 
     /// Bytes (as blocks on disk) of warmed pages no client has asked for yet.

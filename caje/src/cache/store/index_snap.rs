@@ -49,6 +49,10 @@ pub(super) struct CheckState {
     /// The disk blocks of each loaded entry, by slot, until the eviction policy has admitted
     /// it ([`Index::admit_loaded`]); emptied then.
     blocks: Vec<u32>,
+    /// The sum of `blocks` not yet admitted: counted in [`Index::disk_usage`] meanwhile, so
+    /// the usage reported right after a start is the directory's, not only what was stored
+    /// since.
+    pub(super) pending: u64,
 }
 
 /// The live slots of `slab` ordered by the bucket a table of `capacity` puts their `hash`
@@ -257,6 +261,7 @@ impl Index {
             loaded: self.next_gen,
             removed: HashSet::new(),
             seen: vec![0; self.recs.len().div_ceil(64)],
+            pending: blocks.iter().map(|&b| u64::from(b)).sum(),
             blocks,
         });
     }
@@ -281,7 +286,10 @@ impl Index {
                 break;
             }
             let r = self.recs[i];
-            let blocks = self.check.as_ref().map_or(0, |c| c.blocks[i]);
+            let blocks = self.check.as_mut().map_or(0, |c| {
+                c.pending = c.pending.saturating_sub(u64::from(c.blocks[i]));
+                c.blocks[i]
+            });
             if r.gen == 0 || r.gen > loaded || self.recs.node(i as u32).resident() {
                 continue;
             }
@@ -299,6 +307,7 @@ impl Index {
         if !more {
             if let Some(c) = &mut self.check {
                 c.blocks = Vec::new();
+                c.pending = 0;
             }
         }
         (evicted, more.then_some(end))
@@ -392,7 +401,7 @@ impl Index {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{DiskLimits, Selected};
+    use super::super::{DiskLimits, Selected, BLOCK};
     use super::*;
     use crate::cache::entry::tests::sample;
     use crate::cache::key::{entry_digest, page_hash, Variant};
@@ -444,5 +453,23 @@ mod tests {
         let gzip = idx.get(&recs[0].name).unwrap();
         assert!(idx.remove(&gzip));
         assert_eq!(idx.page(&key).len(), 1);
+    }
+
+    /// The disk usage reported right after a start counts the loaded entries, before the
+    /// background check has the eviction policy admit them, and the same after.
+    #[test]
+    fn loaded_entries_count_in_the_disk_usage_before_they_are_admitted() {
+        let sets = vec![vec!["accept-encoding".to_owned()]];
+        let recs: Vec<SnapRec> = (0..10).map(|i| rec(&format!("/n{i}"), None, 0)).collect();
+        let mut idx = Index::new(DiskLimits::UNLIMITED);
+        idx.load_snapshot(recs.into_iter(), &sets, &[]);
+        assert_eq!(idx.disk_usage().0, 10 * BLOCK);
+        let (_, next) = idx.admit_loaded(0, 4);
+        assert_eq!(next, Some(4));
+        assert_eq!(idx.disk_usage().0, 10 * BLOCK, "part admitted");
+        assert_eq!(idx.admit_loaded(4, 100).1, None);
+        assert_eq!(idx.disk_usage().0, 10 * BLOCK, "all admitted");
+        idx.take_all();
+        assert_eq!(idx.disk_usage().0, 0, "cleared");
     }
 }

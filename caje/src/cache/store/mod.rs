@@ -11,8 +11,9 @@
 //! in the header ([`format::tag_of`]). Nothing is fsynced: the header's checksum and the
 //! body's length and CRC reject what a crash tore, and a lost entry is a miss. At start-up
 //! the index is read from its snapshot (`cache_dir/index.snapshot`, one file, written at a
-//! clean shutdown and periodically) and the directory is checked against it in the
-//! background while requests are served; without a usable snapshot the directory is scanned
+//! clean shutdown, periodically, and by a process handing the directory over in a graceful
+//! upgrade) and the directory is checked against it in the background while requests are
+//! served; without a usable snapshot the directory is scanned
 //! (headers only) before serving. Either way temp files are removed, and entries that fail
 //! to decode are removed and counted. A `v1` directory (the two-file layout of earlier
 //! versions) is dropped whole at start.
@@ -44,6 +45,8 @@
 //! - `snapshot.rs`: the index snapshot: its format, writing it, loading it;
 //! - `index_snap.rs` (a child of `index.rs`): the index's side of the snapshot;
 //! - `check.rs`: the background check of the directory after a start from a snapshot;
+//! - `startup.rs`: building the index at open (snapshot or scan, ordinary start or
+//!   hand-over), and the start-up state the admin API reports;
 //! - `purge.rs`: purges (by page or tag, hard or soft, local or replicated) and clearing, and
 //!   the log of recent purges that fills still being written are checked against;
 //! - `evictor.rs`: the thread that unlinks evicted entries' files.
@@ -64,6 +67,7 @@ mod metas;
 mod purge;
 mod slab;
 mod snapshot;
+mod startup;
 mod verify;
 
 use std::fs::{self, File};
@@ -83,6 +87,7 @@ use index::Index;
 
 pub use fill::{Fill, FillProgress};
 pub use index::{DiskLimits, BLOCK};
+pub use startup::{CheckProgress, IndexSource, StartReport};
 
 /// Top-level directory of the current layout inside `cache_dir`.
 const LAYOUT_DIR: &str = "v2";
@@ -282,6 +287,8 @@ struct Inner {
     /// Whether the index agrees with the directory: false while a start from a snapshot
     /// checks it in the background (`check.rs`).
     checked: tokio::sync::watch::Sender<bool>,
+    /// How the index was built at start-up, and the background check's progress.
+    start: startup::StartState,
 }
 
 /// Whether `dir` is on tmpfs (false if that cannot be told).
@@ -302,10 +309,13 @@ pub struct OpenOptions {
 
 /// Taking the directory over from a previous process (see [`crate::upgrade`]).
 ///
-/// The index is loaded first, without the lock, while the previous process serves; then
-/// `ask` tells it to stop and release the lock; then only the shard directories that changed
-/// since they were read (or changed too recently to tell) are read again. Temp files and
-/// unnamed bodies are left alone throughout (they may be the previous process's in-flight
+/// The index is loaded first, without the lock, while the previous process serves: from the
+/// index snapshot it wrote when the upgrade began, or (without a usable one) by reading the
+/// directory. Then `ask` tells it to stop and release the lock. Once the lock is held, the
+/// directory is checked against the snapshot in the background (what the previous process
+/// stored, replaced or removed since it was written), or, after a read, only the shard
+/// directories that changed since they were read (or changed too recently to tell) are read
+/// again. Temp files are left alone throughout (they may be the previous process's in-flight
 /// fills); the next ordinary start removes what is left of them.
 pub struct Handover {
     /// How long to wait for the lock once asked.
@@ -416,34 +426,18 @@ impl Store {
             dir: dir.to_owned(),
             opened_at: std::time::SystemTime::now(),
             checked: tokio::sync::watch::Sender::new(false),
+            start: startup::StartState::new(),
         });
         inner
             .evictor
             .start(Arc::downgrade(&inner))
             .map_err(io_err(dir))?;
         let store = Store { inner };
-        let Some(handover) = options.handover else {
+        if options.handover.is_none() {
             // Not during a hand-over: the previous process may still serve from it.
             drop_old_layout(dir);
-            // A snapshot serves at once, and the directory is checked against it in the
-            // background. Without a usable one, every entry's header is read now.
-            match store.load_snapshot() {
-                Some(written_at) => store.spawn_check(written_at).map_err(io_err(dir))?,
-                None => {
-                    store.scan(false)?;
-                    store.inner.checked.send_replace(true);
-                }
-            }
-            store.spawn_snapshots(options.snapshot_every);
-            return Ok(store);
-        };
-        // The previous process still changes the directory while this one reads it: its
-        // snapshot would be stale at once, so the directory is read.
-        let read = store.scan(true)?;
-        (handover.ask)().map_err(io_err(dir))?;
-        store.relock(handover.wait)?;
-        store.rescan_changed(&read)?;
-        store.inner.checked.send_replace(true);
+        }
+        store.build_index(options.handover)?;
         store.spawn_snapshots(options.snapshot_every);
         Ok(store)
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::format::{self, Fixed};
-use super::{index, shard_dir, EntryRef, Store, StoreError};
+use super::{index, shard_dir, EntryRef, IndexSource, Store, StoreError};
 use crate::cache::entry::EntryMeta;
 use crate::cache::key::{entry_digest, hex_name};
 use crate::stats::Stats;
@@ -61,10 +61,15 @@ impl Store {
             }
         }
         let (entries, bytes) = self.usage();
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        // A scan that keeps leftovers is a hand-over's.
+        self.inner
+            .start
+            .built(IndexSource::Scan, keep_leftovers, entries, elapsed_ms);
         tracing::info!(
             entries,
             bytes,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms,
             dir = %root.display(),
             "cache index loaded"
         );
