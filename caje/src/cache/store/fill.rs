@@ -638,6 +638,27 @@ mod tests {
         }
     }
 
+    /// The store remembers the shard directories it has seen, and a fill in one of them skips
+    /// creating it. A directory removed behind that hint (both levels here) must still take the
+    /// next fill: the create falls back to making it.
+    #[tokio::test]
+    async fn a_fill_recreates_a_shard_directory_removed_behind_the_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut rx) = open(dir.path());
+        fill(&store, &mut rx, b"first").await;
+        let path = store.entries().pop().unwrap().path();
+        let top = path.parent().unwrap().parent().unwrap().to_owned();
+        fs::remove_dir_all(&top).unwrap();
+        // A failed fill sends no event: bounded, so that failure is reported, not a hang.
+        let second = fill(&store, &mut rx, b"second");
+        tokio::time::timeout(std::time::Duration::from_secs(10), second)
+            .await
+            .expect("the second fill was not stored");
+        let e = store.entries().pop().unwrap();
+        let bytes = fs::read(e.path()).unwrap();
+        assert_eq!(&bytes[e.body_offset as usize..], b"second");
+    }
+
     #[tokio::test]
     async fn dropped_fill_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
