@@ -227,6 +227,7 @@ pub async fn fill_page(
         response,
         stored,
         progress,
+        ..
     } = respond_from_origin(&ctx, rparts, rbody, Forward::UriMiss, Some(leader));
     // The spool's pump stores the body without a reader.
     drop(response);
@@ -331,6 +332,23 @@ pub(crate) struct Answer {
     pub(crate) stored: Result<(), NotStorable>,
     /// The fill's progress, when it is being stored.
     pub(crate) progress: Option<tokio::sync::watch::Receiver<FillProgress>>,
+    /// The spool the body is pumped into, when it is being stored.
+    pub(crate) spool: Option<Arc<Spool>>,
+}
+
+impl Answer {
+    /// The response for a client, once its first body bytes are in (or the body ended).
+    ///
+    /// Returned at once, hyper would write the head alone (the pump that reads the body is a
+    /// task that has not run yet) and the body in a second write: two sends to the client and
+    /// two wake-ups of it per miss instead of one, the same cost the waiters avoid by
+    /// [`Spool::first_bytes`]. A small body then leaves with its head in one `writev`.
+    pub(crate) async fn ready(self) -> Response<Body> {
+        if let Some(spool) = &self.spool {
+            spool.first_bytes().await;
+        }
+        self.response
+    }
 }
 
 /// Turns an origin response into the client's response: decides whether to store it,
@@ -438,7 +456,7 @@ pub(crate) fn respond_from_origin(
     // A storable body is read from the origin at the origin's pace by the spool's pump, and
     // this client reads it from the spool like any coalesced one; anything else streams
     // straight through.
-    let body = match (spool, &progress) {
+    let body = match (&spool, &progress) {
         (Some(spool), Some(progress)) => spool.start(tee, progress.clone()).boxed(),
         _ => tee.boxed(),
     };
@@ -452,6 +470,7 @@ pub(crate) fn respond_from_origin(
         response: Response::from_parts(rparts, body),
         stored,
         progress,
+        spool,
     }
 }
 

@@ -414,7 +414,9 @@ async fn lead(
             }
         }
     }
-    respond_from_origin(ctx, rparts, rbody, fwd, Some(leader)).response
+    respond_from_origin(ctx, rparts, rbody, fwd, Some(leader))
+        .ready()
+        .await
 }
 
 /// Forwards a GET/HEAD without coalescing (HEAD, ranges, hit-for-miss, released waiters).
@@ -469,7 +471,9 @@ async fn forward(
         }
         return res;
     }
-    respond_from_origin(ctx, rparts, rbody, fwd, None).response
+    respond_from_origin(ctx, rparts, rbody, fwd, None)
+        .ready()
+        .await
 }
 
 /// Whether a request carries a body (a `Content-Length` other than 0, or chunked).

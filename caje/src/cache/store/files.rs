@@ -5,13 +5,54 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::{format, index, Entry, EntryRef, Store, StoreEvent};
 use crate::cache::entry::EntryMeta;
 use crate::cache::key::entry_digest;
 use crate::stats::Stats;
+
+/// The shard directories (`ab/cd`, 65,536 of them) this process has seen exist, one bit each.
+///
+/// A hint for a fill's temp file: in a directory known to exist it is created at once; in
+/// another, the directory is created first. Without it, every fill into a new directory
+/// (most of them while a cache fills up: 65,536 directories) paid a failed `open`, then
+/// `create_dir_all`, then the `open` again. A wrong hint (a directory removed behind it) only
+/// costs that fallback, which [`format`]'s create keeps.
+pub(super) struct ShardDirs(Box<[AtomicU64]>);
+
+impl Default for ShardDirs {
+    fn default() -> Self {
+        ShardDirs((0..1024).map(|_| AtomicU64::new(0)).collect())
+    }
+}
+
+impl ShardDirs {
+    /// The directory's bit: the name's first four hex digits (`None` for a name too short or
+    /// not hex, which then always takes the slow path).
+    fn bit(name: &str) -> Option<usize> {
+        let digits = name.get(..4)?;
+        u16::from_str_radix(digits, 16).ok().map(usize::from)
+    }
+
+    fn known(&self, name: &str) -> bool {
+        Self::bit(name)
+            .is_some_and(|b| self.0[b / 64].load(Ordering::Relaxed) & (1 << (b % 64)) != 0)
+    }
+
+    fn mark(&self, name: &str) {
+        if let Some(b) = Self::bit(name) {
+            self.0[b / 64].fetch_or(1 << (b % 64), Ordering::Relaxed);
+        }
+    }
+}
+
+/// This process's id, read once: `std::process::id` is a `getpid` system call each time.
+fn pid() -> u64 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    u64::from(*PID.get_or_init(std::process::id))
+}
 
 impl Store {
     pub(super) fn unique(&self) -> u64 {
@@ -20,7 +61,25 @@ impl Store {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        t ^ (u64::from(std::process::id()) << 48) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        t ^ (pid() << 48) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// Makes sure the shard directory `dir` of entry `name` exists before a temp file is
+    /// created in it: nothing when this process has seen it, else one `mkdir` (the parent's
+    /// too when that is missing). Blocking (a `mkdir`, only the first time per directory).
+    pub(super) fn ensure_shard_dir(&self, dir: &Path, name: &str) -> io::Result<()> {
+        let dirs = &self.inner.dirs;
+        if dirs.known(name) {
+            return Ok(());
+        }
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir_all(dir)?,
+            Err(e) => return Err(e),
+        }
+        dirs.mark(name);
+        Ok(())
     }
 
     pub(super) fn shard_dir(&self, name: &str) -> PathBuf {

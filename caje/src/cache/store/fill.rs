@@ -141,6 +141,13 @@ struct Disk {
     writer: Option<EntryWriter>,
 }
 
+impl Disk {
+    /// The shard directory the temp file (and the entry) goes in.
+    fn tmp_dir(&self) -> &std::path::Path {
+        self.tmp.parent().unwrap_or(std::path::Path::new("."))
+    }
+}
+
 struct Job {
     /// Chunks not yet written, in order.
     queue: Vec<Bytes>,
@@ -261,6 +268,7 @@ impl Shared {
             Some(w) => w.append(batch)?,
             None => {
                 let meta = format::encode_meta(&mut disk.meta)?;
+                self.store.ensure_shard_dir(disk.tmp_dir(), &disk.name)?;
                 disk.writer = Some(EntryWriter::create(&disk.tmp, meta, disk.tag, batch)?);
             }
         }
@@ -301,6 +309,7 @@ impl Shared {
         let written = (|| -> io::Result<(Arc<File>, format::Fixed)> {
             if disk.writer.is_none() {
                 let meta = format::encode_meta(&mut disk.meta)?;
+                self.store.ensure_shard_dir(disk.tmp_dir(), &disk.name)?;
                 let (file, fixed) = format::write_entry_file(&disk.tmp, &meta, disk.tag, &batch)?;
                 return Ok((Arc::new(file), fixed));
             }
@@ -310,7 +319,7 @@ impl Shared {
         })();
         self.written(n);
         let committed = match written {
-            Ok((file, fixed)) => self.commit_body(&disk, file, fixed),
+            Ok((file, fixed)) => self.commit_body(disk, file, fixed),
             Err(e) => {
                 self.fail(&disk, "writing body", &e);
                 None
@@ -327,20 +336,28 @@ impl Shared {
         );
     }
 
-    /// Checks the whole body against what its sender announced, and commits it.
+    /// Checks the whole body against what its sender announced, and commits it. Takes the
+    /// fill's metadata (no copy of its header maps and policy per fill).
     fn commit_body(
         &self,
-        disk: &Disk,
+        disk: Disk,
         file: Arc<File>,
         fixed: format::Fixed,
     ) -> Option<(Arc<Entry>, Arc<File>)> {
         let (len, crc) = (fixed.body_len, fixed.body_crc);
-        let name = disk.name.as_str();
+        let Disk {
+            mut meta,
+            name,
+            tmp,
+            tag,
+            ..
+        } = disk;
+        let name = name.as_str();
         let expected = *self.expected.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((want_len, want_crc)) = expected.filter(|&want| want != (len, crc)) {
             // A body that arrived whole but is not the one its sender described (a peer's
             // copy damaged on the way): never committed.
-            let _ = fs::remove_file(&disk.tmp);
+            let _ = fs::remove_file(&tmp);
             tracing::warn!(
                 name,
                 len,
@@ -351,20 +368,19 @@ impl Shared {
             );
             return None;
         }
-        let mut meta = disk.meta.clone();
         meta.body_len = len;
         meta.body_crc32 = crc;
         let store = &self.store;
-        let at = (disk.name.as_str(), disk.tag, disk.tmp.as_path());
+        let at = (name, tag, tmp.as_path());
         match store.commit(at, meta, fixed.body_offset(), (self.announce, self.since)) {
             Ok(Some(entry)) => Some((entry, file)),
             Ok(None) => {
-                let _ = fs::remove_file(&disk.tmp);
+                let _ = fs::remove_file(&tmp);
                 tracing::debug!(name, "purged while filling, or no room to warm: not stored");
                 None
             }
             Err(e) => {
-                let _ = fs::remove_file(&disk.tmp);
+                let _ = fs::remove_file(&tmp);
                 store.inner.stats.store_failed("committing entry", &e);
                 None
             }
@@ -620,6 +636,27 @@ mod tests {
                 (len as u64, e.body_offset)
             );
         }
+    }
+
+    /// The store remembers the shard directories it has seen, and a fill in one of them skips
+    /// creating it. A directory removed behind that hint (both levels here) must still take the
+    /// next fill: the create falls back to making it.
+    #[tokio::test]
+    async fn a_fill_recreates_a_shard_directory_removed_behind_the_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut rx) = open(dir.path());
+        fill(&store, &mut rx, b"first").await;
+        let path = store.entries().pop().unwrap().path();
+        let top = path.parent().unwrap().parent().unwrap().to_owned();
+        fs::remove_dir_all(&top).unwrap();
+        // A failed fill sends no event: bounded, so that failure is reported, not a hang.
+        let second = fill(&store, &mut rx, b"second");
+        tokio::time::timeout(std::time::Duration::from_secs(10), second)
+            .await
+            .expect("the second fill was not stored");
+        let e = store.entries().pop().unwrap();
+        let bytes = fs::read(e.path()).unwrap();
+        assert_eq!(&bytes[e.body_offset as usize..], b"second");
     }
 
     #[tokio::test]

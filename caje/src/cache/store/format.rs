@@ -127,7 +127,9 @@ pub fn tag_of(meta: &EntryMeta) -> u64 {
 pub fn encode_meta(meta: &mut EntryMeta) -> io::Result<Vec<u8>> {
     let kept = (meta.body_len, meta.body_crc32);
     (meta.body_len, meta.body_crc32) = (0, 0);
-    let encoded = postcard::to_stdvec(&*meta);
+    // Into room for a typical header's metadata: grown from empty, the vector was
+    // reallocated several times per fill.
+    let encoded = postcard::to_extend(&*meta, Vec::with_capacity(1024));
     (meta.body_len, meta.body_crc32) = kept;
     let encoded = encoded.map_err(io::Error::other)?;
     if encoded.len() > MAX_META as usize {

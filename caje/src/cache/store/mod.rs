@@ -265,6 +265,8 @@ struct Inner {
     evictor: evictor::Evictor,
     /// Makes body and temp file names unique within this process.
     counter: AtomicU64,
+    /// The shard directories known to exist (a fill creates a missing one first).
+    dirs: files::ShardDirs,
     /// Fills whose whole body was handed to the writer and that are not committed (or failed)
     /// yet: a client may already have its whole response.
     finishing: Arc<AtomicU64>,
@@ -417,6 +419,7 @@ impl Store {
             stats,
             events,
             counter: AtomicU64::new(0),
+            dirs: files::ShardDirs::default(),
             finishing: Arc::new(AtomicU64::new(0)),
             stored_events: AtomicU64::new(0),
             recorded_events: AtomicU64::new(0),
