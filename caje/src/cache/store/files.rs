@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{format, index, Entry, EntryRef, Store, StoreEvent};
+use super::{format, index, Entry, EntryRef, HitMeta, Store, StoreEvent};
 use crate::cache::entry::EntryMeta;
 use crate::cache::key::entry_digest;
 use crate::stats::Stats;
@@ -69,7 +69,10 @@ impl Store {
             Err(e) => return Err(io::Error::other(e)),
         }
         let encoded = format::encode_meta(&mut meta)?;
-        let tmp = self.temp_path(&entry.dir, &entry.name);
+        let tmp = self.temp_path(
+            &super::shard_dir(&self.inner.root, &entry.name),
+            &entry.name,
+        );
         let written = (|| -> io::Result<u64> {
             (&src).seek(SeekFrom::Start(entry.body_offset))?;
             let mut body = (&src).take(entry.meta.body_len);
@@ -113,7 +116,7 @@ impl Store {
             };
             Arc::new(Entry::new(meta, r, &self.inner.root, body_offset))
         };
-        self.inner.metas.refresh(&updated);
+        self.inner.metas.refresh(&updated.hit);
         let _ = self.inner.events.send(StoreEvent::Stored {
             entry: updated.clone(),
             announce,
@@ -125,9 +128,9 @@ impl Store {
     /// update are one step for this question. (A reader that opened an entry's file and found
     /// another version in it: `false` means it was replaced, `true` that the file is damaged.)
     /// Blocking (waits for a commit in progress).
-    pub fn is_current_committed(&self, entry: &Arc<Entry>) -> bool {
+    pub fn is_current_committed(&self, entry: &HitMeta) -> bool {
         let _commit = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
-        self.is_current(entry)
+        self.index().is_current(&entry.r)
     }
 
     /// Unlinks the files of entries already out of the index, unless a newer version of the
