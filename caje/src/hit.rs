@@ -162,8 +162,7 @@ pub async fn respond(
     age: u64,
     outcome: Outcome,
 ) -> Result<Response<Body>, HitError> {
-    let (status, headers) = entry.head();
-    let (status, mut headers) = (*status, headers.clone());
+    let (status, mut headers) = entry.head();
     headers.insert(header::AGE, HeaderValue::from(age));
     headers.insert("cache-status", outcome.header_value());
     let len = entry.body_len();
@@ -381,6 +380,13 @@ mod tests {
                 panic!("full entry")
             };
             assert!(!Arc::ptr_eq(&hot, &full.hit), "read again from disk");
+            // The head kept compactly is the stored one as served: every header, repeated
+            // ones in order, tags removed, `Via` added.
+            let (status, mut want) = full.meta.response_head();
+            want.remove("surrogate-key");
+            crate::headers::append_via(&mut want);
+            assert_eq!(hot.head(), (status, want));
+            assert_eq!(hot.head().1.get_all("link").iter().count(), 2);
             let requests = [
                 vec![],
                 vec![("if-none-match", "\"v1\"")],

@@ -17,17 +17,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use http::{HeaderMap, StatusCode};
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use super::EntryRef;
 use crate::cache::evict::Policy;
 use crate::cache::policy::{Freshness, Lifetime, PolicyOptions};
 
-/// The share of `cache.memory_bytes` the hot metadata may take: an eighth (8 MiB of the
-/// default 64 MiB holds the metadata of about ten thousand pages with a dozen headers each);
-/// the memory tier of bodies takes the rest.
+/// The share of `cache.memory_bytes` the hot metadata may take: a quarter (16 MiB of the
+/// default 64 MiB holds the metadata of about twenty thousand pages with a dozen headers
+/// each); the memory tier of bodies takes the rest.
 pub fn metas_budget(memory_bytes: usize) -> usize {
-    memory_bytes / 8
+    memory_bytes / 4
 }
 
 /// Bytes a kept entry costs besides its own allocations: its slot in the map and in the
@@ -49,8 +50,14 @@ pub struct HitMeta {
     pub(crate) body_crc32: u32,
     /// The stored version's name: the memory tier's key.
     pub(crate) body_file: Box<str>,
-    /// The response head decoded once, as served (tags removed, `Via` added).
-    head: (StatusCode, HeaderMap),
+    /// The response status.
+    status: StatusCode,
+    /// The response headers as served (tags removed, `Via` added), names and values one after
+    /// the other in one buffer: a header map took about 120 bytes per header besides its
+    /// bytes, this takes 4 ([`HitMeta::head`] builds the map for each hit).
+    block: Bytes,
+    /// Each header's name and value lengths in `block`, in order.
+    spans: Box<[(u16, u16)]>,
     /// The freshness inputs of its RFC 9111 policy.
     lifetime: Lifetime,
     /// What this costs in memory, as the budget counts it.
@@ -67,34 +74,58 @@ impl HitMeta {
         head: (StatusCode, HeaderMap),
         lifetime: Lifetime,
     ) -> HitMeta {
-        // A header map keeps one bucket (name, value, links: about 100 bytes) and one index
-        // slot per header, plus the bytes of custom names and of values.
-        let headers: usize = head
-            .1
-            .iter()
-            .map(|(n, v)| 104 + n.as_str().len() + v.len())
-            .sum();
+        let (status, headers) = head;
+        let mut block = BytesMut::new();
+        let mut spans = Vec::with_capacity(headers.len());
+        for (n, v) in &headers {
+            // Longer names or values than a u16 measures never come from hyper's parser
+            // (its header limits are far below); such a header would be skipped.
+            let (Ok(nl), Ok(vl)) = (u16::try_from(n.as_str().len()), u16::try_from(v.len())) else {
+                continue;
+            };
+            block.put_slice(n.as_str().as_bytes());
+            block.put_slice(v.as_bytes());
+            spans.push((nl, vl));
+        }
+        let block = block.freeze();
+        let spans = spans.into_boxed_slice();
         let bytes = std::mem::size_of::<HitMeta>()
             + OVERHEAD
             + path.as_os_str().len()
             + body_file.len()
-            + headers
-            + head.1.capacity() * 4;
+            + block.len()
+            + spans.len() * std::mem::size_of::<(u16, u16)>();
         HitMeta {
             r,
             path,
             body_offset,
             body_crc32,
             body_file: body_file.into(),
-            head,
+            status,
+            block,
+            spans,
             lifetime,
             bytes,
         }
     }
 
-    /// The stored status and headers, as served.
-    pub fn head(&self) -> &(StatusCode, HeaderMap) {
-        &self.head
+    /// The stored status and headers, as served: a new map each time (values share the
+    /// buffer, no copy), which the caller completes (`Age`, `Cache-Status`...).
+    pub fn head(&self) -> (StatusCode, HeaderMap) {
+        let mut map = HeaderMap::with_capacity(self.spans.len() + 4);
+        let mut at = 0;
+        for &(nl, vl) in self.spans.iter() {
+            let (n_end, v_end) = (at + nl as usize, at + nl as usize + vl as usize);
+            // Both were a valid name and value when the buffer was written.
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(&self.block[at..n_end]),
+                HeaderValue::from_maybe_shared(self.block.slice(n_end..v_end)),
+            ) {
+                map.append(n, v);
+            }
+            at = v_end;
+        }
+        (self.status, map)
     }
 
     /// Path of the entry file (which may hold a newer version: check the tag).

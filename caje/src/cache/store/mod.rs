@@ -202,7 +202,7 @@ impl Entry {
     }
 
     /// The stored status and headers, as served.
-    pub fn head(&self) -> &(http::StatusCode, HeaderMap) {
+    pub fn head(&self) -> (http::StatusCode, HeaderMap) {
         self.hit.head()
     }
 
