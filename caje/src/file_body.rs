@@ -226,8 +226,16 @@ fn inline_hit(store: &Store, entry: &Arc<HitMeta>) -> Option<Body> {
         return None;
     }
     let memory = store.on_memory_fs();
-    // `open` does not wait for data; on a warm dentry cache it is a few microseconds.
-    let file = File::open(entry.path()).ok()?;
+    // `open` does not wait for data; on a warm dentry cache it is a few microseconds, and a
+    // hot entry's file is kept open after its first hit.
+    // A kept descriptor reads the version it was opened on whatever replaced it since, so
+    // it answers only while the index still serves that version (as an `open` by path
+    // would find out from the header).
+    let kept = entry.kept_file().filter(|_| store.serves(entry));
+    let file = match &kept {
+        Some(f) => f.clone(),
+        None => Arc::new(File::open(entry.path()).ok()?),
+    };
     let offset = entry.body_offset;
     // Header and body in one read, and one byte more than the file should hold, so a longer
     // file shows too.
@@ -250,6 +258,10 @@ fn inline_hit(store: &Store, entry: &Arc<HitMeta>) -> Option<Body> {
     let body = &buf[offset as usize..done];
     if crc32fast::hash(body) != entry.body_crc32 {
         return None;
+    }
+    if kept.is_none() {
+        // It holds this version, checked: later hits may read it without an `open`.
+        entry.keep_file(&file, store.fd_budget());
     }
     let body = Bytes::copy_from_slice(body);
     store.hot().insert(&entry.body_file, body.clone());
@@ -578,5 +590,81 @@ mod inline_tests {
         let dir = tempfile::tempdir_in(on_shm).unwrap();
         let (store, _rx) = open(dir.path());
         assert!(store.on_memory_fs());
+    }
+
+    /// A hot entry's file is kept open after a checked hit and read again without an `open`,
+    /// within the descriptor budget; a purged or replaced entry's kept file never answers
+    /// (its metadata is no longer returned), and its descriptor is closed with it.
+    #[tokio::test]
+    async fn a_kept_file_serves_only_its_current_version_within_the_budget() {
+        use crate::cache::store::hot_tests::{fill_path, key, open};
+        use crate::cache::store::{HotLookup, Lookup};
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut rx) = open(dir.path(), 1 << 20);
+        fill_path(&store, &mut rx, "/k", &[1u8; 5000]).await;
+        let hot = |store: Store| async move {
+            match store.lookup_hot(&key("/k"), &http::HeaderMap::new()).await {
+                HotLookup::Hot(h) => Some(h),
+                HotLookup::Full(Lookup::Found(e)) => Some(e.hit.clone()),
+                HotLookup::Full(_) => None,
+            }
+        };
+        let left = store.fd_budget().left();
+        let a = hot(store.clone()).await.unwrap();
+        assert!(a.kept_file().is_none());
+        assert_eq!(
+            collect(inline_hit(&store, &a).unwrap()).await,
+            vec![1u8; 5000]
+        );
+        let kept = a.kept_file().expect("kept after a checked hit");
+        assert_eq!(store.fd_budget().left(), left - 1);
+        // Served through the kept descriptor even with the path gone from the directory.
+        let path = a.path().to_owned();
+        let moved = path.with_extension("moved");
+        std::fs::rename(&path, &moved).unwrap();
+        assert_eq!(
+            collect(inline_hit(&store, &a).unwrap()).await,
+            vec![1u8; 5000]
+        );
+        std::fs::rename(&moved, &path).unwrap();
+        drop(kept);
+
+        // Replaced: the new version is served, never the kept old one.
+        fill_path(&store, &mut rx, "/k", &[2u8; 5000]).await;
+        let b = hot(store.clone()).await.unwrap();
+        assert!(!Arc::ptr_eq(&a, &b) && b.kept_file().is_none());
+        assert_eq!(
+            collect(inline_hit(&store, &b).unwrap()).await,
+            vec![2u8; 5000]
+        );
+        assert!(
+            inline_hit(&store, &a).is_none(),
+            "the replaced version never answers"
+        );
+        drop(a);
+        assert_eq!(store.fd_budget().left(), left - 1, "the old one is closed");
+        // Purged: no lookup returns it; its descriptor closes with its last user.
+        assert!(!store.remove_page(&key("/k")).is_empty());
+        assert!(hot(store.clone()).await.is_none());
+        drop(b);
+        assert_eq!(store.fd_budget().left(), left);
+
+        // The budget bounds what is kept.
+        let one = crate::cache::store::FdBudget::new(1);
+        let file = Arc::new(File::open(dir.path().join(".lock")).unwrap());
+        fill_path(&store, &mut rx, "/x", b"x").await;
+        fill_path(&store, &mut rx, "/y", b"y").await;
+        let Lookup::Found(x) = store.peek(&key("/x"), &http::HeaderMap::new()).await else {
+            panic!()
+        };
+        let Lookup::Found(y) = store.peek(&key("/y"), &http::HeaderMap::new()).await else {
+            panic!()
+        };
+        x.hit.keep_file(&file, &one);
+        y.hit.keep_file(&file, &one);
+        assert!(x.hit.kept_file().is_some() && y.hit.kept_file().is_none());
+        drop(x);
+        y.hit.keep_file(&file, &one);
+        assert!(y.hit.kept_file().is_some());
     }
 }

@@ -133,6 +133,12 @@ impl Store {
         self.index().is_current(&entry.r)
     }
 
+    /// Whether the index still serves the version `hit` describes (not replaced, refreshed
+    /// or removed).
+    pub fn serves(&self, hit: &HitMeta) -> bool {
+        self.index().is_current(&hit.r)
+    }
+
     /// Unlinks the files of entries already out of the index, unless a newer version of the
     /// same name was committed since (its file is at the same path and must stay). Checked
     /// and unlinked under the commit lock, which every rename into place holds. Blocking.
@@ -217,6 +223,9 @@ impl Store {
         self.inner.evictor.evict(done.evicted);
         for old in &done.gone {
             self.inner.hot.remove(&old.body_file());
+            // Also a replaced version of this name: its metadata would never be returned
+            // again (another generation), but it would keep its file open until evicted.
+            self.inner.metas.remove(old.id());
         }
         // Variants dropped beyond `max_variants` (the replaced version of this name had its
         // file renamed over).
@@ -225,9 +234,6 @@ impl Store {
             .into_iter()
             .filter(|o| o.name != done.entry.name)
             .collect();
-        for old in &dropped {
-            self.inner.metas.remove(old.id());
-        }
         self.unlink_unheld(&dropped);
         for old in dropped {
             let _ = self.inner.events.send(StoreEvent::Removed(old));

@@ -434,9 +434,12 @@ pub(crate) mod hot_tests {
         let mut f = store.begin_fill(meta, u64::MAX, true, store.purge_epoch());
         f.push(&bytes::Bytes::copy_from_slice(body));
         f.finish();
-        match rx.recv().await.unwrap() {
-            StoreEvent::Stored { entry, .. } => entry,
-            other => panic!("unexpected {other:?}"),
+        loop {
+            match rx.recv().await.unwrap() {
+                StoreEvent::Stored { entry, .. } => return entry,
+                // A replaced version, an evicted one.
+                StoreEvent::Removed(_) => {}
+            }
         }
     }
 

@@ -13,8 +13,10 @@
 //! refreshed since is never returned, it is read again.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -62,6 +64,65 @@ pub struct HitMeta {
     lifetime: Lifetime,
     /// What this costs in memory, as the budget counts it.
     bytes: usize,
+    /// The entry file, kept open after a hit found in it the version this describes (nginx's
+    /// `open_file_cache`): later hits skip the `open` (path walk, descriptor setup and
+    /// teardown). Entry files are immutable and replaced by renames, so the descriptor keeps
+    /// reading this version; it is used only while the index still serves this version (the
+    /// generation check in [`Metas::get`]), and closed when this metadata is dropped (evicted,
+    /// purged, replaced). Bounded by [`FdBudget`].
+    file: OnceLock<KeptFile>,
+}
+
+/// An open entry file and its slot in the budget.
+#[derive(Debug)]
+struct KeptFile {
+    file: Arc<File>,
+    _slot: FdSlot,
+}
+
+/// The most entry files kept open at once: a quarter of the process's soft `RLIMIT_NOFILE`
+/// (connections, fills and the manifest need the rest).
+#[derive(Debug)]
+pub(crate) struct FdBudget {
+    left: AtomicUsize,
+}
+
+impl FdBudget {
+    pub(crate) fn new(max: usize) -> Arc<FdBudget> {
+        Arc::new(FdBudget {
+            left: AtomicUsize::new(max),
+        })
+    }
+
+    /// From the soft `RLIMIT_NOFILE` (none kept if it cannot be read).
+    pub(crate) fn from_rlimit() -> Arc<FdBudget> {
+        use nix::sys::resource::{getrlimit, Resource};
+        let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft);
+        FdBudget::new(usize::try_from(soft / 4).unwrap_or(0).min(1 << 20))
+    }
+
+    fn take(self: &Arc<Self>) -> Option<FdSlot> {
+        self.left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .ok()?;
+        Some(FdSlot(self.clone()))
+    }
+
+    /// Slots not in use.
+    #[cfg(test)]
+    pub(crate) fn left(&self) -> usize {
+        self.left.load(Ordering::Acquire)
+    }
+}
+
+/// One kept descriptor; gives its slot back when dropped (with the descriptor).
+#[derive(Debug)]
+struct FdSlot(Arc<FdBudget>);
+
+impl Drop for FdSlot {
+    fn drop(&mut self) {
+        self.0.left.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 impl HitMeta {
@@ -106,6 +167,27 @@ impl HitMeta {
             spans,
             lifetime,
             bytes,
+            file: OnceLock::new(),
+        }
+    }
+
+    /// The entry file kept open by an earlier hit, if any.
+    pub(crate) fn kept_file(&self) -> Option<Arc<File>> {
+        self.file.get().map(|k| k.file.clone())
+    }
+
+    /// Keeps `file` open for later hits, if the budget allows. Call only after checking that
+    /// it holds the version this describes (its header's tag, length and CRC).
+    pub(crate) fn keep_file(&self, file: &Arc<File>, budget: &Arc<FdBudget>) {
+        if self.file.get().is_some() {
+            return;
+        }
+        if let Some(slot) = budget.take() {
+            // Another hit may have kept one meanwhile: this slot then goes back.
+            let _ = self.file.set(KeptFile {
+                file: file.clone(),
+                _slot: slot,
+            });
         }
     }
 

@@ -86,6 +86,8 @@ pub use index::{DiskLimits, BLOCK};
 #[cfg(test)]
 pub(crate) use lookup::hot_tests;
 pub use lookup::HotLookup;
+#[cfg(test)]
+pub(crate) use metas::FdBudget;
 pub use metas::{metas_budget, HitMeta};
 
 /// Top-level directory of the current layout inside `cache_dir`.
@@ -265,6 +267,8 @@ struct Inner {
     /// Compact metadata of entries served recently, so a fresh hit on them reads nothing but
     /// the body.
     metas: metas::Metas,
+    /// Bounds the entry files kept open for hot entries ([`HitMeta::kept_file`]).
+    fds: Arc<metas::FdBudget>,
     /// Hands evicted entries to the thread that unlinks their files.
     evictor: evictor::Evictor,
     /// Makes body and temp file names unique within this process.
@@ -413,6 +417,7 @@ impl Store {
             max_variants,
             hot: HotTier::new(memory_bytes - metas::metas_budget(memory_bytes)),
             metas: metas::Metas::new(metas::metas_budget(memory_bytes)),
+            fds: metas::FdBudget::from_rlimit(),
             stats,
             events,
             counter: AtomicU64::new(0),
@@ -513,6 +518,11 @@ impl Store {
     /// The memory tier of small bodies.
     pub fn hot(&self) -> &HotTier {
         &self.inner.hot
+    }
+
+    /// The bound on entry files kept open for hot entries.
+    pub(crate) fn fd_budget(&self) -> &Arc<metas::FdBudget> {
+        &self.inner.fds
     }
 }
 
