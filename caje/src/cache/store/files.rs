@@ -227,6 +227,11 @@ impl Store {
             // again (another generation), but it would keep its file open until evicted.
             self.inner.metas.remove(old.id());
         }
+        if announce {
+            // A client's fill: the hits that follow find its metadata without reading the
+            // file (after the removal above, which covers the version this one replaced).
+            self.inner.metas.insert(entry.hit.clone());
+        }
         // Variants dropped beyond `max_variants` (the replaced version of this name had its
         // file renamed over).
         let dropped: Vec<EntryRef> = done
