@@ -592,12 +592,22 @@ mod inline_tests {
         assert!(store.on_memory_fs());
     }
 
+    /// Waits (at most 2 s) for the kept descriptors to be down to `want` free slots.
+    async fn settle(store: &Store, want: usize) {
+        for _ in 0..200 {
+            if store.fd_budget().left() == want {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// A hot entry's file is kept open after a checked hit and read again without an `open`,
     /// within the descriptor budget; a purged or replaced entry's kept file never answers
     /// (its metadata is no longer returned), and its descriptor is closed with it.
     #[tokio::test]
     async fn a_kept_file_serves_only_its_current_version_within_the_budget() {
-        use crate::cache::store::hot_tests::{fill_path, key, open};
+        use crate::cache::store::lookup::hot_tests::{fill_path, key, open};
         use crate::cache::store::{HotLookup, Lookup};
         let dir = tempfile::tempdir().unwrap();
         let (store, mut rx) = open(dir.path(), 1 << 20);
@@ -642,11 +652,14 @@ mod inline_tests {
             "the replaced version never answers"
         );
         drop(a);
+        // The fill's progress channel may hold the metadata for a moment after its commit.
+        settle(&store, left - 1).await;
         assert_eq!(store.fd_budget().left(), left - 1, "the old one is closed");
         // Purged: no lookup returns it; its descriptor closes with its last user.
         assert!(!store.remove_page(&key("/k")).is_empty());
         assert!(hot(store.clone()).await.is_none());
         drop(b);
+        settle(&store, left).await;
         assert_eq!(store.fd_budget().left(), left);
 
         // The budget bounds what is kept.

@@ -107,12 +107,6 @@ impl FdBudget {
             .ok()?;
         Some(FdSlot(self.clone()))
     }
-
-    /// Slots not in use.
-    #[cfg(test)]
-    pub(crate) fn left(&self) -> usize {
-        self.left.load(Ordering::Acquire)
-    }
 }
 
 /// One kept descriptor; gives its slot back when dropped (with the descriptor).
@@ -360,5 +354,13 @@ impl Metas {
     /// Bytes kept, as the budget counts them, and the budget.
     pub(super) fn usage(&self) -> (usize, usize) {
         (self.lock().bytes, self.budget)
+    }
+}
+
+#[cfg(test)]
+impl FdBudget {
+    /// Slots not in use.
+    pub(crate) fn left(&self) -> usize {
+        self.left.load(Ordering::Acquire)
     }
 }

@@ -59,7 +59,7 @@ mod fill;
 pub mod format;
 mod index;
 mod interned;
-mod lookup;
+pub(crate) mod lookup;
 mod metas;
 mod purge;
 mod slab;
@@ -83,10 +83,7 @@ use index::Index;
 
 pub use fill::{Fill, FillProgress};
 pub use index::{DiskLimits, BLOCK};
-#[cfg(test)]
-pub(crate) use lookup::hot_tests;
 pub use lookup::HotLookup;
-#[cfg(test)]
 pub(crate) use metas::FdBudget;
 pub use metas::{metas_budget, HitMeta};
 
@@ -268,7 +265,7 @@ struct Inner {
     /// the body.
     metas: metas::Metas,
     /// Bounds the entry files kept open for hot entries ([`HitMeta::kept_file`]).
-    fds: Arc<metas::FdBudget>,
+    fds: Arc<FdBudget>,
     /// Hands evicted entries to the thread that unlinks their files.
     evictor: evictor::Evictor,
     /// Makes body and temp file names unique within this process.
@@ -417,7 +414,7 @@ impl Store {
             max_variants,
             hot: HotTier::new(memory_bytes - metas::metas_budget(memory_bytes)),
             metas: metas::Metas::new(metas::metas_budget(memory_bytes)),
-            fds: metas::FdBudget::from_rlimit(),
+            fds: FdBudget::from_rlimit(),
             stats,
             events,
             counter: AtomicU64::new(0),
@@ -521,7 +518,7 @@ impl Store {
     }
 
     /// The bound on entry files kept open for hot entries.
-    pub(crate) fn fd_budget(&self) -> &Arc<metas::FdBudget> {
+    pub(crate) fn fd_budget(&self) -> &Arc<FdBudget> {
         &self.inner.fds
     }
 }
