@@ -143,7 +143,7 @@ async fn first_hit(store: &Store, i: u64) -> Option<usize> {
     let Lookup::Found(entry) = store.lookup(&key, &http::HeaderMap::new()).await else {
         return None;
     };
-    let body = caje::file_body::hit_body(store, &entry).await.ok()?;
+    let body = caje::file_body::hit_body(store, &entry.hit).await.ok()?;
     let bytes = body.collect().await.ok()?.to_bytes();
     Some(bytes.len())
 }

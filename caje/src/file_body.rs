@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::body::{empty, full, Body, BodyError, StreamError, SMALL_BODY};
 use crate::cache::store::format;
-use crate::cache::store::{Entry, Store};
+use crate::cache::store::{HitMeta, Store};
 
 /// Largest single read.
 pub const CHUNK: usize = 256 * 1024;
@@ -37,7 +37,7 @@ pub fn pread(file: &File, pos: u64, len: usize) -> std::io::Result<Bytes> {
 struct Check {
     crc: crc32fast::Hasher,
     store: Store,
-    entry: Arc<Entry>,
+    entry: Arc<HitMeta>,
 }
 
 type Read = JoinHandle<(Result<Bytes, StreamError>, Option<Check>)>;
@@ -59,9 +59,9 @@ impl FileBody {
     /// chunk is withheld on a mismatch (the client connection is aborted, never handed a
     /// complete-looking corrupt body), and the entry is removed and counted as corrupt.
     /// `body_offset`: where the body starts in the file.
-    pub fn verified(file: File, body_offset: u64, store: Store, entry: Arc<Entry>) -> Self {
+    pub fn verified(file: File, body_offset: u64, store: Store, entry: Arc<HitMeta>) -> Self {
         let start = body_offset;
-        let end = start + entry.meta.body_len;
+        let end = start + entry.body_len();
         FileBody {
             file: Arc::new(file),
             pos: start,
@@ -124,7 +124,7 @@ fn read_chunk(
     };
     if let Some(c) = &mut check {
         c.crc.update(&data);
-        if last && c.crc.clone().finalize() != c.entry.meta.body_crc32 {
+        if last && c.crc.clone().finalize() != c.entry.body_crc32 {
             // Withhold the last chunk so the client never receives a complete-looking body.
             c.store
                 .remove_corrupt(&c.entry, &"body checksum mismatch while serving");
@@ -191,9 +191,9 @@ pub enum HitError {
 
 /// Opens a stored body for serving. Small bodies are read and verified now; large ones are
 /// verified as they stream, and a mismatch aborts the client connection and removes the entry.
-pub async fn hit_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitError> {
+pub async fn hit_body(store: &Store, entry: &Arc<HitMeta>) -> Result<Body, HitError> {
     // The memory tier answers without a trip to the blocking pool.
-    if let Some(body) = store.hot().get(&entry.meta.body_file) {
+    if let Some(body) = store.hot().get(&entry.body_file) {
         return Ok(full(body));
     }
     if let Some(body) = inline_hit(store, entry) {
@@ -220,14 +220,22 @@ const INLINE_MAX: u64 = format::INLINE_MAX;
 /// either, it is a plain read. Anything unusual (not cached, a short or failed read, another
 /// version in the file, a length or checksum mismatch) returns `None`, and the caller takes
 /// the blocking path, which decides and reports exactly as before; nothing is removed here.
-fn inline_hit(store: &Store, entry: &Arc<Entry>) -> Option<Body> {
-    let len = entry.meta.body_len;
+fn inline_hit(store: &Store, entry: &Arc<HitMeta>) -> Option<Body> {
+    let len = entry.body_len();
     if len == 0 || len > INLINE_MAX {
         return None;
     }
     let memory = store.on_memory_fs();
-    // `open` does not wait for data; on a warm dentry cache it is a few microseconds.
-    let file = File::open(entry.path()).ok()?;
+    // `open` does not wait for data; on a warm dentry cache it is a few microseconds, and a
+    // hot entry's file is kept open after its first hit.
+    // A kept descriptor reads the version it was opened on whatever replaced it since, so
+    // it answers only while the index still serves that version (as an `open` by path
+    // would find out from the header).
+    let kept = entry.kept_file().filter(|_| store.serves(entry));
+    let file = match &kept {
+        Some(f) => f.clone(),
+        None => Arc::new(File::open(entry.path()).ok()?),
+    };
     let offset = entry.body_offset;
     // Header and body in one read, and one byte more than the file should hold, so a longer
     // file shows too.
@@ -237,7 +245,7 @@ fn inline_hit(store: &Store, entry: &Arc<Entry>) -> Option<Body> {
         return None;
     }
     let fixed = format::check_header(&buf[..offset as usize]).ok()?;
-    let want = (entry.tag(), len, entry.meta.body_crc32, offset);
+    let want = (entry.tag(), len, entry.body_crc32, offset);
     if (
         fixed.tag,
         fixed.body_len,
@@ -248,18 +256,22 @@ fn inline_hit(store: &Store, entry: &Arc<Entry>) -> Option<Body> {
         return None;
     }
     let body = &buf[offset as usize..done];
-    if crc32fast::hash(body) != entry.meta.body_crc32 {
+    if crc32fast::hash(body) != entry.body_crc32 {
         return None;
     }
+    if kept.is_none() {
+        // It holds this version, checked: later hits may read it without an `open`.
+        entry.keep_file(&file, store.fd_budget());
+    }
     let body = Bytes::copy_from_slice(body);
-    store.hot().insert(&entry.meta.body_file, body.clone());
+    store.hot().insert(&entry.body_file, body.clone());
     Some(full(body))
 }
 
 /// A stored entry's file was not what the entry says: `Gone` if the entry was replaced or
 /// removed meanwhile (the file may be the newer version), else the entry is removed as
 /// corrupt. Blocking.
-fn mismatch(store: &Store, entry: &Arc<Entry>, why: &dyn std::fmt::Display) -> HitError {
+fn mismatch(store: &Store, entry: &Arc<HitMeta>, why: &dyn std::fmt::Display) -> HitError {
     if !store.is_current_committed(entry) {
         return HitError::Gone;
     }
@@ -274,7 +286,7 @@ fn mismatch(store: &Store, entry: &Arc<Entry>, why: &dyn std::fmt::Display) -> H
 /// and where the body starts in them.
 fn read_head(
     store: &Store,
-    entry: &Arc<Entry>,
+    entry: &Arc<HitMeta>,
     file: &File,
     extra: u64,
 ) -> Result<(Vec<u8>, u64), HitError> {
@@ -284,7 +296,7 @@ fn read_head(
     };
     let mut buf = read(entry.body_offset)?;
     let fixed = format::parse_fixed(&buf).map_err(|e| mismatch(store, entry, &e))?;
-    let want = (entry.tag(), entry.meta.body_len, entry.meta.body_crc32);
+    let want = (entry.tag(), entry.body_len(), entry.body_crc32);
     if (fixed.tag, fixed.body_len, fixed.body_crc) != want {
         return Err(mismatch(
             store,
@@ -301,7 +313,7 @@ fn read_head(
 }
 
 /// Opens an entry's file. A file missing because the entry was just removed is `Gone`.
-fn open_entry(store: &Store, entry: &Arc<Entry>) -> Result<File, HitError> {
+fn open_entry(store: &Store, entry: &Arc<HitMeta>) -> Result<File, HitError> {
     File::open(entry.path())
         .map_err(|e| mismatch(store, entry, &format_args!("cannot open entry file: {e}")))
 }
@@ -309,11 +321,11 @@ fn open_entry(store: &Store, entry: &Arc<Entry>) -> Result<File, HitError> {
 /// Opens a stored body and checks its header and the file's length against the entry, for
 /// streaming. Returns the file and where the body starts in it. A replaced entry is `Gone`;
 /// any other mismatch removes the entry.
-fn open_checked(store: &Store, entry: &Arc<Entry>) -> Result<(File, u64), HitError> {
+fn open_checked(store: &Store, entry: &Arc<HitMeta>) -> Result<(File, u64), HitError> {
     let file = open_entry(store, entry)?;
     let (_, offset) = read_head(store, entry, &file, 0)?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
-    let want = offset + entry.meta.body_len;
+    let want = offset + entry.body_len();
     if len != want {
         return Err(mismatch(
             store,
@@ -324,8 +336,8 @@ fn open_checked(store: &Store, entry: &Arc<Entry>) -> Result<(File, u64), HitErr
     Ok((file, offset))
 }
 
-fn open_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitError> {
-    let len = entry.meta.body_len;
+fn open_body(store: &Store, entry: &Arc<HitMeta>) -> Result<Body, HitError> {
+    let len = entry.body_len();
     if len > SMALL_BODY {
         let (file, offset) = open_checked(store, entry)?;
         return Ok(BoxBody::new(FileBody::verified(
@@ -348,7 +360,7 @@ fn open_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitError> {
         ));
     }
     let body = &buf[offset as usize..];
-    if crc32fast::hash(body) != entry.meta.body_crc32 {
+    if crc32fast::hash(body) != entry.body_crc32 {
         return Err(mismatch(store, entry, &"body checksum mismatch"));
     }
     if body.is_empty() {
@@ -356,7 +368,7 @@ fn open_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitError> {
     }
     // A copy without the header: the memory tier counts what it holds.
     let body = Bytes::copy_from_slice(body);
-    store.hot().insert(&entry.meta.body_file, body.clone());
+    store.hot().insert(&entry.body_file, body.clone());
     Ok(full(body))
 }
 
@@ -364,11 +376,11 @@ fn open_body(store: &Store, entry: &Arc<Entry>) -> Result<Body, HitError> {
 /// body, so a range is checked only against the stored length.
 pub async fn hit_range_body(
     store: &Store,
-    entry: &Arc<Entry>,
+    entry: &Arc<HitMeta>,
     start: u64,
     len: u64,
 ) -> Result<Body, HitError> {
-    if let Some(body) = store.hot().get(&entry.meta.body_file) {
+    if let Some(body) = store.hot().get(&entry.body_file) {
         let end = start.saturating_add(len).min(body.len() as u64);
         return Ok(full(body.slice(start as usize..end as usize)));
     }
@@ -385,7 +397,7 @@ pub async fn hit_range_body(
 mod tests {
     use super::*;
     use crate::cache::entry::tests::sample;
-    use crate::cache::store::{DiskLimits, FillProgress};
+    use crate::cache::store::{DiskLimits, Entry, FillProgress};
     use crate::stats::Stats;
     use http_body_util::BodyExt;
 
@@ -445,7 +457,7 @@ mod tests {
             let (store, stats) = open(dir.path());
             let old = body_of(len, 1);
             let a = fill(&store, &old).await;
-            let mut reading = hit_body(&store, &a).await.ok().unwrap();
+            let mut reading = hit_body(&store, &a.hit).await.ok().unwrap();
             let first = reading.frame().await.unwrap().unwrap().into_data().unwrap();
 
             let new = body_of(len, 2);
@@ -456,10 +468,10 @@ mod tests {
                 "len {len}: torn"
             );
             assert!(
-                matches!(hit_body(&store, &a).await, Err(HitError::Gone)),
+                matches!(hit_body(&store, &a.hit).await, Err(HitError::Gone)),
                 "len {len}: the replaced entry must be a miss"
             );
-            let now = hit_body(&store, &b).await.ok().unwrap();
+            let now = hit_body(&store, &b.hit).await.ok().unwrap();
             assert!(
                 read_rest(now, Vec::new()).await == new,
                 "len {len}: new version"
@@ -478,7 +490,7 @@ mod tests {
             let (store, stats) = open(dir.path());
             let want = body_of(len, 3);
             let a = fill(&store, &want).await;
-            let mut reading = hit_body(&store, &a).await.ok().unwrap();
+            let mut reading = hit_body(&store, &a.hit).await.ok().unwrap();
             let first = reading.frame().await.unwrap().unwrap().into_data().unwrap();
 
             let mut meta = a.meta.clone();
@@ -491,7 +503,7 @@ mod tests {
                 "len {len}"
             );
             for e in [&a, &b] {
-                let body = hit_body(&store, e).await.ok().unwrap();
+                let body = hit_body(&store, &e.hit).await.ok().unwrap();
                 assert!(read_rest(body, Vec::new()).await == want, "len {len}");
             }
             // The update is on disk: a reopened store reads the new metadata.
@@ -521,7 +533,7 @@ mod inline_tests {
         fill(&store, &mut rx, &[7u8; 3000]).await;
         let entry = store.entries().pop().unwrap();
         // Just written, so in the page cache: the inline read succeeds (on tmpfs, plainly).
-        let body = inline_hit(&store, &entry).expect("served inline");
+        let body = inline_hit(&store, &entry.hit).expect("served inline");
         assert_eq!(collect(body).await, vec![7u8; 3000]);
         // It went to the memory tier, as a blocking-pool hit does.
         assert!(store.hot().get(&entry.meta.body_file).is_some());
@@ -539,24 +551,30 @@ mod inline_tests {
         let mut flipped = good.clone();
         flipped[at + 1000] ^= 1;
         std::fs::write(&path, &flipped).unwrap();
-        assert!(inline_hit(&store, &entry).is_none(), "flipped body byte");
+        assert!(
+            inline_hit(&store, &entry.hit).is_none(),
+            "flipped body byte"
+        );
         let mut header = good.clone();
         header[at - 1] ^= 1;
         std::fs::write(&path, &header).unwrap();
-        assert!(inline_hit(&store, &entry).is_none(), "flipped header byte");
+        assert!(
+            inline_hit(&store, &entry.hit).is_none(),
+            "flipped header byte"
+        );
         std::fs::write(&path, &good[..good.len() - 1]).unwrap();
-        assert!(inline_hit(&store, &entry).is_none(), "short body");
+        assert!(inline_hit(&store, &entry.hit).is_none(), "short body");
         let mut longer = good.clone();
         longer.push(7);
         std::fs::write(&path, &longer).unwrap();
-        assert!(inline_hit(&store, &entry).is_none(), "long body");
+        assert!(inline_hit(&store, &entry.hit).is_none(), "long body");
         std::fs::write(&path, &good).unwrap();
-        assert!(inline_hit(&store, &entry).is_some(), "restored");
+        assert!(inline_hit(&store, &entry.hit).is_some(), "restored");
         std::fs::write(&path, &flipped).unwrap();
         store.hot().clear();
         // The checked path then removes the entry and reports it corrupt.
         assert!(matches!(
-            hit_body(&store, &entry).await,
+            hit_body(&store, &entry.hit).await,
             Err(HitError::Corrupt)
         ));
         assert!(store.entries().is_empty());
@@ -572,5 +590,94 @@ mod inline_tests {
         let dir = tempfile::tempdir_in(on_shm).unwrap();
         let (store, _rx) = open(dir.path());
         assert!(store.on_memory_fs());
+    }
+
+    /// Waits (at most 2 s) for the kept descriptors to be down to `want` free slots.
+    async fn settle(store: &Store, want: usize) {
+        for _ in 0..200 {
+            if store.fd_budget().left() == want {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A hot entry's file is kept open after a checked hit and read again without an `open`,
+    /// within the descriptor budget; a purged or replaced entry's kept file never answers
+    /// (its metadata is no longer returned), and its descriptor is closed with it.
+    #[tokio::test]
+    async fn a_kept_file_serves_only_its_current_version_within_the_budget() {
+        use crate::cache::store::lookup::hot_tests::{fill_path, key, open};
+        use crate::cache::store::{HotLookup, Lookup};
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut rx) = open(dir.path(), 1 << 20);
+        fill_path(&store, &mut rx, "/k", &[1u8; 5000]).await;
+        let hot = |store: Store| async move {
+            match store.lookup_hot(&key("/k"), &http::HeaderMap::new()).await {
+                HotLookup::Hot(h) => Some(h),
+                HotLookup::Full(Lookup::Found(e)) => Some(e.hit.clone()),
+                HotLookup::Full(_) => None,
+            }
+        };
+        let left = store.fd_budget().left();
+        let a = hot(store.clone()).await.unwrap();
+        assert!(a.kept_file().is_none());
+        assert_eq!(
+            collect(inline_hit(&store, &a).unwrap()).await,
+            vec![1u8; 5000]
+        );
+        let kept = a.kept_file().expect("kept after a checked hit");
+        assert_eq!(store.fd_budget().left(), left - 1);
+        // Served through the kept descriptor even with the path gone from the directory.
+        let path = a.path().to_owned();
+        let moved = path.with_extension("moved");
+        std::fs::rename(&path, &moved).unwrap();
+        assert_eq!(
+            collect(inline_hit(&store, &a).unwrap()).await,
+            vec![1u8; 5000]
+        );
+        std::fs::rename(&moved, &path).unwrap();
+        drop(kept);
+
+        // Replaced: the new version is served, never the kept old one.
+        fill_path(&store, &mut rx, "/k", &[2u8; 5000]).await;
+        let b = hot(store.clone()).await.unwrap();
+        assert!(!Arc::ptr_eq(&a, &b) && b.kept_file().is_none());
+        assert_eq!(
+            collect(inline_hit(&store, &b).unwrap()).await,
+            vec![2u8; 5000]
+        );
+        assert!(
+            inline_hit(&store, &a).is_none(),
+            "the replaced version never answers"
+        );
+        drop(a);
+        // The fill's progress channel may hold the metadata for a moment after its commit.
+        settle(&store, left - 1).await;
+        assert_eq!(store.fd_budget().left(), left - 1, "the old one is closed");
+        // Purged: no lookup returns it; its descriptor closes with its last user.
+        assert!(!store.remove_page(&key("/k")).is_empty());
+        assert!(hot(store.clone()).await.is_none());
+        drop(b);
+        settle(&store, left).await;
+        assert_eq!(store.fd_budget().left(), left);
+
+        // The budget bounds what is kept.
+        let one = crate::cache::store::FdBudget::new(1);
+        let file = Arc::new(File::open(dir.path().join(".lock")).unwrap());
+        fill_path(&store, &mut rx, "/x", b"x").await;
+        fill_path(&store, &mut rx, "/y", b"y").await;
+        let Lookup::Found(x) = store.peek(&key("/x"), &http::HeaderMap::new()).await else {
+            panic!()
+        };
+        let Lookup::Found(y) = store.peek(&key("/y"), &http::HeaderMap::new()).await else {
+            panic!()
+        };
+        x.hit.keep_file(&file, &one);
+        y.hit.keep_file(&file, &one);
+        assert!(x.hit.kept_file().is_some() && y.hit.kept_file().is_none());
+        drop(x);
+        y.hit.keep_file(&file, &one);
+        assert!(y.hit.kept_file().is_some());
     }
 }

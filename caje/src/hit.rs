@@ -5,7 +5,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{request, Method, Response, StatusCode};
 
 use crate::body::{self, Body};
-use crate::cache::store::{Entry, Store};
+use crate::cache::store::{Entry, HitMeta, Store};
 use crate::cache_status::Outcome;
 use crate::file_body::{self, HitError};
 use std::sync::Arc;
@@ -157,16 +157,15 @@ fn if_range_allows(req: &request::Parts, stored: &HeaderMap) -> bool {
 /// Builds the response for a usable stored entry: 304, 206/416, HEAD or the full body.
 pub async fn respond(
     store: &Store,
-    entry: &Arc<Entry>,
+    entry: &Arc<HitMeta>,
     req: &request::Parts,
     age: u64,
     outcome: Outcome,
 ) -> Result<Response<Body>, HitError> {
-    let (status, headers) = entry.head();
-    let (status, mut headers) = (*status, headers.clone());
+    let (status, mut headers) = entry.head();
     headers.insert(header::AGE, HeaderValue::from(age));
     headers.insert("cache-status", outcome.header_value());
-    let len = entry.meta.body_len;
+    let len = entry.body_len();
 
     if status == StatusCode::OK && not_modified(req, &headers) {
         let mut h = HeaderMap::new();
@@ -325,5 +324,111 @@ mod tests {
         assert!(if_range_allows(&req(&[("if-range", "\"v1\"")]), &stored));
         assert!(!if_range_allows(&req(&[("if-range", "\"v0\"")]), &stored));
         assert!(if_range_allows(&req(&[]), &stored));
+    }
+
+    mod compact {
+        use super::*;
+        use crate::cache::policy::{self, Freshness, PolicyOptions};
+        use crate::cache::store::lookup::hot_tests::{fill_path, key, open};
+        use crate::cache::store::{HitMeta, HotLookup, Lookup};
+        use http_body_util::BodyExt;
+        use std::time::Duration;
+
+        const OPTS: PolicyOptions = PolicyOptions {
+            heuristic_freshness: true,
+            heuristic_max: Duration::from_secs(86_400),
+            store_set_cookie: false,
+            honor_client_no_cache: false,
+            targeted: None,
+        };
+
+        async fn answer(
+            store: &Store,
+            hit: &Arc<HitMeta>,
+            req: &http::request::Parts,
+            age: u64,
+            ttl: Duration,
+        ) -> (http::response::Parts, Vec<u8>) {
+            let outcome = Outcome::hit(ttl.as_secs() as i64);
+            let res = crate::hit::respond(store, hit, req, age, outcome)
+                .await
+                .unwrap();
+            let (parts, body) = res.into_parts();
+            (parts, body.collect().await.unwrap().to_bytes().to_vec())
+        }
+
+        /// A hit answered from the compact metadata kept for a hot entry and one from the full
+        /// entry read from disk decide the same freshness and send the same status, headers
+        /// (`Age`, `Cache-Status`, `Date`, `Via`, validators...) and body, for a plain GET, a
+        /// conditional one and a range; a stale or soft-purged entry is never answered from the
+        /// compact metadata alone.
+        #[tokio::test]
+        async fn a_compact_hit_answers_as_the_full_entry_does() {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, mut rx) = open(dir.path(), 1 << 20);
+            let body = b"0123456789".repeat(50);
+            fill_path(&store, &mut rx, "/x?y=1", &body).await;
+            let k = key("/x?y=1");
+            let HotLookup::Hot(hot) = store.lookup_hot(&k, &HeaderMap::new()).await else {
+                panic!("a client's fill keeps its compact metadata")
+            };
+            let Lookup::Found(full) = store.full(&k, &HeaderMap::new()).await else {
+                panic!("full entry")
+            };
+            assert!(!Arc::ptr_eq(&hot, &full.hit), "read again from disk");
+            // The head kept compactly is the stored one as served: every header, repeated
+            // ones in order, tags removed, `Via` added.
+            let (status, want) = full.meta.response_head();
+            let (hot_status, mut got) = hot.head();
+            assert!(got.remove("via").is_some(), "this hop's Via is added");
+            assert_eq!((hot_status, got), (status, want));
+            assert_eq!(hot.head().1.get_all("link").iter().count(), 2);
+            let requests = [
+                vec![],
+                vec![("if-none-match", "\"v1\"")],
+                vec![("range", "bytes=5-24")],
+            ];
+            for headers in &requests {
+                let mut b = http::Request::get("/x?y=1").header("host", "example.com");
+                for (n, v) in headers {
+                    b = b.header(*n, *v);
+                }
+                let req = b.body(()).unwrap().into_parts().0;
+                for later in [0, 30, 59, 60, 61, 3600] {
+                    let now = SystemTime::now() + Duration::from_secs(later);
+                    let decided =
+                        policy::freshness(&full.meta.policy, &req, "example.com", now, &OPTS);
+                    let compact = hot.fresh(now, &OPTS);
+                    match decided {
+                        Freshness::Fresh { age, ttl } => {
+                            assert_eq!(compact, Some(decided), "{headers:?} +{later}s");
+                            let a = answer(&store, &hot, &req, age.as_secs(), ttl).await;
+                            let b = answer(&store, &full.hit, &req, age.as_secs(), ttl).await;
+                            assert_eq!(a.0.status, b.0.status, "{headers:?}");
+                            assert_eq!(a.0.headers, b.0.headers, "{headers:?}");
+                            assert_eq!(a.1, b.1, "{headers:?}");
+                            for name in ["age", "cache-status", "via", "etag"] {
+                                assert!(a.0.headers.contains_key(name), "{name} in {headers:?}");
+                            }
+                        }
+                        Freshness::Stale => assert_eq!(compact, None, "stale at +{later}s"),
+                    }
+                }
+            }
+            // A soft purge: the compact metadata of the refreshed version never answers alone.
+            let mut meta = full.meta.clone();
+            meta.invalidated = true;
+            store.update_meta(&full, meta, false).unwrap().unwrap();
+            let HotLookup::Hot(purged) = store.lookup_hot(&k, &HeaderMap::new()).await else {
+                panic!("the refreshed version replaces the kept one")
+            };
+            assert_eq!(purged.fresh(SystemTime::now(), &OPTS), None);
+            // With the client's directives honoured, the full policy always decides.
+            let honour = PolicyOptions {
+                honor_client_no_cache: true,
+                ..OPTS
+            };
+            assert_eq!(hot.fresh(SystemTime::now(), &honour), None);
+        }
     }
 }

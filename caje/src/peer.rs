@@ -103,7 +103,7 @@ pub async fn serve(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     if entry.meta.invalidated || old {
         return answer(StatusCode::NOT_FOUND, "peer-miss");
     }
-    let Ok(body) = hit_body(&app.store, &entry).await else {
+    let Ok(body) = hit_body(&app.store, &entry.hit).await else {
         return answer(StatusCode::NOT_FOUND, "peer-miss");
     };
     Stats::incr(&app.stats.peer_served);

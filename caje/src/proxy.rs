@@ -29,7 +29,7 @@ use crate::admin;
 use crate::app::App;
 use crate::body::{self, Body};
 use crate::cache::policy::{self, Freshness};
-use crate::cache::store::{Entry, FillProgress, Lookup};
+use crate::cache::store::{Entry, FillProgress, HotLookup, Lookup};
 use crate::cache_status::{Forward, Outcome};
 use crate::fill::{client_body, origin_request, pass_through, respond_from_origin, Ctx};
 use crate::flight::{FlightState, Join, Leader, SharedHead, Waiter};
@@ -100,18 +100,43 @@ async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
     let app = &ctx.app;
     let now = SystemTime::now();
     let authenticated = policy::is_authenticated(&ctx.parts.headers);
-    let (fwd, stale) = match app.store.lookup(&ctx.key, &ctx.parts.headers).await {
-        Lookup::Miss => (Forward::UriMiss, None),
-        Lookup::VaryMiss => (Forward::VaryMiss, None),
+    let found = match app.store.lookup_hot(&ctx.key, &ctx.parts.headers).await {
+        HotLookup::Hot(hot) => {
+            // A fresh hot entry answers from its compact metadata alone; anything else
+            // (stale, soft-purged, credentials, the client's own directives) reads the full
+            // entry and decides below exactly as for an entry read from disk.
+            if let (false, Some(Freshness::Fresh { age, ttl })) =
+                (authenticated, hot.fresh(now, &app.policy))
+            {
+                let outcome = Outcome::hit(ttl.as_secs() as i64);
+                match hit::respond(&app.store, &hot, &ctx.parts, age.as_secs(), outcome).await {
+                    Ok(res) => {
+                        Stats::incr(&app.stats.hits);
+                        return res;
+                    }
+                    // Replaced or removed since the lookup, or corrupt (removed): a miss, as
+                    // below.
+                    Err(_) => None,
+                }
+            } else {
+                Some(app.store.full(&ctx.key, &ctx.parts.headers).await)
+            }
+        }
+        HotLookup::Full(lookup) => Some(lookup),
+    };
+    let (fwd, stale) = match found {
+        None => (Forward::Miss, None),
+        Some(Lookup::Miss) => (Forward::UriMiss, None),
+        Some(Lookup::VaryMiss) => (Forward::VaryMiss, None),
         // RFC 9111 §3.5: a copy that does not allow shared reuse for authenticated requests
         // never answers one; the origin does, and its answer is not stored.
-        Lookup::Found(entry)
+        Some(Lookup::Found(entry))
             if authenticated
                 && !policy::answers_authenticated(&entry.meta.response_head().1, &app.policy) =>
         {
             return forward(&ctx, Some(body), Forward::Request, None).await;
         }
-        Lookup::Found(entry) => {
+        Some(Lookup::Found(entry)) => {
             let fresh = if entry.meta.invalidated {
                 Freshness::Stale
             } else {
@@ -120,7 +145,8 @@ async fn serve_cacheable(ctx: Ctx, body: Incoming) -> Response<Body> {
             match fresh {
                 Freshness::Fresh { age, ttl } => {
                     let outcome = Outcome::hit(ttl.as_secs() as i64);
-                    match hit::respond(&app.store, &entry, &ctx.parts, age.as_secs(), outcome).await
+                    match hit::respond(&app.store, &entry.hit, &ctx.parts, age.as_secs(), outcome)
+                        .await
                     {
                         Ok(res) => {
                             Stats::incr(&app.stats.hits);
@@ -253,7 +279,7 @@ async fn wait_on_flight(
             };
             let outcome = Outcome::hit(ttl.as_secs() as i64);
             if let Ok(res) =
-                hit::respond(&app.store, &entry, &ctx.parts, age.as_secs(), outcome).await
+                hit::respond(&app.store, &entry.hit, &ctx.parts, age.as_secs(), outcome).await
             {
                 Stats::incr(&app.stats.hits);
                 return Waited::Serve(res);
@@ -297,7 +323,7 @@ async fn range_of_finished_fill(ctx: &Ctx) -> Option<Response<Body>> {
         return None;
     };
     let outcome = Outcome::hit(ttl.as_secs() as i64);
-    let res = hit::respond(&app.store, &entry, &ctx.parts, age.as_secs(), outcome)
+    let res = hit::respond(&app.store, &entry.hit, &ctx.parts, age.as_secs(), outcome)
         .await
         .ok()?;
     Stats::incr(&app.stats.hits);

@@ -29,7 +29,7 @@ pub(crate) async fn respond_stored(
     outcome: Outcome,
 ) -> Option<Response<Body>> {
     let age = policy::age(&entry.meta.policy, SystemTime::now()).as_secs();
-    hit::respond(&ctx.app.store, entry, &ctx.parts, age, outcome)
+    hit::respond(&ctx.app.store, &entry.hit, &ctx.parts, age, outcome)
         .await
         .ok()
 }

@@ -397,6 +397,65 @@ pub fn freshness(
     }
 }
 
+/// What [`freshness`] needs of a stored policy when the client's directives are not honoured
+/// (`cache.honor_client_no_cache = false`, the default), taken once when the entry is read so
+/// that a hit on a hot entry needs neither the policy nor its header maps: `http-cache-semantics`
+/// computes the age as the stored `Age` plus the time since the response was received, and the
+/// freshness lifetime (`max_age`) from the stored headers alone, independent of `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    /// The stored `Age` header's value.
+    age_header: Duration,
+    /// When the response was received.
+    response_time: SystemTime,
+    /// The freshness lifetime; zero when it is no longer than `age_header` (stale at once).
+    max_age: Duration,
+}
+
+impl Lifetime {
+    /// The lifetime of `policy`. The crate does not expose its inputs, so they are read back
+    /// through its own functions: before the response time (the epoch) the age is the `Age`
+    /// header alone, and long after it the age grows by exactly the time since.
+    pub fn of(policy: &CachePolicy) -> Lifetime {
+        let epoch = SystemTime::UNIX_EPOCH;
+        let age_header = policy.age(epoch);
+        let ttl = policy.time_to_live(epoch);
+        // `time_to_live` saturates: a zero means `max_age <= age_header`, stale for good.
+        let max_age = if ttl.is_zero() {
+            Duration::ZERO
+        } else {
+            ttl + age_header
+        };
+        let far = epoch + Duration::from_secs(1 << 40);
+        let resident = policy.age(far).saturating_sub(age_header);
+        Lifetime {
+            age_header,
+            response_time: far - resident,
+            max_age,
+        }
+    }
+
+    /// `CachePolicy::age` at `now`.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.age_header + now.duration_since(self.response_time).unwrap_or_default()
+    }
+
+    /// Freshness at `now`, as [`freshness`] decides it when the client's directives are not
+    /// honoured; `None` when they are (the full policy decides then).
+    pub fn freshness(&self, now: SystemTime, opts: &PolicyOptions) -> Option<Freshness> {
+        if opts.honor_client_no_cache {
+            return None;
+        }
+        let age = self.age(now);
+        let ttl = self.max_age.checked_sub(age).unwrap_or_default();
+        Some(if ttl.is_zero() {
+            Freshness::Stale
+        } else {
+            Freshness::Fresh { age, ttl }
+        })
+    }
+}
+
 /// Remaining lifetime at `now` (zero when stale).
 pub fn time_to_live(policy: &CachePolicy, now: SystemTime) -> Duration {
     policy.time_to_live(now)
@@ -552,6 +611,79 @@ mod tests {
         opts: PolicyOptions,
     ) -> Result<Storable, NotStorable> {
         decide(q, "example.com", r, SystemTime::now(), &opts)
+    }
+
+    /// The compact freshness summary a hot entry keeps decides exactly as the full policy
+    /// does, with the same `Age` and remaining lifetime, at every time around its expiry, for
+    /// every source of the lifetime (also after the policy's round trip through the entry
+    /// file's encoding).
+    #[test]
+    fn the_lifetime_summary_decides_as_the_full_policy() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::new(1_790_000_000, 123_456_789);
+        let date = httpdate::fmt_http_date(t0 - Duration::from_secs(30));
+        let old = httpdate::fmt_http_date(t0 - Duration::from_secs(1000));
+        let later = httpdate::fmt_http_date(t0 + Duration::from_secs(45));
+        let cases: Vec<Vec<(&str, &str)>> = vec![
+            vec![("cache-control", "max-age=60")],
+            vec![("cache-control", "max-age=60"), ("age", "20")],
+            vec![("cache-control", "max-age=60"), ("age", "60")],
+            vec![("cache-control", "max-age=60"), ("age", "90")],
+            vec![("cache-control", "s-maxage=10, max-age=600")],
+            vec![("cache-control", "max-age=0"), ("etag", "\"e\"")],
+            vec![("cache-control", "no-cache"), ("etag", "\"e\"")],
+            vec![("expires", &later), ("date", &date)],
+            vec![("last-modified", &old), ("date", &date)],
+            vec![("last-modified", &old)],
+            vec![("cache-control", "max-age=31536000, immutable")],
+        ];
+        let opts = PolicyOptions {
+            heuristic_freshness: true,
+            ..OPTS
+        };
+        let q = req(&[]);
+        let (mut fresh, mut stale) = (0, 0);
+        for headers in &cases {
+            // An `Age` past the lifetime is not stored at all.
+            let Ok(stored) = decide(&q, "example.com", &res(headers), t0, &opts) else {
+                continue;
+            };
+            let bytes = postcard::to_allocvec(&stored.policy).unwrap();
+            let decoded: CachePolicy = postcard::from_bytes(&bytes).unwrap();
+            for policy in [&stored.policy, &decoded] {
+                let summary = Lifetime::of(policy);
+                for offset in [
+                    -5.0, 0.0, 0.5, 9.9, 10.0, 29.999, 40.0, 59.5, 60.0, 61.0, 99.0,
+                ] {
+                    let now = if offset < 0.0 {
+                        t0 - Duration::from_secs_f64(-offset)
+                    } else {
+                        t0 + Duration::from_secs_f64(offset)
+                    };
+                    let full = freshness(policy, &q, "example.com", now, &opts);
+                    match full {
+                        Freshness::Fresh { .. } => fresh += 1,
+                        Freshness::Stale => stale += 1,
+                    }
+                    assert_eq!(
+                        summary.freshness(now, &opts),
+                        Some(full),
+                        "{headers:?} at {offset}"
+                    );
+                    assert_eq!(summary.age(now), policy.age(now), "{headers:?} at {offset}");
+                }
+            }
+        }
+        assert!(
+            fresh > 20 && stale > 20,
+            "both decisions covered: {fresh} {stale}"
+        );
+        // With the client's directives honoured the summary does not decide.
+        let stored = decide(&q, "example.com", &res(&cases[0]), t0, &opts).unwrap();
+        let honour = PolicyOptions {
+            honor_client_no_cache: true,
+            ..opts
+        };
+        assert_eq!(Lifetime::of(&stored.policy).freshness(t0, &honour), None);
     }
 
     #[test]

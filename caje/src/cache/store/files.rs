@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{format, index, Entry, EntryRef, Store, StoreEvent};
+use super::{format, index, Entry, EntryRef, HitMeta, Store, StoreEvent};
 use crate::cache::entry::EntryMeta;
 use crate::cache::key::entry_digest;
 use crate::stats::Stats;
@@ -128,7 +128,10 @@ impl Store {
             Err(e) => return Err(io::Error::other(e)),
         }
         let encoded = format::encode_meta(&mut meta)?;
-        let tmp = self.temp_path(&entry.dir, &entry.name);
+        let tmp = self.temp_path(
+            &super::shard_dir(&self.inner.root, &entry.name),
+            &entry.name,
+        );
         let written = (|| -> io::Result<u64> {
             (&src).seek(SeekFrom::Start(entry.body_offset))?;
             let mut body = (&src).take(entry.meta.body_len);
@@ -172,7 +175,7 @@ impl Store {
             };
             Arc::new(Entry::new(meta, r, &self.inner.root, body_offset))
         };
-        self.inner.metas.refresh(&updated);
+        self.inner.metas.refresh(&updated.hit);
         let _ = self.inner.events.send(StoreEvent::Stored {
             entry: updated.clone(),
             announce,
@@ -184,9 +187,15 @@ impl Store {
     /// update are one step for this question. (A reader that opened an entry's file and found
     /// another version in it: `false` means it was replaced, `true` that the file is damaged.)
     /// Blocking (waits for a commit in progress).
-    pub fn is_current_committed(&self, entry: &Arc<Entry>) -> bool {
+    pub fn is_current_committed(&self, entry: &HitMeta) -> bool {
         let _commit = self.inner.commit.lock().unwrap_or_else(|e| e.into_inner());
-        self.is_current(entry)
+        self.index().is_current(&entry.r)
+    }
+
+    /// Whether the index still serves the version `hit` describes (not replaced, refreshed
+    /// or removed).
+    pub fn serves(&self, hit: &HitMeta) -> bool {
+        self.index().is_current(&hit.r)
     }
 
     /// Unlinks the files of entries already out of the index, unless a newer version of the
@@ -273,6 +282,14 @@ impl Store {
         self.inner.evictor.evict(done.evicted);
         for old in &done.gone {
             self.inner.hot.remove(&old.body_file());
+            // Also a replaced version of this name: its metadata would never be returned
+            // again (another generation), but it would keep its file open until evicted.
+            self.inner.metas.remove(old.id());
+        }
+        if announce {
+            // A client's fill: the hits that follow find its metadata without reading the
+            // file (after the removal above, which covers the version this one replaced).
+            self.inner.metas.insert(entry.hit.clone());
         }
         // Variants dropped beyond `max_variants` (the replaced version of this name had its
         // file renamed over).
@@ -281,9 +298,6 @@ impl Store {
             .into_iter()
             .filter(|o| o.name != done.entry.name)
             .collect();
-        for old in &dropped {
-            self.inner.metas.remove(old.id());
-        }
         self.unlink_unheld(&dropped);
         for old in dropped {
             let _ = self.inner.events.send(StoreEvent::Removed(old));

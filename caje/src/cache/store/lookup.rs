@@ -16,7 +16,7 @@ use http::HeaderMap;
 
 use super::format::{self, DecodeError, Fixed};
 use super::index::Selected;
-use super::{entry_path, Entry, EntryRef, Lookup, Store};
+use super::{entry_path, Entry, EntryRef, HitMeta, Lookup, Store};
 use crate::cache::entry::EntryMeta;
 use crate::cache::evict::WarmRefused;
 use crate::cache::key::{entry_digest, CacheKey, Variant};
@@ -40,6 +40,14 @@ impl From<format::ReadError> for MetaError {
             format::ReadError::Decode(e) => MetaError::Decode(e),
         }
     }
+}
+
+/// What [`Store::lookup_hot`] found.
+pub enum HotLookup {
+    /// The compact metadata kept for a hot entry: enough for a fresh hit.
+    Hot(Arc<HitMeta>),
+    /// What [`Store::lookup`] finds (the full entry read from disk, or a miss).
+    Full(Lookup),
 }
 
 /// What reading an entry for a hit found.
@@ -76,9 +84,15 @@ impl Store {
     }
 
     /// Heap bytes of the in-memory index (its tables and the eviction policy's), and the
-    /// number of decoded entries kept for hot entries.
+    /// number of hot entries whose compact metadata is kept.
     pub fn index_memory(&self) -> (usize, usize) {
         (self.index().heap_bytes(), self.inner.metas.len())
+    }
+
+    /// Bytes of compact metadata kept for hot entries, and their budget (a share of
+    /// `cache.memory_bytes`, [`super::metas_budget`]).
+    pub fn metas_usage(&self) -> (usize, usize) {
+        self.inner.metas.usage()
     }
 
     /// Whether edge warming may bring in a page of `body_len` bytes now: it fits in the free
@@ -90,19 +104,50 @@ impl Store {
     }
 
     /// Finds the entry that may answer a request for `key` with these headers, and counts it
-    /// as a client's use. Its metadata comes from the hot entries' decoded copies or from disk
-    /// (on the blocking pool).
+    /// as a client's use. Its metadata is read from disk (on the blocking pool, or on the
+    /// worker on tmpfs); a client's hit uses [`Store::lookup_hot`] instead.
     pub async fn lookup(&self, key: &CacheKey, headers: &HeaderMap) -> Lookup {
-        self.find(key, headers, true).await
+        self.find(key, headers, true, true).await
     }
 
     /// Like [`Store::lookup`], but not a client's use: the eviction policy is not told (edge
     /// warming looks before it fetches).
     pub async fn peek(&self, key: &CacheKey, headers: &HeaderMap) -> Lookup {
-        self.find(key, headers, false).await
+        self.find(key, headers, false, false).await
     }
 
-    async fn find(&self, key: &CacheKey, headers: &HeaderMap, client: bool) -> Lookup {
+    /// A client's lookup for a hit: the compact metadata kept for hot entries when there is
+    /// one, which answers a fresh hit alone ([`HitMeta::fresh`]); else the full entry, read
+    /// from disk as [`Store::lookup`] does, whose compact part is kept for the next hits.
+    pub async fn lookup_hot(&self, key: &CacheKey, headers: &HeaderMap) -> HotLookup {
+        let r = {
+            let mut idx = self.index();
+            match idx.select(key, headers) {
+                Selected::Miss => return HotLookup::Full(Lookup::Miss),
+                Selected::VaryMiss => return HotLookup::Full(Lookup::VaryMiss),
+                Selected::Found(r) => {
+                    idx.touch(&r);
+                    r
+                }
+            }
+        };
+        match self.inner.metas.get(&r) {
+            Some(m) => HotLookup::Hot(m),
+            // Selected again there: the index may have moved on. The use is counted.
+            None => HotLookup::Full(self.find(key, headers, true, false).await),
+        }
+    }
+
+    /// The full entry (its RFC 9111 policy) for a request whose hot metadata cannot answer it
+    /// alone: stale, soft-purged, credentials, the client's own directives. Read from disk;
+    /// the use was counted by [`Store::lookup_hot`] already.
+    pub async fn full(&self, key: &CacheKey, headers: &HeaderMap) -> Lookup {
+        self.find(key, headers, true, false).await
+    }
+
+    /// `client`: a client's request (keep the compact metadata and a small body read with
+    /// it); `touch`: count it as a use in the eviction policy.
+    async fn find(&self, key: &CacheKey, headers: &HeaderMap, client: bool, touch: bool) -> Lookup {
         for attempt in 0..LOOKUP_TRIES {
             let r = {
                 let mut idx = self.index();
@@ -110,44 +155,33 @@ impl Store {
                     Selected::Miss => return Lookup::Miss,
                     Selected::VaryMiss => return Lookup::VaryMiss,
                     Selected::Found(r) => {
-                        if client && attempt == 0 {
+                        if touch && attempt == 0 {
                             idx.touch(&r);
                         }
                         r
                     }
                 }
             };
-            let loaded = match self.inner.metas.get(&r) {
+            let loaded = match self.read_entry_cached(&r, client) {
                 Some(e) => Loaded::Entry(e),
-                None => match self.read_entry_cached(&r, client) {
-                    Some(e) => {
-                        if client {
-                            self.inner.metas.insert(e.clone());
-                        }
-                        Loaded::Entry(e)
-                    }
-                    None => {
-                        let store = self.clone();
-                        let Ok(loaded) = tokio::task::spawn_blocking(move || {
-                            let loaded = store.read_entry(&r);
-                            if let (Loaded::Entry(e), true) = (&loaded, client) {
-                                store.inner.metas.insert(e.clone());
-                            }
-                            loaded
-                        })
-                        .await
-                        else {
-                            return Lookup::Miss;
-                        };
-                        loaded
-                    }
-                },
+                None => {
+                    let store = self.clone();
+                    let Ok(loaded) =
+                        tokio::task::spawn_blocking(move || store.read_entry(&r)).await
+                    else {
+                        return Lookup::Miss;
+                    };
+                    loaded
+                }
             };
             match loaded {
                 // The name covers host and path; comparing them too costs little and keeps a
                 // damaged file that still decodes from answering for another page.
                 Loaded::Entry(e) if e.meta.host == key.host && e.meta.path == key.path => {
-                    return Lookup::Found(e)
+                    if client {
+                        self.inner.metas.insert(e.hit.clone());
+                    }
+                    return Lookup::Found(e);
                 }
                 Loaded::Entry(_) | Loaded::Gone => return Lookup::Miss,
                 Loaded::Changed => tokio::task::yield_now().await,
@@ -302,12 +336,7 @@ impl Store {
     }
 
     /// Removes an entry found corrupt, and counts it. Blocking (unlinks files).
-    pub fn remove_corrupt(&self, entry: &Arc<Entry>, why: &dyn std::fmt::Display) {
-        tracing::warn!(
-            host = %entry.meta.host,
-            path = %entry.meta.path,
-            "corrupt cache entry {}", entry.name
-        );
+    pub fn remove_corrupt(&self, entry: &HitMeta, why: &dyn std::fmt::Display) {
         self.remove_corrupt_ref(&entry.r, why);
     }
 
@@ -374,5 +403,108 @@ mod tests {
             store.hot().get(&e.meta.body_file).is_none(),
             "a body that fails its checksum never reaches the memory tier"
         );
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod hot_tests {
+    use super::*;
+    use crate::cache::entry::tests::sample;
+    use crate::cache::store::{DiskLimits, StoreEvent};
+    use tokio::sync::mpsc;
+
+    pub(crate) fn open(
+        dir: &std::path::Path,
+        memory: usize,
+    ) -> (Store, mpsc::UnboundedReceiver<StoreEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let store = Store::open(dir, 8, memory, DiskLimits::UNLIMITED, stats, tx).unwrap();
+        (store, rx)
+    }
+
+    pub(crate) async fn fill_path(
+        store: &Store,
+        rx: &mut mpsc::UnboundedReceiver<StoreEvent>,
+        path: &str,
+        body: &[u8],
+    ) -> Arc<Entry> {
+        let mut meta = sample();
+        meta.path = path.to_owned();
+        let mut f = store.begin_fill(meta, u64::MAX, true, store.purge_epoch());
+        f.push(&bytes::Bytes::copy_from_slice(body));
+        f.finish();
+        loop {
+            match rx.recv().await.unwrap() {
+                StoreEvent::Stored { entry, .. } => return entry,
+                // A replaced version, an evicted one.
+                StoreEvent::Removed(_) => {}
+            }
+        }
+    }
+
+    pub(crate) fn key(path: &str) -> CacheKey {
+        CacheKey {
+            host: "example.com".into(),
+            path: path.into(),
+        }
+    }
+
+    /// Many entries served by clients: the compact metadata kept stays within its share of
+    /// `cache.memory_bytes`, counting at least the bytes of each entry's headers and path, and
+    /// what does not fit is still served (read from disk).
+    #[tokio::test]
+    async fn hot_metadata_stays_within_its_byte_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = 256 * 1024;
+        let (store, mut rx) = open(dir.path(), memory);
+        let budget = crate::cache::store::metas_budget(memory);
+        let n = 300;
+        for i in 0..n {
+            fill_path(&store, &mut rx, &format!("/page/{i}"), b"body").await;
+        }
+        let mut hot = 0;
+        // Every page, with a few popular ones asked for in between (a plain loop over more
+        // pages than fit would keep nothing useful, by design of the policy).
+        let order: Vec<usize> = (0..n).flat_map(|i| [i, i % 8]).collect();
+        for round in 0..3 {
+            for &i in &order {
+                match store
+                    .lookup_hot(&key(&format!("/page/{i}")), &HeaderMap::new())
+                    .await
+                {
+                    HotLookup::Hot(m) => {
+                        hot += 1;
+                        let raw: usize = m
+                            .head()
+                            .1
+                            .iter()
+                            .map(|(n, v)| n.as_str().len() + v.len())
+                            .sum();
+                        assert!(m.bytes() > raw + m.path().as_os_str().len());
+                    }
+                    HotLookup::Full(Lookup::Found(_)) => {}
+                    HotLookup::Full(_) => panic!("round {round}: /page/{i} not found"),
+                }
+                let (used, cap) = store.metas_usage();
+                assert_eq!(cap, budget);
+                assert!(used <= budget, "{used} > {budget}");
+            }
+        }
+        let kept = store.index_memory().1;
+        let (used, _) = store.metas_usage();
+        assert!(kept > 10 && kept < n, "kept {kept} of {n}");
+        assert!(used > budget / 2, "the budget is used: {used} of {budget}");
+        assert!(hot > 0, "hot entries answer lookups");
+        // No budget, nothing kept: every lookup reads the entry.
+        drop((store, rx));
+        let (store, _rx) = open(dir.path(), 0);
+        for _ in 0..2 {
+            assert!(matches!(
+                store.lookup_hot(&key("/page/1"), &HeaderMap::new()).await,
+                HotLookup::Full(Lookup::Found(_))
+            ));
+        }
+        assert_eq!(store.metas_usage(), (0, 0));
     }
 }

@@ -35,7 +35,7 @@
 //! - `cap.rs`: the disk cap's limits, block arithmetic, and the page versions it evicted;
 //! - `interned.rs`: what the index keeps of `Vary` names and tags, shared between entries;
 //! - `lookup.rs`: lookups, and reading an entry's metadata from disk for them;
-//! - `metas.rs`: the decoded metadata of hot entries, bounded;
+//! - `metas.rs`: the compact metadata of hot entries ([`HitMeta`]), bounded in bytes;
 //! - `fill.rs`: [`Fill`], which queues a body as it streams and writes it in batches on the
 //!   blocking pool;
 //! - `files.rs`: unique names, shard directories, a fill's commit (the rename into place and
@@ -62,7 +62,7 @@ mod fill;
 pub mod format;
 mod index;
 mod interned;
-mod lookup;
+pub(crate) mod lookup;
 mod metas;
 mod purge;
 mod slab;
@@ -87,6 +87,9 @@ use index::Index;
 
 pub use fill::{Fill, FillProgress};
 pub use index::{DiskLimits, BLOCK};
+pub use lookup::HotLookup;
+pub(crate) use metas::FdBudget;
+pub use metas::{metas_budget, HitMeta};
 pub use startup::{CheckProgress, IndexSource, StartReport};
 
 /// Top-level directory of the current layout inside `cache_dir`.
@@ -120,16 +123,13 @@ pub struct Entry {
     pub meta: EntryMeta,
     /// 64-hex name (hash of page + variant).
     pub name: String,
-    /// The name's first 128 bits: the entry's key in the eviction policy.
-    pub(crate) id: u128,
     /// What the index knows of it (its generation tells whether it is still current).
     r: EntryRef,
-    /// Directory holding the entry file.
-    dir: PathBuf,
     /// Where the body starts in the entry file (the header's length).
     pub(crate) body_offset: u64,
-    /// The response head decoded once, so a hit does not rebuild it from bytes.
-    head: (http::StatusCode, HeaderMap),
+    /// What a hit needs of it (the head as served, the body's place and checksum), shared
+    /// with the hot metadata kept for later hits.
+    pub hit: Arc<HitMeta>,
 }
 
 /// What the index keeps of one entry: enough to find its files and to tell whether an
@@ -187,26 +187,33 @@ impl Entry {
         head.1.remove("surrogate-control");
         crate::headers::append_via(&mut head.1);
         let name = r.name();
+        let hit = HitMeta::new(
+            r,
+            entry_path(root, &name),
+            body_offset,
+            meta.body_crc32,
+            &meta.body_file,
+            head,
+            crate::cache::policy::Lifetime::of(&meta.policy),
+        );
         Entry {
             meta,
-            id: r.id(),
-            dir: shard_dir(root, &name),
             name,
             r,
             body_offset,
-            head,
+            hit: Arc::new(hit),
         }
     }
 
     /// The stored status and headers, as served.
-    pub fn head(&self) -> &(http::StatusCode, HeaderMap) {
-        &self.head
+    pub fn head(&self) -> (http::StatusCode, HeaderMap) {
+        self.hit.head()
     }
 
     /// Path of the entry file (header and body). The file there may be a newer version
     /// than this entry (a replacement renamed over it): check the tag after opening it.
     pub fn path(&self) -> PathBuf {
-        self.dir.join(format!("{}.entry", self.name))
+        self.hit.path().to_owned()
     }
 
     /// The tag of this stored version, as the entry file's header carries it.
@@ -259,8 +266,11 @@ struct Inner {
     max_variants: usize,
     /// Small bodies served recently, in memory.
     hot: HotTier,
-    /// Decoded metadata of entries served recently, so a hit on them reads nothing from disk.
+    /// Compact metadata of entries served recently, so a fresh hit on them reads nothing but
+    /// the body.
     metas: metas::Metas,
+    /// Bounds the entry files kept open for hot entries ([`HitMeta::kept_file`]).
+    fds: Arc<FdBudget>,
     /// Hands evicted entries to the thread that unlinks their files.
     evictor: evictor::Evictor,
     /// Makes body and temp file names unique within this process.
@@ -414,8 +424,9 @@ impl Store {
             evictor,
             commit: Mutex::new(purge::PurgeLog::default()),
             max_variants,
-            hot: HotTier::new(memory_bytes),
-            metas: metas::Metas::new(metas::HOT_METAS),
+            hot: HotTier::new(memory_bytes - metas::metas_budget(memory_bytes)),
+            metas: metas::Metas::new(metas::metas_budget(memory_bytes)),
+            fds: FdBudget::from_rlimit(),
             stats,
             events,
             counter: AtomicU64::new(0),
@@ -501,6 +512,11 @@ impl Store {
     /// The memory tier of small bodies.
     pub fn hot(&self) -> &HotTier {
         &self.inner.hot
+    }
+
+    /// The bound on entry files kept open for hot entries.
+    pub(crate) fn fd_budget(&self) -> &Arc<FdBudget> {
+        &self.inner.fds
     }
 }
 
