@@ -176,21 +176,25 @@ impl Scrape {
         );
         let (disk_entries, disk_bytes) = app.store.usage();
         let (mem_entries, mem_bytes) = app.store.hot().usage();
-        let tier = |d: i64, m: i64| {
+        let (meta_bytes, meta_cap) = app.store.metas_usage();
+        let (_, meta_entries) = app.store.index_memory();
+        // `metadata`: the hot entries' compact metadata, a share of `cache.memory_bytes`.
+        let tier = |d: i64, m: i64, meta: i64| {
             vec![
                 (vec![("tier", "disk".to_owned())], Gauge(d)),
                 (vec![("tier", "memory".to_owned())], Gauge(m)),
+                (vec![("tier", "metadata".to_owned())], Gauge(meta)),
             ]
         };
         s.labelled(
             "caje_cache_bytes",
             "Bytes held in each cache tier.",
-            tier(disk_bytes as i64, mem_bytes as i64),
+            tier(disk_bytes as i64, mem_bytes as i64, meta_bytes as i64),
         );
         s.labelled(
             "caje_cache_entries",
             "Entries held in each cache tier.",
-            tier(disk_entries as i64, mem_entries as i64),
+            tier(disk_entries as i64, mem_entries as i64, meta_entries as i64),
         );
         s.labelled(
             "caje_cache_capacity_bytes",
@@ -203,6 +207,10 @@ impl Scrape {
                 (
                     vec![("tier", "memory".to_owned())],
                     Gauge(app.config.cache.memory_bytes as i64),
+                ),
+                (
+                    vec![("tier", "metadata".to_owned())],
+                    Gauge(meta_cap as i64),
                 ),
             ],
         );

@@ -32,6 +32,11 @@ async fn small_hits_are_kept_in_memory_and_byte_identical() {
         }
         assert!(caje.stat("memory_bytes").await <= 75_000);
         assert_eq!(caje.stat("memory_entries").await, 2);
+        // The hot entries' metadata is counted, within its quarter.
+        assert_eq!(caje.stat("meta_cap_bytes").await, 25_000);
+        let meta = caje.stat("meta_bytes").await;
+        assert!(meta > 0 && meta <= 25_000, "meta_bytes {meta}");
+        assert!(caje.stat("meta_entries").await >= 1);
         assert_eq!(origin.requests("/gen/mem").await, 1);
     })
     .await

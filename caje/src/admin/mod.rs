@@ -259,6 +259,8 @@ fn stats(app: &App) -> Response<Body> {
     let s = &app.stats;
     let (entries, bytes) = app.store.usage();
     let (memory_entries, memory_bytes) = app.store.hot().usage();
+    let (meta_bytes, meta_cap_bytes) = app.store.metas_usage();
+    let (_, meta_entries) = app.store.index_memory();
     let (disk_bytes, max_disk_bytes) = app.store.disk_usage();
     let (warm_bytes, max_warm_bytes) = app.store.warm_usage();
     json_response(
@@ -266,6 +268,10 @@ fn stats(app: &App) -> Response<Body> {
         &json!({
             "memory_entries": memory_entries,
             "memory_bytes": memory_bytes,
+            // The hot entries' compact metadata: its own share of `cache.memory_bytes`.
+            "meta_entries": meta_entries,
+            "meta_bytes": meta_bytes,
+            "meta_cap_bytes": meta_cap_bytes,
             "requests": S::get(&s.requests),
             "hits": S::get(&s.hits),
             "misses": S::get(&s.misses),
