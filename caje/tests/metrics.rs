@@ -152,6 +152,16 @@ async fn metrics_are_valid_and_move_with_traffic() {
         assert_eq!(v(&after_text, "caje_cache_stored_total"), 1.0);
         assert_eq!(v(&after_text, r#"caje_cache_entries{tier="disk"}"#), 1.0);
         assert_eq!(v(&after_text, r#"caje_cache_bytes{tier="disk"}"#), 1000.0);
+        // The hot entry's compact metadata, within its quarter of the default 64 MiB.
+        assert_eq!(
+            v(&after_text, r#"caje_cache_entries{tier="metadata"}"#),
+            1.0
+        );
+        assert!(v(&after_text, r#"caje_cache_bytes{tier="metadata"}"#) > 0.0);
+        assert_eq!(
+            v(&after_text, r#"caje_cache_capacity_bytes{tier="metadata"}"#),
+            16_777_216.0
+        );
         assert_eq!(
             v(&after_text, r#"caje_litefs_role{role="standalone"}"#),
             1.0
