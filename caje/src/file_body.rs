@@ -197,7 +197,7 @@ pub async fn hit_body(store: &Store, entry: &Arc<HitMeta>) -> Result<Body, HitEr
         return Ok(full(body));
     }
     if let Some(body) = inline_hit(store, entry) {
-        return Ok(body);
+        return Ok(full(body));
     }
     let store = store.clone();
     let entry = entry.clone();
@@ -220,7 +220,7 @@ const INLINE_MAX: u64 = format::INLINE_MAX;
 /// either, it is a plain read. Anything unusual (not cached, a short or failed read, another
 /// version in the file, a length or checksum mismatch) returns `None`, and the caller takes
 /// the blocking path, which decides and reports exactly as before; nothing is removed here.
-fn inline_hit(store: &Store, entry: &Arc<HitMeta>) -> Option<Body> {
+pub(crate) fn inline_hit(store: &Store, entry: &Arc<HitMeta>) -> Option<Bytes> {
     let len = entry.body_len();
     if len == 0 || len > INLINE_MAX {
         return None;
@@ -265,7 +265,17 @@ fn inline_hit(store: &Store, entry: &Arc<HitMeta>) -> Option<Body> {
     }
     let body = Bytes::copy_from_slice(body);
     store.hot().insert(&entry.body_file, body.clone());
-    Some(full(body))
+    Some(body)
+}
+
+/// A hit's whole body when it can be had without waiting: from the memory tier, else read
+/// on the worker as [`inline_hit`] does (small, page-cached, checked). `None`: the caller
+/// takes [`hit_body`]'s path.
+pub(crate) fn body_now(store: &Store, entry: &Arc<HitMeta>) -> Option<Bytes> {
+    if let Some(body) = store.hot().get(&entry.body_file) {
+        return Some(body);
+    }
+    inline_hit(store, entry)
 }
 
 /// A stored entry's file was not what the entry says: `Gone` if the entry was replaced or
@@ -534,7 +544,7 @@ mod inline_tests {
         let entry = store.entries().pop().unwrap();
         // Just written, so in the page cache: the inline read succeeds (on tmpfs, plainly).
         let body = inline_hit(&store, &entry.hit).expect("served inline");
-        assert_eq!(collect(body).await, vec![7u8; 3000]);
+        assert_eq!(&body[..], &[7u8; 3000][..]);
         // It went to the memory tier, as a blocking-pool hit does.
         assert!(store.hot().get(&entry.meta.body_file).is_some());
     }
@@ -623,7 +633,7 @@ mod inline_tests {
         let a = hot(store.clone()).await.unwrap();
         assert!(a.kept_file().is_none());
         assert_eq!(
-            collect(inline_hit(&store, &a).unwrap()).await,
+            collect(full(inline_hit(&store, &a).unwrap())).await,
             vec![1u8; 5000]
         );
         let kept = a.kept_file().expect("kept after a checked hit");
@@ -633,7 +643,7 @@ mod inline_tests {
         let moved = path.with_extension("moved");
         std::fs::rename(&path, &moved).unwrap();
         assert_eq!(
-            collect(inline_hit(&store, &a).unwrap()).await,
+            collect(full(inline_hit(&store, &a).unwrap())).await,
             vec![1u8; 5000]
         );
         std::fs::rename(&moved, &path).unwrap();
@@ -644,7 +654,7 @@ mod inline_tests {
         let b = hot(store.clone()).await.unwrap();
         assert!(!Arc::ptr_eq(&a, &b) && b.kept_file().is_none());
         assert_eq!(
-            collect(inline_hit(&store, &b).unwrap()).await,
+            collect(full(inline_hit(&store, &b).unwrap())).await,
             vec![2u8; 5000]
         );
         assert!(

@@ -60,6 +60,7 @@ pub mod cache_status;
 pub mod client_body;
 pub mod config;
 pub mod dashboard;
+pub mod fast;
 pub mod file_body;
 pub mod fill;
 pub mod flight;

@@ -4,18 +4,21 @@
 //! `127.0.0.1:0` and call the very same [`run`] as the binary.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::app::App;
+use crate::fast::{self, Ended, Resumed};
 use crate::framing::{Scanner, Verdict, Watched};
 use crate::interim::InterimSink;
 use crate::observe;
@@ -119,7 +122,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
 pub struct Server {
     app: Arc<App>,
     builder: http1::Builder,
-    graceful: GracefulShutdown,
+    /// Turns true when the server shuts down gracefully; every connection holds a receiver
+    /// until it ends, so [`Server::drain`] waits for the channel to close.
+    closing: watch::Sender<bool>,
     /// Accepted connections whose first request has not arrived yet (see [`Server::drain`]).
     fresh: Arc<AtomicUsize>,
 }
@@ -143,7 +148,7 @@ impl Fresh {
     }
 
     fn request_arrived(&self) {
-        if self.counted.swap(false, Ordering::SeqCst) {
+        if self.counted.load(Ordering::Relaxed) && self.counted.swap(false, Ordering::SeqCst) {
             self.fresh.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -171,7 +176,7 @@ impl Server {
         Server {
             app,
             builder,
-            graceful: GracefulShutdown::new(),
+            closing: watch::Sender::new(false),
             fresh: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -184,8 +189,6 @@ impl Server {
         stop: impl Future<Output = T>,
     ) -> T {
         let app = &self.app;
-        let builder = &self.builder;
-        let graceful = &self.graceful;
         tokio::pin!(stop);
         loop {
             let (stream, peer) = tokio::select! {
@@ -201,53 +204,14 @@ impl Server {
                 out = &mut stop => return out,
             };
             let _ = stream.set_nodelay(true);
-            let app_send_timeout_ms = app.config.server.send_timeout_ms;
-            let app = app.clone();
-            let verdict = Arc::new(Verdict::default());
-            let scanner = Scanner::new(
-                app.config.limits.max_header_bytes + app.config.limits.max_request_line_bytes,
-                app.config.limits.max_headers,
-                verdict.clone(),
-            );
-            // hyper serves a connection's requests in order, so counting calls numbers them
-            // the same way the scanner numbers the heads it reads.
-            let served = Arc::new(AtomicU64::new(0));
-            let fresh = Arc::new(Fresh::new(&self.fresh));
-            let conn_fresh = fresh.clone();
-            let interim = InterimSink::new();
-            let sink = interim.clone();
-            let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(sink.clone());
-                fresh.request_arrived();
-                let app = app.clone();
-                let n = served.fetch_add(1, Ordering::Relaxed) + 1;
-                let ambiguous = verdict.rejects(n);
-                async move {
-                    let handled = CatchPanic(Box::pin(observe::handle(app, req, peer, ambiguous)));
-                    let res = handled.await.unwrap_or_else(|| {
-                        tracing::error!(%peer, "a request handler panicked; answered 500");
-                        crate::request::local(
-                            http::StatusCode::INTERNAL_SERVER_ERROR,
-                            "caje: internal error while handling this request (logged)\n".into(),
-                        )
-                    });
-                    Ok::<_, std::convert::Infallible>(res)
-                }
-            });
-            let send_timeout = Duration::from_millis(app_send_timeout_ms);
-            // Interim responses are written inside `Watched`, so the send timeout covers them too.
-            let io = TokioIo::new(SendTimeout::new(
-                Watched::new(stream, scanner, interim),
-                send_timeout,
-            ));
-            let conn = builder.serve_connection(io, service);
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                let _fresh = conn_fresh;
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, "connection ended with error: {e}");
-                }
-            });
+            let conn = Connection {
+                app: app.clone(),
+                builder: self.builder.clone(),
+                closing: self.closing.subscribe(),
+                fresh: Arc::new(Fresh::new(&self.fresh)),
+                peer,
+            };
+            tokio::spawn(conn.serve(stream));
         }
     }
 
@@ -270,9 +234,94 @@ impl Server {
             }
         };
         first_requests.await;
+        self.closing.send_replace(true);
         tokio::select! {
-            () = self.graceful.shutdown() => tracing::info!("all connections closed"),
+            () = self.closing.closed() => tracing::info!("all connections closed"),
             () = tokio::time::sleep_until(started + grace) => tracing::warn!("grace period over; closing remaining connections"),
+        }
+    }
+}
+
+/// One accepted connection: served on the fast path ([`crate::fast`]) until a request needs
+/// the full one, then by hyper to its end.
+struct Connection {
+    app: Arc<App>,
+    builder: http1::Builder,
+    closing: watch::Receiver<bool>,
+    fresh: Arc<Fresh>,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    async fn serve(mut self, stream: TcpStream) {
+        let (app, peer) = (self.app.clone(), self.peer);
+        let read = if app.config.server.fast_path {
+            let fresh = self.fresh.clone();
+            let arrived = move || fresh.request_arrived();
+            match fast::serve(&app, &stream, peer, &arrived, &mut self.closing).await {
+                Ended::Closed => return,
+                Ended::Handover(read) => read,
+            }
+        } else {
+            Bytes::new()
+        };
+        let verdict = Arc::new(Verdict::default());
+        let scanner = Scanner::new(
+            app.config.limits.max_header_bytes + app.config.limits.max_request_line_bytes,
+            app.config.limits.max_headers,
+            verdict.clone(),
+        );
+        // hyper serves a connection's requests in order, so counting calls numbers them
+        // the same way the scanner numbers the heads it reads (the scanner reads the bytes
+        // handed over by the fast path first, as hyper does).
+        let served = Arc::new(AtomicU64::new(0));
+        let fresh = self.fresh.clone();
+        let interim = InterimSink::new();
+        let sink = interim.clone();
+        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(sink.clone());
+            fresh.request_arrived();
+            let app = app.clone();
+            let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+            let ambiguous = verdict.rejects(n);
+            async move {
+                let handled = CatchPanic(Box::pin(observe::handle(app, req, peer, ambiguous)));
+                let res = handled.await.unwrap_or_else(|| {
+                    tracing::error!(%peer, "a request handler panicked; answered 500");
+                    crate::request::local(
+                        http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "caje: internal error while handling this request (logged)\n".into(),
+                    )
+                });
+                Ok::<_, std::convert::Infallible>(res)
+            }
+        });
+        let send_timeout = Duration::from_millis(self.app.config.server.send_timeout_ms);
+        // Interim responses are written inside `Watched`, so the send timeout covers them too.
+        let io = TokioIo::new(SendTimeout::new(
+            Watched::new(Resumed::new(read, stream), scanner, interim),
+            send_timeout,
+        ));
+        let conn = self.builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        // A shutdown that began while the fast path served: finish what was read, then close.
+        let mut shut = *self.closing.borrow_and_update();
+        if shut {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                ended = conn.as_mut() => {
+                    if let Err(e) = ended {
+                        tracing::debug!(%peer, "connection ended with error: {e}");
+                    }
+                    return;
+                }
+                _ = self.closing.changed(), if !shut => {
+                    shut = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
         }
     }
 }

@@ -290,6 +290,28 @@ impl Index {
         Selected::VaryMiss
     }
 
+    /// The entry a request selects for a page none of whose stored responses has `Vary`,
+    /// counted as a use; `None` for a page not held, or held with a `Vary` (whose selection
+    /// needs the request's headers: [`Index::select`]). For the fast path, without allocating.
+    pub(super) fn select_plain(&mut self, key: &CacheKey) -> Option<EntryRef> {
+        let mut at = self.head(page_hash(key)).unwrap_or(NONE);
+        let mut name = None;
+        while at != NONE {
+            let rec = &self.recs[at as usize];
+            if !self.vary.names(rec.vary).is_empty() {
+                return None;
+            }
+            let want = *name.get_or_insert_with(|| entry_digest(key, &Variant::default()));
+            if rec.name == want {
+                let r = rec.as_ref();
+                self.policy.touch(&mut self.recs, at);
+                return Some(r);
+            }
+            at = rec.next;
+        }
+        None
+    }
+
     /// Every entry held.
     pub(super) fn all(&self) -> Vec<EntryRef> {
         self.by_id

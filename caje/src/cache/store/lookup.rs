@@ -138,6 +138,15 @@ impl Store {
         }
     }
 
+    /// [`Store::lookup_hot`] for the fast path ([`crate::fast`]): the compact metadata of the
+    /// entry a request selects, for a page stored without `Vary`, when it is kept in memory,
+    /// counted as a use. `None` for anything else (not held, `Vary`, metadata not in memory),
+    /// which the caller leaves to the full request path.
+    pub fn lookup_plain(&self, key: &CacheKey) -> Option<Arc<HitMeta>> {
+        let r = self.index().select_plain(key)?;
+        self.inner.metas.get(&r)
+    }
+
     /// The full entry (its RFC 9111 policy) for a request whose hot metadata cannot answer it
     /// alone: stale, soft-purged, credentials, the client's own directives. Read from disk;
     /// the use was counted by [`Store::lookup_hot`] already.

@@ -204,6 +204,23 @@ impl HitMeta {
         (self.status, map)
     }
 
+    /// The stored status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stored headers as served, as name and value bytes in stored order (a name may
+    /// repeat), without building a map: what [`crate::fast`] writes.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let mut at = 0;
+        self.spans.iter().map(move |&(nl, vl)| {
+            let start = at;
+            let n_end = start + nl as usize;
+            at = n_end + vl as usize;
+            (&self.block[start..n_end], &self.block[n_end..at])
+        })
+    }
+
     /// Path of the entry file (which may hold a newer version: check the tag).
     pub fn path(&self) -> &std::path::Path {
         &self.path

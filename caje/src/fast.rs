@@ -1,0 +1,456 @@
+//! The fast path: fresh hits on plain `GET`/`HEAD` requests, answered without hyper.
+//!
+//! A hit on a hot entry needs little: the page's compact metadata ([`HitMeta`]) holds the
+//! response head as served and its freshness; the body is in the memory tier or a kept file
+//! in the page cache. Through hyper the same hit built a `Request` with a header map, the
+//! origin request's headers (`fill::Ctx`), a `Response` with another header map, a boxed
+//! body and its observer: about half of caje's CPU per 1 KiB hit, where nginx spends none of
+//! it. So each connection starts here, as nginx's and Pingora's own HTTP/1 servers do: the
+//! request head is parsed in place (`httparse`, hyper's own parser), and a request that is
+//! exactly a fresh hit on a page stored without `Vary` is answered with one `writev` of a
+//! head written from the packed metadata and the body.
+//!
+//! Everything else is handed to hyper with the bytes read so far ([`Ended::Handover`]): the
+//! request that is not a plain hit and every later request on that connection take the full
+//! request path ([`crate::proxy`]), so no behaviour is written twice. "Not a plain hit" is
+//! decided before anything is answered, and conservatively:
+//!
+//! - a method other than `GET`/`HEAD`, a version other than HTTP/1.1, a target that is not
+//!   origin-form, or one hyper would not parse, an admin path;
+//! - any field that can change the answer or the framing: `Content-Length`,
+//!   `Transfer-Encoding`, `Connection` (other than `keep-alive`), `Expect`, `Upgrade`,
+//!   `Authorization`, conditionals (`If-*`), `Range`; anything over the configured limits;
+//! - no single valid `Host`, no origin for it;
+//! - a page stored with `Vary`, metadata not in memory, an entry not fresh by its compact
+//!   metadata ([`HitMeta::fresh`]: stale, soft-purged, the client's directives honoured), a
+//!   body that cannot be had without waiting (large, or not in the page cache), a status
+//!   hyper frames specially (1xx, 204, 304).
+//!
+//! What the client sees is what the full path sends for the same hit: the same status,
+//! stored headers, `Age`, `Cache-Status`, `Accept-Ranges`, `Content-Length` and `Date`; the
+//! request is counted in the stats, telemetry and access log the same way
+//! (`tests/fast_path.rs` compares both paths).
+//!
+//! The timeouts are the full path's: `limits.header_read_timeout_ms` for a request head
+//! (an idle keep-alive connection included, as hyper does), `server.send_timeout_ms` for a
+//! write that makes no progress. A graceful shutdown closes an idle connection at once and
+//! lets a request being answered finish.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::access_log::Line;
+use crate::admin;
+use crate::app::App;
+use crate::cache::key::CacheKey;
+use crate::cache::policy::Freshness;
+use crate::cache_status::Outcome;
+use crate::file_body;
+use crate::host::Host;
+use crate::stats::Stats;
+use crate::telemetry::{CacheOutcome, Finished};
+
+/// How a connection's time on the fast path ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The connection is done: closed by the client, timed out, failed, or shut down.
+    Closed,
+    /// The rest of the connection goes to hyper: these bytes, already read, first.
+    Handover(Bytes),
+}
+
+/// Most request fields the fast path parses; a request with more is handed over.
+const MAX_FIELDS: usize = 48;
+
+/// Fields whose presence hands a request over (lower-case; compared case-insensitively).
+const HAND_OVER: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "expect",
+    "upgrade",
+    "authorization",
+    "range",
+    "if-range",
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+];
+
+/// Stored fields the full path replaces in a hit's answer ([`crate::hit::respond`]).
+const REPLACED: &[&str] = &["age", "cache-status", "accept-ranges", "content-length"];
+
+/// A request the fast path may answer, parsed in place.
+struct Plain<'a> {
+    head: bool,
+    target: &'a str,
+    host: &'a str,
+}
+
+/// What the head at the start of the buffer is.
+enum Parsed<'a> {
+    /// Not all of it has arrived.
+    Partial,
+    /// A request for the full path (or bytes hyper will refuse).
+    Other,
+    /// A plain request, `len` bytes long.
+    Plain(Plain<'a>, usize),
+}
+
+fn parse<'a>(buf: &'a [u8], app: &App) -> Parsed<'a> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    };
+    let limits = &app.config.limits;
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Other;
+    };
+    let head = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return Parsed::Other,
+    };
+    if !target.starts_with('/')
+        || method.len() + target.len() > limits.max_request_line_bytes
+        || req.headers.len() > limits.max_headers
+        || http::uri::PathAndQuery::try_from(target).is_err()
+        || admin::is_admin_path(target)
+    {
+        return Parsed::Other;
+    }
+    let mut host = None;
+    let mut field_bytes = 0;
+    for f in req.headers.iter() {
+        field_bytes += f.name.len() + f.value.len() + 4;
+        if f.name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return Parsed::Other;
+            }
+            host = Some(f.value);
+        } else if f.name.eq_ignore_ascii_case("connection") {
+            if !f.value.eq_ignore_ascii_case(b"keep-alive") {
+                return Parsed::Other;
+            }
+        } else if HAND_OVER.iter().any(|h| f.name.eq_ignore_ascii_case(h)) {
+            return Parsed::Other;
+        }
+    }
+    if field_bytes > limits.max_header_bytes {
+        return Parsed::Other;
+    }
+    let Some(Ok(host)) = host.map(std::str::from_utf8) else {
+        return Parsed::Other;
+    };
+    Parsed::Plain(Plain { head, target, host }, len)
+}
+
+/// A hit ready to be written: its head and body.
+struct Answer {
+    status: u16,
+    body: Bytes,
+    send_body: bool,
+    cache_status: http::HeaderValue,
+}
+
+/// Writes the answer's head into `out` if `req` is a fresh hit the fast path may serve.
+fn answer(app: &App, req: &Plain<'_>, now: SystemTime, out: &mut Vec<u8>) -> Option<Answer> {
+    let host = Host::parse(req.host, "http").ok()?;
+    app.origins.route(host.as_str())?;
+    let key = CacheKey::new(&host, req.target);
+    let hot = app.store.lookup_plain(&key)?;
+    let Freshness::Fresh { age, ttl } = hot.fresh(now, &app.policy)? else {
+        return None;
+    };
+    let status = hot.status();
+    let reason = status.canonical_reason()?;
+    if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return None;
+    }
+    let body = file_body::body_now(&app.store, &hot)?;
+    let cache_status = Outcome::hit(ttl.as_secs() as i64).header_value();
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut dated = false;
+    for (name, value) in hot.fields() {
+        if REPLACED.iter().any(|r| r.as_bytes() == name) {
+            continue;
+        }
+        dated |= name == b"date";
+        field(out, name, value);
+    }
+    let mut n = itoa::Buffer::new();
+    field(out, b"age", n.format(age.as_secs()).as_bytes());
+    field(out, b"cache-status", cache_status.as_bytes());
+    if status == StatusCode::OK {
+        field(out, b"accept-ranges", b"bytes");
+    }
+    field(out, b"content-length", n.format(body.len()).as_bytes());
+    if !dated {
+        // hyper adds one to a response without it; so does this path.
+        field(out, b"date", httpdate::fmt_http_date(now).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    Some(Answer {
+        status: status.as_u16(),
+        body,
+        send_body: !req.head,
+        cache_status,
+    })
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Serves `stream` on the fast path until the connection ends or a request needs the full
+/// path. `arrived` is called at each request's arrival; `closing` turns true when the server
+/// shuts down gracefully.
+pub async fn serve(
+    app: &Arc<App>,
+    stream: &TcpStream,
+    peer: SocketAddr,
+    arrived: &(dyn Fn() + Send + Sync),
+    closing: &mut watch::Receiver<bool>,
+) -> Ended {
+    let limits = &app.config.limits;
+    let max_head = limits.max_header_bytes + limits.max_request_line_bytes;
+    let header_timeout = Duration::from_millis(limits.header_read_timeout_ms);
+    let send_timeout = Duration::from_millis(app.config.server.send_timeout_ms);
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out = Vec::with_capacity(1024);
+    let mut url = String::new();
+    // When the current request head started to be awaited (hyper's header read timer).
+    let mut waiting_since = Instant::now();
+    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        // Every complete head in the buffer, in order (pipelining).
+        while !buf.is_empty() {
+            let started = Instant::now();
+            let now = SystemTime::now();
+            let (served, len) = match parse(&buf, app) {
+                Parsed::Partial if buf.len() < max_head => break,
+                Parsed::Partial | Parsed::Other => return Ended::Handover(buf.freeze()),
+                Parsed::Plain(req, len) => {
+                    arrived();
+                    let Some(a) = answer(app, &req, now, &mut out) else {
+                        return Ended::Handover(buf.freeze());
+                    };
+                    Stats::incr(&app.stats.requests);
+                    Stats::incr(&app.stats.hits);
+                    let body: &[u8] = if a.send_body { &a.body } else { &[] };
+                    let sent = write_all(stream, &out, body, send_timeout).await;
+                    let bytes = match &sent {
+                        Ok(()) => body.len() as u64,
+                        Err(_) => 0,
+                    };
+                    record(app, &req, &a, peer, started, bytes, &mut url);
+                    (sent.is_ok(), len)
+                }
+            };
+            if !served {
+                return Ended::Closed;
+            }
+            buf.advance(len);
+            waiting_since = Instant::now();
+        }
+        if *closing.borrow() {
+            // Between requests: close. A request partly read goes to hyper, which is told to
+            // finish it and close.
+            return if buf.is_empty() {
+                Ended::Closed
+            } else {
+                Ended::Handover(buf.freeze())
+            };
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        match stream.try_read_buf(&mut buf) {
+            Ok(0) => return Ended::Closed,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Ended::Closed,
+        }
+        let deadline = tokio::time::Instant::from_std(waiting_since + header_timeout);
+        // One timer per connection, moved only when it would fire more than a second early
+        // (a timer reset per request would cost more than the rest of the wait).
+        let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() + Duration::from_secs(1) < deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        tokio::select! {
+            biased;
+            ready = stream.readable() => {
+                if ready.is_err() {
+                    return Ended::Closed;
+                }
+            }
+            _ = closing.changed() => {}
+            () = sleep.as_mut() => {
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::debug!(%peer, "no complete request head within the header read timeout; closing");
+                    return Ended::Closed;
+                }
+                sleep.as_mut().reset(deadline);
+            }
+        }
+    }
+}
+
+/// Writes `head` and `body`, waiting at most `timeout` each time the socket is full.
+async fn write_all(
+    stream: &TcpStream,
+    head: &[u8],
+    body: &[u8],
+    timeout: Duration,
+) -> io::Result<()> {
+    let mut done = 0;
+    let total = head.len() + body.len();
+    while done < total {
+        let slices = if done < head.len() {
+            [IoSlice::new(&head[done..]), IoSlice::new(body)]
+        } else {
+            [IoSlice::new(&body[done - head.len()..]), IoSlice::new(&[])]
+        };
+        match stream.try_write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match tokio::time::timeout(timeout, stream.writable()).await {
+                    Ok(ready) => ready?,
+                    Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Counts a served request where the full path does ([`crate::observe`]).
+fn record(
+    app: &App,
+    req: &Plain<'_>,
+    a: &Answer,
+    peer: SocketAddr,
+    started: Instant,
+    bytes: u64,
+    url: &mut String,
+) {
+    let t = &app.telemetry;
+    let duration = started.elapsed();
+    let method = if req.head { "HEAD" } else { "GET" };
+    url.clear();
+    url.push_str(req.host);
+    url.push_str(req.target);
+    t.record(&Finished {
+        method,
+        status: a.status,
+        outcome: CacheOutcome::Hit,
+        bytes,
+        duration,
+        url: url.as_str(),
+    });
+    if let Some(log) = &t.access_log {
+        log.log(&Line {
+            time: SystemTime::now(),
+            client: peer,
+            method,
+            host: req.host,
+            path: req.target,
+            status: a.status,
+            bytes,
+            duration,
+            origin: None,
+            cache: CacheOutcome::Hit.as_str(),
+            cache_status: a.cache_status.to_str().ok(),
+            origin_addr: None,
+        });
+    }
+}
+
+/// A connection handed over by the fast path: the bytes it read but did not serve come first,
+/// then the socket. Writes go straight to the socket.
+#[derive(Debug)]
+pub struct Resumed<IO> {
+    read: Bytes,
+    io: IO,
+}
+
+impl<IO> Resumed<IO> {
+    /// `io`, whose next bytes are `read`.
+    pub fn new(read: Bytes, io: IO) -> Self {
+        Resumed { read, io }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Resumed<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.read.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read[..n]);
+        self.read.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Resumed<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
