@@ -254,14 +254,15 @@ pub async fn serve(
             let now = SystemTime::now();
             let (served, len) = match parse(&buf, app) {
                 Parsed::Partial if buf.len() < max_head => break,
-                Parsed::Partial | Parsed::Other => return Ended::Handover(buf.freeze()),
+                Parsed::Partial | Parsed::Other => return handover(app, buf),
                 Parsed::Plain(req, len) => {
                     arrived();
                     let Some(a) = answer(app, &req, now, &mut out) else {
-                        return Ended::Handover(buf.freeze());
+                        return handover(app, buf);
                     };
                     Stats::incr(&app.stats.requests);
                     Stats::incr(&app.stats.hits);
+                    Stats::incr(&app.stats.fast_hits);
                     let body: &[u8] = if a.send_body { &a.body } else { &[] };
                     let sent = write_all(stream, &out, body, send_timeout).await;
                     let bytes = match &sent {
@@ -284,7 +285,7 @@ pub async fn serve(
             return if buf.is_empty() {
                 Ended::Closed
             } else {
-                Ended::Handover(buf.freeze())
+                handover(app, buf)
             };
         }
         if buf.capacity() - buf.len() < 1024 {
@@ -320,6 +321,11 @@ pub async fn serve(
             }
         }
     }
+}
+
+fn handover(app: &App, read: BytesMut) -> Ended {
+    Stats::incr(&app.stats.fast_handovers);
+    Ended::Handover(read.freeze())
 }
 
 /// Writes `head` and `body`, waiting at most `timeout` each time the socket is full.

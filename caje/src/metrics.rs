@@ -120,6 +120,16 @@ impl Scrape {
             Count(g(&st.hits)),
         );
         s.one(
+            "caje_fast_path_hits",
+            "Hits answered on the fast path, without hyper (included in caje_cache_hits).",
+            Count(g(&st.fast_hits)),
+        );
+        s.one(
+            "caje_fast_path_handovers",
+            "Connections the fast path handed to the full request path.",
+            Count(g(&st.fast_handovers)),
+        );
+        s.one(
             "caje_cache_misses",
             "GET/HEAD requests that went to the origin.",
             Count(g(&st.misses)),

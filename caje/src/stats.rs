@@ -13,6 +13,10 @@ pub struct Stats {
     pub requests: AtomicU64,
     /// Answered from the cache.
     pub hits: AtomicU64,
+    /// Hits answered on the fast path ([`crate::fast`]), without hyper (also in `hits`).
+    pub fast_hits: AtomicU64,
+    /// Connections the fast path handed to hyper: a request that was not a plain fresh hit.
+    pub fast_handovers: AtomicU64,
     /// Went to the origin.
     pub misses: AtomicU64,
     /// Responses written to the cache.

@@ -274,6 +274,8 @@ fn stats(app: &App) -> Response<Body> {
             "meta_cap_bytes": meta_cap_bytes,
             "requests": S::get(&s.requests),
             "hits": S::get(&s.hits),
+            "fast_hits": S::get(&s.fast_hits),
+            "fast_handovers": S::get(&s.fast_handovers),
             "misses": S::get(&s.misses),
             "stored": S::get(&s.stored),
             "not_stored": S::get(&s.not_stored),
