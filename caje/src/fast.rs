@@ -36,8 +36,10 @@
 //! write that makes no progress. A graceful shutdown closes an idle connection at once and
 //! lets a request being answered finish.
 
+use std::fs::File;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -45,7 +47,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use nix::sys::sendfile::sendfile64;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -158,12 +161,35 @@ fn parse<'a>(buf: &'a [u8], app: &App) -> Parsed<'a> {
     Parsed::Plain(Plain { head, target, host }, len)
 }
 
-/// A hit ready to be written: its head and body.
+/// A hit ready to be written: its head and where its body comes from.
 struct Answer {
     status: u16,
-    body: Bytes,
-    send_body: bool,
+    body: Source,
     cache_status: http::HeaderValue,
+}
+
+/// Where a hit's body comes from.
+enum Source {
+    /// Nothing is sent (HEAD).
+    Empty,
+    /// From memory: the memory tier, or just read and checked.
+    Memory(Bytes),
+    /// Sent by the kernel from a kept, checked entry file (`sendfile`).
+    File {
+        file: Arc<File>,
+        offset: u64,
+        len: u64,
+    },
+}
+
+impl Source {
+    fn len(&self) -> u64 {
+        match self {
+            Source::Empty => 0,
+            Source::Memory(b) => b.len() as u64,
+            Source::File { len, .. } => *len,
+        }
+    }
 }
 
 /// Writes the answer's head into `out` if `req` is a fresh hit the fast path may serve.
@@ -171,19 +197,36 @@ fn answer(app: &App, req: &Plain<'_>, now: SystemTime, out: &mut Vec<u8>) -> Opt
     let host = Host::parse(req.host, "http").ok()?;
     app.origins.route(host.as_str())?;
     let key = CacheKey::new(&host, req.target);
-    let hot = app.store.lookup_plain(&key)?;
+    let store = &app.store;
+    let hot = store.lookup_plain(&key)?;
     let Freshness::Fresh { age, ttl } = hot.fresh(now, &app.policy)? else {
         return None;
     };
     let status = hot.status();
     let reason = status.canonical_reason()?;
+    let len = hot.body_len();
     if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
+        || len == 0
     {
         return None;
     }
-    let body = file_body::body_now(&app.store, &hot)?;
+    // As the full path: a HEAD does not read the body; a GET takes it from memory, else
+    // sends a kept file as it is, else reads and checks it now.
+    let body = if req.head {
+        Source::Empty
+    } else if let Some(b) = store.hot().get(&hot.body_file) {
+        Source::Memory(b)
+    } else if let Some(file) = file_body::sendable(store, &hot) {
+        Source::File {
+            file,
+            offset: hot.body_offset,
+            len,
+        }
+    } else {
+        Source::Memory(file_body::inline_hit(store, &hot)?)
+    };
     let cache_status = Outcome::hit(ttl.as_secs() as i64).header_value();
 
     out.clear();
@@ -206,7 +249,7 @@ fn answer(app: &App, req: &Plain<'_>, now: SystemTime, out: &mut Vec<u8>) -> Opt
     if status == StatusCode::OK {
         field(out, b"accept-ranges", b"bytes");
     }
-    field(out, b"content-length", n.format(body.len()).as_bytes());
+    field(out, b"content-length", n.format(len).as_bytes());
     if !dated {
         // hyper adds one to a response without it; so does this path.
         field(out, b"date", httpdate::fmt_http_date(now).as_bytes());
@@ -215,7 +258,6 @@ fn answer(app: &App, req: &Plain<'_>, now: SystemTime, out: &mut Vec<u8>) -> Opt
     Some(Answer {
         status: status.as_u16(),
         body,
-        send_body: !req.head,
         cache_status,
     })
 }
@@ -263,10 +305,12 @@ pub async fn serve(
                     Stats::incr(&app.stats.requests);
                     Stats::incr(&app.stats.hits);
                     Stats::incr(&app.stats.fast_hits);
-                    let body: &[u8] = if a.send_body { &a.body } else { &[] };
-                    let sent = write_all(stream, &out, body, send_timeout).await;
+                    if matches!(a.body, Source::File { .. }) {
+                        Stats::incr(&app.stats.fast_sendfile);
+                    }
+                    let sent = send(stream, &out, &a.body, send_timeout).await;
                     let bytes = match &sent {
-                        Ok(()) => body.len() as u64,
+                        Ok(()) => a.body.len(),
                         Err(_) => 0,
                     };
                     record(app, &req, &a, peer, started, bytes, &mut url);
@@ -328,6 +372,75 @@ fn handover(app: &App, read: BytesMut) -> Ended {
     Ended::Handover(read.freeze())
 }
 
+/// Sends a hit: head and body from memory in one `writev`; a file's head held back with
+/// `MSG_MORE` and its body sent by `sendfile`, so both leave in full segments.
+async fn send(stream: &TcpStream, head: &[u8], body: &Source, timeout: Duration) -> io::Result<()> {
+    match body {
+        Source::Empty => write_all(stream, head, &[], timeout).await,
+        Source::Memory(b) => write_all(stream, head, b, timeout).await,
+        Source::File { file, offset, len } => {
+            let mut done = 0;
+            while done < head.len() {
+                let sent = stream.try_io(Interest::WRITABLE, || send_more(stream, &head[done..]));
+                match sent {
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        writable(stream, timeout).await?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let end = offset + len;
+            let mut at = *offset as i64;
+            while (at as u64) < end {
+                let count = (end - at as u64) as usize;
+                let sent = stream.try_io(Interest::WRITABLE, || {
+                    sendfile64(stream, &**file, Some(&mut at), count).map_err(io::Error::from)
+                });
+                match sent {
+                    // Shorter than checked: the client gets a cut connection, never a short
+                    // body presented as whole.
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        writable(stream, timeout).await?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `send(2)` with `MSG_MORE`: the kernel holds the bytes until the body that follows.
+fn send_more(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    let flags = libc::MSG_MORE | libc::MSG_NOSIGNAL;
+    // SAFETY: the pointer and length are those of a live slice, and the descriptor is the
+    // stream's own, open for as long as `stream` is borrowed.
+    let n = unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            flags,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Waits until the socket takes more, for at most `timeout` (`server.send_timeout_ms`).
+async fn writable(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
+    match tokio::time::timeout(timeout, stream.writable()).await {
+        Ok(ready) => ready,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
 /// Writes `head` and `body`, waiting at most `timeout` each time the socket is full.
 async fn write_all(
     stream: &TcpStream,
@@ -346,12 +459,7 @@ async fn write_all(
         match stream.try_write_vectored(&slices) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match tokio::time::timeout(timeout, stream.writable()).await {
-                    Ok(ready) => ready?,
-                    Err(_) => return Err(io::ErrorKind::TimedOut.into()),
-                }
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable(stream, timeout).await?,
             Err(e) => return Err(e),
         }
     }

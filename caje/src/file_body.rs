@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::body::{empty, full, Body, BodyError, StreamError, SMALL_BODY};
 use crate::cache::store::format;
-use crate::cache::store::{HitMeta, Store};
+use crate::cache::store::{HitMeta, Stamp, Store};
 
 /// Largest single read.
 pub const CHUNK: usize = 256 * 1024;
@@ -232,9 +232,15 @@ pub(crate) fn inline_hit(store: &Store, entry: &Arc<HitMeta>) -> Option<Bytes> {
     // it answers only while the index still serves that version (as an `open` by path
     // would find out from the header).
     let kept = entry.kept_file().filter(|_| store.serves(entry));
-    let file = match &kept {
-        Some(f) => f.clone(),
-        None => Arc::new(File::open(entry.path()).ok()?),
+    let (file, stamp) = match &kept {
+        Some(f) => (f.clone(), None),
+        // The stamp before the read: a write after it changes it, so a kept file whose
+        // stamp still matches holds what this read checks.
+        None => {
+            let file = File::open(entry.path()).ok()?;
+            let stamp = Stamp::of(&file).ok()?;
+            (Arc::new(file), Some(stamp))
+        }
     };
     let offset = entry.body_offset;
     // Header and body in one read, and one byte more than the file should hold, so a longer
@@ -259,23 +265,29 @@ pub(crate) fn inline_hit(store: &Store, entry: &Arc<HitMeta>) -> Option<Bytes> {
     if crc32fast::hash(body) != entry.body_crc32 {
         return None;
     }
-    if kept.is_none() {
+    if let Some(stamp) = stamp {
         // It holds this version, checked: later hits may read it without an `open`.
-        entry.keep_file(&file, store.fd_budget());
+        entry.keep_file(&file, stamp, store.fd_budget());
     }
     let body = Bytes::copy_from_slice(body);
     store.hot().insert(&entry.body_file, body.clone());
     Some(body)
 }
 
-/// A hit's whole body when it can be had without waiting: from the memory tier, else read
-/// on the worker as [`inline_hit`] does (small, page-cached, checked). `None`: the caller
-/// takes [`hit_body`]'s path.
-pub(crate) fn body_now(store: &Store, entry: &Arc<HitMeta>) -> Option<Bytes> {
-    if let Some(body) = store.hot().get(&entry.body_file) {
-        return Some(body);
+/// A kept entry file a hit may send as it is (`sendfile`), without reading it into memory:
+/// only on a memory file system (on a disk, `sendfile` would wait on the worker for a page
+/// the page cache lacks; there [`inline_hit`]'s read, which refuses to wait, is used), only
+/// while the index still serves this version, and only while the file's [`Stamp`] is the one
+/// taken before the read that checked its CRC (a write to the file since changes it).
+pub(crate) fn sendable(store: &Store, entry: &Arc<HitMeta>) -> Option<Arc<File>> {
+    if !store.on_memory_fs() || entry.body_len() == 0 {
+        return None;
     }
-    inline_hit(store, entry)
+    let (file, stamp) = entry.kept()?;
+    if !store.serves(entry) || Stamp::of(file).ok()? != stamp {
+        return None;
+    }
+    Some(file.clone())
 }
 
 /// A stored entry's file was not what the entry says: `Gone` if the entry was replaced or
@@ -675,6 +687,7 @@ mod inline_tests {
         // The budget bounds what is kept.
         let one = crate::cache::store::FdBudget::new(1);
         let file = Arc::new(File::open(dir.path().join(".lock")).unwrap());
+        let stamp = Stamp::of(&file).unwrap();
         fill_path(&store, &mut rx, "/x", b"x").await;
         fill_path(&store, &mut rx, "/y", b"y").await;
         let Lookup::Found(x) = store.peek(&key("/x"), &http::HeaderMap::new()).await else {
@@ -683,11 +696,11 @@ mod inline_tests {
         let Lookup::Found(y) = store.peek(&key("/y"), &http::HeaderMap::new()).await else {
             panic!()
         };
-        x.hit.keep_file(&file, &one);
-        y.hit.keep_file(&file, &one);
+        x.hit.keep_file(&file, stamp, &one);
+        y.hit.keep_file(&file, stamp, &one);
         assert!(x.hit.kept_file().is_some() && y.hit.kept_file().is_none());
         drop(x);
-        y.hit.keep_file(&file, &one);
+        y.hit.keep_file(&file, stamp, &one);
         assert!(y.hit.kept_file().is_some());
     }
 }

@@ -15,6 +15,8 @@ pub struct Stats {
     pub hits: AtomicU64,
     /// Hits answered on the fast path ([`crate::fast`]), without hyper (also in `hits`).
     pub fast_hits: AtomicU64,
+    /// Fast-path hits whose body the kernel sent from a kept entry file (`sendfile`).
+    pub fast_sendfile: AtomicU64,
     /// Connections the fast path handed to hyper: a request that was not a plain fresh hit.
     pub fast_handovers: AtomicU64,
     /// Went to the origin.

@@ -276,6 +276,7 @@ fn stats(app: &App) -> Response<Body> {
             "hits": S::get(&s.hits),
             "fast_hits": S::get(&s.fast_hits),
             "fast_handovers": S::get(&s.fast_handovers),
+            "fast_sendfile": S::get(&s.fast_sendfile),
             "misses": S::get(&s.misses),
             "stored": S::get(&s.stored),
             "not_stored": S::get(&s.not_stored),

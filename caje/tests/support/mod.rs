@@ -416,7 +416,20 @@ pub struct NodeDir {
 
 impl NodeDir {
     pub fn new() -> Arc<NodeDir> {
-        let tmp = temp_dir("caje-node-");
+        NodeDir::with(temp_dir("caje-node-"))
+    }
+
+    /// A node dir under `base` (e.g. `/dev/shm`, for a cache on a memory file system).
+    #[allow(dead_code)]
+    pub fn new_in(base: &Path) -> Arc<NodeDir> {
+        let tmp = tempfile::Builder::new()
+            .prefix("caje-node-")
+            .tempdir_in(base)
+            .expect("creating a temp dir");
+        NodeDir::with(tmp)
+    }
+
+    fn with(tmp: TempDir) -> Arc<NodeDir> {
         std::fs::create_dir_all(tmp.path().join("cwd")).expect("creating cwd");
         Arc::new(NodeDir {
             tmp,

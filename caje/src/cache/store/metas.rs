@@ -77,7 +77,35 @@ pub struct HitMeta {
 #[derive(Debug)]
 struct KeptFile {
     file: Arc<File>,
+    /// The file's identity and times before the read that checked it.
+    stamp: Stamp,
     _slot: FdSlot,
+}
+
+/// What `fstat` says of a file that any write through the file system changes: its inode,
+/// size, and modification and change times (nanoseconds). A kept file whose stamp still
+/// matches the one taken before the read that checked its CRC holds the bytes that were
+/// checked, so a hit may send it without reading it ([`crate::fast`]'s `sendfile`). What no
+/// write explains (a bit flipped by the medium) is not seen; a read of the body checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    ino: u64,
+    size: i64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    /// The stamp of an open file.
+    pub fn of(file: &File) -> std::io::Result<Stamp> {
+        let st = nix::sys::stat::fstat(file)?;
+        Ok(Stamp {
+            ino: st.st_ino,
+            size: st.st_size,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        })
+    }
 }
 
 /// The most entry files kept open at once: a quarter of the process's soft `RLIMIT_NOFILE`
@@ -170,9 +198,15 @@ impl HitMeta {
         self.file.get().map(|k| k.file.clone())
     }
 
+    /// The kept file and the stamp it had before it was checked.
+    pub(crate) fn kept(&self) -> Option<(&Arc<File>, Stamp)> {
+        self.file.get().map(|k| (&k.file, k.stamp))
+    }
+
     /// Keeps `file` open for later hits, if the budget allows. Call only after checking that
-    /// it holds the version this describes (its header's tag, length and CRC).
-    pub(crate) fn keep_file(&self, file: &Arc<File>, budget: &Arc<FdBudget>) {
+    /// it holds the version this describes (its header's tag, length and CRC), with the
+    /// `stamp` taken before that check's read.
+    pub(crate) fn keep_file(&self, file: &Arc<File>, stamp: Stamp, budget: &Arc<FdBudget>) {
         if self.file.get().is_some() {
             return;
         }
@@ -180,6 +214,7 @@ impl HitMeta {
             // Another hit may have kept one meanwhile: this slot then goes back.
             let _ = self.file.set(KeptFile {
                 file: file.clone(),
+                stamp,
                 _slot: slot,
             });
         }

@@ -89,7 +89,7 @@ pub use fill::{Fill, FillProgress};
 pub use index::{DiskLimits, BLOCK};
 pub use lookup::HotLookup;
 pub(crate) use metas::FdBudget;
-pub use metas::{metas_budget, HitMeta};
+pub use metas::{metas_budget, HitMeta, Stamp};
 pub use startup::{CheckProgress, IndexSource, StartReport};
 
 /// Top-level directory of the current layout inside `cache_dir`.
