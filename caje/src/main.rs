@@ -130,6 +130,7 @@ fn main() -> ExitCode {
         };
     }
     limit_malloc_arenas();
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Disk reads and writes run on the blocking pool; a few dozen threads keep the disk
@@ -158,6 +159,19 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("caje: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (as the Go runtime does at start): a
+/// node keeps entry files open for its hot pages (half the soft limit, nginx's
+/// `open_file_cache`) besides its connections, and the usual soft default of 1,024 would keep
+/// few. The hard limit is the operator's; it is never raised.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+            eprintln!("caje: could not raise the open files limit from {soft} to {hard}");
         }
     }
 }

@@ -73,6 +73,10 @@ pub struct HitMeta {
     file: OnceLock<KeptFile>,
 }
 
+/// The most entry files kept open whatever the limit: each pins a file, dentry and inode in
+/// the kernel (about a kilobyte), and the pages hit most are far fewer than this.
+pub const MAX_KEPT_FILES: usize = 65_536;
+
 /// An open entry file and its slot in the budget.
 #[derive(Debug)]
 struct KeptFile {
@@ -108,8 +112,8 @@ impl Stamp {
     }
 }
 
-/// The most entry files kept open at once: a quarter of the process's soft `RLIMIT_NOFILE`
-/// (connections, fills and the manifest need the rest).
+/// The most entry files kept open at once: half the process's soft `RLIMIT_NOFILE`
+/// (connections, fills and the manifest need the rest), at most [`MAX_KEPT_FILES`].
 #[derive(Debug)]
 pub(crate) struct FdBudget {
     left: AtomicUsize,
@@ -126,7 +130,7 @@ impl FdBudget {
     pub(crate) fn from_rlimit() -> Arc<FdBudget> {
         use nix::sys::resource::{getrlimit, Resource};
         let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft);
-        FdBudget::new(usize::try_from(soft / 4).unwrap_or(0).min(1 << 20))
+        FdBudget::new(usize::try_from(soft / 2).unwrap_or(0).min(MAX_KEPT_FILES))
     }
 
     fn take(self: &Arc<Self>) -> Option<FdSlot> {
