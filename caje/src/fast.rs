@@ -75,12 +75,12 @@ pub enum Ended {
 /// Most request fields the fast path parses; a request with more is handed over.
 const MAX_FIELDS: usize = 48;
 
-/// Fields whose presence hands a request over (lower-case; compared case-insensitively).
-const HAND_OVER: &[&str] = &[
-    "content-length",
-    "transfer-encoding",
-    "expect",
-    "upgrade",
+/// Fields that make a request's end unknown to the fast path (a body, an upgrade, an
+/// interim answer): the request and the rest of the connection go to hyper.
+const UNBOUNDED: &[&str] = &["content-length", "transfer-encoding", "expect", "upgrade"];
+
+/// Fields that can change a hit's answer: the request goes to the full path.
+const NOT_PLAIN: &[&str] = &[
     "authorization",
     "range",
     "if-range",
@@ -104,10 +104,15 @@ struct Plain<'a> {
 enum Parsed<'a> {
     /// Not all of it has arrived.
     Partial,
-    /// A request for the full path (or bytes hyper will refuse).
+    /// A request whose end the fast path does not know, or bytes hyper will refuse: the
+    /// connection goes to hyper.
     Other,
-    /// A plain request, `len` bytes long.
-    Plain(Plain<'a>, usize),
+    /// A complete request without a body, `len` bytes long; `plain` when the fast path may
+    /// answer it, else the full path serves it alone ([`crate::one_request`]).
+    Request {
+        plain: Option<Plain<'a>>,
+        len: usize,
+    },
 }
 
 fn parse<'a>(buf: &'a [u8], app: &App) -> Parsed<'a> {
@@ -122,43 +127,47 @@ fn parse<'a>(buf: &'a [u8], app: &App) -> Parsed<'a> {
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::Other;
     };
-    let head = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => return Parsed::Other,
-    };
-    if !target.starts_with('/')
+    // What hyper or the full path would refuse, and close the connection for, stays theirs.
+    if method == "CONNECT"
+        || !target.starts_with('/')
         || method.len() + target.len() > limits.max_request_line_bytes
         || req.headers.len() > limits.max_headers
         || http::uri::PathAndQuery::try_from(target).is_err()
-        || admin::is_admin_path(target)
     {
         return Parsed::Other;
     }
+    let mut plain = method == "GET" || method == "HEAD";
     let mut host = None;
+    let mut hosts = 0;
     let mut field_bytes = 0;
     for f in req.headers.iter() {
         field_bytes += f.name.len() + f.value.len() + 4;
         if f.name.eq_ignore_ascii_case("host") {
-            if host.is_some() {
-                return Parsed::Other;
-            }
+            hosts += 1;
             host = Some(f.value);
         } else if f.name.eq_ignore_ascii_case("connection") {
             if !f.value.eq_ignore_ascii_case(b"keep-alive") {
                 return Parsed::Other;
             }
-        } else if HAND_OVER.iter().any(|h| f.name.eq_ignore_ascii_case(h)) {
+        } else if UNBOUNDED.iter().any(|h| f.name.eq_ignore_ascii_case(h)) {
             return Parsed::Other;
+        } else if NOT_PLAIN.iter().any(|h| f.name.eq_ignore_ascii_case(h)) {
+            plain = false;
         }
     }
     if field_bytes > limits.max_header_bytes {
         return Parsed::Other;
     }
-    let Some(Ok(host)) = host.map(std::str::from_utf8) else {
-        return Parsed::Other;
+    let host = match host.map(std::str::from_utf8) {
+        Some(Ok(h)) if hosts == 1 => h,
+        _ => return Parsed::Request { plain: None, len },
     };
-    Parsed::Plain(Plain { head, target, host }, len)
+    let plain = (plain && !admin::is_admin_path(target)).then_some(Plain {
+        head: method == "HEAD",
+        target,
+        host,
+    });
+    Parsed::Request { plain, len }
 }
 
 /// A hit ready to be written: its head and where its body comes from.
@@ -269,14 +278,28 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Serves `stream` on the fast path until the connection ends or a request needs the full
-/// path. `arrived` is called at each request's arrival; `closing` turns true when the server
-/// shuts down gracefully.
+/// The full request path, for the requests the fast path does not answer.
+pub trait FullPath {
+    /// A request arrived (counted for a graceful shutdown's wait for first requests).
+    fn arrived(&self);
+
+    /// Serves the bodiless request `head` through hyper and the full path, on `stream`
+    /// ([`crate::one_request`]). Whether the connection goes on.
+    fn one(
+        &self,
+        stream: &TcpStream,
+        head: Bytes,
+        closing: &mut watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = bool> + Send;
+}
+
+/// Serves `stream` on the fast path until the connection ends or a request's end is unknown
+/// to it (a body, an upgrade). `closing` turns true when the server shuts down gracefully.
 pub async fn serve(
     app: &Arc<App>,
     stream: &TcpStream,
     peer: SocketAddr,
-    arrived: &(dyn Fn() + Send + Sync),
+    full: &impl FullPath,
     closing: &mut watch::Receiver<bool>,
 ) -> Ended {
     let limits = &app.config.limits;
@@ -294,33 +317,43 @@ pub async fn serve(
         while !buf.is_empty() {
             let started = Instant::now();
             let now = SystemTime::now();
-            let (served, len) = match parse(&buf, app) {
+            let (len, answered) = match parse(&buf, app) {
                 Parsed::Partial if buf.len() < max_head => break,
                 Parsed::Partial | Parsed::Other => return handover(app, buf),
-                Parsed::Plain(req, len) => {
-                    arrived();
-                    let Some(a) = answer(app, &req, now, &mut out) else {
-                        return handover(app, buf);
-                    };
-                    Stats::incr(&app.stats.requests);
-                    Stats::incr(&app.stats.hits);
-                    Stats::incr(&app.stats.fast_hits);
-                    if matches!(a.body, Source::File { .. }) {
-                        Stats::incr(&app.stats.fast_sendfile);
+                Parsed::Request { plain, len } => {
+                    full.arrived();
+                    let answer = plain
+                        .as_ref()
+                        .and_then(|p| Some((p, answer(app, p, now, &mut out)?)));
+                    match answer {
+                        Some((req, a)) => {
+                            Stats::incr(&app.stats.requests);
+                            Stats::incr(&app.stats.hits);
+                            Stats::incr(&app.stats.fast_hits);
+                            if matches!(a.body, Source::File { .. }) {
+                                Stats::incr(&app.stats.fast_sendfile);
+                            }
+                            let sent = send(stream, &out, &a.body, send_timeout).await;
+                            let bytes = if sent.is_ok() { a.body.len() } else { 0 };
+                            record(app, req, &a, peer, started, bytes, &mut url);
+                            if sent.is_err() {
+                                return Ended::Closed;
+                            }
+                            (len, true)
+                        }
+                        None => (len, false),
                     }
-                    let sent = send(stream, &out, &a.body, send_timeout).await;
-                    let bytes = match &sent {
-                        Ok(()) => a.body.len(),
-                        Err(_) => 0,
-                    };
-                    record(app, &req, &a, peer, started, bytes, &mut url);
-                    (sent.is_ok(), len)
                 }
             };
-            if !served {
-                return Ended::Closed;
+            if answered {
+                buf.advance(len);
+            } else {
+                Stats::incr(&app.stats.fast_passed);
+                let head = buf.split_to(len).freeze();
+                if !full.one(stream, head, closing).await {
+                    return Ended::Closed;
+                }
             }
-            buf.advance(len);
             waiting_since = Instant::now();
         }
         if *closing.borrow() {

@@ -76,6 +76,7 @@ pub mod listen;
 pub mod manifest;
 pub mod metrics;
 pub mod observe;
+pub mod one_request;
 pub mod origin;
 pub mod peer;
 pub mod populate;

@@ -125,8 +125,13 @@ impl Scrape {
             Count(g(&st.fast_hits)),
         );
         s.one(
+            "caje_fast_path_passed",
+            "Bodiless requests the fast path passed to the full request path one at a time.",
+            Count(g(&st.fast_passed)),
+        );
+        s.one(
             "caje_fast_path_handovers",
-            "Connections the fast path handed to the full request path.",
+            "Connections the fast path handed to hyper for good (a request with a body or an upgrade).",
             Count(g(&st.fast_handovers)),
         );
         s.one(

@@ -5,10 +5,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -18,10 +20,11 @@ use tokio::sync::watch;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::app::App;
-use crate::fast::{self, Ended, Resumed};
+use crate::fast::{self, Ended, FullPath, Resumed};
 use crate::framing::{Scanner, Verdict, Watched};
 use crate::interim::InterimSink;
 use crate::observe;
+use crate::one_request::{OneRequest, Progress, Signalled};
 use crate::send_timeout::SendTimeout;
 
 /// Runs a request handler, turning a panic inside it into `None`, so that a bug reached by
@@ -242,8 +245,9 @@ impl Server {
     }
 }
 
-/// One accepted connection: served on the fast path ([`crate::fast`]) until a request needs
-/// the full one, then by hyper to its end.
+/// One accepted connection: served on the fast path ([`crate::fast`]), which passes the
+/// requests it does not answer to hyper one at a time ([`crate::one_request`]); from a
+/// request with a body or an upgrade on, hyper serves the rest of the connection.
 struct Connection {
     app: Arc<App>,
     builder: http1::Builder,
@@ -254,17 +258,55 @@ struct Connection {
 
 impl Connection {
     async fn serve(mut self, stream: TcpStream) {
-        let (app, peer) = (self.app.clone(), self.peer);
+        let app = self.app.clone();
         let read = if app.config.server.fast_path {
-            let fresh = self.fresh.clone();
-            let arrived = move || fresh.request_arrived();
-            match fast::serve(&app, &stream, peer, &arrived, &mut self.closing).await {
+            let mut closing = self.closing.clone();
+            match fast::serve(&app, &stream, self.peer, &self, &mut closing).await {
                 Ended::Closed => return,
                 Ended::Handover(read) => read,
             }
         } else {
             Bytes::new()
         };
+        let (scanner, interim, service) = self.service(None);
+        let send_timeout = Duration::from_millis(app.config.server.send_timeout_ms);
+        // Interim responses are written inside `Watched`, so the send timeout covers them too.
+        let io = TokioIo::new(SendTimeout::new(
+            Watched::new(Resumed::new(read, stream), scanner, interim),
+            send_timeout,
+        ));
+        let mut conn = self.builder.serve_connection(io, service);
+        let peer = self.peer;
+        let ended = run_graceful(
+            &mut self.closing,
+            &mut conn,
+            |c, cx| Pin::new(c).poll(cx),
+            |c| Pin::new(c).graceful_shutdown(),
+        )
+        .await;
+        if let Err(e) = ended {
+            tracing::debug!(%peer, "connection ended with error: {e}");
+        }
+    }
+
+    /// The request path as a hyper service for this connection, with the connection's
+    /// framing scanner and interim-response sink. With `progress`, the responses report
+    /// their end and whether they close the connection ([`crate::one_request`]).
+    fn service(
+        &self,
+        progress: Option<Arc<Progress>>,
+    ) -> (
+        Scanner,
+        Arc<InterimSink>,
+        impl hyper::service::Service<
+                hyper::Request<hyper::body::Incoming>,
+                Response = http::Response<crate::body::Body>,
+                Error = std::convert::Infallible,
+                Future: Send + Unpin,
+            > + Unpin,
+    ) {
+        let app = self.app.clone();
+        let peer = self.peer;
         let verdict = Arc::new(Verdict::default());
         let scanner = Scanner::new(
             app.config.limits.max_header_bytes + app.config.limits.max_request_line_bytes,
@@ -284,7 +326,8 @@ impl Connection {
             let app = app.clone();
             let n = served.fetch_add(1, Ordering::Relaxed) + 1;
             let ambiguous = verdict.rejects(n);
-            async move {
+            let progress = progress.clone();
+            Box::pin(async move {
                 let handled = CatchPanic(Box::pin(observe::handle(app, req, peer, ambiguous)));
                 let res = handled.await.unwrap_or_else(|| {
                     tracing::error!(%peer, "a request handler panicked; answered 500");
@@ -293,34 +336,101 @@ impl Connection {
                         "caje: internal error while handling this request (logged)\n".into(),
                     )
                 });
+                let res = match progress {
+                    None => res,
+                    Some(progress) => {
+                        let closes = res
+                            .headers()
+                            .get_all(http::header::CONNECTION)
+                            .iter()
+                            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+                        if closes {
+                            progress.close_after();
+                        }
+                        res.map(|body| Signalled::new(body, progress).boxed())
+                    }
+                };
                 Ok::<_, std::convert::Infallible>(res)
-            }
+            })
         });
+        (scanner, interim, service)
+    }
+}
+
+impl FullPath for Connection {
+    fn arrived(&self) {
+        self.fresh.request_arrived();
+    }
+
+    async fn one(
+        &self,
+        stream: &TcpStream,
+        head: Bytes,
+        closing: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let progress = Arc::new(Progress::default());
+        let (scanner, interim, service) = self.service(Some(progress.clone()));
         let send_timeout = Duration::from_millis(self.app.config.server.send_timeout_ms);
-        // Interim responses are written inside `Watched`, so the send timeout covers them too.
         let io = TokioIo::new(SendTimeout::new(
-            Watched::new(Resumed::new(read, stream), scanner, interim),
+            Watched::new(
+                OneRequest::new(head, stream, progress.clone()),
+                scanner,
+                interim,
+            ),
             send_timeout,
         ));
-        let conn = self.builder.serve_connection(io, service);
-        tokio::pin!(conn);
-        // A shutdown that began while the fast path served: finish what was read, then close.
-        let mut shut = *self.closing.borrow_and_update();
-        if shut {
-            conn.as_mut().graceful_shutdown();
+        let mut conn = self.builder.serve_connection(io, service);
+        let ended = run_graceful(
+            closing,
+            &mut conn,
+            |c, cx| c.poll_without_shutdown(cx),
+            |c| Pin::new(c).graceful_shutdown(),
+        )
+        .await;
+        match ended {
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, "connection ended with error: {e}");
+                false
+            }
+            Ok(()) => {
+                let read = conn.into_parts().read_buf;
+                progress.written() && !progress.closes() && read.is_empty() && !*closing.borrow()
+            }
         }
-        loop {
-            tokio::select! {
-                ended = conn.as_mut() => {
-                    if let Err(e) = ended {
-                        tracing::debug!(%peer, "connection ended with error: {e}");
-                    }
-                    return;
-                }
-                _ = self.closing.changed(), if !shut => {
-                    shut = true;
-                    conn.as_mut().graceful_shutdown();
-                }
+    }
+}
+
+/// Polls a hyper connection to its end, telling it to finish gracefully (its request in
+/// progress, then close) when the server starts shutting down, or at once if it already has.
+async fn run_graceful<C, T>(
+    closing: &mut watch::Receiver<bool>,
+    conn: &mut C,
+    poll: impl Fn(&mut C, &mut std::task::Context<'_>) -> std::task::Poll<T>,
+    shut_down: impl Fn(&mut C),
+) -> T {
+    use std::task::Poll;
+    let mut shut = *closing.borrow_and_update();
+    if shut {
+        shut_down(conn);
+    }
+    let changed = closing.changed();
+    tokio::pin!(changed);
+    loop {
+        let step = std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = poll(conn, cx) {
+                return Poll::Ready(Some(v));
+            }
+            if !shut && changed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        match step {
+            Some(v) => return v,
+            None => {
+                shut = true;
+                shut_down(conn);
             }
         }
     }

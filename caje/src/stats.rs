@@ -17,7 +17,11 @@ pub struct Stats {
     pub fast_hits: AtomicU64,
     /// Fast-path hits whose body the kernel sent from a kept entry file (`sendfile`).
     pub fast_sendfile: AtomicU64,
-    /// Connections the fast path handed to hyper: a request that was not a plain fresh hit.
+    /// Requests the fast path passed to the full path one at a time, keeping the connection
+    /// (misses, conditionals, admin calls: any bodiless request it does not answer).
+    pub fast_passed: AtomicU64,
+    /// Connections the fast path handed to hyper for good: a request with a body or an
+    /// upgrade, or one hyper refuses.
     pub fast_handovers: AtomicU64,
     /// Went to the origin.
     pub misses: AtomicU64,

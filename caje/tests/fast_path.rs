@@ -202,16 +202,16 @@ async fn a_fast_hit_answers_exactly_as_the_full_path_does() {
 }
 
 #[tokio::test]
-async fn pipelined_requests_are_answered_in_order_across_the_hand_over() {
+async fn pipelined_requests_are_answered_in_order_with_a_miss_between() {
     within(60, async {
         let origin = Origin::start();
         let caje = Caje::start(&origin, "");
         let hot = page("hot", 1000);
         let cold = page("cold", 2000);
         warm(caje.addr(), &hot).await;
-        let before = caje.stat("fast_hits").await;
+        let before = caje.stats().await;
         let mut c = Conn::open(caje.addr()).await;
-        // Hit, miss (handed to hyper with what follows it), hit, in one write.
+        // Hit, miss (passed to the full path alone), hit, in one write.
         let mut burst = String::new();
         for t in [&hot, &cold, &hot] {
             burst.push_str(&format!("GET {t} HTTP/1.1\r\nHost: site.test\r\n\r\n"));
@@ -228,8 +228,13 @@ async fn pipelined_requests_are_answered_in_order_across_the_hand_over() {
             "{r2:?}"
         );
         assert!(r3.is_hit() && r3.body.len() == 1000, "{r3:?}");
-        // The first hit on the fast path; the miss and the hit behind it through hyper.
-        assert_eq!(caje.stat("fast_hits").await - before, 1);
+        // Both hits on the fast path, the miss through the full path; the connection stayed.
+        let after = caje.stats().await;
+        let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
+        assert_eq!(delta("fast_hits"), 2);
+        // The miss, and the stats request that read these figures.
+        assert_eq!(delta("fast_passed"), 2);
+        assert_eq!(delta("fast_handovers"), 0);
         assert_eq!(origin.requests("/gen/hot").await, 1);
         assert_eq!(origin.requests("/gen/cold").await, 1);
     })
@@ -282,6 +287,9 @@ async fn conditionals_ranges_and_credentials_take_the_full_path_on_the_same_conn
         assert_eq!((r.status, r.body.len()), (206, 10), "{r:?}");
         let r = c.get(&target, "").await;
         assert!(r.is_hit() && r.body.len() == 800, "{r:?}");
+        // The 304 and the 206 came from the full path, one request at a time: the hit after
+        // them is on the fast path again.
+        assert_eq!(caje.stat("fast_hits").await - before, 2);
         // Credentials: the origin answers (the stored copy is not for them), as before.
         let r = c.get(&target, "Authorization: Bearer x\r\n").await;
         assert!(!r.is_hit(), "{r:?}");
@@ -397,6 +405,61 @@ async fn a_kept_file_written_since_its_check_is_not_sent() {
         assert!(caje.stat("corrupt_entries").await > corrupt_before);
         assert_eq!(caje.stat("fast_sendfile").await, 3);
         assert_eq!(origin.requests("/gen/kept").await, 2);
+    })
+    .await
+}
+
+/// A request with a body is forwarded by hyper, which then serves the rest of the
+/// connection: the fast path does not frame bodies.
+#[tokio::test]
+async fn a_request_with_a_body_hands_the_connection_to_hyper() {
+    within(60, async {
+        let origin = Origin::start();
+        let caje = Caje::start(&origin, "");
+        let target = page("body", 300);
+        warm(caje.addr(), &target).await;
+        let hits = caje.stat("fast_hits").await;
+        let handovers = caje.stat("fast_handovers").await;
+        let mut c = Conn::open(caje.addr()).await;
+        assert!(c.get(&target, "").await.is_hit());
+        let post = "POST /gen/posted HTTP/1.1\r\nHost: site.test\r\nContent-Length: 5\r\n\r\nhello";
+        c.send(post.as_bytes()).await;
+        let r = c.reply(false).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let r = c.get(&target, "").await;
+        assert!(r.is_hit() && r.body.len() == 300, "{r:?}");
+        assert_eq!(
+            caje.stat("fast_hits").await - hits,
+            1,
+            "the hit after the POST is hyper's"
+        );
+        assert_eq!(caje.stat("fast_handovers").await - handovers, 1);
+        assert_eq!(origin.requests("/gen/posted").await, 1);
+    })
+    .await
+}
+
+/// A miss passed to the full path streams as it always did, and a shutdown while it is at the
+/// origin lets it finish, then closes the connection.
+#[tokio::test]
+async fn a_shutdown_during_a_passed_miss_lets_it_finish() {
+    within(60, async {
+        let origin = Origin::start();
+        let mut caje = Caje::start(&origin, "[server]\nshutdown_grace_ms = 20000\n");
+        let mut c = Conn::open(caje.addr()).await;
+        let slow = gen("slowmiss", "cc=max-age%3D300&delay_ms=600&bytes=5000");
+        c.send(format!("GET {slow} HTTP/1.1\r\nHost: site.test\r\n\r\n").as_bytes())
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        caje.sigterm();
+        let r = c.reply(false).await;
+        assert_eq!((r.status, r.body.len()), (200, 5000), "{r:?}");
+        assert!(
+            c.closed_within(Duration::from_secs(5)).await,
+            "not closed after it"
+        );
+        let status = caje.wait_exit(Duration::from_secs(10)).expect("caje exits");
+        assert_eq!(status.code(), Some(0), "{status}");
     })
     .await
 }

@@ -275,6 +275,7 @@ fn stats(app: &App) -> Response<Body> {
             "requests": S::get(&s.requests),
             "hits": S::get(&s.hits),
             "fast_hits": S::get(&s.fast_hits),
+            "fast_passed": S::get(&s.fast_passed),
             "fast_handovers": S::get(&s.fast_handovers),
             "fast_sendfile": S::get(&s.fast_sendfile),
             "misses": S::get(&s.misses),

@@ -72,8 +72,9 @@ pub struct ServerConfig {
     /// some frameworks rewrite the method or URL after the cache has keyed the request.
     pub strip_request_headers: Vec<String>,
     /// Answer fresh hits on plain GET/HEAD requests on caje's own HTTP/1.1 path instead of
-    /// hyper's ([`crate::fast`]): the same answer for a fraction of the CPU. Off: every
-    /// request goes through hyper (to compare, or to rule the fast path out).
+    /// hyper's ([`crate::fast`]): the same answer for a fraction of the CPU; other requests
+    /// go to hyper. Off: hyper serves every request (to compare, or to rule the fast path
+    /// out).
     pub fast_path: bool,
 }
 
