@@ -275,19 +275,86 @@ pub(crate) fn inline_hit(store: &Store, entry: &Arc<HitMeta>) -> Option<Bytes> {
 }
 
 /// A kept entry file a hit may send as it is (`sendfile`), without reading it into memory:
-/// only on a memory file system (on a disk, `sendfile` would wait on the worker for a page
-/// the page cache lacks; there [`inline_hit`]'s read, which refuses to wait, is used), only
-/// while the index still serves this version, and only while the file's [`Stamp`] is the one
-/// taken before the read that checked its CRC (a write to the file since changes it).
+/// only while the index still serves this version, only while the file's [`Stamp`] is the
+/// one taken before the read that checked its CRC (a write to the file since changes it),
+/// and only where the send cannot wait for the disk: on a memory file system, or when the
+/// page cache holds every page of the body (`cachestat(2)`, Linux 6.5; without it, never on
+/// a disk). `sendfile` cannot refuse to wait as [`inline_hit`]'s read does, so a page evicted
+/// between the check and the send costs the worker one disk read (nginx takes that risk on
+/// every `sendfile`).
 pub(crate) fn sendable(store: &Store, entry: &Arc<HitMeta>) -> Option<Arc<File>> {
-    if !store.on_memory_fs() || entry.body_len() == 0 {
+    let len = entry.body_len();
+    if len == 0 {
         return None;
     }
     let (file, stamp) = entry.kept()?;
     if !store.serves(entry) || Stamp::of(file).ok()? != stamp {
         return None;
     }
+    if !store.on_memory_fs() && !in_page_cache(file, entry.body_offset, len) {
+        return None;
+    }
     Some(file.clone())
+}
+
+/// Whether the page cache holds every page of `len` bytes at `offset` of `file`, by
+/// `cachestat(2)`; `false` where the kernel lacks it (then never asked again).
+fn in_page_cache(file: &File, offset: u64, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// `cachestat` has the same number on every architecture (the common syscall table).
+    const SYS_CACHESTAT: libc::c_long = 451;
+    static MISSING: AtomicBool = AtomicBool::new(false);
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    if MISSING.load(Ordering::Relaxed) {
+        return false;
+    }
+    let range = Range { off: offset, len };
+    let mut stat = Stat::default();
+    // SAFETY: `cachestat(fd, range, cstat, flags)` reads `range` and writes `stat`, both
+    // live `repr(C)` structs of the kernel's layout; the descriptor is open while `file` is
+    // borrowed.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const Range,
+            &mut stat as *mut Stat,
+            0u32,
+        )
+    };
+    if rc != 0 {
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+            MISSING.store(true, Ordering::Relaxed);
+        }
+        return false;
+    }
+    let page = page_size();
+    let pages = (offset + len).div_ceil(page) - offset / page;
+    stat.nr_cache >= pages
+}
+
+/// The system's page size.
+fn page_size() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf reads a constant of the system.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+    })
 }
 
 /// A stored entry's file was not what the entry says: `Gone` if the entry was replaced or
