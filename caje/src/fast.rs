@@ -7,24 +7,27 @@
 //! body and its observer: about half of caje's CPU per 1 KiB hit, where nginx spends none of
 //! it. So each connection starts here, as nginx's and Pingora's own HTTP/1 servers do: the
 //! request head is parsed in place (`httparse`, hyper's own parser), and a request that is
-//! exactly a fresh hit on a page stored without `Vary` is answered with one `writev` of a
-//! head written from the packed metadata and the body.
+//! exactly a fresh hit on a page stored without `Vary` is answered with a head written from
+//! the packed metadata and the body: one `writev` from memory, or the head held with
+//! `MSG_MORE` and the body sent by `sendfile` from a kept, checked entry file
+//! ([`file_body::sendable`]).
 //!
-//! Everything else is handed to hyper with the bytes read so far ([`Ended::Handover`]): the
-//! request that is not a plain hit and every later request on that connection take the full
-//! request path ([`crate::proxy`]), so no behaviour is written twice. "Not a plain hit" is
-//! decided before anything is answered, and conservatively:
+//! Nothing else is decided here, so no behaviour is written twice:
 //!
-//! - a method other than `GET`/`HEAD`, a version other than HTTP/1.1, a target that is not
-//!   origin-form, or one hyper would not parse, an admin path;
-//! - any field that can change the answer or the framing: `Content-Length`,
-//!   `Transfer-Encoding`, `Connection` (other than `keep-alive`), `Expect`, `Upgrade`,
-//!   `Authorization`, conditionals (`If-*`), `Range`; anything over the configured limits;
-//! - no single valid `Host`, no origin for it;
-//! - a page stored with `Vary`, metadata not in memory, an entry not fresh by its compact
-//!   metadata ([`HitMeta::fresh`]: stale, soft-purged, the client's directives honoured), a
-//!   body that cannot be had without waiting (large, or not in the page cache), a status
-//!   hyper frames specially (1xx, 204, 304).
+//! - a request without a body that is not a plain hit is served by hyper and the full request
+//!   path ([`crate::proxy`]) alone ([`FullPath::one`], [`crate::one_request`]), and the
+//!   connection comes back here after its answer;
+//! - a request whose end the fast path does not know (a body, an upgrade, `Expect`), or that
+//!   hyper would refuse and close the connection for (malformed, over the limits, not
+//!   origin-form, HTTP/1.0, `Connection` other than `keep-alive`), hands the connection, with
+//!   the bytes read so far, to hyper for good ([`Ended::Handover`]).
+//!
+//! "Plain" is decided before anything is answered, and conservatively: `GET` or `HEAD`, not
+//! an admin path, a single valid `Host` with an origin, no `Authorization`, conditionals
+//! (`If-*`) or `Range`; a page stored without `Vary` whose compact metadata is in memory and
+//! fresh by itself ([`HitMeta::fresh`]: not stale, not soft-purged, the client's directives
+//! not honoured); a body that can be had without waiting; a status hyper frames as usual (not
+//! 1xx, 204 or 304).
 //!
 //! What the client sees is what the full path sends for the same hit: the same status,
 //! stored headers, `Age`, `Cache-Status`, `Accept-Ranges`, `Content-Length` and `Date`; the
