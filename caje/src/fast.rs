@@ -1,6 +1,6 @@
 //! The fast path: fresh hits on plain `GET`/`HEAD` requests, answered without hyper.
 //!
-//! A hit on a hot entry needs little: the page's compact metadata ([`HitMeta`]) holds the
+//! A hit on a hot entry needs little: the page's compact metadata ([`HitMeta`](crate::cache::store::HitMeta)) holds the
 //! response head as served and its freshness; the body is in the memory tier or a kept file
 //! in the page cache. Through hyper the same hit built a `Request` with a header map, the
 //! origin request's headers (`fill::Ctx`), a `Response` with another header map, a boxed
@@ -10,7 +10,7 @@
 //! exactly a fresh hit on a page stored without `Vary` is answered with a head written from
 //! the packed metadata and the body: one `writev` from memory, or the head held with
 //! `MSG_MORE` and the body sent by `sendfile` from a kept, checked entry file
-//! ([`file_body::sendable`]).
+//! (`file_body::sendable`).
 //!
 //! Nothing else is decided here, so no behaviour is written twice:
 //!
@@ -25,7 +25,7 @@
 //! "Plain" is decided before anything is answered, and conservatively: `GET` or `HEAD`, not
 //! an admin path, a single valid `Host` with an origin, no `Authorization`, conditionals
 //! (`If-*`) or `Range`; a page stored without `Vary` whose compact metadata is in memory and
-//! fresh by itself ([`HitMeta::fresh`]: not stale, not soft-purged, the client's directives
+//! fresh by itself ([`HitMeta::fresh`](crate::cache::store::HitMeta::fresh): not stale, not soft-purged, the client's directives
 //! not honoured); a body that can be had without waiting; a status hyper frames as usual (not
 //! 1xx, 204 or 304).
 //!
