@@ -7,8 +7,7 @@
 //! body and its observer: about half of caje's CPU per 1 KiB hit, where nginx spends none of
 //! it. So each connection starts here, as nginx's and Pingora's own HTTP/1 servers do: the
 //! request head is parsed in place (`httparse`, hyper's own parser), and a request that is
-//! exactly a fresh hit on a page stored without `Vary` is answered with a head written from
-//! the packed metadata and the body: one `writev` from memory, or the head held with
+//! exactly a fresh hit is answered with a head written from the packed metadata and the body: one `writev` from memory, or the head held with
 //! `MSG_MORE` and the body sent by `sendfile` from a kept, checked entry file
 //! (`file_body::sendable`).
 //!
@@ -24,10 +23,11 @@
 //!
 //! "Plain" is decided before anything is answered, and conservatively: `GET` or `HEAD`, not
 //! an admin path, a single valid `Host` with an origin, no `Authorization`, conditionals
-//! (`If-*`) or `Range`; a page stored without `Vary` whose compact metadata is in memory and
-//! fresh by itself ([`HitMeta::fresh`](crate::cache::store::HitMeta::fresh): not stale, not soft-purged, the client's directives
+//! (`If-*`) or `Range`; an entry whose compact metadata is in memory and fresh by itself ([`HitMeta::fresh`](crate::cache::store::HitMeta::fresh): not stale, not soft-purged, the client's directives
 //! not honoured); a body that can be had without waiting; a status hyper frames as usual (not
-//! 1xx, 204 or 304).
+//! 1xx, 204 or 304). For a page stored with `Vary`, the entry is selected from the request's
+//! headers as the origin would see them, built as the full path builds them
+//! (`origin_headers`); a page without `Vary` needs no header map at all.
 //!
 //! What the client sees is what the full path sends for the same hit: the same status,
 //! stored headers, `Age`, `Cache-Status`, `Accept-Ranges`, `Content-Length` and `Date`; the
@@ -49,7 +49,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::StatusCode;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use nix::sys::sendfile::sendfile64;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
@@ -58,10 +58,12 @@ use tokio::sync::watch;
 use crate::access_log::Line;
 use crate::admin;
 use crate::app::App;
-use crate::cache::key::CacheKey;
+use crate::cache::key::{self, CacheKey};
 use crate::cache::policy::Freshness;
+use crate::cache::store::FastLookup;
 use crate::cache_status::Outcome;
 use crate::file_body;
+use crate::headers;
 use crate::host::Host;
 use crate::stats::Stats;
 use crate::telemetry::{CacheOutcome, Finished};
@@ -101,6 +103,8 @@ struct Plain<'a> {
     head: bool,
     target: &'a str,
     host: &'a str,
+    /// The whole request head (parsed again for a page stored with `Vary`).
+    raw: &'a [u8],
 }
 
 /// What the head at the start of the buffer is.
@@ -169,6 +173,7 @@ fn parse<'a>(buf: &'a [u8], app: &App) -> Parsed<'a> {
         head: method == "HEAD",
         target,
         host,
+        raw: &buf[..len],
     });
     Parsed::Request { plain, len }
 }
@@ -205,12 +210,22 @@ impl Source {
 }
 
 /// Writes the answer's head into `out` if `req` is a fresh hit the fast path may serve.
-fn answer(app: &App, req: &Plain<'_>, now: SystemTime, out: &mut Vec<u8>) -> Option<Answer> {
+fn answer(
+    app: &App,
+    req: &Plain<'_>,
+    peer: SocketAddr,
+    now: SystemTime,
+    out: &mut Vec<u8>,
+) -> Option<Answer> {
     let host = Host::parse(req.host, "http").ok()?;
     app.origins.route(host.as_str())?;
     let key = CacheKey::new(&host, req.target);
     let store = &app.store;
-    let hot = store.lookup_plain(&key)?;
+    let hot = match store.lookup_plain(&key) {
+        FastLookup::Hot(hot) => hot,
+        FastLookup::Varies => store.lookup_varied(&key, &origin_headers(app, req, &host, peer)?)?,
+        FastLookup::Other => return None,
+    };
     let Freshness::Fresh { age, ttl } = hot.fresh(now, &app.policy)? else {
         return None;
     };
@@ -274,6 +289,34 @@ fn answer(app: &App, req: &Plain<'_>, now: SystemTime, out: &mut Vec<u8>) -> Opt
     })
 }
 
+/// The request's headers as the origin would see them, from which the key's `Vary` values
+/// are read: what `fill::Ctx::new` makes of a request on the full path (hop-by-hop and
+/// stripped fields out, forwarding fields set, `Accept-Encoding` normalised, the canonical
+/// `Host`). `None` for a field hyper would not have accepted.
+fn origin_headers(app: &App, req: &Plain<'_>, host: &Host, peer: SocketAddr) -> Option<HeaderMap> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut parsed = httparse::Request::new(&mut fields);
+    parsed.parse(req.raw).ok()?;
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 6);
+    for f in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(f.name.as_bytes()).ok()?;
+        headers.append(name, HeaderValue::from_bytes(f.value).ok()?);
+    }
+    headers::prepare_for_origin(
+        &mut headers,
+        peer.ip(),
+        host.as_str(),
+        app.config.server.trust_forwarded,
+        &app.strip_request_headers,
+    );
+    key::normalize_accept_encoding(&mut headers);
+    headers.insert(
+        http::header::HOST,
+        HeaderValue::from_str(host.as_str()).ok()?,
+    );
+    Some(headers)
+}
+
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -327,7 +370,7 @@ pub async fn serve(
                     full.arrived();
                     let answer = plain
                         .as_ref()
-                        .and_then(|p| Some((p, answer(app, p, now, &mut out)?)));
+                        .and_then(|p| Some((p, answer(app, p, peer, now, &mut out)?)));
                     match answer {
                         Some((req, a)) => {
                             Stats::incr(&app.stats.requests);

@@ -505,3 +505,60 @@ async fn a_shutdown_during_a_passed_miss_lets_it_finish() {
     })
     .await
 }
+
+/// A page stored with `Vary` is answered on the fast path too, each request from its own
+/// variant (selected from its headers as the origin would see them), and exactly as the full
+/// path answers it.
+#[tokio::test]
+async fn each_variant_of_a_varied_page_is_a_fast_hit_for_its_own_requests() {
+    within(60, async {
+        let origin = Origin::start();
+        let fast = Caje::start(&origin, "");
+        let slow = Caje::start(&origin, "[server]\nfast_path = false\n");
+        let varied = gen("langs", "cc=max-age%3D300&vary=Accept-Language");
+        let mut stored = BTreeMap::new();
+        for node in [&fast, &slow] {
+            for lang in ["en", "de"] {
+                let h = format!("Accept-Language: {lang}\r\n");
+                let r = Conn::open(node.addr()).await.get(&varied, &h).await;
+                assert!(!r.is_hit(), "{r:?}");
+                stored.insert(lang, r.body.clone());
+            }
+        }
+        assert_ne!(stored["en"], stored["de"], "the origin echoes the variant");
+        // Wait for both fills to be hits.
+        for node in [&fast, &slow] {
+            for lang in ["en", "de"] {
+                let h = format!("Accept-Language: {lang}\r\n");
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !Conn::open(node.addr())
+                    .await
+                    .get(&varied, &h)
+                    .await
+                    .is_hit()
+                {
+                    assert!(Instant::now() < deadline, "{lang} never a hit");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        let before = fast.stats().await;
+        let mut a = Conn::open(fast.addr()).await;
+        let mut b = Conn::open(slow.addr()).await;
+        for lang in ["de", "en", "de"] {
+            let h = format!("Accept-Language: {lang}\r\n");
+            let (ra, rb) = (a.get(&varied, &h).await, b.get(&varied, &h).await);
+            assert!(ra.is_hit() && rb.is_hit(), "{ra:?} {rb:?}");
+            assert_eq!(ra.body, stored[lang], "{lang}");
+            assert_eq!(comparable(&ra), comparable(&rb), "{lang}");
+        }
+        // A third language is a variant not held: the full path fetches it.
+        let r = a.get(&varied, "Accept-Language: fr\r\n").await;
+        assert!(!r.is_hit(), "{r:?}");
+        let after = fast.stats().await;
+        let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
+        assert_eq!(delta("fast_hits"), 3);
+        assert_eq!(origin.requests("/gen/langs").await, 5);
+    })
+    .await
+}

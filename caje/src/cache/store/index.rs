@@ -177,6 +177,16 @@ pub(super) enum Selected {
     Found(EntryRef),
 }
 
+/// What [`Index::select_plain`] found.
+pub(super) enum Plain {
+    /// The page's only response without `Vary`.
+    Found(EntryRef),
+    /// The page is held with a `Vary`.
+    Varies,
+    /// Not held.
+    Missing,
+}
+
 pub(super) struct Index {
     recs: Slab<Rec>,
     free: Vec<u32>,
@@ -291,25 +301,25 @@ impl Index {
     }
 
     /// The entry a request selects for a page none of whose stored responses has `Vary`,
-    /// counted as a use; `None` for a page not held, or held with a `Vary` (whose selection
-    /// needs the request's headers: [`Index::select`]). For the fast path, without allocating.
-    pub(super) fn select_plain(&mut self, key: &CacheKey) -> Option<EntryRef> {
+    /// counted as a use. A page held with a `Vary` is [`Plain::Varies`]: its selection needs
+    /// the request's headers ([`Index::select`]). For the fast path, without allocating.
+    pub(super) fn select_plain(&mut self, key: &CacheKey) -> Plain {
         let mut at = self.head(page_hash(key)).unwrap_or(NONE);
         let mut name = None;
         while at != NONE {
             let rec = &self.recs[at as usize];
             if !self.vary.names(rec.vary).is_empty() {
-                return None;
+                return Plain::Varies;
             }
             let want = *name.get_or_insert_with(|| entry_digest(key, &Variant::default()));
             if rec.name == want {
                 let r = rec.as_ref();
                 self.policy.touch(&mut self.recs, at);
-                return Some(r);
+                return Plain::Found(r);
             }
             at = rec.next;
         }
-        None
+        Plain::Missing
     }
 
     /// Every entry held.

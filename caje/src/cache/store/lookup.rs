@@ -15,7 +15,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 
 use super::format::{self, DecodeError, Fixed};
-use super::index::Selected;
+use super::index::{Plain, Selected};
 use super::{entry_path, Entry, EntryRef, HitMeta, Lookup, Store};
 use crate::cache::entry::EntryMeta;
 use crate::cache::evict::WarmRefused;
@@ -48,6 +48,17 @@ pub enum HotLookup {
     Hot(Arc<HitMeta>),
     /// What [`Store::lookup`] finds (the full entry read from disk, or a miss).
     Full(Lookup),
+}
+
+/// What [`Store::lookup_plain`] found.
+pub enum FastLookup {
+    /// The kept compact metadata of the page's only response without `Vary`.
+    Hot(Arc<HitMeta>),
+    /// The page is stored with a `Vary`: [`Store::lookup_varied`] selects with the request's
+    /// headers.
+    Varies,
+    /// Not held, or its metadata not in memory: for the full path.
+    Other,
 }
 
 /// What reading an entry for a hit found.
@@ -138,12 +149,35 @@ impl Store {
         }
     }
 
-    /// [`Store::lookup_hot`] for the fast path ([`crate::fast`]): the compact metadata of the
-    /// entry a request selects, for a page stored without `Vary`, when it is kept in memory,
-    /// counted as a use. `None` for anything else (not held, `Vary`, metadata not in memory),
-    /// which the caller leaves to the full request path.
-    pub fn lookup_plain(&self, key: &CacheKey) -> Option<Arc<HitMeta>> {
-        let r = self.index().select_plain(key)?;
+    /// [`Store::lookup_hot`] for the fast path ([`crate::fast`]), without the request's
+    /// headers: the compact metadata of the entry a request selects for a page stored without
+    /// `Vary`, when it is kept in memory, counted as a use.
+    pub fn lookup_plain(&self, key: &CacheKey) -> FastLookup {
+        let r = match self.index().select_plain(key) {
+            Plain::Found(r) => r,
+            Plain::Varies => return FastLookup::Varies,
+            Plain::Missing => return FastLookup::Other,
+        };
+        match self.inner.metas.get(&r) {
+            Some(m) => FastLookup::Hot(m),
+            None => FastLookup::Other,
+        }
+    }
+
+    /// [`Store::lookup_hot`] for the fast path with the request's headers (as prepared for
+    /// the origin, as the key's `Vary` values are): the kept compact metadata of the selected
+    /// entry, counted as a use; `None` when there is none (the full path then looks again).
+    pub fn lookup_varied(&self, key: &CacheKey, headers: &HeaderMap) -> Option<Arc<HitMeta>> {
+        let r = {
+            let mut idx = self.index();
+            match idx.select(key, headers) {
+                Selected::Found(r) => {
+                    idx.touch(&r);
+                    r
+                }
+                Selected::Miss | Selected::VaryMiss => return None,
+            }
+        };
         self.inner.metas.get(&r)
     }
 

@@ -87,7 +87,7 @@ use index::Index;
 
 pub use fill::{Fill, FillProgress};
 pub use index::{DiskLimits, BLOCK};
-pub use lookup::HotLookup;
+pub use lookup::{FastLookup, HotLookup};
 pub(crate) use metas::FdBudget;
 pub use metas::{metas_budget, HitMeta, Stamp};
 pub use startup::{CheckProgress, IndexSource, StartReport};
