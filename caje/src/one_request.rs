@@ -107,7 +107,16 @@ impl AsyncRead for OneRequest<'_> {
         if self.progress.written() {
             return Poll::Ready(Ok(()));
         }
-        Poll::Pending
+        // A client that closes its side while its answer is on the way: hyper is told, as
+        // it would be on a connection of its own, and drops the request. A pipelined next
+        // request is only peeked at: it stays on the socket for the fast path.
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        match self.stream.poll_peek(cx, &mut probe) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(_)) | Poll::Pending => Poll::Pending,
+        }
     }
 }
 
