@@ -1,4 +1,6 @@
-//! One request served by hyper on a connection that stays with the fast path.
+//! hyper on connections the fast path read first: one request served by hyper on a
+//! connection that stays with the fast path ([`OneRequest`]), and a connection handed to hyper
+//! for good with the bytes already read ([`Resumed`]).
 //!
 //! The fast path ([`crate::fast`]) answers plain fresh hits itself. A request it does not
 //! answer but whose end it knows (a complete head and no body: no `Content-Length`,
@@ -207,5 +209,66 @@ impl<B> Drop for Signalled<B> {
         self.progress.body_done.store(true, Ordering::Release);
         // hyper flushes next; a reader parked before that is woken by the flush.
         self.progress.wake_reader();
+    }
+}
+
+/// A connection handed over by the fast path: the bytes it read but did not serve come first,
+/// then the socket. Writes go straight to the socket.
+#[derive(Debug)]
+pub struct Resumed<IO> {
+    read: Bytes,
+    io: IO,
+}
+
+impl<IO> Resumed<IO> {
+    /// `io`, whose next bytes are `read`.
+    pub fn new(read: Bytes, io: IO) -> Self {
+        Resumed { read, io }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Resumed<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.read.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read[..n]);
+        self.read.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Resumed<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

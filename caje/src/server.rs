@@ -20,11 +20,11 @@ use tokio::sync::watch;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::app::App;
-use crate::fast::{self, Ended, FullPath, Resumed};
+use crate::fast::{self, Ended, FullPath};
 use crate::framing::{Scanner, Verdict, Watched};
 use crate::interim::InterimSink;
 use crate::observe;
-use crate::one_request::{OneRequest, Progress, Signalled};
+use crate::one_request::{OneRequest, Progress, Resumed, Signalled};
 use crate::send_timeout::SendTimeout;
 
 /// Runs a request handler, turning a panic inside it into `None`, so that a bug reached by
